@@ -1,0 +1,18 @@
+"""LabelLoop: see your image data, fix its labels, retrain, and know whether the fix helped.
+
+Run with `./run.sh` (sets everything up) or `.venv/bin/streamlit run app.py`.
+The workspace is tables/ unless LABELLOOP_WORKSPACE says otherwise.
+"""
+
+import streamlit as st
+
+from components.sidebar import pick_dataset
+
+st.set_page_config(page_title="LabelLoop", page_icon=":material/label:", layout="wide")
+
+navigation = st.navigation(
+    [st.Page("pages/data.py", title="Data", icon=":material/table_view:", default=True)],
+)
+st.sidebar.title("LabelLoop")
+pick_dataset()
+navigation.run()

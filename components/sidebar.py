@@ -1,0 +1,56 @@
+"""The sidebar every page shares: which data set and which version the user is looking at."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from core.tables import LabelTable
+from core.workspace import list_datasets, open_table, resolve_workspace
+
+
+def workspace() -> Path:
+    return resolve_workspace(None)
+
+
+def pick_dataset() -> str | None:
+    """Sidebar data set picker; the choice survives page changes and reloads (it is in the URL)."""
+    names = list_datasets(workspace())
+    if not names:
+        st.sidebar.info("No data sets yet: import one on the Data page.")
+        return None
+    wanted = st.session_state.get("dataset") or st.query_params.get("dataset")
+    index = names.index(wanted) if wanted in names else 0
+    name = st.sidebar.selectbox("Data set", names, index=index, help=f"Data sets in {workspace()}")
+    st.session_state["dataset"] = name
+    st.query_params["dataset"] = name
+    return name
+
+
+def current_table() -> LabelTable | None:
+    name = st.session_state.get("dataset")
+    return open_table(workspace(), name) if name else None
+
+
+def pick_version(table: LabelTable) -> int:
+    """Sidebar version picker, newest first; follows the head after a commit unless the user picked an old version."""
+    history = table.history()
+    head = history[-1].version
+    versions = [info.version for info in reversed(history)]
+    labels = {info.version: f"v{info.version} · {info.message[:48]}" for info in history}
+    chosen = st.session_state.get("version")
+    if chosen not in versions or st.session_state.get("version_follows_head", True):
+        chosen = head
+    version = st.sidebar.selectbox("Version", versions, index=versions.index(chosen), format_func=labels.get, help="Every edit is a new version; pick one to inspect, compare, restore or export.")
+    st.session_state["version"] = version
+    st.session_state["version_follows_head"] = version == head
+    if version != head:
+        st.sidebar.caption(f"Viewing an old version; the latest is v{head}.")
+    return version
+
+
+def show_head_moved(new_version: int) -> None:
+    """After a commit: look at the new head."""
+    st.session_state["version"] = new_version
+    st.session_state["version_follows_head"] = True

@@ -1,0 +1,1 @@
+"""LabelLoop's core: everything that is not UI. Never imports streamlit."""

@@ -1,0 +1,240 @@
+"""`python -m core ...`: every job of the app, scriptable without the UI.
+
+Errors a user can cause print one line starting with ``error:`` and exit
+with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import pandas as pd
+
+from core.errors import ConflictError, UserError
+from core.workspace import DatasetPaths, list_datasets, open_table, resolve_workspace
+
+
+@contextmanager
+def progress_bar(description: str):
+    """A callback for core's progress(done, total) that draws a tqdm bar on stderr."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=description, unit="img", file=sys.stderr, leave=True)
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _print_table(frame: pd.DataFrame) -> None:
+    with pd.option_context("display.max_rows", 200, "display.max_columns", 20, "display.width", 160, "display.max_colwidth", 80):
+        print(frame.to_string(index=False) if not frame.empty else "(none)")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from core.demo import DEMO_NAME, DemoSettings, build_demo
+
+    workspace = resolve_workspace(args.workspace)
+    if args.if_missing and list_datasets(workspace):
+        print(f"workspace {workspace} already has data sets: {', '.join(list_datasets(workspace))}")
+        return
+    settings = DemoSettings(per_class=args.per_class, seed=args.seed)
+    with progress_bar("checking demo images") as progress:
+        table, report = build_demo(workspace, args.name or DEMO_NAME, settings, progress=progress)
+    print(f"built demo data set '{args.name or DEMO_NAME}' in {workspace}: {report.describe()}")
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    names = list_datasets(args.workspace)
+    rows = []
+    for name in names:
+        table = open_table(args.workspace, name)
+        info = table.version_info()
+        rows.append({"name": name, "versions": info.version, "samples": info.n_samples, "classes": len(info.classes), "last message": info.message})
+    _print_table(pd.DataFrame(rows, columns=["name", "versions", "samples", "classes", "last message"]))
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from core.ingest import add_images, import_dataset
+
+    with progress_bar("checking images") as progress:
+        if args.add:
+            version, report = add_images(args.path, args.name, args.workspace, parent=args.parent, layout=args.layout, message=args.message, progress=progress, workers=args.workers)
+            print(f"'{args.name}' version {version}: {report.describe()}")
+        else:
+            _, report = import_dataset(args.path, args.name, args.workspace, layout=args.layout, message=args.message, progress=progress, workers=args.workers)
+            print(f"'{args.name}' version 1: {report.describe()}")
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    for item in report.skipped[: args.show_skipped]:
+        print(f"skipped: {item.path}: {item.reason}")
+    if len(report.skipped) > args.show_skipped:
+        print(f"... and {len(report.skipped) - args.show_skipped} more skipped (see {DatasetPaths(args.workspace, args.name).root / 'imports'})")
+    for group in report.duplicate_groups[:10]:
+        print("duplicates: " + " = ".join(group))
+
+
+def cmd_history(args: argparse.Namespace) -> None:
+    table = open_table(args.workspace, args.name)
+    rows = [
+        {
+            "version": info.version,
+            "time (UTC)": info.timestamp.strftime("%Y-%m-%d %H:%M:%S"),
+            "samples": info.n_samples,
+            "message": info.message,
+            "changes": info.describe(),
+        }
+        for info in table.history()
+    ]
+    _print_table(pd.DataFrame(rows))
+
+
+def cmd_classes(args: argparse.Namespace) -> None:
+    table = open_table(args.workspace, args.name)
+    _print_table(table.class_counts(args.version).reset_index())
+
+
+def cmd_diff(args: argparse.Namespace) -> None:
+    table = open_table(args.workspace, args.name)
+    diff = table.diff(args.a, args.b)
+    counts = {k: v for k, v in diff.counts().items() if v}
+    print(f"version {args.a} -> {args.b}: " + (", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()) or "no sample changed"))
+    if diff.classes_added or diff.classes_removed:
+        print(f"classes added: {diff.classes_added or '-'}; removed: {diff.classes_removed or '-'}")
+    flow = diff.label_flow()
+    if not flow.empty:
+        print("\nlabel flow (rows: old label, columns: new label):")
+        print(flow.to_string())
+    if args.out:
+        diff.samples.to_csv(args.out, index=False)
+        print(f"\nper-sample changes written to {args.out}")
+    elif args.samples:
+        print()
+        _print_table(diff.samples.head(args.samples))
+
+
+def cmd_restore(args: argparse.Namespace) -> None:
+    table = open_table(args.workspace, args.name)
+    parent = args.parent or table.head_version()
+    version = table.restore(args.version, parent=parent, message=args.message)
+    print(f"'{args.name}' version {version}: restored version {args.version} ({table.version_info(version).describe()})")
+
+
+def cmd_apply(args: argparse.Namespace) -> None:
+    from core.exchange import read_change_file
+
+    table = open_table(args.workspace, args.name)
+    changes = read_change_file(args.changes, args.new_class)
+    version = table.commit(changes, parent=args.parent, message=args.message)
+    print(f"'{args.name}' version {version}: {table.version_info(version).describe()}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from core.exchange import default_export_path, export_version
+
+    table = open_table(args.workspace, args.name)
+    version = args.version or table.head_version()
+    out = args.out or default_export_path(DatasetPaths(args.workspace, args.name).root, version, args.format)
+    path, description = export_version(table, version, args.format, out)
+    print(f"exported version {version} of '{args.name}' as {args.format}: {description} -> {path}")
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="Versioned image label tables: import, edit, compare, export.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workspace", help="folder holding the data sets (default: tables/ in the project, or $LABELLOOP_WORKSPACE)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", parents=[common], help="build the Fashion-MNIST demo data set")
+    p.add_argument("--name", default=None, help="data set name (default: fashion-demo)")
+    p.add_argument("--if-missing", action="store_true", help="do nothing if the workspace already has a data set")
+    p.add_argument("--per-class", type=int, default=600, help="images per class (default 600)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the choice of images, undefined and flipped labels")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("list", parents=[common], help="list the data sets in the workspace")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("import", parents=[common], help="import a folder or a CSV/Parquet manifest as a data set")
+    p.add_argument("path", help="folder of class sub-folders, flat folder, or manifest (path,label[,split])")
+    p.add_argument("--name", required=True, help="name of the data set to create (or to add to, with --add)")
+    p.add_argument("--layout", default="auto", choices=["auto", "class-folders", "flat"], help="how to read a folder (default: auto)")
+    p.add_argument("--add", action="store_true", help="add the images the data set does not have yet, as a new version")
+    p.add_argument("--parent", type=int, help="with --add: the version to add to (default: the latest)")
+    p.add_argument("-m", "--message", help="version message (default: describes the import)")
+    p.add_argument("--workers", type=int, help="processes checking images (default: one per core)")
+    p.add_argument("--show-skipped", type=int, default=20, help="how many skipped files to list (default 20)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("history", parents=[common], help="list the versions of a data set")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("classes", parents=[common], help="class counts of a version")
+    p.add_argument("name")
+    p.add_argument("--version", type=int, help="version (default: the latest)")
+    p.set_defaults(func=cmd_classes)
+
+    p = sub.add_parser("diff", parents=[common], help="what changed between two versions")
+    p.add_argument("name")
+    p.add_argument("a", type=int)
+    p.add_argument("b", type=int)
+    p.add_argument("--samples", type=int, default=0, help="also list the first N changed samples")
+    p.add_argument("--out", help="write every changed sample to this CSV")
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("restore", parents=[common], help="commit a new version equal to an old one")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p.add_argument("--parent", type=int, help="fail unless this is still the latest version (default: the latest)")
+    p.add_argument("-m", "--message", help="version message (default: 'restore version N')")
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("apply", parents=[common], help="commit a CSV of sample_id,label and/or sample_id,weight as one version")
+    p.add_argument("name")
+    p.add_argument("changes", help="CSV with sample_id and any of label, weight, split (empty cell = unchanged)")
+    p.add_argument("--parent", type=int, required=True, help="the version the changes were made against")
+    p.add_argument("-m", "--message", required=True, help="what the changes are and why")
+    p.add_argument("--new-class", action="append", default=[], metavar="NAME", help="allow this new class name (repeatable)")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("export", parents=[common], help="write a version's labels as CSV, Parquet or an ImageFolder tree")
+    p.add_argument("name")
+    p.add_argument("--version", type=int, help="version (default: the latest)")
+    p.add_argument("--format", required=True, choices=["csv", "parquet", "imagefolder"])
+    p.add_argument("--out", help="output file or folder (default: <data set>/exports/<name>-v<N>[.csv|.parquet])")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ConflictError as exc:
+        print(f"error: conflict: {exc}", file=sys.stderr)
+        return 2
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing half-written is kept", file=sys.stderr)
+        return 130
+    return 0

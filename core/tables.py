@@ -1,0 +1,660 @@
+"""Versioned label tables.
+
+A label table is a Delta Lake table (Parquet data files plus a transaction
+log) with one row per sample. Every commit writes a complete new snapshot, so
+any version can be read back exactly, by this module or by any Delta reader
+(Polars ``read_delta``, Spark, DuckDB's delta extension) or Parquet reader
+pointed at that version's files.
+
+Rules the app keeps on top of Delta:
+
+* Versions are numbered from 1 as users see them; the import is version 1
+  (Delta's own numbering starts at 0: ``delta_version = version - 1``).
+* A commit names the parent version it was made against. If another commit
+  landed in between, it fails with :class:`ConflictError` instead of silently
+  overwriting. The check and the write happen under an exclusive lock file
+  beside the table, so of many processes committing on the same parent
+  exactly one wins.
+* History only grows: restoring an old version is a new commit.
+* The class list is part of every version (stored in the commit's metadata),
+  so a class with no samples still exists.
+* A process killed in the middle of a commit leaves orphan Parquet files at
+  worst; the log entry that makes a version visible is written atomically,
+  so readers see either the previous version or the new one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, write_deltalake
+
+from core.errors import ConflictError, UserError
+
+UNDEFINED = "undefined"
+"""The label of a sample nobody has labelled yet. Reserved: never a class name."""
+
+SPLITS = ("train", "val", "test", "none")
+
+SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.int64(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("label", pa.string(), nullable=False),
+        # 0 excludes a sample from training; undefined samples are never trained on
+        # whatever their weight, so labelling one needs no second edit.
+        pa.field("weight", pa.float64(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("mode", pa.string()),
+        pa.field("file_size", pa.int64()),
+        # Hash of the file's bytes: finds exact duplicates, names thumbnails,
+        # and keys embeddings by content rather than by label version.
+        pa.field("content_hash", pa.string()),
+    ]
+)
+COLUMNS = SCHEMA.names
+EDITABLE_COLUMNS = ("label", "weight", "split")
+
+_METADATA_KEY = "labelloop"
+_TABLE_CONFIGURATION = {
+    # Old log entries carry the messages and class lists of old versions:
+    # never let Delta expire them.
+    "delta.logRetentionDuration": "interval 36500 days",
+    "delta.enableExpiredLogCleanup": "false",
+    "delta.deletedFileRetentionDuration": "interval 36500 days",
+}
+_MAX_CLASS_NAME = 100
+_LOCK_TIMEOUT_S = 60.0
+
+
+# --------------------------------------------------------------------------- classes
+
+
+def check_class_name(name: object) -> str:
+    """Return ``name`` stripped if it can be a class name, else raise :class:`UserError`."""
+    if not isinstance(name, str) or not name.strip():
+        raise UserError(f"{name!r} cannot be a class name: give a non-empty name.")
+    stripped = name.strip()
+    if stripped.lower() == UNDEFINED:
+        raise UserError(
+            f"'{UNDEFINED}' is reserved for samples with no label yet and cannot be a class name; "
+            f"to unlabel samples, set their label to '{UNDEFINED}'."
+        )
+    if len(stripped) > _MAX_CLASS_NAME:
+        raise UserError(f"Class name '{stripped[:40]}...' is longer than {_MAX_CLASS_NAME} characters: shorten it.")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in stripped):
+        raise UserError(f"Class name {stripped!r} contains control characters: remove them.")
+    return stripped
+
+
+# --------------------------------------------------------------------------- change sets
+
+
+@dataclass
+class ChangeSet:
+    """What one commit changes.
+
+    ``updates`` has a ``sample_id`` column and any of ``label``, ``weight`` and
+    ``split``; a missing value (None/NaN) leaves that field as it is. Labels
+    must be classes of the parent version, ``undefined``, or listed in
+    ``new_classes``: a commit never invents a class silently.
+    """
+
+    updates: pd.DataFrame | None = None
+    added: pd.DataFrame | None = None
+    removed_ids: Sequence[int] = ()
+    new_classes: Sequence[str] = ()
+    removed_classes: Sequence[str] = ()
+
+    @classmethod
+    def relabel(cls, sample_ids: Iterable[int], label: str, *, new_class: bool = False) -> ChangeSet:
+        ids = np.asarray(list(sample_ids), dtype=np.int64)
+        updates = pd.DataFrame({"sample_id": ids, "label": [label] * len(ids)})
+        return cls(updates=updates, new_classes=[label] if new_class else [])
+
+    @classmethod
+    def set_weight(cls, sample_ids: Iterable[int], weight: float) -> ChangeSet:
+        ids = np.asarray(list(sample_ids), dtype=np.int64)
+        return cls(updates=pd.DataFrame({"sample_id": ids, "weight": np.full(len(ids), float(weight))}))
+
+
+# --------------------------------------------------------------------------- diffs
+
+_CHANGE_KINDS = ("relabelled", "excluded", "included", "reweighted", "split_changed", "added", "removed")
+
+
+@dataclass
+class Diff:
+    """Per-sample differences between version ``a`` and version ``b``.
+
+    ``samples`` has one row per sample that differs, with its old and new
+    label, weight and split and one boolean column per kind of change:
+    relabelled, excluded (weight went to 0), included (weight left 0),
+    reweighted (any other weight change), split_changed, added, removed.
+    """
+
+    a: int
+    b: int
+    samples: pd.DataFrame
+    classes_added: list[str] = field(default_factory=list)
+    classes_removed: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {kind: int(self.samples[kind].sum()) for kind in _CHANGE_KINDS}
+
+    def label_flow(self) -> pd.DataFrame:
+        """Old label x new label counts of the relabelled samples."""
+        moved = self.samples[self.samples["relabelled"]]
+        if moved.empty:
+            return pd.DataFrame(dtype=np.int64)
+        return pd.crosstab(moved["old_label"], moved["new_label"]).rename_axis(index="old label", columns="new label")
+
+    def is_empty(self) -> bool:
+        return self.samples.empty and not self.classes_added and not self.classes_removed
+
+    def summary(self) -> dict:
+        """A JSON-able summary, stored with each commit."""
+        moved = self.samples[self.samples["relabelled"]]
+        transitions = (
+            moved.groupby(["old_label", "new_label"]).size().sort_values(ascending=False)
+            if not moved.empty
+            else pd.Series(dtype=np.int64)
+        )
+        return {
+            "counts": self.counts(),
+            "transitions": [[old, new, int(n)] for (old, new), n in transitions.items()],
+            "classes_added": list(self.classes_added),
+            "classes_removed": list(self.classes_removed),
+        }
+
+
+def compare_snapshots(old: pd.DataFrame, new: pd.DataFrame, a: int = 0, b: int = 0, old_classes: Sequence[str] = (), new_classes: Sequence[str] = ()) -> Diff:
+    """The :class:`Diff` between two snapshots (DataFrames in :data:`SCHEMA`)."""
+    keep = ["sample_id", "path", "label", "weight", "split"]
+    merged = old[keep].merge(new[keep], on="sample_id", how="outer", suffixes=("_old", "_new"), indicator=True)
+    added = (merged["_merge"] == "right_only").to_numpy()
+    removed = (merged["_merge"] == "left_only").to_numpy()
+    both = ~(added | removed)
+    old_w = merged["weight_old"].to_numpy(dtype=float)
+    new_w = merged["weight_new"].to_numpy(dtype=float)
+    relabelled = both & (merged["label_old"] != merged["label_new"]).to_numpy()
+    excluded = both & (old_w > 0) & (new_w == 0)
+    included = both & (old_w == 0) & (new_w > 0)
+    reweighted = both & (old_w != new_w) & ~excluded & ~included
+    split_changed = both & (merged["split_old"] != merged["split_new"]).to_numpy()
+    changed = added | removed | relabelled | excluded | included | reweighted | split_changed
+    rows = merged[changed]
+    samples = pd.DataFrame(
+        {
+            "sample_id": rows["sample_id"].to_numpy(dtype=np.int64),
+            "path": rows["path_new"].fillna(rows["path_old"]).to_numpy(dtype=object),
+            "old_label": rows["label_old"].to_numpy(dtype=object),
+            "new_label": rows["label_new"].to_numpy(dtype=object),
+            "old_weight": rows["weight_old"].to_numpy(dtype=float),
+            "new_weight": rows["weight_new"].to_numpy(dtype=float),
+            "old_split": rows["split_old"].to_numpy(dtype=object),
+            "new_split": rows["split_new"].to_numpy(dtype=object),
+            "relabelled": relabelled[changed],
+            "excluded": excluded[changed],
+            "included": included[changed],
+            "reweighted": reweighted[changed],
+            "split_changed": split_changed[changed],
+            "added": added[changed],
+            "removed": removed[changed],
+        }
+    ).sort_values("sample_id", ignore_index=True)
+    return Diff(
+        a=a,
+        b=b,
+        samples=samples,
+        classes_added=[c for c in new_classes if c not in set(old_classes)],
+        classes_removed=[c for c in old_classes if c not in set(new_classes)],
+    )
+
+
+def describe_summary(summary: dict) -> str:
+    """One line for people: '412 relabelled (shirt -> t-shirt 300, ...), 3 excluded'."""
+    counts = summary.get("counts", {})
+    parts = []
+    for kind in _CHANGE_KINDS:
+        n = counts.get(kind, 0)
+        if not n:
+            continue
+        text = f"{n} {kind.replace('_', ' ')}"
+        if kind == "relabelled" and summary.get("transitions"):
+            top = summary["transitions"][:3]
+            more = len(summary["transitions"]) - len(top)
+            text += " (" + ", ".join(f"{o} -> {n_} {c}" for o, n_, c in top) + (f", +{more} more" if more else "") + ")"
+        parts.append(text)
+    if summary.get("classes_added"):
+        parts.append("new classes: " + ", ".join(summary["classes_added"]))
+    if summary.get("classes_removed"):
+        parts.append("removed classes: " + ", ".join(summary["classes_removed"]))
+    return "; ".join(parts) if parts else "no changes"
+
+
+# --------------------------------------------------------------------------- history
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    timestamp: datetime
+    message: str
+    kind: str  # "import", "commit" or "restore"
+    parent: int | None
+    classes: tuple[str, ...]
+    n_samples: int
+    summary: dict
+
+    def describe(self) -> str:
+        if self.kind == "import":
+            return f"import of {self.n_samples} samples, {len(self.classes)} classes"
+        return describe_summary(self.summary)
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def to_arrow(frame: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(frame[COLUMNS], schema=SCHEMA, preserve_index=False)
+
+
+class LabelTable:
+    """One data set's versioned label table, stored at ``path`` (a Delta table folder)."""
+
+    def __init__(self, path: str | os.PathLike, lock_path: str | os.PathLike | None = None):
+        self.path = Path(path)
+        self.lock_path = Path(lock_path) if lock_path else self.path.with_name(self.path.name + ".lock")
+        if not (self.path / "_delta_log").is_dir():
+            raise UserError(
+                f"{self.path} is not a label table (it has no _delta_log folder). "
+                "Point to a data set made by `python -m core import` or `python -m core demo`."
+            )
+        self._history_cache: tuple[int, list[VersionInfo]] | None = None
+
+    # ----- creating
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        rows: pd.DataFrame,
+        classes: Sequence[str],
+        message: str = "import",
+        lock_path: str | os.PathLike | None = None,
+    ) -> LabelTable:
+        """Write version 1 from ``rows`` (columns of :data:`SCHEMA`; ``sample_id`` optional)."""
+        path = Path(path)
+        if (path / "_delta_log").exists():
+            raise UserError(f"{path} already holds a label table; open it instead of creating it again.")
+        class_list = _normalise_class_list(classes)
+        frame = rows.copy()
+        if "sample_id" not in frame.columns:
+            frame.insert(0, "sample_id", np.arange(1, len(frame) + 1, dtype=np.int64))
+        frame = _fill_defaults(frame)
+        _validate_snapshot(frame, class_list)
+        meta = {"message": message, "kind": "import", "parent": None, "classes": class_list, "summary": {}}
+        path.mkdir(parents=True, exist_ok=True)
+        write_deltalake(
+            str(path),
+            to_arrow(frame.sort_values("sample_id")),
+            mode="error",
+            name=path.parent.name or None,
+            configuration=_TABLE_CONFIGURATION,
+            commit_properties=CommitProperties(custom_metadata={_METADATA_KEY: meta}, max_commit_retries=0),
+        )
+        return cls(path, lock_path)
+
+    # ----- reading
+
+    def _delta(self, version: int | None = None) -> DeltaTable:
+        try:
+            if version is None:
+                return DeltaTable(str(self.path))
+            return DeltaTable(str(self.path), version=version - 1)
+        except Exception as exc:  # deltalake raises several types for a damaged log
+            if version is not None and version >= 1 and "version" in str(exc).lower():
+                raise UserError(
+                    f"Version {version} does not exist in {self.path}; the latest is {self.head_version()}."
+                ) from exc
+            raise UserError(
+                f"The label table at {self.path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}). "
+                "Its log may be damaged: restore the folder from a backup, or re-import the images."
+            ) from exc
+
+    def head_version(self) -> int:
+        return self._delta().version() + 1
+
+    def _check_version(self, version: int | None) -> int:
+        head = self.head_version()
+        if version is None:
+            return head
+        if not isinstance(version, (int, np.integer)) or not 1 <= version <= head:
+            raise UserError(f"Version {version} does not exist: this table has versions 1 to {head}.")
+        return int(version)
+
+    def read(self, version: int | None = None) -> pd.DataFrame:
+        """The rows of ``version`` (default: the head), sorted by sample_id."""
+        version = self._check_version(version)
+        frame = self._delta(version).to_pyarrow_table().to_pandas()
+        return frame.sort_values("sample_id", ignore_index=True)[COLUMNS]
+
+    def history(self) -> list[VersionInfo]:
+        """Every version, oldest first."""
+        head = self.head_version()
+        if self._history_cache and self._history_cache[0] == head:
+            return list(self._history_cache[1])
+        infos = []
+        for entry in self._delta().history():
+            meta = entry.get(_METADATA_KEY)
+            if not isinstance(meta, dict):
+                raise UserError(
+                    f"Version {entry['version'] + 1} of {self.path} was not written by this app "
+                    "(its commit has no labelloop metadata). Restore the folder from a backup."
+                )
+            infos.append(
+                VersionInfo(
+                    version=entry["version"] + 1,
+                    timestamp=datetime.fromtimestamp(entry["timestamp"] / 1000, tz=timezone.utc),
+                    message=meta.get("message", ""),
+                    kind=meta.get("kind", "commit"),
+                    parent=meta.get("parent"),
+                    classes=tuple(meta.get("classes", ())),
+                    n_samples=int(entry.get("operationMetrics", {}).get("num_added_rows", 0)),
+                    summary=meta.get("summary", {}),
+                )
+            )
+        infos.sort(key=lambda info: info.version)
+        self._history_cache = (head, infos)
+        return list(infos)
+
+    def version_info(self, version: int | None = None) -> VersionInfo:
+        version = self._check_version(version)
+        return self.history()[version - 1]
+
+    def classes(self, version: int | None = None) -> list[str]:
+        return list(self.version_info(version).classes)
+
+    def class_counts(self, version: int | None = None) -> pd.DataFrame:
+        """Per class (every class of the version, then ``undefined``): samples, excluded, trainable."""
+        frame = self.read(version)
+        classes = self.classes(version) + [UNDEFINED]
+        excluded = frame["weight"] == 0
+        total = frame["label"].value_counts().reindex(classes, fill_value=0)
+        n_excluded = frame.loc[excluded, "label"].value_counts().reindex(classes, fill_value=0)
+        counts = pd.DataFrame({"samples": total, "excluded": n_excluded})
+        counts["trainable"] = counts["samples"] - counts["excluded"]
+        counts.loc[UNDEFINED, "trainable"] = 0
+        return counts.rename_axis("class").astype(np.int64)
+
+    def class_counts_by_version(self, versions: Sequence[int]) -> pd.DataFrame:
+        """Samples per class (rows, undefined last) in each of ``versions`` (columns)."""
+        columns = {f"v{v}": self.class_counts(v)["samples"] for v in versions}
+        matrix = pd.DataFrame(columns).fillna(0).astype(np.int64)
+        order = [c for c in matrix.index if c != UNDEFINED] + ([UNDEFINED] if UNDEFINED in matrix.index else [])
+        return matrix.loc[order]
+
+    def diff(self, a: int, b: int) -> Diff:
+        a, b = self._check_version(a), self._check_version(b)
+        return compare_snapshots(self.read(a), self.read(b), a, b, self.classes(a), self.classes(b))
+
+    def parquet_files(self, version: int | None = None) -> list[str]:
+        """The Parquet files that make up ``version``, for plain Parquet readers."""
+        return self._delta(self._check_version(version)).file_uris()
+
+    # ----- writing
+
+    def commit(self, changes: ChangeSet, *, parent: int, message: str) -> int:
+        """Apply ``changes`` to version ``parent`` and write them as a new version.
+
+        Raises :class:`ConflictError` if ``parent`` is no longer the head, and
+        :class:`UserError` if the change set is invalid or changes nothing.
+        Returns the new version number.
+        """
+        message = _check_message(message)
+        with self._lock():
+            self._check_parent(parent)
+            old = self.read(parent)
+            old_classes = self.classes(parent)
+            new, new_classes = apply_changes(old, old_classes, changes)
+            return self._write(old, old_classes, new, new_classes, parent=parent, message=message, kind="commit")
+
+    def restore(self, version: int, *, parent: int, message: str | None = None) -> int:
+        """Write a new version equal to ``version``. History is never rewritten."""
+        version = self._check_version(version)
+        message = _check_message(message or f"restore version {version}")
+        with self._lock():
+            self._check_parent(parent)
+            if version == parent:
+                raise UserError(f"Version {version} is already the latest; pick an older version to restore.")
+            return self._write(
+                self.read(parent),
+                self.classes(parent),
+                self.read(version),
+                self.classes(version),
+                parent=parent,
+                message=message,
+                kind="restore",
+            )
+
+    def _check_parent(self, parent: int) -> None:
+        head = self.head_version()
+        if parent != head:
+            latest = self.version_info(head)
+            raise ConflictError(
+                f"Version {parent} is no longer the latest: version {head} ('{latest.message}') was committed "
+                f"meanwhile. Nothing was written. Reload version {head}, redo your change on it, and commit again.",
+                parent=parent,
+                head=head,
+            )
+
+    def _write(self, old: pd.DataFrame, old_classes: list[str], new: pd.DataFrame, new_classes: list[str], *, parent: int, message: str, kind: str) -> int:
+        diff = compare_snapshots(old, new, parent, parent + 1, old_classes, new_classes)
+        if diff.is_empty():
+            raise UserError(f"Nothing to commit: the change leaves version {parent} as it is.")
+        meta = {"message": message, "kind": kind, "parent": parent, "classes": new_classes, "summary": diff.summary()}
+        write_deltalake(
+            str(self.path),
+            to_arrow(new),
+            mode="overwrite",
+            commit_properties=CommitProperties(custom_metadata={_METADATA_KEY: meta}, max_commit_retries=0),
+            post_commithook_properties=PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False),
+        )
+        new_version = self.head_version()
+        if new_version != parent + 1:  # only possible if something bypassed the lock
+            raise ConflictError(
+                f"Another writer committed while this commit held the lock (head is now {new_version}). "
+                "Check the history before committing again.",
+                parent=parent,
+                head=new_version,
+            )
+        return new_version
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UserError(
+                f"Cannot write to {self.lock_path.parent} ({exc.strerror}). "
+                "Commits need write access to the data set folder: fix its permissions or copy it somewhere writable."
+            ) from exc
+        try:
+            deadline = time.monotonic() + _LOCK_TIMEOUT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise UserError(
+                            f"The label table {self.path} stayed locked by another commit for {_LOCK_TIMEOUT_S:.0f} s. "
+                            "Wait for the other app or command to finish, then try again."
+                        ) from None
+                    time.sleep(0.005)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock, also when the process dies
+
+
+# --------------------------------------------------------------------------- applying changes
+
+
+def apply_changes(old: pd.DataFrame, old_classes: Sequence[str], changes: ChangeSet) -> tuple[pd.DataFrame, list[str]]:
+    """Return (new snapshot, new class list) after ``changes``; raise :class:`UserError` on bad input."""
+    classes = list(old_classes)
+    for name in changes.new_classes:
+        name = check_class_name(name)
+        if name not in classes:
+            classes.append(name)
+    frame = old.set_index("sample_id", drop=False)
+
+    if changes.removed_ids is not None and len(changes.removed_ids):
+        removed = np.asarray(list(changes.removed_ids), dtype=np.int64)
+        _check_known_ids(removed, frame.index, "remove")
+        frame = frame.drop(index=removed)
+
+    if changes.updates is not None and len(changes.updates):
+        frame = _apply_updates(frame, changes.updates, set(classes))
+
+    if changes.added is not None and len(changes.added):
+        added = _fill_defaults(changes.added.drop(columns=["sample_id"], errors="ignore").copy())
+        next_id = int(old["sample_id"].max()) + 1 if len(old) else 1
+        added.insert(0, "sample_id", np.arange(next_id, next_id + len(added), dtype=np.int64))
+        frame = pd.concat([frame.reset_index(drop=True), added[COLUMNS]], ignore_index=True)
+
+    for name in changes.removed_classes:
+        if name not in classes:
+            raise UserError(f"Cannot remove class '{name}': it is not a class of this table.")
+        in_use = int((frame["label"] == name).sum())
+        if in_use:
+            raise UserError(f"Cannot remove class '{name}': {in_use} samples still have it. Relabel them first.")
+        classes.remove(name)
+
+    new = frame.reset_index(drop=True).sort_values("sample_id", ignore_index=True)[COLUMNS]
+    _validate_snapshot(new, classes)
+    return new, classes
+
+
+def _apply_updates(frame: pd.DataFrame, updates: pd.DataFrame, classes: set[str]) -> pd.DataFrame:
+    if "sample_id" not in updates.columns:
+        raise UserError("The changes have no 'sample_id' column: say which samples to change.")
+    unknown_columns = set(updates.columns) - {"sample_id", *EDITABLE_COLUMNS}
+    if unknown_columns:
+        raise UserError(
+            f"Cannot change column(s) {', '.join(sorted(unknown_columns))}: only {', '.join(EDITABLE_COLUMNS)} can be edited."
+        )
+    ids = pd.to_numeric(updates["sample_id"], errors="coerce")
+    if ids.isna().any() or (ids % 1 != 0).any():
+        bad = updates.loc[ids.isna() | (ids % 1 != 0), "sample_id"].head(5).tolist()
+        raise UserError(f"sample_id must be whole numbers; found {bad}.")
+    ids = ids.to_numpy(dtype=np.int64)
+    duplicated = pd.Series(ids)[pd.Series(ids).duplicated()].unique()
+    if len(duplicated):
+        raise UserError(
+            f"{len(duplicated)} sample_id(s) appear more than once in the changes (e.g. {duplicated[:5].tolist()}); "
+            "give each sample one row."
+        )
+    _check_known_ids(ids, frame.index, "change")
+    frame = frame.copy()
+
+    if "label" in updates.columns:
+        labels = updates["label"]
+        given = labels.notna().to_numpy() & (labels.astype(str).str.strip() != "").to_numpy()
+        new_labels = labels[given].astype(str).str.strip()
+        unknown = sorted(set(new_labels) - classes - {UNDEFINED})
+        if unknown:
+            raise UserError(
+                f"Label(s) {', '.join(repr(u) for u in unknown[:10])} are not classes of this table "
+                f"(classes: {', '.join(sorted(classes)) or 'none yet'}). "
+                "Add them as new classes explicitly (the 'new label' action, or --new-class), or fix the spelling."
+            )
+        frame.loc[ids[given], "label"] = new_labels.to_numpy()
+
+    if "weight" in updates.columns:
+        weights = pd.to_numeric(updates["weight"], errors="coerce")
+        raw_given = updates["weight"].notna().to_numpy() & (updates["weight"].astype(str).str.strip() != "").to_numpy()
+        if (raw_given & weights.isna().to_numpy()).any():
+            bad = updates.loc[raw_given & weights.isna().to_numpy(), "weight"].head(5).tolist()
+            raise UserError(f"Weights must be numbers (0 excludes a sample); found {bad}.")
+        values = weights[raw_given].to_numpy(dtype=float)
+        if not np.all(np.isfinite(values)) or (values < 0).any():
+            raise UserError("Weights must be finite numbers of 0 or more (0 excludes a sample from training).")
+        frame.loc[ids[raw_given], "weight"] = values
+
+    if "split" in updates.columns:
+        splits = updates["split"]
+        given = splits.notna().to_numpy() & (splits.astype(str).str.strip() != "").to_numpy()
+        values = splits[given].astype(str).str.strip().str.lower()
+        bad = sorted(set(values) - set(SPLITS))
+        if bad:
+            raise UserError(f"Unknown split(s) {bad}: use one of {', '.join(SPLITS)}.")
+        frame.loc[ids[given], "split"] = values.to_numpy()
+    return frame
+
+
+def _check_known_ids(ids: np.ndarray, known: pd.Index, verb: str) -> None:
+    missing = ~np.isin(ids, known.to_numpy())
+    if missing.any():
+        raise UserError(
+            f"Cannot {verb} {int(missing.sum())} sample(s) that are not in this version "
+            f"(e.g. sample_id {ids[missing][:5].tolist()}). Check the ids against the version you named as parent."
+        )
+
+
+def _fill_defaults(frame: pd.DataFrame) -> pd.DataFrame:
+    if "path" not in frame.columns:
+        raise UserError("New rows need a 'path' column.")
+    defaults = {"label": UNDEFINED, "weight": 1.0, "split": "none", "width": None, "height": None, "mode": None, "file_size": None, "content_hash": None}
+    for column, default in defaults.items():
+        if column not in frame.columns:
+            frame[column] = default
+    frame["label"] = frame["label"].fillna(UNDEFINED).astype(str)
+    frame["weight"] = frame["weight"].fillna(1.0).astype(float)
+    frame["split"] = frame["split"].fillna("none").astype(str)
+    return frame
+
+
+def _normalise_class_list(classes: Sequence[str]) -> list[str]:
+    seen: list[str] = []
+    for name in classes:
+        name = check_class_name(name)
+        if name not in seen:
+            seen.append(name)
+    return seen
+
+
+def _validate_snapshot(frame: pd.DataFrame, classes: Sequence[str]) -> None:
+    if frame["sample_id"].duplicated().any():
+        raise UserError("Two rows share a sample_id; every sample needs its own id.")
+    unknown = sorted(set(frame["label"].unique()) - set(classes) - {UNDEFINED})
+    if unknown:
+        raise UserError(
+            f"Label(s) {', '.join(repr(u) for u in unknown[:10])} are not in the class list; add them as classes explicitly."
+        )
+    bad_splits = sorted(set(frame["split"].unique()) - set(SPLITS))
+    if bad_splits:
+        raise UserError(f"Unknown split(s) {bad_splits}: use one of {', '.join(SPLITS)}.")
+    weights = frame["weight"].to_numpy(dtype=float)
+    if not np.all(np.isfinite(weights)) or (weights < 0).any():
+        raise UserError("Weights must be finite numbers of 0 or more (0 excludes a sample from training).")
+
+
+def _check_message(message: str | None) -> str:
+    message = (message or "").strip()
+    if not message:
+        raise UserError("Every commit needs a message saying what changed and why.")
+    return message

@@ -1,0 +1,104 @@
+"""Where data sets live: one folder per data set inside a workspace folder.
+
+A data set folder holds the versioned label table (``labels/``, a Delta Lake
+table), the thumbnail cache (``thumbs/``), the import report, and later the
+embeddings, projections and runs. The workspace is ``tables/`` in the project
+folder unless ``--workspace`` or the ``LABELLOOP_WORKSPACE`` environment
+variable says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from core.errors import UserError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+WORKSPACE_ENV = "LABELLOOP_WORKSPACE"
+
+# Names become folder names and URL parts, so they are restricted to a safe set.
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def default_workspace() -> Path:
+    configured = os.environ.get(WORKSPACE_ENV)
+    return Path(configured).expanduser() if configured else PROJECT_ROOT / "tables"
+
+
+def resolve_workspace(workspace: str | os.PathLike | None) -> Path:
+    return Path(workspace).expanduser() if workspace else default_workspace()
+
+
+def check_dataset_name(name: str) -> str:
+    if not _NAME_PATTERN.match(name or "") or name in (".", ".."):
+        raise UserError(
+            f"'{name}' cannot be a data set name: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (for example 'flowers-2024')."
+        )
+    return name
+
+
+class DatasetPaths:
+    """The files of one data set inside a workspace."""
+
+    def __init__(self, workspace: str | os.PathLike | None, name: str):
+        self.workspace = resolve_workspace(workspace)
+        self.name = check_dataset_name(name)
+        self.root = self.workspace / name
+
+    @property
+    def labels(self) -> Path:
+        return self.root / "labels"
+
+    @property
+    def commit_lock(self) -> Path:
+        # Beside the Delta table, not inside it, so table readers never see it.
+        return self.root / "labels.lock"
+
+    @property
+    def thumbs(self) -> Path:
+        return self.root / "thumbs"
+
+    def import_report(self, version: int) -> Path:
+        """The report of the import that created ``version`` (1 for the first import)."""
+        return self.root / "imports" / f"v{version:05d}.json"
+
+    @property
+    def demo_truth(self) -> Path:
+        return self.root / "demo_truth.parquet"
+
+    @property
+    def exports(self) -> Path:
+        return self.root / "exports"
+
+    def exists(self) -> bool:
+        return (self.labels / "_delta_log").is_dir()
+
+
+def list_datasets(workspace: str | os.PathLike | None) -> list[str]:
+    """Names of the data sets in the workspace, sorted; folders that are not data sets are ignored."""
+    root = resolve_workspace(workspace)
+    if not root.is_dir():
+        return []
+    names = []
+    for child in sorted(root.iterdir()):
+        if child.is_dir() and _NAME_PATTERN.match(child.name) and (child / "labels" / "_delta_log").is_dir():
+            names.append(child.name)
+    return names
+
+
+def open_table(workspace: str | os.PathLike | None, name: str):
+    """The label table of data set ``name``, with a helpful error if there is none."""
+    from core.tables import LabelTable  # local: tables imports nothing from here, keep it that way
+
+    paths = DatasetPaths(workspace, name)
+    if not paths.root.exists():
+        available = list_datasets(paths.workspace)
+        raise UserError(
+            f"No data set named '{name}' in {paths.workspace}. "
+            + (f"Data sets there: {', '.join(available)}. " if available else "The workspace has no data sets yet. ")
+            + "Import one with `python -m core import PATH --name NAME` or build the demo with `python -m core demo`."
+        )
+    return LabelTable(paths.labels, lock_path=paths.commit_lock)

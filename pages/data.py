@@ -1,0 +1,214 @@
+"""Data page: import a data set, see its versions and class counts, restore, export."""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import streamlit as st
+
+from components.sidebar import current_table, pick_version, show_head_moved, workspace
+from core.demo import DEMO_NAME, build_demo, demo_score
+from core.errors import UserError
+from core.exchange import default_export_path, export_version
+from core.ingest import LAYOUTS, ImportReport, add_images, import_dataset, load_import_report
+from core.tables import UNDEFINED, LabelTable
+from core.workspace import DatasetPaths
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def cached_class_counts(table_path: str, version: int, committed_at: float) -> pd.DataFrame:
+    # A version never changes, so (table, version, commit time) is a safe key.
+    return LabelTable(table_path).class_counts(version)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def cached_rows(table_path: str, version: int, committed_at: float) -> pd.DataFrame:
+    return LabelTable(table_path).read(version)
+
+
+def progress_callback(bar, text: str):
+    def update(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"{text}: {done:,} of {total:,}")
+
+    return update
+
+
+def show_import_report(report: ImportReport) -> None:
+    st.write(report.describe())
+    for warning in report.warnings:
+        st.warning(warning)
+    if report.skipped:
+        with st.expander(f"{len(report.skipped)} skipped file(s)", expanded=len(report.skipped) <= 20):
+            st.dataframe(pd.DataFrame([vars(s) for s in report.skipped]), hide_index=True, width="stretch")
+    if report.duplicate_groups:
+        with st.expander(f"{len(report.duplicate_groups)} group(s) of exact duplicate files"):
+            st.dataframe(pd.DataFrame({"identical files": [" = ".join(g) for g in report.duplicate_groups]}), hide_index=True, width="stretch")
+
+
+def import_form(existing: str | None) -> None:
+    """Import a folder or manifest as a new data set, or add images to the current one."""
+    with st.form("import"):
+        source = st.text_input("Folder or manifest", placeholder="/data/flowers  or  /data/labels.csv", help="A folder of class sub-folders, a flat folder (all undefined), or a CSV/Parquet manifest with path,label[,split].")
+        add = existing is not None and st.checkbox(f"Add the new images to '{existing}' (as a new version)")
+        name = st.text_input("New data set name", placeholder="flowers", help="Letters, digits, '.', '_' and '-'.")
+        layout = st.selectbox("Folder layout", LAYOUTS, help="auto: sub-folders are classes (train/val/test folders are splits); flat: every image is undefined.")
+        submitted = st.form_submit_button("Import", type="primary")
+    if not submitted:
+        return
+    bar = st.progress(0.0, text="finding images")
+    try:
+        if add:
+            table = current_table()
+            version, report = add_images(source, existing, workspace(), parent=table.head_version(), layout=layout, progress=progress_callback(bar, "checking images"))
+            show_head_moved(version)
+            st.success(f"Version {version} of '{existing}': {report.describe()}")
+        else:
+            _, report = import_dataset(source, name.strip(), workspace(), layout=layout, progress=progress_callback(bar, "checking images"))
+            st.session_state["dataset"] = name.strip()
+            show_head_moved(1)
+            st.success(f"Created '{name.strip()}': {report.describe()}")
+        show_import_report(report)
+        st.button("Open it")
+    except UserError as exc:
+        st.error(str(exc))
+    finally:
+        bar.empty()
+
+
+def empty_workspace() -> None:
+    st.title("LabelLoop")
+    st.write(f"No data sets in `{workspace()}` yet. Build the demo, or import your own images.")
+    if st.button(f"Build the demo data set ({DEMO_NAME}: 6,000 Fashion-MNIST images with known label problems)", type="primary"):
+        bar = st.progress(0.0, text="writing demo images")
+        try:
+            build_demo(workspace(), progress=progress_callback(bar, "checking images"))
+            st.session_state["dataset"] = DEMO_NAME
+            st.rerun()
+        except UserError as exc:
+            st.error(str(exc))
+    st.subheader("Import images")
+    import_form(existing=None)
+
+
+def history_frame(table: LabelTable) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "version": info.version,
+                "time (UTC)": info.timestamp.strftime("%Y-%m-%d %H:%M:%S"),
+                "message": info.message,
+                "what changed": info.describe(),
+                "samples": info.n_samples,
+                "classes": len(info.classes),
+            }
+            for info in reversed(table.history())
+        ]
+    )
+
+
+def versions_tab(table: LabelTable, version: int) -> None:
+    st.dataframe(history_frame(table), hide_index=True, width="stretch")
+    head = table.head_version()
+    if version == head:
+        st.caption("Pick an older version in the sidebar to restore it. Restoring adds a new version; history is never rewritten.")
+        return
+    with st.form("restore"):
+        st.write(f"Restore version {version} as a new version {head + 1}.")
+        message = st.text_input("Message", value=f"restore version {version}")
+        if st.form_submit_button("Restore"):
+            try:
+                new_version = table.restore(version, parent=head, message=message)
+                show_head_moved(new_version)
+                st.toast(f"Version {new_version} restores version {version}.")
+                st.rerun()
+            except UserError as exc:
+                st.error(str(exc))
+
+
+def classes_tab(table: LabelTable, version: int) -> None:
+    history = table.history()
+    stamp = history[version - 1].timestamp.timestamp()
+    counts = cached_class_counts(str(table.path), version, stamp)
+    left, right = st.columns([2, 3])
+    with left:
+        st.markdown(f"**Version {version}**")
+        st.dataframe(counts.reset_index(), hide_index=True, width="stretch")
+    with right:
+        st.bar_chart(counts[["trainable", "excluded"]].drop(index=UNDEFINED, errors="ignore"), horizontal=True, stack=True)
+    recent = [info.version for info in history][-10:]
+    st.markdown("**Samples per class across versions** (last 10)")
+    matrix = pd.DataFrame({f"v{v}": cached_class_counts(str(table.path), v, history[v - 1].timestamp.timestamp())["samples"] for v in recent}).fillna(0).astype(int)
+    st.dataframe(matrix, width="stretch")
+
+
+def export_tab(table: LabelTable, name: str, version: int) -> None:
+    rows = cached_rows(str(table.path), version, table.history()[version - 1].timestamp.timestamp())
+    st.write(f"Labels of version {version}: {len(rows):,} rows.")
+    left, right = st.columns(2)
+    left.download_button("Download CSV", rows.to_csv(index=False).encode(), file_name=f"{name}-v{version}.csv", mime="text/csv")
+    parquet = io.BytesIO()
+    rows.to_parquet(parquet, index=False)
+    right.download_button("Download Parquet", parquet.getvalue(), file_name=f"{name}-v{version}.parquet")
+    with st.form("export-imagefolder"):
+        default = default_export_path(DatasetPaths(workspace(), name).root, version, "imagefolder")
+        out = st.text_input("ImageFolder export: folder to create on this machine", value=str(default))
+        if st.form_submit_button("Export ImageFolder tree"):
+            try:
+                path, description = export_version(table, version, "imagefolder", out)
+                st.success(f"{description} -> {path}")
+            except UserError as exc:
+                st.error(str(exc))
+
+
+def demo_panel(name: str, version: int) -> None:
+    score = demo_score(workspace(), name, version)
+    if score is None:
+        return
+    st.info(
+        f"**Demo score (version {version}).** {score.describe()}  \n"
+        "The demo has 30% undefined samples to label and 8% deliberately flipped labels to find; "
+        "its true labels are kept outside the label table to score your fixes."
+    )
+
+
+def main() -> None:
+    table = current_table()
+    if table is None:
+        empty_workspace()
+        return
+    name = st.session_state["dataset"]
+    version = pick_version(table)
+    info = table.version_info(version)
+    rows = cached_rows(str(table.path), version, info.timestamp.timestamp())
+
+    st.title(name)
+    st.caption(f"Version {version} of {table.head_version()} · {info.message}")
+    cols = st.columns(5)
+    cols[0].metric("Samples", f"{len(rows):,}")
+    cols[1].metric("Classes", len(info.classes))
+    cols[2].metric("Undefined", f"{int((rows['label'] == UNDEFINED).sum()):,}")
+    cols[3].metric("Excluded", f"{int((rows['weight'] == 0).sum()):,}")
+    cols[4].metric("Versions", table.head_version())
+    demo_panel(name, version)
+
+    versions, classes, importing, exporting = st.tabs(["Versions", "Classes", "Import", "Export"])
+    with versions:
+        versions_tab(table, version)
+    with classes:
+        classes_tab(table, version)
+    with importing:
+        report = load_import_report(workspace(), name, 1)
+        if report:
+            st.markdown("**How this data set was imported**")
+            show_import_report(report)
+        st.markdown("**Import more**")
+        import_form(existing=name)
+    with exporting:
+        export_tab(table, name, version)
+
+
+try:
+    main()
+except UserError as exc:
+    st.error(str(exc))
