@@ -26,7 +26,9 @@ Rules the app keeps on top of Delta:
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -74,8 +76,12 @@ _TABLE_CONFIGURATION = {
     "delta.logRetentionDuration": "interval 36500 days",
     "delta.enableExpiredLogCleanup": "false",
     "delta.deletedFileRetentionDuration": "interval 36500 days",
+    # Opening the table replays the log since the last checkpoint; checkpoint
+    # often so that stays short however long the history grows.
+    "delta.checkpointInterval": "20",
 }
 _MAX_CLASS_NAME = 100
+_LOG_ENTRY = re.compile(r"^\d{20}\.json$")
 _LOCK_TIMEOUT_S = 60.0
 
 
@@ -268,6 +274,10 @@ class VersionInfo:
 # --------------------------------------------------------------------------- the table
 
 
+def _to_frame(delta: DeltaTable) -> pd.DataFrame:
+    return delta.to_pyarrow_table().to_pandas().sort_values("sample_id", ignore_index=True)[COLUMNS]
+
+
 def to_arrow(frame: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(frame[COLUMNS], schema=SCHEMA, preserve_index=False)
 
@@ -283,7 +293,7 @@ class LabelTable:
                 f"{self.path} is not a label table (it has no _delta_log folder). "
                 "Point to a data set made by `python -m core import` or `python -m core demo`."
             )
-        self._history_cache: tuple[int, list[VersionInfo]] | None = None
+        self._info_cache: dict[int, VersionInfo] = {}
 
     # ----- creating
 
@@ -336,7 +346,13 @@ class LabelTable:
             ) from exc
 
     def head_version(self) -> int:
-        return self._delta().version() + 1
+        # A version exists once its log entry does: a directory listing is
+        # enough, and far cheaper than loading the table state.
+        log = self.path / "_delta_log"
+        numbers = [int(entry.name[:20]) for entry in os.scandir(log) if _LOG_ENTRY.match(entry.name)]
+        if not numbers:
+            raise UserError(f"The label table at {self.path} has no versions: its log is empty. Re-import the images.")
+        return max(numbers) + 1
 
     def _check_version(self, version: int | None) -> int:
         head = self.head_version()
@@ -348,42 +364,45 @@ class LabelTable:
 
     def read(self, version: int | None = None) -> pd.DataFrame:
         """The rows of ``version`` (default: the head), sorted by sample_id."""
-        version = self._check_version(version)
-        frame = self._delta(version).to_pyarrow_table().to_pandas()
-        return frame.sort_values("sample_id", ignore_index=True)[COLUMNS]
+        return _to_frame(self._delta(self._check_version(version)))
 
     def history(self) -> list[VersionInfo]:
         """Every version, oldest first."""
-        head = self.head_version()
-        if self._history_cache and self._history_cache[0] == head:
-            return list(self._history_cache[1])
-        infos = []
-        for entry in self._delta().history():
-            meta = entry.get(_METADATA_KEY)
-            if not isinstance(meta, dict):
-                raise UserError(
-                    f"Version {entry['version'] + 1} of {self.path} was not written by this app "
-                    "(its commit has no labelloop metadata). Restore the folder from a backup."
-                )
-            infos.append(
-                VersionInfo(
-                    version=entry["version"] + 1,
-                    timestamp=datetime.fromtimestamp(entry["timestamp"] / 1000, tz=timezone.utc),
-                    message=meta.get("message", ""),
-                    kind=meta.get("kind", "commit"),
-                    parent=meta.get("parent"),
-                    classes=tuple(meta.get("classes", ())),
-                    n_samples=int(entry.get("operationMetrics", {}).get("num_added_rows", 0)),
-                    summary=meta.get("summary", {}),
-                )
-            )
-        infos.sort(key=lambda info: info.version)
-        self._history_cache = (head, infos)
-        return list(infos)
+        return [self.version_info(v) for v in range(1, self.head_version() + 1)]
 
     def version_info(self, version: int | None = None) -> VersionInfo:
+        """Message, time, class list and change summary of ``version`` (default: the head)."""
         version = self._check_version(version)
-        return self.history()[version - 1]
+        if version not in self._info_cache:  # versions never change, so caching is safe
+            self._info_cache[version] = self._read_commit_info(version)
+        return self._info_cache[version]
+
+    def _read_commit_info(self, version: int) -> VersionInfo:
+        log_entry = self.path / "_delta_log" / f"{version - 1:020d}.json"
+        try:
+            actions = [json.loads(line) for line in log_entry.read_text(encoding="utf-8").splitlines() if line.strip()]
+            commit = next(action["commitInfo"] for action in actions if "commitInfo" in action)
+        except (OSError, ValueError, StopIteration) as exc:
+            raise UserError(
+                f"The label table at {self.path} cannot be read: the log entry of version {version} is damaged "
+                f"({type(exc).__name__}). Restore the folder from a backup, or re-import the images."
+            ) from exc
+        meta = commit.get(_METADATA_KEY)
+        if not isinstance(meta, dict):
+            raise UserError(
+                f"Version {version} of {self.path} was not written by this app "
+                "(its commit has no labelloop metadata). Restore the folder from a backup."
+            )
+        return VersionInfo(
+            version=version,
+            timestamp=datetime.fromtimestamp(commit.get("timestamp", 0) / 1000, tz=timezone.utc),
+            message=meta.get("message", ""),
+            kind=meta.get("kind", "commit"),
+            parent=meta.get("parent"),
+            classes=tuple(meta.get("classes", ())),
+            n_samples=int(commit.get("operationMetrics", {}).get("num_added_rows", 0)),
+            summary=meta.get("summary", {}),
+        )
 
     def classes(self, version: int | None = None) -> list[str]:
         return list(self.version_info(version).classes)
@@ -427,10 +446,11 @@ class LabelTable:
         message = _check_message(message)
         with self._lock():
             self._check_parent(parent)
-            old = self.read(parent)
+            head = self._delta(parent)  # loaded once: read from it and write through it
+            old = _to_frame(head)
             old_classes = self.classes(parent)
             new, new_classes = apply_changes(old, old_classes, changes)
-            return self._write(old, old_classes, new, new_classes, parent=parent, message=message, kind="commit")
+            return self._write(head, old, old_classes, new, new_classes, parent=parent, message=message, kind="commit")
 
     def restore(self, version: int, *, parent: int, message: str | None = None) -> int:
         """Write a new version equal to ``version``. History is never rewritten."""
@@ -440,8 +460,10 @@ class LabelTable:
             self._check_parent(parent)
             if version == parent:
                 raise UserError(f"Version {version} is already the latest; pick an older version to restore.")
+            head = self._delta(parent)
             return self._write(
-                self.read(parent),
+                head,
+                _to_frame(head),
                 self.classes(parent),
                 self.read(version),
                 self.classes(version),
@@ -461,13 +483,13 @@ class LabelTable:
                 head=head,
             )
 
-    def _write(self, old: pd.DataFrame, old_classes: list[str], new: pd.DataFrame, new_classes: list[str], *, parent: int, message: str, kind: str) -> int:
+    def _write(self, head: DeltaTable, old: pd.DataFrame, old_classes: list[str], new: pd.DataFrame, new_classes: list[str], *, parent: int, message: str, kind: str) -> int:
         diff = compare_snapshots(old, new, parent, parent + 1, old_classes, new_classes)
         if diff.is_empty():
             raise UserError(f"Nothing to commit: the change leaves version {parent} as it is.")
         meta = {"message": message, "kind": kind, "parent": parent, "classes": new_classes, "summary": diff.summary()}
         write_deltalake(
-            str(self.path),
+            head,
             to_arrow(new),
             mode="overwrite",
             commit_properties=CommitProperties(custom_metadata={_METADATA_KEY: meta}, max_commit_retries=0),

@@ -1,0 +1,65 @@
+"""Shared fixtures: real images drawn on disk, small real label tables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from core.tables import LabelTable
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def draw_image(path: Path, seed: int = 0, size: tuple[int, int] = (32, 24), mode: str = "RGB", fmt: str | None = None) -> Path:
+    """Write a small real image (random shapes, so every seed gives different bytes)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    if mode == "I;16":
+        image = Image.fromarray(rng.integers(0, 65535, size=(size[1], size[0])).astype(np.uint16))  # mode I;16
+    elif mode != "RGB":
+        image = image.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, fmt)
+    return path
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "workspace"
+    folder.mkdir()
+    monkeypatch.setenv("LABELLOOP_WORKSPACE", str(folder))
+    return folder
+
+
+@pytest.fixture
+def class_folders(tmp_path: Path) -> Path:
+    """cat/ (4 images), dog/ (3 images), bird/ (empty): 7 real PNG files."""
+    root = tmp_path / "animals"
+    seed = 0
+    for label, n in (("cat", 4), ("dog", 3)):
+        for i in range(n):
+            seed += 1
+            draw_image(root / label / f"{label}_{i}.png", seed)
+    (root / "bird").mkdir()
+    return root
+
+
+def make_rows(n: int, labels: list[str], seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"path": [f"/data/img_{i:06d}.png" for i in range(n)], "label": rng.choice(labels, size=n)})
+
+
+@pytest.fixture
+def small_table(tmp_path: Path) -> LabelTable:
+    """A 50-row table with classes a, b, c (and some undefined)."""
+    return LabelTable.create(tmp_path / "ds" / "labels", make_rows(50, ["a", "b", "c", "undefined"]), ["a", "b", "c"], "import")
+
+
+def pytest_report_header(config):
+    return f"workspace env: {os.environ.get('LABELLOOP_WORKSPACE', '(default)')}"

@@ -1,0 +1,248 @@
+"""The versioned label table: versions, commits, conflicts, diffs, restore, class list, readers."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import duckdb
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+
+from core.errors import ConflictError, UserError
+from core.tables import UNDEFINED, ChangeSet, LabelTable, check_class_name
+from tests.conftest import make_rows
+
+
+def test_create_is_version_one_with_its_class_list(small_table: LabelTable):
+    assert small_table.head_version() == 1
+    rows = small_table.read()
+    assert list(rows["sample_id"]) == list(range(1, 51))
+    assert set(rows["label"]) <= {"a", "b", "c", UNDEFINED}
+    assert (rows["weight"] == 1.0).all() and (rows["split"] == "none").all()
+    info = small_table.version_info(1)
+    assert (info.kind, info.parent, info.classes, info.n_samples) == ("import", None, ("a", "b", "c"), 50)
+
+
+def test_commit_makes_a_new_version_and_keeps_the_old_one(small_table: LabelTable):
+    before = small_table.read(1)
+    version = small_table.commit(ChangeSet.relabel([1, 2, 3], "c"), parent=1, message="three to c")
+    assert version == 2
+    assert small_table.read(1).equals(before)
+    after = small_table.read(2)
+    assert list(after.loc[after["sample_id"].isin([1, 2, 3]), "label"]) == ["c", "c", "c"]
+    untouched = after["sample_id"] > 3
+    assert after.loc[untouched, "label"].equals(before.loc[untouched, "label"])
+    info = small_table.version_info(2)
+    assert info.message == "three to c" and info.parent == 1 and info.kind == "commit"
+    relabelled = int((before.loc[:2, "label"] != "c").sum())
+    assert info.summary["counts"]["relabelled"] == relabelled
+    assert sum(n for _, _, n in info.summary["transitions"]) == relabelled
+
+
+def test_stale_parent_is_a_conflict_and_writes_nothing(small_table: LabelTable):
+    small_table.commit(ChangeSet.set_weight([1], 0.0), parent=1, message="first")
+    head_rows = small_table.read(2)
+    with pytest.raises(ConflictError, match="no longer the latest") as caught:
+        small_table.commit(ChangeSet.set_weight([5], 0.0), parent=1, message="stale")
+    assert (caught.value.parent, caught.value.head) == (1, 2)
+    assert small_table.head_version() == 2
+    assert small_table.read(2).equals(head_rows)
+
+
+def test_a_label_outside_the_class_list_is_refused_unless_added_explicitly(small_table: LabelTable):
+    with pytest.raises(UserError, match="not classes of this table"):
+        small_table.commit(ChangeSet.relabel([1], "zebra"), parent=1, message="typo")
+    assert small_table.head_version() == 1
+    version = small_table.commit(ChangeSet.relabel([1], "zebra", new_class=True), parent=1, message="new class")
+    assert small_table.classes(version) == ["a", "b", "c", "zebra"]
+    assert small_table.classes(1) == ["a", "b", "c"]
+    assert small_table.version_info(version).summary["classes_added"] == ["zebra"]
+
+
+def test_a_class_with_no_samples_still_exists(small_table: LabelTable):
+    version = small_table.commit(ChangeSet(new_classes=["empty-class"]), parent=1, message="declare a class")
+    counts = small_table.class_counts(version)
+    assert counts.loc["empty-class", "samples"] == 0
+    assert list(counts.index)[-1] == UNDEFINED
+
+
+def test_removing_a_class_in_use_is_refused_and_an_empty_one_can_go(small_table: LabelTable):
+    with pytest.raises(UserError, match="still have it"):
+        small_table.commit(ChangeSet(removed_classes=["a"]), parent=1, message="drop a")
+    v2 = small_table.commit(ChangeSet(new_classes=["tmp"]), parent=1, message="add tmp")
+    v3 = small_table.commit(ChangeSet(removed_classes=["tmp"]), parent=v2, message="drop tmp")
+    assert "tmp" not in small_table.classes(v3) and "tmp" in small_table.classes(v2)
+
+
+@pytest.mark.parametrize("name", ["undefined", "Undefined", "", "   ", "a\x00b", "x" * 101, None])
+def test_bad_class_names_are_refused(name):
+    with pytest.raises(UserError):
+        check_class_name(name)
+
+
+def test_unlabelling_with_undefined_is_allowed(small_table: LabelTable):
+    labelled = small_table.read().query("label != 'undefined'")["sample_id"].iloc[0]
+    version = small_table.commit(ChangeSet.relabel([labelled], UNDEFINED), parent=1, message="unsure")
+    assert small_table.read(version).set_index("sample_id").loc[labelled, "label"] == UNDEFINED
+
+
+def test_diff_reports_every_kind_of_change(small_table: LabelTable):
+    rows = small_table.read()
+    labelled = rows[rows["label"] == "a"]["sample_id"].tolist()
+    updates = pd.DataFrame(
+        {
+            "sample_id": [labelled[0], 10, 11, 12],
+            "label": ["b", None, None, None],
+            "weight": [None, 0.0, 2.0, None],
+            "split": [None, None, None, "test"],
+        }
+    )
+    v2 = small_table.commit(ChangeSet(updates=updates), parent=1, message="mixed")
+    v3 = small_table.commit(ChangeSet.set_weight([10], 1.0), parent=v2, message="include again")
+    added = pd.DataFrame({"path": ["/data/new.png"], "label": ["c"]})
+    v4 = small_table.commit(ChangeSet(added=added, removed_ids=[50]), parent=v3, message="add and remove")
+
+    counts = small_table.diff(1, v2).counts()
+    assert counts == {"relabelled": 1, "excluded": 1, "included": 0, "reweighted": 1, "split_changed": 1, "added": 0, "removed": 0}
+    assert small_table.diff(v2, v3).counts()["included"] == 1
+    d = small_table.diff(v3, v4)
+    assert d.counts()["added"] == 1 and d.counts()["removed"] == 1
+    new_row = small_table.read(v4).iloc[-1]
+    assert new_row["sample_id"] == 51 and new_row["label"] == "c"  # ids continue, never reused
+    flow = small_table.diff(1, v2).label_flow()
+    assert flow.loc["a", "b"] == 1
+    # A diff is symmetric in what it finds.
+    assert small_table.diff(v2, 1).counts()["relabelled"] == 1
+
+
+@pytest.mark.parametrize(
+    "updates, match",
+    [
+        ({"sample_id": [999], "label": ["a"]}, "not in this version"),
+        ({"sample_id": [1, 1], "label": ["a", "b"]}, "more than once"),
+        ({"sample_id": [1], "weight": [-1.0]}, "0 or more"),
+        ({"sample_id": [1], "weight": [float("inf")]}, "0 or more"),
+        ({"sample_id": [1], "weight": ["heavy"]}, "must be numbers"),
+        ({"sample_id": [1], "split": ["holdout"]}, "Unknown split"),
+        ({"sample_id": ["x"], "label": ["a"]}, "whole numbers"),
+        ({"sample_id": [1], "path": ["/elsewhere.png"]}, "only label, weight, split"),
+        ({"label": ["a"]}, "no 'sample_id' column"),
+    ],
+)
+def test_invalid_change_sets_are_refused_and_change_nothing(small_table: LabelTable, updates, match):
+    with pytest.raises(UserError, match=match):
+        small_table.commit(ChangeSet(updates=pd.DataFrame(updates)), parent=1, message="bad")
+    assert small_table.head_version() == 1
+
+
+def test_a_commit_that_changes_nothing_or_has_no_message_is_refused(small_table: LabelTable):
+    label = small_table.read().loc[0, "label"]
+    with pytest.raises(UserError, match="Nothing to commit"):
+        small_table.commit(ChangeSet.relabel([1], label), parent=1, message="same")
+    with pytest.raises(UserError, match="needs a message"):
+        small_table.commit(ChangeSet.relabel([1], "a" if label != "a" else "b"), parent=1, message="  ")
+    assert small_table.head_version() == 1
+
+
+def test_restore_is_a_new_version_equal_to_the_old_one(small_table: LabelTable):
+    v1 = small_table.read(1)
+    v2 = small_table.commit(ChangeSet(updates=pd.DataFrame({"sample_id": [1, 2], "label": ["zebra", "zebra"]}), new_classes=["zebra"]), parent=1, message="zebras")
+    v3 = small_table.restore(1, parent=v2)
+    assert v3 == 3
+    assert small_table.read(v3).equals(v1)
+    assert small_table.classes(v3) == small_table.classes(1)
+    info = small_table.version_info(v3)
+    assert info.kind == "restore" and info.message == "restore version 1"
+    assert info.summary["classes_removed"] == ["zebra"]
+    assert len(small_table.history()) == 3  # history only grows
+    with pytest.raises(UserError, match="already the latest"):
+        small_table.restore(3, parent=3)
+    with pytest.raises(ConflictError):
+        small_table.restore(1, parent=2)
+
+
+@pytest.mark.parametrize("version", [0, 2, -1])
+def test_versions_that_do_not_exist_get_a_clear_error(small_table: LabelTable, version):
+    with pytest.raises(UserError, match="versions 1 to 1"):
+        small_table.read(version)
+
+
+def test_a_folder_that_is_not_a_table_is_refused(tmp_path):
+    (tmp_path / "not-a-table").mkdir()
+    (tmp_path / "not-a-table" / "data.csv").write_text("a,b\n")
+    with pytest.raises(UserError, match="is not a label table"):
+        LabelTable(tmp_path / "not-a-table")
+
+
+def test_a_tampered_log_is_reported_not_crashed(small_table: LabelTable):
+    small_table.commit(ChangeSet(new_classes=["d"]), parent=1, message="d")
+    log = small_table.path / "_delta_log" / "00000000000000000001.json"
+    log.write_text("{not json")
+    with pytest.raises(UserError, match="cannot be read"):
+        LabelTable(small_table.path).read()
+
+
+def test_a_delta_table_written_by_someone_else_is_refused(tmp_path):
+    from deltalake import write_deltalake
+    import pyarrow as pa
+
+    write_deltalake(str(tmp_path / "foreign"), pa.table({"x": [1]}))
+    with pytest.raises(UserError, match="not written by this app"):
+        LabelTable(tmp_path / "foreign").history()
+
+
+def test_every_version_is_readable_by_polars_and_duckdb(small_table: LabelTable):
+    v2 = small_table.commit(ChangeSet.set_weight([1, 2, 3], 0.0), parent=1, message="exclude")
+    for version in (1, v2):
+        ours = small_table.read(version)
+        theirs = pl.read_delta(str(small_table.path), version=version - 1).sort("sample_id").to_pandas()
+        assert theirs["label"].tolist() == ours["label"].tolist()
+        assert theirs["weight"].tolist() == ours["weight"].tolist()
+        files = small_table.parquet_files(version)
+        excluded = duckdb.sql(f"select count(*) from read_parquet({files}) where weight = 0").fetchall()[0][0]
+        assert excluded == (3 if version == v2 else 0)
+
+
+def test_history_survives_many_commits_and_checkpoints(tmp_path):
+    # delta-rs writes a checkpoint every 100 commits; messages and class lists must survive it.
+    table = LabelTable.create(tmp_path / "labels", make_rows(20, ["a", "b"]), ["a", "b"])
+    version = 1
+    for i in range(105):
+        version = table.commit(ChangeSet(new_classes=[f"c{i}"]), parent=version, message=f"commit {i}")
+    reopened = LabelTable(tmp_path / "labels")
+    history = reopened.history()
+    assert len(history) == 106 and history[-1].message == "commit 104"
+    assert reopened.classes(50) == ["a", "b"] + [f"c{i}" for i in range(49)]
+    assert any(name.endswith(".checkpoint.parquet") for name in os.listdir(tmp_path / "labels" / "_delta_log"))
+
+
+def test_the_commit_metadata_is_plain_json_in_the_delta_log(small_table: LabelTable):
+    small_table.commit(ChangeSet(new_classes=["d"]), parent=1, message="add d")
+    entries = [json.loads(line) for line in (small_table.path / "_delta_log" / "00000000000000000001.json").read_text().splitlines()]
+    commit_info = next(e["commitInfo"] for e in entries if "commitInfo" in e)
+    assert commit_info["labelloop"]["message"] == "add d"
+    assert commit_info["labelloop"]["classes"] == ["a", "b", "c", "d"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_a_read_only_data_set_gives_a_clear_error(small_table: LabelTable):
+    os.chmod(small_table.path.parent, 0o555)
+    try:
+        with pytest.raises(UserError, match="Cannot write"):
+            small_table.commit(ChangeSet(new_classes=["d"]), parent=1, message="d")
+    finally:
+        os.chmod(small_table.path.parent, 0o755)
+
+
+def test_ids_stay_stable_across_versions(small_table: LabelTable):
+    paths = small_table.read(1).set_index("sample_id")["path"]
+    v2 = small_table.commit(ChangeSet(removed_ids=[3, 7]), parent=1, message="remove two")
+    v3 = small_table.commit(ChangeSet(added=pd.DataFrame({"path": ["/n1.png", "/n2.png"]})), parent=v2, message="add two")
+    later = small_table.read(v3).set_index("sample_id")["path"]
+    common = later.index.intersection(paths.index)
+    assert (later.loc[common] == paths.loc[common]).all()
+    assert list(later.index[-2:]) == [51, 52]
+    assert np.all(np.diff(later.index.to_numpy()) > 0)
