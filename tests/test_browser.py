@@ -1,0 +1,85 @@
+"""End to end: the real server, a real headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from core.ingest import import_dataset
+from core.tables import ChangeSet
+from tests.conftest import REPO
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian package chromium not installed (./test.sh installs it)"), pytest.mark.slow]
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--headless=new", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(class_folders: Path, workspace: Path, tmp_path: Path):
+    table, _ = import_dataset(class_folders, "animals", workspace)
+    table.commit(ChangeSet.set_weight([1], 0.0), parent=1, message="exclude a blurry cat")
+    port = free_port()
+    log = open(tmp_path / "streamlit.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address", "127.0.0.1",
+         "--server.port", str(port), "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=REPO, env={**os.environ, "LABELLOOP_WORKSPACE": str(workspace)}, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        process.kill()
+        pytest.fail("streamlit did not start: " + (tmp_path / "streamlit.log").read_text())
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+    log.close()
+
+
+def test_the_data_page_renders_in_chromium(server: str, tmp_path: Path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(server)
+        page.get_by_role("heading", name="animals").wait_for(timeout=60_000)
+        page.get_by_text("Version 2 of 2 · exclude a blurry cat").wait_for(timeout=30_000)
+        metrics = page.locator('[data-testid="stMetricValue"]').all_inner_texts()
+        assert metrics == ["7", "3", "0", "1", "2"]
+        page.get_by_role("tab", name="Classes").click()
+        page.get_by_text("Samples per class across versions").wait_for()
+        page.screenshot(path=str(tmp_path / "data-page.png"), full_page=True)
+        assert "dataset=animals" in page.url  # the choice is in the URL, so a reload keeps it
+        browser.close()
+    assert not errors, errors
+
+
+def test_three_js_is_served_for_the_map(server: str):
+    # ./test.sh copies three.js from node_modules into static/; the 3D map imports it from there.
+    body = urllib.request.urlopen(f"{server}/app/static/vendor/three/three.module.js", timeout=10).read()
+    assert b"REVISION" in body

@@ -1,0 +1,140 @@
+"""`python -m core ...` as a user runs it: real processes, real files, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from core.workspace import open_table
+from tests.conftest import REPO
+
+
+def cli(workspace: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "core", *args, "--workspace", str(workspace)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def animals(class_folders: Path, workspace: Path) -> Path:
+    result = cli(workspace, "import", str(class_folders), "--name", "animals")
+    assert result.returncode == 0, result.stderr
+    assert "'animals' version 1: imported 7 of 7 files" in result.stdout
+    return workspace
+
+
+def test_import_history_diff_apply_restore_round_trip(animals: Path, tmp_path: Path):
+    table = open_table(animals, "animals")
+    cats = table.read().query("label == 'cat'")["sample_id"].tolist()
+    changes = tmp_path / "fixes.csv"
+    pd.DataFrame({"sample_id": cats[:2], "label": ["dog", "bird"], "weight": ["", "0"]}).to_csv(changes, index=False)
+
+    result = cli(animals, "apply", "animals", str(changes), "--parent", "1", "-m", "two cats were not cats")
+    assert result.returncode == 0, result.stderr
+    assert "version 2: 2 relabelled" in result.stdout and "1 excluded" in result.stdout
+
+    history = cli(animals, "history", "animals")
+    assert history.returncode == 0 and "two cats were not cats" in history.stdout and "import of 7 samples" in history.stdout
+
+    diff = cli(animals, "diff", "animals", "1", "2", "--out", str(tmp_path / "diff.csv"))
+    assert diff.returncode == 0 and "2 relabelled, 1 excluded" in diff.stdout
+    per_sample = pd.read_csv(tmp_path / "diff.csv")
+    assert sorted(per_sample["new_label"]) == ["bird", "dog"]
+
+    restore = cli(animals, "restore", "animals", "1")
+    assert restore.returncode == 0 and "version 3: restored version 1" in restore.stdout
+    assert open_table(animals, "animals").read(3).equals(open_table(animals, "animals").read(1))
+
+    classes = cli(animals, "classes", "animals", "--version", "2")
+    assert classes.returncode == 0 and "bird" in classes.stdout
+    listing = cli(animals, "list")
+    assert "animals" in listing.stdout and "restore version 1" in listing.stdout
+
+
+def test_a_stale_parent_exits_2_with_one_line_and_writes_nothing(animals: Path, tmp_path: Path):
+    changes = tmp_path / "c.csv"
+    changes.write_text("sample_id,weight\n1,0\n")
+    assert cli(animals, "apply", "animals", str(changes), "--parent", "1", "-m", "first").returncode == 0
+    changes.write_text("sample_id,weight\n2,0\n")
+    line = one_error_line(cli(animals, "apply", "animals", str(changes), "--parent", "1", "-m", "stale"))
+    assert "conflict" in line and "Version 1 is no longer the latest" in line
+    assert open_table(animals, "animals").head_version() == 2
+
+
+def test_a_new_label_needs_new_class(animals: Path, tmp_path: Path):
+    changes = tmp_path / "c.csv"
+    changes.write_text("sample_id,label\n1,fox\n")
+    line = one_error_line(cli(animals, "apply", "animals", str(changes), "--parent", "1", "-m", "fox"))
+    assert "'fox'" in line and "--new-class" in line
+    ok = cli(animals, "apply", "animals", str(changes), "--parent", "1", "-m", "fox", "--new-class", "fox")
+    assert ok.returncode == 0 and "new classes: fox" in ok.stdout
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["history", "nope"], "No data set named 'nope'"),
+        (["import", "/does/not/exist", "--name", "x"], "does not exist"),
+        (["restore", "animals", "9"], "does not exist"),
+        (["diff", "animals", "1", "5"], "versions 1 to 1"),
+        (["export", "animals", "--format", "csv", "--version", "4"], "does not exist"),
+        (["apply", "animals", "/no/such.csv", "--parent", "1", "-m", "x"], "does not exist"),
+    ],
+)
+def test_user_errors_exit_2_with_one_clear_line(animals: Path, args: list[str], match: str):
+    assert match in one_error_line(cli(animals, *args))
+
+
+def test_change_files_with_wrong_columns_are_refused(animals: Path, tmp_path: Path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,label\n1,dog\n")
+    assert "needs a sample_id column" in one_error_line(cli(animals, "apply", "animals", str(bad), "--parent", "1", "-m", "x"))
+    bad.write_text("sample_id,label,path\n1,dog,/x\n")
+    assert "cannot be applied: path" in one_error_line(cli(animals, "apply", "animals", str(bad), "--parent", "1", "-m", "x"))
+
+
+def test_export_in_every_format(animals: Path, tmp_path: Path):
+    table = open_table(animals, "animals")
+    changes = tmp_path / "c.csv"
+    changes.write_text("sample_id,weight\n1,0\n")
+    cli(animals, "apply", "animals", str(changes), "--parent", "1", "-m", "exclude one")
+
+    csv_out = tmp_path / "out.csv"
+    result = cli(animals, "export", "animals", "--version", "2", "--format", "csv", "--out", str(csv_out))
+    assert result.returncode == 0, result.stderr
+    assert pd.read_csv(csv_out)["weight"].tolist() == table.read(2)["weight"].tolist()
+
+    default = cli(animals, "export", "animals", "--format", "parquet")
+    assert default.returncode == 0
+    assert pd.read_parquet(animals / "animals" / "exports" / "animals-v2.parquet")["label"].tolist() == table.read(2)["label"].tolist()
+
+    tree = tmp_path / "tree"
+    result = cli(animals, "export", "animals", "--format", "imagefolder", "--out", str(tree))
+    assert result.returncode == 0 and "6 images in 2 class folders" in result.stdout and "1 undefined or excluded" in result.stdout
+    assert len(list((tree / "cat").iterdir())) == 3 and len(list((tree / "dog").iterdir())) == 3
+    assert len(pd.read_csv(tree / "labels.csv")) == 6
+
+    assert "already exists" in one_error_line(cli(animals, "export", "animals", "--format", "csv", "--out", str(csv_out)))
+
+
+def test_demo_if_missing_builds_once(workspace: Path):
+    first = cli(workspace, "demo", "--if-missing", "--per-class", "10")
+    assert first.returncode == 0, first.stderr
+    assert "built demo data set 'fashion-demo'" in first.stdout
+    second = cli(workspace, "demo", "--if-missing")
+    assert second.returncode == 0 and "already has data sets" in second.stdout
