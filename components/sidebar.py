@@ -18,7 +18,7 @@ def pick_dataset() -> str | None:
     """Sidebar data set picker; the choice survives page changes and reloads (it is in the URL)."""
     names = list_datasets(workspace())
     if not names:
-        st.sidebar.info("No data sets yet: import one on the Data page.")
+        st.sidebar.info("No data sets yet: build the demo or import images.")
         return None
     wanted = st.session_state.get("dataset") or st.query_params.get("dataset")
     index = names.index(wanted) if wanted in names else 0

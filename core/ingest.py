@@ -78,6 +78,17 @@ class ImportReport:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    @classmethod
+    def start(cls, source: Path, found: Discovery) -> ImportReport:
+        """A report holding what discovery found, before any file is checked."""
+        return cls(
+            source=str(source),
+            layout=found.layout,
+            n_found=len(found.candidates) + len(found.skipped),
+            skipped=list(found.skipped),
+            warnings=list(found.warnings),
+        )
+
     def skipped_by_reason(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for item in self.skipped:
@@ -477,7 +488,7 @@ def import_dataset(
         )
     source = Path(source).expanduser()
     found = discover(source, layout)
-    report = ImportReport(source=str(source), layout=found.layout, n_found=len(found.candidates) + len(found.skipped), skipped=list(found.skipped), warnings=list(found.warnings))
+    report = ImportReport.start(source, found)
 
     try:
         paths.workspace.mkdir(parents=True, exist_ok=True)
@@ -539,7 +550,7 @@ def add_images(
     current = table.read(parent)
     source = Path(source).expanduser()
     found = discover(source, layout)
-    report = ImportReport(source=str(source), layout=found.layout, n_found=len(found.candidates) + len(found.skipped), skipped=list(found.skipped), warnings=list(found.warnings))
+    report = ImportReport.start(source, found)
     known = set(current["path"])
     fresh = []
     for candidate in found.candidates:

@@ -274,8 +274,15 @@ class VersionInfo:
 # --------------------------------------------------------------------------- the table
 
 
-def _to_frame(delta: DeltaTable) -> pd.DataFrame:
-    return delta.to_pyarrow_table().to_pandas().sort_values("sample_id", ignore_index=True)[COLUMNS]
+def _to_frame(delta: DeltaTable, what: str = "the label table") -> pd.DataFrame:
+    try:
+        table = delta.to_pyarrow_table()
+    except Exception as exc:  # a data file deleted or damaged behind the app's back
+        raise UserError(
+            f"The data files of {what} are missing or damaged ({type(exc).__name__}: {str(exc)[:200]}). "
+            "Restore the data set folder from a backup; other versions may still be readable."
+        ) from exc
+    return table.to_pandas().sort_values("sample_id", ignore_index=True)[COLUMNS]
 
 
 def to_arrow(frame: pd.DataFrame) -> pa.Table:
@@ -332,14 +339,8 @@ class LabelTable:
 
     def _delta(self, version: int | None = None) -> DeltaTable:
         try:
-            if version is None:
-                return DeltaTable(str(self.path))
-            return DeltaTable(str(self.path), version=version - 1)
+            return DeltaTable(str(self.path), version=None if version is None else version - 1)
         except Exception as exc:  # deltalake raises several types for a damaged log
-            if version is not None and version >= 1 and "version" in str(exc).lower():
-                raise UserError(
-                    f"Version {version} does not exist in {self.path}; the latest is {self.head_version()}."
-                ) from exc
             raise UserError(
                 f"The label table at {self.path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}). "
                 "Its log may be damaged: restore the folder from a backup, or re-import the images."
@@ -364,7 +365,8 @@ class LabelTable:
 
     def read(self, version: int | None = None) -> pd.DataFrame:
         """The rows of ``version`` (default: the head), sorted by sample_id."""
-        return _to_frame(self._delta(self._check_version(version)))
+        version = self._check_version(version)
+        return _to_frame(self._delta(version), f"version {version} of {self.path}")
 
     def history(self) -> list[VersionInfo]:
         """Every version, oldest first."""
@@ -420,7 +422,7 @@ class LabelTable:
         return counts.rename_axis("class").astype(np.int64)
 
     def class_counts_by_version(self, versions: Sequence[int]) -> pd.DataFrame:
-        """Samples per class (rows, undefined last) in each of ``versions`` (columns)."""
+        """Samples per class (rows, undefined last) in each of ``versions`` (columns ``v1``, ``v2``...)."""
         columns = {f"v{v}": self.class_counts(v)["samples"] for v in versions}
         matrix = pd.DataFrame(columns).fillna(0).astype(np.int64)
         order = [c for c in matrix.index if c != UNDEFINED] + ([UNDEFINED] if UNDEFINED in matrix.index else [])

@@ -22,6 +22,11 @@ def cached_class_counts(table_path: str, version: int, committed_at: float) -> p
     return LabelTable(table_path).class_counts(version)
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def cached_class_matrix(table_path: str, versions: tuple[int, ...], committed_at: tuple[float, ...]) -> pd.DataFrame:
+    return LabelTable(table_path).class_counts_by_version(versions)
+
+
 @st.cache_data(max_entries=32, show_spinner=False)
 def cached_rows(table_path: str, version: int, committed_at: float) -> pd.DataFrame:
     return LabelTable(table_path).read(version)
@@ -136,9 +141,9 @@ def classes_tab(table: LabelTable, version: int) -> None:
         st.dataframe(counts.reset_index(), hide_index=True, width="stretch")
     with right:
         st.bar_chart(counts[["trainable", "excluded"]].drop(index=UNDEFINED, errors="ignore"), horizontal=True, stack=True)
-    recent = [info.version for info in history][-10:]
+    recent = history[-10:]
     st.markdown("**Samples per class across versions** (last 10)")
-    matrix = pd.DataFrame({f"v{v}": cached_class_counts(str(table.path), v, history[v - 1].timestamp.timestamp())["samples"] for v in recent}).fillna(0).astype(int)
+    matrix = cached_class_matrix(str(table.path), tuple(i.version for i in recent), tuple(i.timestamp.timestamp() for i in recent))
     st.dataframe(matrix, width="stretch")
 
 
@@ -168,7 +173,8 @@ def demo_panel(name: str, version: int) -> None:
     st.info(
         f"**Demo score (version {version}).** {score.describe()}  \n"
         "The demo has 30% undefined samples to label and 8% deliberately flipped labels to find; "
-        "its true labels are kept outside the label table to score your fixes."
+        "its true labels are kept outside the label table to score your fixes. Its manifest also lists "
+        "3 deliberately broken files, so the import report (Import tab) has something to show."
     )
 
 

@@ -83,3 +83,28 @@ def test_three_js_is_served_for_the_map(server: str):
     # ./test.sh copies three.js from node_modules into static/; the 3D map imports it from there.
     body = urllib.request.urlopen(f"{server}/app/static/vendor/three/three.module.js", timeout=10).read()
     assert b"REVISION" in body
+
+
+def test_importing_hundreds_of_images_through_the_page(server: str, tmp_path: Path, workspace: Path):
+    # Over 256 files the import checks images in a process pool: it must work inside the Streamlit server.
+    from playwright.sync_api import sync_playwright
+
+    from tests.conftest import draw_image
+
+    root = tmp_path / "many"
+    for i in range(300):
+        draw_image(root / ("left" if i % 2 else "right") / f"{i}.png", 1000 + i, size=(16, 16))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.goto(server)
+        page.get_by_role("heading", name="animals").wait_for(timeout=60_000)
+        page.get_by_role("tab", name="Import").click()
+        page.get_by_role("textbox", name="Folder or manifest").fill(str(root))
+        page.get_by_role("textbox", name="New data set name").fill("many")
+        page.get_by_role("button", name="Import").click()
+        page.get_by_text("Created 'many': imported 300 of 300 files").wait_for(timeout=120_000)
+        browser.close()
+    from core.workspace import open_table
+
+    assert len(open_table(workspace, "many").read()) == 300

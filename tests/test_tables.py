@@ -246,3 +246,12 @@ def test_ids_stay_stable_across_versions(small_table: LabelTable):
     assert (later.loc[common] == paths.loc[common]).all()
     assert list(later.index[-2:]) == [51, 52]
     assert np.all(np.diff(later.index.to_numpy()) > 0)
+
+
+def test_a_deleted_data_file_is_reported_and_other_versions_still_read(small_table: LabelTable):
+    v2 = small_table.commit(ChangeSet.set_weight([1], 0.0), parent=1, message="exclude")
+    for name in small_table.parquet_files(v2):
+        os.remove(name.removeprefix("file://"))
+    with pytest.raises(UserError, match="missing or damaged"):
+        small_table.read(v2)
+    assert len(small_table.read(1)) == 50
