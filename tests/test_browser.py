@@ -69,8 +69,10 @@ def test_the_data_page_renders_in_chromium(server: str, tmp_path: Path):
         page.goto(server)
         page.get_by_role("heading", name="animals").wait_for(timeout=60_000)
         page.get_by_text("Version 2 of 2 · exclude a blurry cat").wait_for(timeout=30_000)
-        metrics = page.locator('[data-testid="stMetricValue"]').all_inner_texts()
-        assert metrics == ["7", "3", "0", "1", "2"]
+        from playwright.sync_api import expect
+
+        metrics = page.locator('[data-testid="stMetricValue"]')
+        expect(metrics).to_have_text(["7", "3", "0", "1", "2"], timeout=30_000)
         page.get_by_role("tab", name="Classes").click()
         page.get_by_text("Samples per class across versions").wait_for()
         page.screenshot(path=str(tmp_path / "data-page.png"), full_page=True)
