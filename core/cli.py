@@ -56,6 +56,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     with progress_bar("checking demo images") as progress:
         table, report = build_demo(workspace, args.name or DEMO_NAME, settings, progress=progress)
     print(f"built demo data set '{args.name or DEMO_NAME}' in {workspace}: {report.describe()}")
+    print(f"(the {len(report.skipped)} skipped files are broken on purpose, to show what the import report looks like)")
 
 
 def cmd_list(args: argparse.Namespace) -> None:
