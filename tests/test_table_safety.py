@@ -98,3 +98,37 @@ def test_a_writer_killed_at_random_moments_never_damages_the_table(tmp_path: Pat
     table = LabelTable(path)
     assert table.commit(ChangeSet.set_weight([1], 0.0), parent=last_head, message="after the kills") == last_head + 1
     assert np.array_equal(table.read(1)["sample_id"], table.read()["sample_id"])
+
+
+_KILLED_IMPORT = """
+import sys
+from core.ingest import import_dataset
+print("ready", flush=True)
+import_dataset(sys.argv[1], "big", sys.argv[2], workers=1)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_import_leaves_no_data_set_and_the_next_import_cleans_up(tmp_path: Path):
+    from core.ingest import import_dataset
+    from core.workspace import list_datasets
+    from tests.conftest import draw_image
+
+    source = tmp_path / "source"
+    for i in range(1500):
+        draw_image(source / ("a" if i % 2 else "b") / f"{i}.png", i, size=(64, 64))
+    workspace = tmp_path / "ws"
+    importer = subprocess.Popen([sys.executable, "-c", _KILLED_IMPORT, str(source), str(workspace)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert importer.stdout.readline().strip() == "ready"
+    deadline = time.time() + 60
+    while not list(workspace.glob(".staging-big-*/thumbs")) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # well into checking files and writing thumbnails
+    importer.send_signal(signal.SIGKILL)
+    importer.wait()
+    assert list(workspace.glob(".staging-big-*")), "the import finished before it was killed; make the source bigger"
+    assert list_datasets(workspace) == []  # nothing half-made is listed
+
+    table, report = import_dataset(source, "big", workspace)
+    assert report.n_imported == 1500 and len(table.read()) == 1500
+    assert not list(workspace.glob(".staging-*"))  # the dead import's folder is gone
