@@ -18,7 +18,7 @@ from core.workspace import DatasetPaths, list_datasets, open_table, resolve_work
 
 
 @contextmanager
-def progress_bar(description: str):
+def progress_bar(description: str, unit: str = "img"):
     """A callback for core's progress(done, total) that draws a tqdm bar on stderr."""
     from tqdm import tqdm
 
@@ -27,7 +27,7 @@ def progress_bar(description: str):
     def update(done: int, total: int) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, desc=description, unit="img", file=sys.stderr, leave=True)
+            bar = tqdm(total=total, desc=description, unit=unit, file=sys.stderr, leave=True)
         bar.update(done - bar.n)
 
     try:
@@ -154,6 +154,74 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"exported version {version} of '{args.name}' as {args.format}: {description} -> {path}")
 
 
+def _embedder_config(args: argparse.Namespace):
+    from core.embed import EmbedderConfig
+
+    return EmbedderConfig(
+        kind=args.embedder,
+        arch=args.arch,
+        weights=args.weights,
+        resolution=args.resolution,
+        runtime=args.runtime,
+        precision=args.precision,
+        batch_size=args.batch_size,
+    )
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from core.embed import embed_dataset
+
+    open_table(args.workspace, args.name)  # a clear error before any model loads
+    with progress_bar("embedding") as progress:
+        report = embed_dataset(args.workspace, args.name, _embedder_config(args), version=args.version, progress=progress)
+    print(f"embeddings '{report.key}': {report.describe()}")
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    for row in report.failures.head(20).itertuples():
+        print(f"not embedded: sample {row.sample_id} {row.path}: {row.reason}")
+    if len(report.failures) > 20:
+        print(f"... and {len(report.failures) - 20} more")
+
+
+def cmd_embeddings(args: argparse.Namespace) -> None:
+    from core.embed import EmbeddingCache, list_embeddings
+
+    rows = []
+    for meta in list_embeddings(args.workspace, args.name):
+        cache = EmbeddingCache(DatasetPaths(args.workspace, args.name).root / "embeddings" / meta["key"])
+        rows.append({"key": meta["key"], "dims": meta["dim"], "vectors": len(cache.load()[0]), "description": meta["description"]})
+    _print_table(pd.DataFrame(rows, columns=["key", "dims", "vectors", "description"]))
+
+
+def _default_embedding_key(workspace, name: str) -> str:
+    from core.embed import EmbedderConfig, embedder_key, list_embeddings
+
+    available = [meta["key"] for meta in list_embeddings(workspace, name)]
+    default = embedder_key(EmbedderConfig())
+    if default in available or not available:
+        return default
+    if len(available) == 1:
+        return available[0]
+    raise UserError(f"'{name}' has several embeddings ({', '.join(available)}); choose one with --embedding.")
+
+
+def cmd_project(args: argparse.Namespace) -> None:
+    from core.project import ProjectionConfig, project_dataset
+
+    open_table(args.workspace, args.name)
+    key = args.embedding or _default_embedding_key(args.workspace, args.name)
+    try:
+        iterations = tuple(int(part) for part in args.iterations.split(","))
+    except ValueError:
+        raise UserError(f"--iterations takes three whole numbers like 100,100,100, not '{args.iterations}'.") from None
+    config = ProjectionConfig(method=args.method, dims=args.dims, n_neighbors=args.neighbors, iterations=iterations, pca_dims=args.pca, perplexity=args.perplexity, seed=args.seed)
+    with progress_bar("projecting", unit="step") as progress:
+        projection = project_dataset(args.workspace, args.name, key, config, version=args.version, progress=progress)
+    print(f"'{args.name}' {key}: {projection.describe()}")
+    if projection.missing:
+        print(f"warning: {projection.missing} samples have no embedding and are not on the map; run `embed {args.name}` to add them")
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -222,6 +290,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=["csv", "parquet", "imagefolder"])
     p.add_argument("--out", help="output file or folder (default: <data set>/exports/<name>-v<N>[.csv|.parquet])")
     p.set_defaults(func=cmd_export)
+
+    from core.embed import EMBEDDER_KINDS, PRECISIONS, RUNTIMES
+    from core.project import METHODS, ProjectionConfig
+
+    p = sub.add_parser("embed", parents=[common], help="embed the images of a data set (cached: only new images are computed)")
+    p.add_argument("name")
+    p.add_argument("--embedder", default="efficientnet-lite0", choices=EMBEDDER_KINDS, help="default: efficientnet-lite0 (ImageNet-pretrained)")
+    p.add_argument("--arch", help="open_clip model name (e.g. ViT-B-32) or torchvision architecture (e.g. resnet50)")
+    p.add_argument("--weights", help="local checkpoint file (open_clip: required; torchvision: optional, else untrained)")
+    p.add_argument("--resolution", type=int, help="input size in pixels (default: the model's own; pixels: 32)")
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES, help="auto = openvino (checked against torch), torch = the reference")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="openvino only; auto = bf16 where the CPU has it natively")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--version", type=int, help="version whose images to embed (default: the latest)")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("embeddings", parents=[common], help="list the embeddings cached for a data set")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_embeddings)
+
+    p = sub.add_parser("project", parents=[common], help="project embeddings to a 2D/3D map (cached)")
+    p.add_argument("name")
+    p.add_argument("--embedding", help="embedding key (see `embeddings NAME`; default: the default embedder's)")
+    p.add_argument("--method", default="pacmap", choices=METHODS)
+    p.add_argument("--dims", type=int, default=3, choices=[2, 3])
+    p.add_argument("--neighbors", type=int, default=10, help="PaCMAP n_neighbors (default 10)")
+    p.add_argument("--iterations", default=",".join(str(i) for i in ProjectionConfig().iterations), help="PaCMAP's three phases (default %(default)s)")
+    p.add_argument("--pca", type=int, default=ProjectionConfig().pca_dims, help="PCA dimensions before projecting, 0 = none (default %(default)s)")
+    p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--version", type=int, help="version to map (default: the latest)")
+    p.set_defaults(func=cmd_project)
     return parser
 
 

@@ -16,3 +16,7 @@ class ConflictError(UserError):
         super().__init__(message)
         self.parent = parent
         self.head = head
+
+
+class Cancelled(UserError):
+    """The user stopped a long job; what was finished is kept."""

@@ -17,7 +17,6 @@ never stops for one bad file, and writes nothing at all if it fails.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import multiprocessing
@@ -25,7 +24,6 @@ import os
 import shutil
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -33,11 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from core.errors import UserError
+from core.images import ImageProblem, content_hash, decode, read_bytes, to_rgb
 from core.tables import SPLITS, UNDEFINED, ChangeSet, LabelTable, check_class_name
-from core.workspace import DatasetPaths, check_dataset_name, resolve_workspace
+from core.workspace import DatasetPaths, check_dataset_name
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
@@ -47,9 +46,6 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
 LAYOUTS = ("auto", "class-folders", "flat")
 
 THUMBNAIL_SIZE = 128
-# An image above this many pixels is refused before decoding: a small file can
-# claim enormous dimensions (a decompression bomb) and exhaust memory.
-MAX_PIXELS = 178_956_970
 _INLINE_LIMIT = 256  # below this many files a process pool costs more than it saves
 
 Progress = Callable[[int, int], None]
@@ -321,21 +317,6 @@ def thumbnail_path(thumbs_dir: str | os.PathLike, content_hash: str) -> Path:
     return Path(thumbs_dir) / content_hash[:2] / f"{content_hash}.jpg"
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """An 8-bit RGB view of any image: 16-bit and float scaled, CMYK converted, transparency on white."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        pixels = np.asarray(image, dtype=np.float64)
-        low, high = float(pixels.min()), float(pixels.max())
-        scaled = (pixels - low) / (high - low) * 255 if high > low else np.zeros_like(pixels)
-        return Image.fromarray(scaled.astype(np.uint8), "L").convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB") if image.mode != "RGB" else image
-
-
 def check_image(path: str, thumbs_dir: str | None, thumbnail_size: int = THUMBNAIL_SIZE) -> dict:
     """Open and fully decode one file; write its thumbnail if missing.
 
@@ -348,56 +329,29 @@ def check_image(path: str, thumbs_dir: str | None, thumbnail_size: int = THUMBNA
     except UnicodeEncodeError:
         return {"path": path.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), "reason": "unreadable: the file name is not valid UTF-8; rename the file"}
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        return {"path": path, "reason": "missing: no such file"}
-    except IsADirectoryError:
-        return {"path": path, "reason": "not an image: it is a folder"}
-    except PermissionError:
-        return {"path": path, "reason": "unreadable: permission denied"}
-    except OSError as exc:
-        return {"path": path, "reason": f"unreadable: {exc.strerror or exc}"}
-    if not data:
-        return {"path": path, "reason": "zero bytes: the file is empty"}
+        data = read_bytes(path)
+        image = decode(data, draft_size=thumbnail_size * 2 if thumbnail_size else None)
+        width, height = Image.open(io.BytesIO(data)).size  # the real size, not the draft's
+        digest = content_hash(data)
+        if thumbs_dir:
+            _write_thumbnail(image, thumbnail_path(thumbs_dir, digest), thumbnail_size)
+    except ImageProblem as problem:
+        return {"path": path, "reason": str(problem)}
+    return {"path": path, "width": width, "height": height, "mode": image.mode, "file_size": len(data), "content_hash": digest}
+
+
+def _write_thumbnail(image: Image.Image, target: Path, size: int) -> None:
+    if target.exists():
+        return
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                return {"path": path, "reason": f"too large: {width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit (possible decompression bomb)"}
-            mode = image.mode
-            if thumbnail_size and image.format == "JPEG":
-                image.draft("RGB", (thumbnail_size * 2, thumbnail_size * 2))  # decodes at reduced scale, still reads every byte
-            image.load()
-    except UnidentifiedImageError:
-        return {"path": path, "reason": "not an image: the content is not a readable image format"}
-    except Image.DecompressionBombError as exc:
-        return {"path": path, "reason": f"too large: {exc}"}
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        return {"path": path, "reason": f"truncated or corrupt: {str(exc)[:120]}"}
-    content_hash = hashlib.blake2b(data, digest_size=16).hexdigest()
-    if thumbs_dir:
-        target = thumbnail_path(thumbs_dir, content_hash)
-        if not target.exists():
-            try:
-                thumb = to_rgb(image)
-                thumb.thumbnail((thumbnail_size, thumbnail_size), Image.Resampling.LANCZOS)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-                thumb.save(tmp, "JPEG", quality=90)
-                os.replace(tmp, target)  # never a half-written thumbnail, even if killed
-            except (OSError, ValueError) as exc:
-                return {"path": path, "reason": f"truncated or corrupt: decoding for the thumbnail failed ({str(exc)[:100]})"}
-    return {
-        "path": path,
-        "width": width,
-        "height": height,
-        "mode": mode,
-        "file_size": len(data),
-        "content_hash": content_hash,
-    }
+        thumb = to_rgb(image)
+        thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        thumb.save(tmp, "JPEG", quality=90)
+        os.replace(tmp, target)  # never a half-written thumbnail, even if killed
+    except (OSError, ValueError) as exc:
+        raise ImageProblem(f"truncated or corrupt: decoding for the thumbnail failed ({str(exc)[:100]})") from None
 
 
 def _check_one(args: tuple[str, str | None]) -> dict:

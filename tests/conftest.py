@@ -29,6 +29,20 @@ def draw_image(path: Path, seed: int = 0, size: tuple[int, int] = (32, 24), mode
     return path
 
 
+def write_fashion_folders(root: Path, per_class: int, offset: int = 0) -> Path:
+    """Real Fashion-MNIST images (or MNIST digits where it is not installed) as class folders."""
+    from core.demo import load_source_images
+
+    source = load_source_images()
+    for cls, name in enumerate(source.class_names):
+        members = np.flatnonzero(source.labels == cls)[offset : offset + per_class]
+        for index in members:
+            target = root / name / f"{index:05d}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(source.images[index], "L").save(target)
+    return root
+
+
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "workspace"
