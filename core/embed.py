@@ -9,13 +9,14 @@ waits for the decoder; :func:`embed_dataset` does that for a data set and
 keeps the vectors in a cache keyed by (embedder key, image content hash), so
 relabelling never re-embeds and adding images embeds only the new ones.
 
-Runtimes. ``torch`` runs the model as written (the reference). ``openvino``
-exports it to ONNX once, checks the export against torch on real and random
-inputs, and runs it with OpenVINO in throughput mode (one stream per core).
-On CPUs with native bfloat16 (``precision="auto"``) OpenVINO computes in
-bf16: measured here 1.6x the fp32 speed with features at cosine >= 0.99 of
-the fp32 ones; the precision is part of the key, so bf16 and fp32 vectors
-are never mixed. See bench/bench_embed.py for the measurements behind this.
+Runtimes. ``torch`` runs the model as written (the reference).
+``onnxruntime`` and ``openvino`` run an ONNX export of it, made once per
+embedder and checked against torch outputs every time it is loaded (an
+export that differs falls back to torch, with a note). ``auto`` picks the
+fastest measured: OpenVINO in bf16 where the CPU has native bfloat16
+(features at cosine >= 0.99 of fp32, the same linear-probe accuracy), else
+ONNX Runtime in fp32. The precision is part of the key, so bf16 and fp32
+vectors are never mixed. bench/bench_embed.py has the measurements.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from core.images import ImageProblem, load_square
 from core.workspace import DatasetPaths, open_table
 
 EMBEDDER_KINDS = ("efficientnet-lite0", "open_clip", "torchvision", "pixels")
-RUNTIMES = ("auto", "openvino", "torch")
+RUNTIMES = ("auto", "openvino", "onnxruntime", "torch")
 PRECISIONS = ("auto", "fp32", "bf16")
 # torchvision architectures and the attribute holding their classifier, which
 # is replaced by an identity so the model returns its pooled features.
@@ -282,15 +283,30 @@ def _resolution(config: EmbedderConfig) -> int:
     return 224
 
 
-def _openvino_precision(config: EmbedderConfig) -> str:
+def _native_bf16() -> bool:
     import openvino as ov
 
-    native_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    if config.precision == "bf16" and not native_bf16:
-        raise UserError("This CPU has no native bfloat16; use --precision fp32 (or auto).")
-    if config.precision == "auto":
-        return "bf16" if native_bf16 else "fp32"
-    return config.precision
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def _plan(config: EmbedderConfig) -> tuple[str, str]:
+    """(runtime, precision) for a model config: the fastest measured choice for ``auto``.
+
+    Measured on this project's 2-core machines (bench/bench_embed.py):
+    OpenVINO bf16 317 img/s, ONNX Runtime fp32 186, OpenVINO fp32 150,
+    torch eager 43. So ``auto`` is OpenVINO bf16 where the CPU has native
+    bf16, else ONNX Runtime in fp32.
+    """
+    wants_bf16 = config.precision == "bf16"
+    if wants_bf16 and (config.runtime in ("torch", "onnxruntime") or not _native_bf16()):
+        raise UserError("bf16 needs the openvino runtime and a CPU with native bfloat16; use --precision fp32 (or auto).")
+    if config.runtime in ("torch", "onnxruntime"):
+        return config.runtime, "fp32"
+    if config.runtime == "openvino":
+        return "openvino", "fp32" if config.precision == "fp32" else ("bf16" if _native_bf16() else "fp32")
+    if config.precision == "fp32" or not _native_bf16():
+        return "onnxruntime", "fp32"
+    return "openvino", "bf16"
 
 
 def _base_key(config: EmbedderConfig, resolution: int) -> str:
@@ -304,7 +320,7 @@ def embedder_key(config: EmbedderConfig) -> str:
     resolution = _resolution(config)
     if config.kind == "pixels":
         return f"pixels-{resolution}px"
-    precision = "fp32" if config.runtime == "torch" else _openvino_precision(config)
+    _, precision = _plan(config)
     return f"{_base_key(config, resolution)}-{precision}"
 
 
@@ -326,10 +342,15 @@ def load_embedder(config: EmbedderConfig, model_dir: str | os.PathLike) -> Embed
     dim = reference.shape[1]
     base_key = _base_key(config, resolution)
 
-    runtime = "openvino" if config.runtime == "auto" else config.runtime
-    if runtime == "openvino":
+    runtime, precision = _plan(config)
+    if runtime != "torch":
+        onnx_path = Path(model_dir) / base_key / "model.onnx"
+        _export_onnx(module, probe, onnx_path)
+        build = _openvino_embedder if runtime == "openvino" else _onnxruntime_embedder
         try:
-            return _openvino_embedder(module, probe, reference, config, base_key, description, resolution, dim, notes, Path(model_dir))
+            embed_batch = build(onnx_path, precision, resolution, dim)
+            _check_against_torch(embed_batch(probe), reference, precision)
+            return Embedder(f"{base_key}-{precision}", f"{description} via {runtime} {precision}", resolution, dim, f"{runtime}-{precision}", embed_batch, notes)
         except _ExportMismatch as exc:
             notes.append(f"The fast runtime was not used: {exc}. Running in PyTorch instead (slower, same results).")
 
@@ -383,14 +404,33 @@ def _export_onnx(module, probe: np.ndarray, target: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _openvino_embedder(module, probe, reference, config: EmbedderConfig, base_key: str, description: str, resolution: int, dim: int, notes: list[str], model_dir: Path) -> Embedder:
+def _check_against_torch(fast: np.ndarray, reference: np.ndarray, precision: str) -> None:
+    """Never trust an export unchecked: one here once became a different network."""
+    cosine = _cosine(fast, reference)
+    scale = float(np.abs(reference).max()) or 1.0
+    if precision == "fp32" and (np.abs(fast - reference).max() / scale > 1e-3 or cosine.min() < 0.9999):
+        raise _ExportMismatch(f"the exported model differs from PyTorch (min cosine {cosine.min():.5f})")
+    if precision == "bf16" and (cosine.min() < 0.98 or cosine[:4].mean() < 0.995):
+        raise _ExportMismatch(f"bf16 features are too far from fp32 (min cosine {cosine.min():.4f})")
+
+
+def _onnxruntime_embedder(onnx_path: Path, precision: str, resolution: int, dim: int) -> Callable[[np.ndarray], np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+    def embed_batch(images: np.ndarray) -> np.ndarray:
+        return session.run(None, {"images": np.ascontiguousarray(images)})[0].astype(np.float32, copy=False)
+
+    return embed_batch
+
+
+def _openvino_embedder(onnx_path: Path, precision: str, resolution: int, dim: int) -> Callable[[np.ndarray], np.ndarray]:
     import openvino as ov
 
     core = ov.Core()
-    precision = _openvino_precision(config)
-    key = f"{base_key}-{precision}"
-    onnx_path = model_dir / base_key / "model.onnx"
-    _export_onnx(module, probe, onnx_path)
     sub_batch = 16
     model = core.read_model(str(onnx_path))
     model.reshape({"images": [sub_batch, resolution, resolution, 3]})
@@ -398,9 +438,10 @@ def _openvino_embedder(module, probe, reference, config: EmbedderConfig, base_ke
         model,
         "CPU",
         {
+            # One stream per core, each working on its own sub-batch.
             "PERFORMANCE_HINT": "THROUGHPUT",
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-            "CACHE_DIR": str(model_dir / base_key / "openvino-cache"),
+            "CACHE_DIR": str(onnx_path.parent / "openvino-cache"),
         },
     )
     queue = ov.AsyncInferQueue(compiled)
@@ -422,16 +463,7 @@ def _openvino_embedder(module, probe, reference, config: EmbedderConfig, base_ke
         queue.wait_all()
         return out
 
-    # Never trust an export unchecked: one here once became a different network.
-    fast = embed_batch(probe)
-    cosine = _cosine(fast, reference)
-    scale = float(np.abs(reference).max()) or 1.0
-    if precision == "fp32" and (np.abs(fast - reference).max() / scale > 1e-3 or cosine.min() < 0.9999):
-        raise _ExportMismatch(f"the exported model differs from PyTorch (min cosine {cosine.min():.5f})")
-    if precision == "bf16" and (cosine.min() < 0.98 or cosine[:4].mean() < 0.995):
-        raise _ExportMismatch(f"bf16 features are too far from fp32 (min cosine {cosine.min():.4f})")
-    description += f" via OpenVINO {precision}"
-    return Embedder(key, description, resolution, dim, f"openvino-{precision}", embed_batch, notes)
+    return embed_batch
 
 
 # --------------------------------------------------------------------------- running over files

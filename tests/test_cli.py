@@ -138,3 +138,29 @@ def test_demo_if_missing_builds_once(workspace: Path):
     assert "built demo data set 'fashion-demo'" in first.stdout
     second = cli(workspace, "demo", "--if-missing")
     assert second.returncode == 0 and "already has data sets" in second.stdout
+
+
+def test_embed_and_project_from_the_command_line(animals: Path):
+    embedded = cli(animals, "embed", "animals", "--embedder", "pixels", "--resolution", "8")
+    assert embedded.returncode == 0, embedded.stderr
+    assert "embeddings 'pixels-8px': raw pixels at 8x8: 7 images, 0 from the cache, 7 embedded" in embedded.stdout
+    assert "pixels-8px" in cli(animals, "embeddings", "animals").stdout
+    projected = cli(animals, "project", "animals")  # the only embedding is the default choice
+    assert projected.returncode == 0, projected.stderr
+    assert "pca 3D map of 7 images" in projected.stdout and "needs at least 20 images" in projected.stdout
+    again = cli(animals, "project", "animals", "--embedding", "pixels-8px")
+    assert "(from the cache)" in again.stdout
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["embed", "nope"], "No data set named 'nope'"),
+        (["embed", "animals", "--embedder", "torchvision", "--arch", "resnet18", "--weights", "/no/file.pth"], "does not exist"),
+        (["embed", "animals", "--embedder", "open_clip", "--arch", "ViT-B-32"], "needs a local checkpoint"),
+        (["project", "animals", "--embedding", "pixels-99px"], "has no embeddings 'pixels-99px'"),
+        (["project", "animals", "--iterations", "100,x,1"], "three whole numbers"),
+    ],
+)
+def test_embed_and_project_errors_exit_2(animals: Path, args: list[str], match: str):
+    assert match in one_error_line(cli(animals, *args))

@@ -35,3 +35,14 @@ def test_the_readme_starts_with_the_two_commands_and_ci_runs_the_test_one():
     assert readme.index("```bash") < 40  # right at the top
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     assert [line for line in ci.splitlines() if line and not line.startswith("#") and not line.startswith("set ") and not line.startswith("cd ")] == ["./test.sh"]
+
+
+def test_no_unused_imports_undefined_names_or_syntax_errors():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--select", "F,E9", "--output-format", "concise", "core", "pages", "components", "app.py", "tests", "bench"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -99,13 +99,19 @@ def test_a_damaged_cache_file_is_ignored_and_recomputed(fashion: Path):
     assert again.n_computed == 100
 
 
-def test_efficientnet_lite0_through_openvino_matches_torch_on_real_images(tmp_path: Path):
+@pytest.mark.parametrize(
+    "config",
+    [EmbedderConfig(), EmbedderConfig(runtime="onnxruntime"), EmbedderConfig(runtime="openvino", precision="fp32")],
+    ids=["auto", "onnxruntime", "openvino-fp32"],
+)
+def test_efficientnet_lite0_fast_runtimes_match_torch_on_real_images(tmp_path: Path, config: EmbedderConfig):
     root = write_fashion_folders(tmp_path / "f", 2)
     paths = sorted(str(p) for p in root.rglob("*.png"))
-    fast = load_embedder(EmbedderConfig(), tmp_path / "models")
+    fast = load_embedder(config, tmp_path / "models")
     reference = load_embedder(EmbedderConfig(runtime="torch"), tmp_path / "models")
-    assert fast.dim == reference.dim == 1280 and fast.runtime.startswith("openvino")
-    assert fast.key == embedder_key(EmbedderConfig())  # the key is known without loading the model
+    assert fast.dim == reference.dim == 1280
+    assert fast.runtime in ("openvino-bf16", "onnxruntime-fp32", "openvino-fp32") and not fast.warnings
+    assert fast.key == embedder_key(config)  # the key is known without loading the model
     a, failures_a = embed_paths(fast, paths, batch_size=8)
     b, failures_b = embed_paths(reference, paths, batch_size=8)
     assert not failures_a and not failures_b

@@ -1,0 +1,128 @@
+"""Projections: PaCMAP / t-SNE / PCA maps, their quality score, their cache, tiny and broken inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.embed import EmbedderConfig, embed_dataset
+from core.errors import UserError
+from core.ingest import import_dataset
+from core.project import ProjectionConfig, knn_accuracy, project_dataset, project_vectors, projection_quality
+from core.tables import ChangeSet
+from core.workspace import open_table
+from tests.conftest import draw_image, write_fashion_folders
+
+PIXELS = EmbedderConfig(kind="pixels", resolution=16)
+
+
+@pytest.fixture
+def fashion(tmp_path: Path, workspace: Path) -> str:
+    import_dataset(write_fashion_folders(tmp_path / "fashion", 30), "fashion", workspace)
+    return embed_dataset(workspace, "fashion", PIXELS).key
+
+
+def test_a_pacmap_map_keeps_neighbourhoods_and_reports_its_quality(fashion: str, workspace: Path):
+    projection = project_dataset(workspace, "fashion", fashion)
+    assert projection.computed_now and projection.method_used == "pacmap"
+    assert projection.coords.shape == (300, 3) and np.isfinite(projection.coords).all()
+    quality = projection.quality
+    assert quality["n_labelled"] == 300 and quality["k"] == 10
+    # Real clothing photos: neighbours share a class far more often than chance (0.1).
+    assert quality["knn_embedding"] > 0.6 and quality["knn_map"] > 0.5
+    frame = projection.frame()
+    assert list(frame.columns) == ["sample_id", "x", "y", "z"] and len(frame) == 300
+
+
+def test_after_a_relabel_the_map_comes_from_the_cache_with_no_work(fashion: str, workspace: Path):
+    first = project_dataset(workspace, "fashion", fashion)
+    table = open_table(workspace, "fashion")
+    version = table.commit(ChangeSet.relabel(table.read()["sample_id"][:50], "bag"), parent=1, message="relabel 50")
+    again = project_dataset(workspace, "fashion", fashion, version=version, compute=False)
+    assert again is not None and not again.computed_now
+    assert np.array_equal(again.coords, first.coords) and np.array_equal(again.sample_ids, first.sample_ids)
+    assert "from the cache" in again.describe()
+
+
+def test_other_settings_are_other_maps(fashion: str, workspace: Path):
+    three = project_dataset(workspace, "fashion", fashion)
+    two = project_dataset(workspace, "fashion", fashion, ProjectionConfig(dims=2))
+    assert two.computed_now and two.coords.shape == (300, 2)
+    assert project_dataset(workspace, "fashion", fashion, ProjectionConfig(seed=1), compute=False) is None
+    assert not project_dataset(workspace, "fashion", fashion).computed_now
+    assert three.config.key() != two.config.key()
+
+
+def test_the_same_settings_give_the_same_map():
+    rng = np.random.default_rng(0)
+    vectors = np.concatenate([rng.normal(c, 1.0, size=(40, 20)) for c in (0, 6, 12)]).astype(np.float32)
+    a, _, _ = project_vectors(vectors, ProjectionConfig(pca_dims=0))
+    b, _, _ = project_vectors(vectors, ProjectionConfig(pca_dims=0))
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("method", ["tsne", "pca"])
+def test_tsne_and_pca_are_alternatives(method: str):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.array(["a", "b", "c"]), 40)
+    vectors = np.concatenate([rng.normal(c, 1.0, size=(40, 20)) for c in (0, 8, 16)]).astype(np.float32)
+    coords, used, _ = project_vectors(vectors, ProjectionConfig(method=method, dims=2))
+    assert used == method and coords.shape == (120, 2)
+    assert knn_accuracy(coords, labels) > 0.95  # three well separated blobs stay separated
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_tiny_data_sets_still_get_a_map_and_say_how(tmp_path: Path, workspace: Path, n: int):
+    for i in range(n):
+        draw_image(tmp_path / "tiny" / ("a" if i % 2 else "b") / f"{i}.png", i)
+    import_dataset(tmp_path / "tiny", "tiny", workspace)
+    key = embed_dataset(workspace, "tiny", PIXELS).key
+    projection = project_dataset(workspace, "tiny", key)
+    assert projection.coords.shape == (n, 3) and np.isfinite(projection.coords).all()
+    assert projection.method_used == "pca" and "needs at least 20 images" in projection.note
+
+
+def test_non_finite_vectors_and_empty_input_are_refused():
+    vectors = np.ones((30, 4), np.float32)
+    vectors[3, 1] = np.nan
+    with pytest.raises(UserError, match="NaN or infinite"):
+        project_vectors(vectors, ProjectionConfig())
+    with pytest.raises(UserError, match="no embedded images"):
+        project_vectors(np.zeros((0, 4), np.float32), ProjectionConfig())
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        (ProjectionConfig(method="umap"), "Unknown projection method"),
+        (ProjectionConfig(dims=4), "2 or 3 dimensions"),
+        (ProjectionConfig(n_neighbors=1), "out of range"),
+        (ProjectionConfig(iterations=(100, 100)), "three whole numbers"),
+        (ProjectionConfig(iterations=(0, 0, 0)), "three whole numbers"),
+        (ProjectionConfig(pca_dims=1), "pca_dims"),
+    ],
+)
+def test_bad_projection_settings_are_refused(config: ProjectionConfig, match: str):
+    with pytest.raises(UserError, match=match):
+        config.validate()
+
+
+def test_quality_needs_two_labelled_classes():
+    quality = projection_quality(np.eye(4, dtype=np.float32), np.eye(4, dtype=np.float32)[:, :3], np.array(["a", "a", "undefined", "undefined"]))
+    assert quality["knn_map"] is None and "at least 2 classes" in quality["note"]
+
+
+def test_knn_accuracy_never_counts_a_point_as_its_own_neighbour():
+    points = np.array([[0.0], [0.0], [10.0], [10.0]])
+    # Each point's only other close neighbour has the other label: self-votes would hide that.
+    assert knn_accuracy(points, np.array(["a", "b", "a", "b"]), k=1) == 0.0
+    assert knn_accuracy(points, np.array(["a", "a", "b", "b"]), k=1) == 1.0
+
+
+def test_a_damaged_projection_cache_is_recomputed(fashion: str, workspace: Path):
+    project_dataset(workspace, "fashion", fashion)
+    for cached in (workspace / "fashion" / "projections").rglob("*.parquet"):
+        cached.write_bytes(b"garbage")
+    assert project_dataset(workspace, "fashion", fashion).computed_now
