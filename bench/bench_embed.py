@@ -154,7 +154,7 @@ def main() -> None:
         print(f"first model load (export + check + compile): {time.perf_counter() - started:.1f} s")
         from tqdm import tqdm
 
-        bar = tqdm(total=n_end_to_end, unit="img", file=sys.stderr, desc="end to end")
+        bar = tqdm(total=n_end_to_end, unit="img", file=sys.stderr, desc="end to end", mininterval=10)
         started = time.perf_counter()
         report = embed_dataset(tmp / "ws", "bench", EmbedderConfig(), progress=lambda done, total: bar.update(done - bar.n))
         seconds = time.perf_counter() - started

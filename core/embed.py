@@ -46,6 +46,9 @@ from core.errors import Cancelled, UserError
 from core.images import ImageProblem, load_square
 from core.workspace import DatasetPaths, open_table
 
+# A model trained here becomes one more kind: a branch of _torch_feature_model
+# that loads the run's model file and returns its penultimate layer. The
+# cache, runtimes and projections then work for it unchanged.
 EMBEDDER_KINDS = ("efficientnet-lite0", "open_clip", "torchvision", "pixels")
 RUNTIMES = ("auto", "openvino", "onnxruntime", "torch")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -66,6 +69,7 @@ TORCHVISION_HEADS = {
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _CHUNK_SIZE = 4096  # vectors per cache file: a kill loses at most this much work
+_MAX_CHUNKS = 16  # more files than this are merged into one (rare: merging rewrites the whole cache)
 
 Progress = Callable[[int, int], None]
 ShouldStop = Callable[[], bool]
@@ -631,10 +635,10 @@ class EmbeddingCache:
         pq.write_table(table, tmp)
         os.replace(tmp, self.folder / name)
 
-    def compact(self) -> None:
-        """Merge the chunk files into one (written before the old ones are removed)."""
+    def compact(self, max_chunks: int = _MAX_CHUNKS) -> None:
+        """Merge the chunk files into one if there are more than ``max_chunks`` (the new file is written first)."""
         chunks = self.chunks()
-        if len(chunks) <= 1:
+        if len(chunks) <= max(1, max_chunks):
             return
         hashes, vectors = self.load()
         self.append(list(hashes), vectors)

@@ -88,7 +88,13 @@ def test_a_cancelled_run_keeps_its_work_and_the_next_one_resumes(tmp_path: Path,
         embed_dataset(workspace, "many", PIXELS, should_stop=stop_after_a_while)
     resumed = embed_dataset(workspace, "many", PIXELS)
     assert resumed.n_cached >= 4096 and resumed.n_cached + resumed.n_computed == 5200
-    assert len(embedding_cache(workspace, "many", resumed.key).chunks()) == 1  # compacted after finishing
+    cache = embedding_cache(workspace, "many", resumed.key)
+    hashes, vectors = cache.load()
+    assert len(hashes) == 5200 and len(cache.chunks()) == 2
+    cache.compact(max_chunks=1)
+    assert len(cache.chunks()) == 1
+    merged_hashes, merged = cache.load()
+    assert list(merged_hashes) == list(hashes) and np.array_equal(merged, vectors)
 
 
 def test_a_damaged_cache_file_is_ignored_and_recomputed(fashion: Path):
