@@ -222,6 +222,81 @@ def cmd_project(args: argparse.Namespace) -> None:
         print(f"warning: {projection.missing} samples have no embedding and are not on the map; run `embed {args.name}` to add them")
 
 
+def _numbers(text: str, kind, what: str) -> tuple:
+    try:
+        return tuple(kind(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UserError(f"{what} takes comma-separated numbers, not '{text}'.") from None
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from core.train.config import TrainConfig
+    from core.train.pipeline import train_heads
+
+    config = TrainConfig(
+        heads=tuple(h.strip() for h in args.heads.split(",") if h.strip()),
+        embedding=args.embedding,
+        folds=args.folds,
+        seed=args.seed,
+        epochs=args.epochs,
+        final_epochs=args.final_epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        patience=args.patience,
+        hidden_units=_numbers(args.hidden, int, "--hidden"),
+        dropout=_numbers(args.dropout, float, "--dropout"),
+        validation_split=args.validation_split,
+        class_weighting=args.class_weighting,
+        knn_k=args.knn_k,
+        logreg_c=args.logreg_c,
+    )
+    config.validate()
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, desc="training", unit="%", file=sys.stderr, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
+
+    def progress(stage: str, fraction: float) -> None:
+        bar.set_description(stage[:60])
+        bar.update(max(0, round(fraction * 100) - bar.n))
+
+    try:
+        run = train_heads(args.workspace, args.name, config, version=args.version, progress=progress)
+    finally:
+        bar.close()
+    cv = run.summary["cv"]
+    print(f"run {run.run_id} on version {run.version}: " + ", ".join(f"{head} {acc:.4f}" for head, acc in cv.items()) + f" (CV accuracy, {run.summary['folds']} folds)")
+    print(f"best: {run.summary['best_model']}, retrained on all {run.summary['n_labelled']} labelled samples; model in {run.path / 'model'}")
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    from core.runs import list_runs
+
+    rows = [
+        {"run": r.run_id, "version": r.version, "best": r.summary["best_model"], "CV accuracy": round(r.summary["cv_accuracy"], 4), "labelled": r.summary["n_labelled"], "seconds": r.summary["seconds"]}
+        for r in list_runs(args.workspace, args.name, args.version)
+    ]
+    _print_table(pd.DataFrame(rows, columns=["run", "version", "best", "CV accuracy", "labelled", "seconds"]))
+
+
+def cmd_issues(args: argparse.Namespace) -> None:
+    from core.runs import find_run, load_samples
+
+    open_table(args.workspace, args.name)
+    run = find_run(args.workspace, args.name, args.run)
+    samples = load_samples(run)
+    suspicious = samples[samples["trained_on"]].sort_values("issue_score", ascending=False)
+    paths = open_table(args.workspace, args.name).read(run.version).set_index("sample_id")["path"]
+    top = suspicious.head(args.top).assign(path=lambda f: paths.loc[f["sample_id"]].to_numpy())
+    print(f"run {run.run_id} (version {run.version}): {int(samples['flagged'].sum())} flagged of {int(samples['trained_on'].sum())} labelled; most suspicious first:")
+    columns = ["sample_id", "label", "predicted_label", "given_confidence", "knn_disagreement", "issue_score", "flagged", "path"]
+    _print_table(top[columns].round(3))
+    if args.out:
+        suspicious.drop(columns=["probabilities"]).to_csv(args.out, index=False)
+        print(f"all {len(suspicious)} labelled samples, ranked, written to {args.out}")
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -322,6 +397,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--version", type=int, help="version to map (default: the latest)")
     p.set_defaults(func=cmd_project)
+
+    from core.train.config import CLASS_WEIGHTINGS, HEADS, OPTIMIZERS, TrainConfig
+
+    defaults = TrainConfig()
+    p = sub.add_parser("train", parents=[common], help="cross-validate heads on the embeddings, keep the best, score label issues")
+    p.add_argument("name")
+    p.add_argument("--version", type=int, help="version to train on (default: the latest)")
+    p.add_argument("--embedding", help="embedding key (default: the default embedder's)")
+    p.add_argument("--heads", default=",".join(HEADS), help="candidates, comma-separated (default %(default)s)")
+    p.add_argument("--folds", type=int, help="CV folds (default: max(2, min(5, smallest class)))")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--epochs", type=int, default=defaults.epochs, help="MLP epochs per fold, at most (default %(default)s)")
+    p.add_argument("--final-epochs", type=int, default=defaults.final_epochs, help="MLP epochs for the final model, at most (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.learning_rate, help="MLP learning rate (default %(default)s)")
+    p.add_argument("--optimizer", default=defaults.optimizer, choices=OPTIMIZERS)
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    p.add_argument("--patience", type=int, default=defaults.patience, help="epochs without a better validation accuracy before stopping")
+    p.add_argument("--hidden", default=",".join(map(str, defaults.hidden_units)), help="MLP hidden units per layer (default %(default)s)")
+    p.add_argument("--dropout", default=",".join(map(str, defaults.dropout)), help="dropout per hidden layer (default %(default)s)")
+    p.add_argument("--validation-split", type=float, default=defaults.validation_split, help="share held out for early stopping (default %(default)s)")
+    p.add_argument("--class-weighting", default=defaults.class_weighting, choices=CLASS_WEIGHTINGS)
+    p.add_argument("--knn-k", type=int, default=defaults.knn_k)
+    p.add_argument("--logreg-c", type=float, default=defaults.logreg_c)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("runs", parents=[common], help="list the training runs of a data set")
+    p.add_argument("name")
+    p.add_argument("--version", type=int, help="only runs on this version")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("issues", parents=[common], help="the most suspicious labels of a run")
+    p.add_argument("name")
+    p.add_argument("--run", help="run id (default: the newest)")
+    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--out", help="write every labelled sample, ranked, to this CSV")
+    p.set_defaults(func=cmd_issues)
     return parser
 
 

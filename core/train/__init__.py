@@ -1,0 +1,1 @@
+"""Training: heads on embeddings (cross-validated, with model selection), and their settings."""

@@ -1,0 +1,95 @@
+"""TrainConfig: every training setting a user sees on the Train page, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from core.errors import UserError
+
+FAMILIES = ("heads",)  # image models (ResNet-18 from scratch, frozen backbones) join here
+HEADS = ("knn", "logreg", "mlp")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+CLASS_WEIGHTINGS = ("balanced", "none")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Defaults are the seed-000 pipeline exactly: k-NN (k = min(5, n_train - 1),
+    cosine), logistic regression (C 1.0, balanced class weights, max_iter
+    1000) and an MLP (in -> 256 -> 128 -> classes, ReLU, dropout 0.3 / 0.2,
+    Adam lr 1e-3, weight decay 1e-4, batch 32, up to 100 epochs, early
+    stopping on validation accuracy with patience 15, class-weighted loss),
+    stratified k-fold with k = max(2, min(5, smallest class)), seed 42; the
+    best mean CV accuracy is retrained on all labelled data (the MLP with a
+    90/10 split for early stopping, up to 200 epochs).
+    """
+
+    family: str = "heads"
+    heads: tuple[str, ...] = HEADS
+    embedding: str | None = None  # embedding key; None: the default embedder's
+    folds: int | None = None  # None: max(2, min(5, smallest class count))
+    seed: int = 42
+    # MLP
+    epochs: int = 100
+    final_epochs: int = 200
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 1e-4
+    patience: int = 15
+    hidden_units: tuple[int, ...] = (256, 128)
+    dropout: tuple[float, ...] = (0.3, 0.2)
+    validation_split: float = 0.1  # share held out for early stopping inside each training set
+    class_weighting: str = "balanced"
+    # k-NN and logistic regression
+    knn_k: int = 5
+    logreg_c: float = 1.0
+    logreg_max_iter: int = 1000
+    # label issues
+    issue_neighbours: int = 10
+
+    def validate(self) -> None:
+        def bad(message: str) -> None:
+            raise UserError(f"Invalid training setting: {message}")
+
+        if self.family not in FAMILIES:
+            bad(f"model family '{self.family}' is not one of {', '.join(FAMILIES)}.")
+        if not self.heads or any(h not in HEADS for h in self.heads) or len(set(self.heads)) != len(self.heads):
+            bad(f"heads must be a selection of {', '.join(HEADS)}, each once; got {', '.join(self.heads) or 'none'}.")
+        if self.folds is not None and not 2 <= self.folds <= 20:
+            bad(f"folds must be 2 to 20 (or automatic), not {self.folds}.")
+        if not 1 <= self.epochs <= 10_000 or not 1 <= self.final_epochs <= 10_000:
+            bad("epochs must be 1 to 10,000.")
+        if not 1 <= self.batch_size <= 65_536:
+            bad(f"batch size must be 1 to 65,536, not {self.batch_size}.")
+        if not 0 < self.learning_rate <= 10:
+            bad(f"learning rate must be above 0 and at most 10, not {self.learning_rate}.")
+        if self.optimizer not in OPTIMIZERS:
+            bad(f"optimizer '{self.optimizer}' is not one of {', '.join(OPTIMIZERS)}.")
+        if not 0 <= self.weight_decay <= 1:
+            bad(f"weight decay must be 0 to 1, not {self.weight_decay}.")
+        if not 1 <= self.patience <= 10_000:
+            bad(f"patience must be at least 1 epoch, not {self.patience}.")
+        if not self.hidden_units or any(u < 1 or u > 65_536 for u in self.hidden_units):
+            bad(f"hidden layers need 1 to 65,536 units each, not {self.hidden_units}.")
+        if len(self.dropout) != len(self.hidden_units) or any(not 0 <= p < 1 for p in self.dropout):
+            bad(f"give one dropout in [0, 1) per hidden layer ({len(self.hidden_units)}), not {self.dropout}.")
+        if not 0.02 <= self.validation_split <= 0.5:
+            bad(f"validation split must be 0.02 to 0.5, not {self.validation_split}.")
+        if self.class_weighting not in CLASS_WEIGHTINGS:
+            bad(f"class weighting '{self.class_weighting}' is not one of {', '.join(CLASS_WEIGHTINGS)}.")
+        if not 1 <= self.knn_k <= 1000 or not 1 <= self.issue_neighbours <= 1000:
+            bad("neighbour counts must be 1 to 1,000.")
+        if not 0 < self.logreg_c <= 1e6 or not 1 <= self.logreg_max_iter <= 100_000:
+            bad("logistic regression needs C > 0 and max_iter >= 1.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key in ("heads", "hidden_units", "dropout"):
+            if key in known and known[key] is not None:
+                known[key] = tuple(known[key])
+        return cls(**known)

@@ -1,0 +1,254 @@
+"""The seed-000 pipeline: heads on embeddings, stratified k-fold CV, model selection,
+retrain on everything, out-of-fold outputs and label-issue scores, saved as a run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.embed import EmbedderConfig, embedder_key, load_embeddings
+from core.errors import Cancelled, UserError
+from core.issues import label_issue_scores, sample_metrics
+from core.runs import RunBuilder, RunInfo
+from core.tables import UNDEFINED
+from core.train.config import TrainConfig
+from core.train.heads import KnnHead, LogisticHead, MlpTraining, fit_many, fit_mlps, mlp_predict_proba
+from core.workspace import open_table
+
+Progress = Callable[[str, float], None]
+"""progress(stage description, fraction done in [0, 1])."""
+
+
+def _mlp_settings(config: TrainConfig, max_epochs: int) -> MlpTraining:
+    return MlpTraining(
+        hidden=config.hidden_units,
+        dropout=config.dropout,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        optimizer=config.optimizer,
+        batch_size=config.batch_size,
+        max_epochs=max_epochs,
+        patience=config.patience,
+        balanced=config.class_weighting == "balanced",
+        seed=config.seed,
+    )
+
+
+def _inner_split(indices: np.ndarray, y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out ``share`` of a training set for early stopping, stratified when every class allows it."""
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(y[indices])
+    stratify = y[indices] if counts[counts > 0].min() >= 2 else None
+    train, val = train_test_split(indices, test_size=share, stratify=stratify, random_state=seed)
+    return np.sort(train), np.sort(val)
+
+
+def check_trainable(labels: np.ndarray, class_list: list[str], folds: int | None) -> tuple[list[str], int]:
+    """(label names in code order, number of folds), or a UserError saying what to fix."""
+    if len(labels) == 0:
+        raise UserError("No labelled samples to train on: every sample is undefined or excluded. Label some first (for example with the lasso on the Map page).")
+    counts = pd.Series(labels).value_counts()
+    if len(counts) < 2:
+        raise UserError(f"Training needs at least 2 classes with labelled samples; only '{counts.index[0]}' has any. Label samples of another class.")
+    lonely = counts[counts < 2]
+    if len(lonely):
+        raise UserError(
+            f"Class(es) {', '.join(repr(c) for c in lonely.index)} have a single labelled sample; cross-validation needs at least 2 per class. "
+            "Label more samples of them, or exclude that sample."
+        )
+    n_folds = folds or max(2, min(5, int(counts.min())))
+    if n_folds > counts.min():
+        raise UserError(f"{n_folds} folds need at least {n_folds} samples per class, but '{counts.idxmin()}' has {counts.min()}. Use fewer folds.")
+    names = [c for c in class_list if c in counts.index] + sorted(set(counts.index) - set(class_list))
+    return names, n_folds
+
+
+def train_heads(
+    workspace,
+    name: str,
+    config: TrainConfig = TrainConfig(),
+    *,
+    version: int | None = None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RunInfo:
+    """Cross-validate the configured heads on the embeddings of ``version``, keep the best, save a run."""
+    config.validate()
+    started = time.perf_counter()
+    table = open_table(workspace, name)
+    version = version or table.head_version()
+    rows = table.read(version)
+    key = config.embedding or embedder_key(EmbedderConfig())
+    try:
+        embeddings = load_embeddings(workspace, name, key, version)
+    except UserError:
+        raise UserError(f"'{name}' has no embeddings '{key}' yet. Make them with `python -m core embed {name}` (or the Embed button), then train.") from None
+    vectors = embeddings.vectors
+    frame = rows.set_index("sample_id").loc[embeddings.sample_ids]
+    trainable = (frame["label"] != UNDEFINED).to_numpy() & (frame["weight"] > 0).to_numpy()
+    label_names, n_folds = check_trainable(frame["label"].to_numpy()[trainable], table.classes(version), config.folds)
+    code_of = {label: i for i, label in enumerate(label_names)}
+    n_classes = len(label_names)
+    labelled = np.flatnonzero(trainable)
+    X = vectors[labelled]
+    y = np.array([code_of[label] for label in frame["label"].to_numpy()[labelled]], dtype=np.int64)
+    torch.manual_seed(config.seed)
+
+    def report(stage: str, fraction: float) -> None:
+        if should_stop and should_stop():
+            raise Cancelled(f"Training cancelled during: {stage}.")
+        if progress:
+            progress(stage, fraction)
+
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = list(StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=config.seed).split(X, y))
+    fold_of = np.empty(len(y), dtype=np.int64)
+    for number, (_, test) in enumerate(folds):
+        fold_of[test] = number
+    builder = RunBuilder(workspace, name, f"v{version}-heads")
+    try:
+        cv: dict[str, dict] = {}
+        oof: dict[str, np.ndarray] = {}
+        curves: list[dict] = []
+        for number, head in enumerate(config.heads):
+            report(f"cross-validating {head}", number / (len(config.heads) + 1))
+            head_started = time.perf_counter()
+            probabilities = np.zeros((len(y), n_classes), dtype=np.float32)
+            if head == "knn":
+                for train, test in folds:
+                    probabilities[test] = KnnHead(min(config.knn_k, len(train) - 1)).fit(X[train], y[train], n_classes).predict_proba(X[test])
+            elif head == "logreg":
+                models = fit_many(lambda: LogisticHead(config.logreg_c, config.logreg_max_iter, config.class_weighting == "balanced"), X, y, n_classes, [t for t, _ in folds])
+                for model, (_, test) in zip(models, folds):
+                    probabilities[test] = model.predict_proba(X[test])
+            else:
+                splits = [_inner_split(train, y, config.validation_split, config.seed) for train, _ in folds]
+
+                def on_epoch(epoch: int, losses: np.ndarray, accuracies: np.ndarray) -> None:
+                    report(f"cross-validating mlp: epoch {epoch} (val acc {np.mean(accuracies):.3f})", (number + min(epoch / config.epochs, 1)) / (len(config.heads) + 1))
+
+                result = fit_mlps(X, y, n_classes, [s[0] for s in splits], [s[1] for s in splits], _mlp_settings(config, config.epochs), on_epoch=on_epoch, should_stop=should_stop)
+                curves += [{"head": "mlp", "stage": "cv", "fold": row["model"], **row} for row in result.curves]
+                for fold, (_, test) in enumerate(folds):
+                    probabilities[test] = mlp_predict_proba(result.model, fold, X[test])
+            accuracies = [float((probabilities[test].argmax(1) == y[test]).mean()) for _, test in folds]
+            cv[head] = {"fold_accuracy": accuracies, "mean": float(np.mean(accuracies)), "std": float(np.std(accuracies)), "seconds": round(time.perf_counter() - head_started, 2)}
+            oof[head] = probabilities
+        best = max(config.heads, key=lambda h: cv[h]["mean"])
+
+        report(f"retraining {best} on all {len(y)} labelled samples", len(config.heads) / (len(config.heads) + 1))
+        retrain_started = time.perf_counter()
+        final_model, final_epochs = _retrain(best, X, y, n_classes, config, curves, should_stop)
+        cv[best]["retrain_seconds"] = round(time.perf_counter() - retrain_started, 2)
+
+        # Per-sample outputs: out-of-fold for labelled samples, the final model for the rest.
+        probabilities = np.zeros((len(frame), n_classes), dtype=np.float32)
+        probabilities[labelled] = oof[best]
+        others = np.flatnonzero(~trainable)
+        if len(others):
+            probabilities[others] = final_model(vectors[others])
+        given = np.full(len(frame), -1, dtype=np.int64)
+        given[labelled] = y
+        metrics = sample_metrics(probabilities, given)
+        # Issue scores use every cross-validated head: their mean out-of-fold
+        # probabilities find flipped labels better than the best head alone
+        # (bench/bench_train.py measures both).
+        ensemble = probabilities.copy()
+        ensemble[labelled] = np.mean([oof[head] for head in config.heads], axis=0)
+        issues = label_issue_scores(ensemble, given, vectors, config.issue_neighbours)
+        fold_column = np.full(len(frame), -1, dtype=np.int64)
+        fold_column[labelled] = fold_of
+        names = np.array(label_names, dtype=object)
+        samples = pd.DataFrame(
+            {
+                "sample_id": embeddings.sample_ids,
+                "label": frame["label"].to_numpy(),
+                "trained_on": trainable,
+                "fold": fold_column,
+                "predicted_label": names[metrics["predicted"].to_numpy()],
+            }
+        )
+        samples = pd.concat([samples, metrics.drop(columns=["predicted"]), issues], axis=1)
+        samples["probabilities"] = list(probabilities)
+
+        from sklearn.metrics import classification_report, confusion_matrix
+
+        oof_predicted = oof[best].argmax(1)
+        report_dict = classification_report(y, oof_predicted, labels=range(n_classes), target_names=label_names, output_dict=True, zero_division=0)
+        confusion = confusion_matrix(y, oof_predicted, labels=range(n_classes))
+
+        builder.json("config.json", {**config.to_dict(), "embedding": key})
+        builder.json("cv.json", {"folds": n_folds, "heads": cv, "best": best})
+        builder.json("report.json", report_dict)
+        builder.json("confusion.json", {"labels": label_names, "matrix": confusion.tolist(), "rows": "given label", "columns": "predicted label (out of fold)"})
+        builder.table("curves.parquet", pd.DataFrame(curves, columns=["head", "stage", "fold", "epoch", "train_loss", "val_accuracy"]))
+        builder.table("samples.parquet", samples)
+        _save_model(builder, best, final_model, label_names, X.shape[1], cv[best]["mean"], key, config, final_epochs)
+        return _finish(builder, name, version, key, best, cv, n_folds, len(y), len(frame), embeddings.missing, started)
+    except BaseException:
+        builder.abandon()  # nothing half-written is ever listed as a run
+        raise
+
+
+def _retrain(best: str, X: np.ndarray, y: np.ndarray, n_classes: int, config: TrainConfig, curves: list[dict], should_stop):
+    """The best head trained on every labelled sample; returns (predict_proba, MLP epochs or None)."""
+    if best == "knn":
+        model = KnnHead(min(config.knn_k, len(y) - 1)).fit(X, y, n_classes)
+        return _Final(model.predict_proba, model), None
+    if best == "logreg":
+        model = LogisticHead(config.logreg_c, config.logreg_max_iter, config.class_weighting == "balanced").fit(X, y, n_classes)
+        return _Final(model.predict_proba, model), None
+    train, val = _inner_split(np.arange(len(y)), y, config.validation_split, config.seed)
+    result = fit_mlps(X, y, n_classes, [train], [val], _mlp_settings(config, config.final_epochs), should_stop=should_stop)
+    curves += [{"head": "mlp", "stage": "final", "fold": row["model"], **row} for row in result.curves]
+    return _Final(lambda vectors: mlp_predict_proba(result.model, 0, vectors), result.model), result.best_epoch[0]
+
+
+class _Final:
+    def __init__(self, predict, model):
+        self.predict = predict
+        self.model = model
+
+    def __call__(self, vectors: np.ndarray) -> np.ndarray:
+        return self.predict(vectors)
+
+
+def _save_model(builder: RunBuilder, best: str, final: _Final, label_names: list[str], dim: int, cv_accuracy: float, key: str, config: TrainConfig, epochs: int | None) -> None:
+    model_dir = builder.path / "model"
+    model_config = {"model_type": best, "input_dim": dim, "n_classes": len(label_names), "label_names": label_names, "best_cv_accuracy": cv_accuracy, "embedding": key}
+    if best == "mlp":
+        from safetensors.torch import save_file
+
+        save_file(final.model.single(0), str(model_dir / "model.safetensors"))
+        model_config.update({"hidden_units": list(config.hidden_units), "dropout": list(config.dropout), "epochs_trained_best": epochs, "format": "torch.nn.Sequential state dict (Linear, ReLU, Dropout per hidden layer)"})
+    else:
+        np.savez(model_dir / "model.npz", **final.model.arrays())
+        model_config["format"] = "numpy .npz arrays (no pickle)"
+    (model_dir / "model_config.json").write_text(json.dumps(model_config, indent=1), encoding="utf-8")
+
+
+def _finish(builder: RunBuilder, name: str, version: int, key: str, best: str, cv: dict, folds: int, n_labelled: int, n_samples: int, missing: int, started: float) -> RunInfo:
+    summary = {
+        "dataset": name,
+        "version": version,
+        "kind": "heads",
+        "embedding": key,
+        "best_model": best,
+        "cv_accuracy": cv[best]["mean"],
+        "cv": {head: round(values["mean"], 4) for head, values in cv.items()},
+        "folds": folds,
+        "n_labelled": n_labelled,
+        "n_samples": n_samples,
+        "not_embedded": missing,
+        "train_seconds": round(time.perf_counter() - started, 2),
+    }
+    path = builder.finish(summary)
+    return RunInfo(path.name, path, json.loads((path / "run.json").read_text(encoding="utf-8")))

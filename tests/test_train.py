@@ -1,0 +1,237 @@
+"""Training heads on embeddings: the seed-000 recipe, runs on disk, label-issue scores, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from core.embed import EmbedderConfig, embed_dataset
+from core.errors import Cancelled, UserError
+from core.ingest import import_dataset
+from core.issues import knn_disagreement, precision_recall_f1, sample_metrics
+from core.runs import list_runs, load_json, load_samples
+from core.tables import UNDEFINED, ChangeSet
+from core.train.config import TrainConfig
+from core.train.heads import LogisticHead, MlpTraining, class_weights, fit_mlps, mlp_predict_proba, sequential_mlp
+from core.train.pipeline import train_heads
+from core.workspace import open_table
+from tests.conftest import write_fashion_folders
+
+PIXELS = EmbedderConfig(kind="pixels", resolution=16)
+QUICK = TrainConfig(embedding="pixels-16px", epochs=30, final_epochs=30, patience=5)
+
+
+@pytest.fixture
+def fashion(tmp_path: Path, workspace: Path) -> Path:
+    """300 real Fashion-MNIST images (30 per class), 20 of them then unlabelled, embedded as pixels."""
+    import_dataset(write_fashion_folders(tmp_path / "fashion", 30), "fashion", workspace)
+    table = open_table(workspace, "fashion")
+    table.commit(ChangeSet.relabel(table.read()["sample_id"][::15], UNDEFINED), parent=1, message="unlabel 20")
+    embed_dataset(workspace, "fashion", PIXELS)
+    return workspace
+
+
+def test_a_run_cross_validates_every_head_keeps_the_best_and_stores_everything(fashion: Path):
+    stages = []
+    run = train_heads(fashion, "fashion", QUICK, progress=lambda stage, fraction: stages.append((stage, fraction)))
+    assert run.version == 2 and [r.run_id for r in list_runs(fashion, "fashion", version=2)] == [run.run_id]
+    cv = load_json(run, "cv.json")
+    assert set(cv["heads"]) == {"knn", "logreg", "mlp"} and cv["folds"] == 5
+    for head in cv["heads"].values():
+        assert len(head["fold_accuracy"]) == 5 and head["mean"] > 0.5  # real photos: far above chance (0.1)
+    assert cv["best"] == max(cv["heads"], key=lambda h: cv["heads"][h]["mean"]) == run.summary["best_model"]
+    assert stages[0][1] == 0.0 and any("retraining" in s for s, _ in stages)
+
+    samples = load_samples(run)
+    assert len(samples) == 300 and samples["trained_on"].sum() == 280
+    labelled, unlabelled = samples[samples["trained_on"]], samples[~samples["trained_on"]]
+    assert set(labelled["fold"]) == set(range(5)) and (unlabelled["fold"] == -1).all()
+    assert labelled["issue_score"].between(0, 1).all() and unlabelled["issue_score"].isna().all()
+    assert unlabelled["predicted_label"].notna().all() and unlabelled["loss"].isna().all()
+    assert np.allclose(np.stack(samples["probabilities"]).sum(1), 1, atol=1e-4)
+
+    confusion = load_json(run, "confusion.json")
+    assert np.array(confusion["matrix"]).sum() == 280 and len(confusion["labels"]) == 10
+    report = load_json(run, "report.json")
+    assert report["accuracy"] == pytest.approx(cv["heads"][cv["best"]]["mean"], abs=0.02)
+    model_config = json.loads((run.path / "model" / "model_config.json").read_text())
+    assert model_config["model_type"] == cv["best"] and model_config["input_dim"] == 768
+    assert model_config["label_names"] == confusion["labels"]
+
+
+def test_flipped_labels_rise_to_the_top(fashion: Path):
+    table = open_table(fashion, "fashion")
+    rows = table.read()
+    rng = np.random.default_rng(0)
+    labelled = rows[rows["label"] != UNDEFINED]
+    victims = labelled.sample(28, random_state=0)
+    classes = table.classes()
+    wrong = [rng.choice([c for c in classes if c != label]) for label in victims["label"]]
+    version = table.commit(ChangeSet(updates=pd.DataFrame({"sample_id": victims["sample_id"], "label": wrong})), parent=2, message="flip 28")
+    run = train_heads(fashion, "fashion", QUICK, version=version)
+    samples = load_samples(run).set_index("sample_id")
+    ranked = samples[samples["trained_on"]].sort_values("issue_score", ascending=False)
+    found_in_top_56 = ranked.index[:56].isin(victims["sample_id"]).sum()
+    assert found_in_top_56 >= 14, found_in_top_56  # at least half of the flips among the top 2x (chance: 5)
+
+
+@pytest.mark.parametrize(
+    "setup, match",
+    [
+        ("one_class", "at least 2 classes"),
+        ("lonely", "single labelled sample"),
+        ("all_undefined", "No labelled samples"),
+    ],
+)
+def test_untrainable_versions_get_a_clear_error_and_no_run(fashion: Path, setup: str, match: str):
+    table = open_table(fashion, "fashion")
+    rows = table.read()
+    if setup == "one_class":
+        changes = ChangeSet.relabel(rows["sample_id"], "bag")
+    elif setup == "lonely":
+        keep = rows[rows["label"] == "bag"]["sample_id"].iloc[1:]
+        changes = ChangeSet.relabel(keep, UNDEFINED)
+    else:
+        changes = ChangeSet.relabel(rows["sample_id"], UNDEFINED)
+    version = table.commit(changes, parent=2, message=setup)
+    with pytest.raises(UserError, match=match):
+        train_heads(fashion, "fashion", QUICK, version=version)
+    assert list_runs(fashion, "fashion") == []
+
+
+def test_no_embeddings_says_which_command_makes_them(tmp_path: Path, workspace: Path):
+    import_dataset(write_fashion_folders(tmp_path / "f", 3), "bare", workspace)
+    with pytest.raises(UserError, match="python -m core embed bare"):
+        train_heads(workspace, "bare", TrainConfig())
+    with pytest.raises(UserError, match="versions 1 to 1"):
+        train_heads(workspace, "bare", TrainConfig(), version=7)
+
+
+def test_a_cancelled_run_leaves_nothing_listed(fashion: Path):
+    with pytest.raises(Cancelled):
+        train_heads(fashion, "fashion", QUICK, progress=lambda stage, fraction: None, should_stop=lambda: True)
+    assert list_runs(fashion, "fashion") == []
+    assert not any((fashion / "fashion" / "runs").iterdir())  # no staging folder left either
+
+
+def test_folds_follow_the_smallest_class(fashion: Path):
+    table = open_table(fashion, "fashion")
+    bags = table.read().query("label == 'bag'")["sample_id"]
+    version = table.commit(ChangeSet.relabel(bags.iloc[3:], UNDEFINED), parent=2, message="three bags")
+    run = train_heads(fashion, "fashion", TrainConfig(embedding="pixels-16px", heads=("knn",)), version=version)
+    assert load_json(run, "cv.json")["folds"] == 3  # max(2, min(5, 3))
+    with pytest.raises(UserError, match="4 folds need at least 4 samples per class"):
+        train_heads(fashion, "fashion", TrainConfig(embedding="pixels-16px", heads=("knn",), folds=4), version=version)
+
+
+def test_saved_models_load_without_pickle_and_reproduce_predictions(fashion: Path):
+    for heads in (("mlp",), ("logreg",), ("knn",)):
+        run = train_heads(fashion, "fashion", TrainConfig(embedding="pixels-16px", heads=heads, epochs=20, final_epochs=20, patience=5))
+        samples = load_samples(run)
+        unlabelled = samples[~samples["trained_on"]]
+        from core.embed import load_embeddings
+
+        embeddings = load_embeddings(fashion, "fashion", "pixels-16px", 2)
+        vectors = embeddings.vectors[pd.Index(embeddings.sample_ids).get_indexer(unlabelled["sample_id"])]
+        expected = np.stack(unlabelled["probabilities"])
+        model_dir = run.path / "model"
+        if heads == ("mlp",):
+            from safetensors.torch import load_file
+
+            net = sequential_mlp(768, (256, 128), 10, (0.3, 0.2)).eval()
+            net.load_state_dict(load_file(model_dir / "model.safetensors"))
+            with torch.no_grad():
+                got = torch.softmax(net(torch.from_numpy(vectors)), 1).numpy()
+        else:
+            arrays = dict(np.load(model_dir / "model.npz", allow_pickle=False))
+            if heads == ("logreg",):
+                got = LogisticHead.from_arrays(arrays).predict_proba(vectors)
+            else:
+                from core.train.heads import KnnHead
+
+                got = KnnHead.from_arrays(arrays).predict_proba(vectors)
+        assert np.allclose(got, expected, atol=1e-5), heads
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_class_weights_are_inverse_counts_summing_to_the_class_count():
+    weights = class_weights(np.array([0, 0, 0, 1, 2, 2]), 4)
+    assert weights.sum() == pytest.approx(4) and weights[3] == 0
+    assert weights[1] == pytest.approx(3 * weights[0]) and weights[2] == pytest.approx(1.5 * weights[0])
+
+
+def test_logistic_head_matches_scikit_learn():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 5)).astype(np.float32)
+    y = (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 1).astype(int)
+    ours = LogisticHead().fit(X, y, 3).predict_proba(X)
+    theirs = LogisticRegression(max_iter=1000, class_weight="balanced").fit(X, y).predict_proba(X)
+    assert np.allclose(ours, theirs, atol=1e-5)
+    binary = LogisticHead().fit(X, (y > 0).astype(int), 2).predict_proba(X)
+    assert np.allclose(binary, LogisticRegression(max_iter=1000, class_weight="balanced").fit(X, y > 0).predict_proba(X), atol=1e-5)
+
+
+def test_stacked_mlps_stop_early_each_on_its_own_and_keep_their_best_weights():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 8)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    sets = [np.arange(0, 300), np.arange(100, 400)]
+    vals = [np.arange(300, 400), np.arange(0, 100)]
+    result = fit_mlps(X, y, 2, sets, vals, MlpTraining(hidden=(16,), dropout=(0.1,), max_epochs=60, patience=5))
+    for m, val in enumerate(vals):
+        accuracy = (mlp_predict_proba(result.model, m, X[val]).argmax(1) == y[val]).mean()
+        assert accuracy == pytest.approx(result.best_accuracy[m])  # the kept weights are the best epoch's
+        assert result.best_accuracy[m] > 0.85  # a linear rule: easy for an MLP
+    epochs_run = [max(r["epoch"] for r in result.curves if r["model"] == m) for m in range(2)]
+    assert all(run - best == 5 or run == 60 for run, best in zip(epochs_run, result.best_epoch))
+
+
+def test_sample_metrics_by_hand():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.5, 0.5, 0.0]])
+    m = sample_metrics(probs, np.array([0, 2, -1]))
+    assert m["predicted"].tolist() == [0, 1, 0]
+    assert m["margin"].round(3).tolist() == [0.5, -0.3, 0.0]
+    assert m["loss"].iloc[0] == pytest.approx(-np.log(0.7)) and np.isnan(m["loss"].iloc[2])
+    assert m["entropy"].iloc[2] == pytest.approx(np.log(2))
+
+
+def test_knn_disagreement_by_hand():
+    vectors = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [1, 0.05]], dtype=np.float32)
+    given = np.array([0, 0, 1, 1, 1])  # the last one sits among class 0
+    out = knn_disagreement(vectors, given, k=1)
+    assert out[4] == 1.0 and out[2] == 0.0
+    assert np.isnan(knn_disagreement(vectors, np.array([0, -1, 1, 1, 1]), k=2)[1])
+
+
+def test_precision_recall_f1():
+    assert precision_recall_f1(np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 0], bool)) == (0.5, 0.5, 0.5)
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        (TrainConfig(heads=("svm",)), "heads must be"),
+        (TrainConfig(optimizer="lion"), "optimizer"),
+        (TrainConfig(hidden_units=(64,), dropout=(0.1, 0.2)), "one dropout"),
+        (TrainConfig(learning_rate=0), "learning rate"),
+        (TrainConfig(folds=1), "folds"),
+        (TrainConfig(validation_split=0.9), "validation split"),
+    ],
+)
+def test_bad_settings_are_refused(config: TrainConfig, match: str):
+    with pytest.raises(UserError, match=match):
+        config.validate()
+
+
+def test_config_round_trips_through_json():
+    config = TrainConfig(heads=("mlp",), hidden_units=(64, 32), dropout=(0.1, 0.1))
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
