@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set everything up (idempotent) and start the app on the built-in demo data set.
-# Extra arguments go to `streamlit run`, e.g. ./run.sh --server.port 8600
+# LABELLOOP_PORT picks the port (default 8501); other arguments go to `streamlit run`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 bash scripts/setup.sh

@@ -255,16 +255,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     config.validate()
     from tqdm import tqdm
 
-    bar = tqdm(total=100, desc="training", unit="%", file=sys.stderr, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
+    bar = None
 
     def progress(stage: str, fraction: float) -> None:
+        nonlocal bar
+        if bar is None:  # created on first use, so an early error prints one clean line
+            bar = tqdm(total=100, desc="training", unit="%", file=sys.stderr, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
         bar.set_description(stage[:60])
         bar.update(max(0, round(fraction * 100) - bar.n))
 
     try:
         run = train_heads(args.workspace, args.name, config, version=args.version, progress=progress)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     cv = run.summary["cv"]
     print(f"run {run.run_id} on version {run.version}: " + ", ".join(f"{head} {acc:.4f}" for head, acc in cv.items()) + f" (CV accuracy, {run.summary['folds']} folds)")
     print(f"best: {run.summary['best_model']}, retrained on all {run.summary['n_labelled']} labelled samples; model in {run.path / 'model'}")
@@ -295,6 +299,16 @@ def cmd_issues(args: argparse.Namespace) -> None:
     if args.out:
         suspicious.drop(columns=["probabilities"]).to_csv(args.out, index=False)
         print(f"all {len(suspicious)} labelled samples, ranked, written to {args.out}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from core.predict import predict_folder
+
+    with progress_bar("predicting") as progress:
+        out, rows, skipped = predict_folder(args.run, args.folder, args.out, args.workspace, probabilities=args.probabilities, progress=progress)
+    print(f"wrote {rows} predictions to {out}")
+    for path, reason in skipped[:20]:
+        print(f"skipped: {path}: {reason}")
 
 
 # --------------------------------------------------------------------------- parser
@@ -434,6 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--out", help="write every labelled sample, ranked, to this CSV")
     p.set_defaults(func=cmd_issues)
+
+    p = sub.add_parser("predict", parents=[common], help="label a folder of new images with a trained run: filename,label CSV")
+    p.add_argument("run", help="run id (see `runs NAME`) or run folder")
+    p.add_argument("folder", help="folder of images (searched recursively)")
+    p.add_argument("--out", required=True, help="CSV to write (never overwritten)")
+    p.add_argument("--probabilities", action="store_true", help="add one probability column per class")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

@@ -164,3 +164,36 @@ def test_embed_and_project_from_the_command_line(animals: Path):
 )
 def test_embed_and_project_errors_exit_2(animals: Path, args: list[str], match: str):
     assert match in one_error_line(cli(animals, *args))
+
+
+def test_train_runs_issues_and_predict_from_the_command_line(tmp_path: Path, workspace: Path):
+    from tests.conftest import write_fashion_folders
+
+    source = write_fashion_folders(tmp_path / "fashion", 12)
+    assert cli(workspace, "import", str(source), "--name", "fashion").returncode == 0
+    assert cli(workspace, "embed", "fashion", "--embedder", "pixels", "--resolution", "12").returncode == 0
+    trained = cli(workspace, "train", "fashion", "--embedding", "pixels-12px", "--epochs", "10", "--final-epochs", "10", "--patience", "3")
+    assert trained.returncode == 0, trained.stderr
+    assert "CV accuracy, 5 folds" in trained.stdout and "best:" in trained.stdout
+    run_id = trained.stdout.split()[1]
+    assert run_id in cli(workspace, "runs", "fashion").stdout
+    issues = cli(workspace, "issues", "fashion", "--top", "5", "--out", str(tmp_path / "ranked.csv"))
+    assert issues.returncode == 0 and "most suspicious first" in issues.stdout
+    assert len(pd.read_csv(tmp_path / "ranked.csv")) == 120
+    predicted = cli(workspace, "predict", run_id, str(write_fashion_folders(tmp_path / "new", 2, offset=100)), "--out", str(tmp_path / "p.csv"))
+    assert predicted.returncode == 0, predicted.stderr
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 20
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["train", "animals", "--embedding", "pixels-8px"], "has no embeddings 'pixels-8px' yet"),
+        (["train", "animals", "--heads", "svm"], "heads must be"),
+        (["train", "animals", "--hidden", "a,b"], "comma-separated numbers"),
+        (["issues", "animals"], "no finished training run"),
+        (["predict", "no-such-run", "/tmp", "--out", "/tmp/x.csv"], "No run 'no-such-run'"),
+    ],
+)
+def test_train_and_predict_errors_exit_2(animals: Path, args: list[str], match: str):
+    assert match in one_error_line(cli(animals, *args))

@@ -235,3 +235,31 @@ def test_bad_settings_are_refused(config: TrainConfig, match: str):
 def test_config_round_trips_through_json():
     config = TrainConfig(heads=("mlp",), hidden_units=(64, 32), dropout=(0.1, 0.1))
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_predict_a_folder_of_new_images(fashion: Path, tmp_path: Path):
+    from core.predict import predict_folder
+
+    run = train_heads(fashion, "fashion", TrainConfig(embedding="pixels-16px", heads=("logreg",)))
+    new = write_fashion_folders(tmp_path / "new", 3, offset=200)  # images the model never saw
+    (new / "bag" / "broken.png").write_bytes(b"nope")
+    out, rows, skipped = predict_folder(run.run_id, new, tmp_path / "preds.csv", fashion, probabilities=True)
+    predictions = pd.read_csv(out)
+    assert rows == 30 and len(predictions) == 30 and len(skipped) == 1
+    assert list(predictions.columns[:2]) == ["filename", "label"] and predictions.shape[1] == 12
+    truth = predictions["filename"].str.split("/").str[0]
+    assert (predictions["label"] == truth).mean() > 0.5  # real signal on unseen photos
+    with pytest.raises(UserError, match="already exists"):
+        predict_folder(run.run_id, new, out, fashion)
+
+
+def test_a_model_from_another_data_set_is_refused(fashion: Path, tmp_path: Path):
+    from core.predict import predict_folder
+
+    run = train_heads(fashion, "fashion", TrainConfig(embedding="pixels-16px", heads=("knn",)))
+    config_path = run.path / "model" / "model_config.json"
+    config = json.loads(config_path.read_text())
+    config["label_names"] = [f"other-{name}" for name in config["label_names"]]  # as if trained elsewhere
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(UserError, match="comes from another data set"):
+        predict_folder(str(run.path), write_fashion_folders(tmp_path / "new", 1), tmp_path / "p.csv", fashion)
