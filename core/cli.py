@@ -249,6 +249,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         dropout=_numbers(args.dropout, float, "--dropout"),
         validation_split=args.validation_split,
         class_weighting=args.class_weighting,
+        softmax_patience=args.softmax_patience,
         knn_k=args.knn_k,
         logreg_c=args.logreg_c,
     )
@@ -419,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--version", type=int, help="version to train on (default: the latest)")
     p.add_argument("--embedding", help="embedding key (default: the default embedder's)")
-    p.add_argument("--heads", default=",".join(HEADS), help="candidates, comma-separated (default %(default)s)")
+    p.add_argument("--heads", default=",".join(defaults.heads), help=f"candidates, comma-separated, of {', '.join(HEADS)} (default %(default)s)")
     p.add_argument("--folds", type=int, help="CV folds (default: max(2, min(5, smallest class)))")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--epochs", type=int, default=defaults.epochs, help="MLP epochs per fold, at most (default %(default)s)")
@@ -433,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", default=",".join(map(str, defaults.dropout)), help="dropout per hidden layer (default %(default)s)")
     p.add_argument("--validation-split", type=float, default=defaults.validation_split, help="share held out for early stopping (default %(default)s)")
     p.add_argument("--class-weighting", default=defaults.class_weighting, choices=CLASS_WEIGHTINGS)
+    p.add_argument("--softmax-patience", type=int, default=defaults.softmax_patience, help="early-stopping patience of the softmax head (default %(default)s)")
     p.add_argument("--knn-k", type=int, default=defaults.knn_k)
     p.add_argument("--logreg-c", type=float, default=defaults.logreg_c)
     p.set_defaults(func=cmd_train)

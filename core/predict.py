@@ -24,7 +24,7 @@ def load_model(model_dir: str | os.PathLike) -> tuple[Callable[[np.ndarray], np.
     except (OSError, ValueError) as exc:
         raise UserError(f"{model_dir} is not a model folder written by this app (no readable model_config.json).") from exc
     kind, dim, n_classes = config.get("model_type"), config.get("input_dim"), len(config.get("label_names", []))
-    if kind == "mlp":
+    if kind in ("mlp", "softmax"):
         import torch
         from safetensors.torch import load_file
 

@@ -263,3 +263,21 @@ def test_a_model_from_another_data_set_is_refused(fashion: Path, tmp_path: Path)
     config_path.write_text(json.dumps(config))
     with pytest.raises(UserError, match="comes from another data set"):
         predict_folder(str(run.path), write_fashion_folders(tmp_path / "new", 1), tmp_path / "p.csv", fashion)
+
+
+def test_the_seed_002_softmax_head_is_a_linear_model_with_its_own_patience(fashion: Path):
+    from core.embed import load_embeddings
+    from core.predict import load_model
+
+    run = train_heads(fashion, "fashion", TrainConfig(embedding="pixels-16px", heads=("softmax",), epochs=40, final_epochs=40, softmax_patience=8))
+    cv = load_json(run, "cv.json")
+    assert cv["best"] == "softmax" and cv["heads"]["softmax"]["mean"] > 0.5
+    curves = pd.read_parquet(run.path / "curves.parquet")
+    assert set(curves.loc[curves["stage"] == "cv", "fold"]) == set(range(5)) and (curves["stage"] == "final").any()
+    predict, model_config = load_model(run.path / "model")
+    assert model_config["hidden_units"] == [] and model_config["model_type"] == "softmax"
+    samples = load_samples(run)
+    unlabelled = samples[~samples["trained_on"]]
+    embeddings = load_embeddings(fashion, "fashion", "pixels-16px", 2)
+    vectors = embeddings.vectors[pd.Index(embeddings.sample_ids).get_indexer(unlabelled["sample_id"])]
+    assert np.allclose(predict(vectors), np.stack(unlabelled["probabilities"]), atol=1e-5)

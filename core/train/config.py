@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 from core.errors import UserError
 
 FAMILIES = ("heads",)  # image models (ResNet-18 from scratch, frozen backbones) join here
-HEADS = ("knn", "logreg", "mlp")
+HEADS = ("knn", "logreg", "mlp", "softmax")
+SEED_000_HEADS = ("knn", "logreg", "mlp")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 CLASS_WEIGHTINGS = ("balanced", "none")
 
@@ -22,10 +23,15 @@ class TrainConfig:
     stratified k-fold with k = max(2, min(5, smallest class)), seed 42; the
     best mean CV accuracy is retrained on all labelled data (the MLP with a
     90/10 split for early stopping, up to 200 epochs).
+
+    ``softmax`` (seed 002) is one more head to add to ``heads``: softmax
+    regression trained like the MLP (same optimiser, batch, L2 through the
+    weight decay) with no hidden layer and early stopping after
+    ``softmax_patience`` epochs without a better validation accuracy.
     """
 
     family: str = "heads"
-    heads: tuple[str, ...] = HEADS
+    heads: tuple[str, ...] = SEED_000_HEADS
     embedding: str | None = None  # embedding key; None: the default embedder's
     folds: int | None = None  # None: max(2, min(5, smallest class count))
     seed: int = 42
@@ -41,6 +47,8 @@ class TrainConfig:
     dropout: tuple[float, ...] = (0.3, 0.2)
     validation_split: float = 0.1  # share held out for early stopping inside each training set
     class_weighting: str = "balanced"
+    # softmax regression (seed 002): a linear layer, L2 via weight decay, early stopping
+    softmax_patience: int = 25
     # k-NN and logistic regression
     knn_k: int = 5
     logreg_c: float = 1.0
@@ -68,7 +76,7 @@ class TrainConfig:
             bad(f"optimizer '{self.optimizer}' is not one of {', '.join(OPTIMIZERS)}.")
         if not 0 <= self.weight_decay <= 1:
             bad(f"weight decay must be 0 to 1, not {self.weight_decay}.")
-        if not 1 <= self.patience <= 10_000:
+        if not 1 <= self.patience <= 10_000 or not 1 <= self.softmax_patience <= 10_000:
             bad(f"patience must be at least 1 epoch, not {self.patience}.")
         if not self.hidden_units or any(u < 1 or u > 65_536 for u in self.hidden_units):
             bad(f"hidden layers need 1 to 65,536 units each, not {self.hidden_units}.")

@@ -25,16 +25,17 @@ Progress = Callable[[str, float], None]
 """progress(stage description, fraction done in [0, 1])."""
 
 
-def _mlp_settings(config: TrainConfig, max_epochs: int) -> MlpTraining:
+def _mlp_settings(config: TrainConfig, max_epochs: int, head: str = "mlp") -> MlpTraining:
+    linear = head == "softmax"  # softmax regression: the same trainer with no hidden layer
     return MlpTraining(
-        hidden=config.hidden_units,
-        dropout=config.dropout,
+        hidden=() if linear else config.hidden_units,
+        dropout=() if linear else config.dropout,
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
         optimizer=config.optimizer,
         batch_size=config.batch_size,
         max_epochs=max_epochs,
-        patience=config.patience,
+        patience=config.softmax_patience if linear else config.patience,
         balanced=config.class_weighting == "balanced",
         seed=config.seed,
     )
@@ -132,11 +133,11 @@ def train_heads(
             else:
                 splits = [_inner_split(train, y, config.validation_split, config.seed) for train, _ in folds]
 
-                def on_epoch(epoch: int, losses: np.ndarray, accuracies: np.ndarray) -> None:
-                    report(f"cross-validating mlp: epoch {epoch} (val acc {np.mean(accuracies):.3f})", (number + min(epoch / config.epochs, 1)) / (len(config.heads) + 1))
+                def on_epoch(epoch: int, losses: np.ndarray, accuracies: np.ndarray, head=head, number=number) -> None:
+                    report(f"cross-validating {head}: epoch {epoch} (val acc {np.mean(accuracies):.3f})", (number + min(epoch / config.epochs, 1)) / (len(config.heads) + 1))
 
-                result = fit_mlps(X, y, n_classes, [s[0] for s in splits], [s[1] for s in splits], _mlp_settings(config, config.epochs), on_epoch=on_epoch, should_stop=should_stop)
-                curves += [{"head": "mlp", "stage": "cv", "fold": row["model"], **row} for row in result.curves]
+                result = fit_mlps(X, y, n_classes, [s[0] for s in splits], [s[1] for s in splits], _mlp_settings(config, config.epochs, head), on_epoch=on_epoch, should_stop=should_stop)
+                curves += [{"head": head, "stage": "cv", "fold": row["model"], **row} for row in result.curves]
                 for fold, (_, test) in enumerate(folds):
                     probabilities[test] = mlp_predict_proba(result.model, fold, X[test])
             accuracies = [float((probabilities[test].argmax(1) == y[test]).mean()) for _, test in folds]
@@ -207,8 +208,8 @@ def _retrain(best: str, X: np.ndarray, y: np.ndarray, n_classes: int, config: Tr
         model = LogisticHead(config.logreg_c, config.logreg_max_iter, config.class_weighting == "balanced").fit(X, y, n_classes)
         return _Final(model.predict_proba, model), None
     train, val = _inner_split(np.arange(len(y)), y, config.validation_split, config.seed)
-    result = fit_mlps(X, y, n_classes, [train], [val], _mlp_settings(config, config.final_epochs), should_stop=should_stop)
-    curves += [{"head": "mlp", "stage": "final", "fold": row["model"], **row} for row in result.curves]
+    result = fit_mlps(X, y, n_classes, [train], [val], _mlp_settings(config, config.final_epochs, best), should_stop=should_stop)
+    curves += [{"head": best, "stage": "final", "fold": row["model"], **row} for row in result.curves]
     return _Final(lambda vectors: mlp_predict_proba(result.model, 0, vectors), result.model), result.best_epoch[0]
 
 
@@ -224,11 +225,12 @@ class _Final:
 def _save_model(builder: RunBuilder, best: str, final: _Final, label_names: list[str], dim: int, cv_accuracy: float, key: str, config: TrainConfig, epochs: int | None) -> None:
     model_dir = builder.path / "model"
     model_config = {"model_type": best, "input_dim": dim, "n_classes": len(label_names), "label_names": label_names, "best_cv_accuracy": cv_accuracy, "embedding": key}
-    if best == "mlp":
+    if best in ("mlp", "softmax"):
         from safetensors.torch import save_file
 
         save_file(final.model.single(0), str(model_dir / "model.safetensors"))
-        model_config.update({"hidden_units": list(config.hidden_units), "dropout": list(config.dropout), "epochs_trained_best": epochs, "format": "torch.nn.Sequential state dict (Linear, ReLU, Dropout per hidden layer)"})
+        linear = best == "softmax"
+        model_config.update({"hidden_units": [] if linear else list(config.hidden_units), "dropout": [] if linear else list(config.dropout), "epochs_trained_best": epochs, "format": "torch.nn.Sequential state dict (Linear, ReLU, Dropout per hidden layer)"})
     else:
         np.savez(model_dir / "model.npz", **final.model.arrays())
         model_config["format"] = "numpy .npz arrays (no pickle)"
