@@ -30,7 +30,7 @@ from core.embed import EmbedderConfig, embed_dataset  # noqa: E402
 from core.issues import precision_recall_f1  # noqa: E402
 from core.runs import load_json, load_samples  # noqa: E402
 from core.train.config import TrainConfig  # noqa: E402
-from core.train.pipeline import train_heads  # noqa: E402
+from core.train.pipeline import train_heads, train_resnet_run  # noqa: E402
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -42,6 +42,7 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scratch", default=str(Path(__file__).resolve().parent / "out"))
+    parser.add_argument("--resnet-epochs", type=int, default=3, help="epochs of the short ResNet-18 run (0 skips it)")
     args = parser.parse_args()
     Path(args.scratch).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.scratch) as tmp:
@@ -74,6 +75,18 @@ def main() -> None:
         ):
             precision, recall, f1 = precision_recall_f1(flagged, wrong)
             print(f"  {name:<28} precision {precision:.3f}  recall {recall:.3f}  F1 {f1:.3f}")
+
+        if args.resnet_epochs:
+            started = time.perf_counter()
+            run = train_resnet_run(workspace, "fashion-demo", TrainConfig.seed_001(epochs=args.resnet_epochs))
+            curves = run.path / "curves.parquet"
+            import pandas as pd
+
+            table = pd.read_parquet(curves)
+            print(f"ResNet-18 from scratch (seed 001 settings, 128 px, batch 16), {args.resnet_epochs} epochs on {run.summary['n_labelled']:,} labelled demo images:")
+            for row in table.itertuples():
+                print(f"  epoch {row.epoch}: train loss {row.train_loss:.3f}, train acc {row.train_accuracy:.3f}, val acc {row.val_accuracy:.3f}, lr {row.learning_rate:.2e}")
+            print(f"  {run.summary['seconds_per_epoch']:.1f} s per epoch; best validation accuracy {run.summary['cv_accuracy']:.4f} at epoch {run.summary['best_epoch']}; whole run {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -230,30 +230,37 @@ def _numbers(text: str, kind, what: str) -> tuple:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from core.train.config import TrainConfig
-    from core.train.pipeline import train_heads
+    from dataclasses import replace
 
-    config = TrainConfig(
-        heads=tuple(h.strip() for h in args.heads.split(",") if h.strip()),
-        embedding=args.embedding,
-        folds=args.folds,
-        seed=args.seed,
-        epochs=args.epochs,
-        final_epochs=args.final_epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        optimizer=args.optimizer,
-        weight_decay=args.weight_decay,
-        patience=args.patience,
-        hidden_units=_numbers(args.hidden, int, "--hidden"),
-        dropout=_numbers(args.dropout, float, "--dropout"),
-        validation_split=args.validation_split,
-        class_weighting=args.class_weighting,
-        softmax_patience=args.softmax_patience,
-        knn_k=args.knn_k,
-        logreg_c=args.logreg_c,
-    )
+    from core.train.config import TrainConfig
+    from core.train.pipeline import train_heads, train_resnet_run
+
+    # Each family starts from its seed's settings; options given on the command line override them.
+    base = TrainConfig.seed_001() if args.family == "resnet18-scratch" else TrainConfig()
+    given = {
+        "heads": tuple(h.strip() for h in args.heads.split(",") if h.strip()) if args.heads else None,
+        "embedding": args.embedding,
+        "folds": args.folds,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "final_epochs": args.final_epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.lr,
+        "optimizer": args.optimizer,
+        "weight_decay": args.weight_decay,
+        "patience": args.patience,
+        "hidden_units": _numbers(args.hidden, int, "--hidden") if args.hidden else None,
+        "dropout": _numbers(args.dropout, float, "--dropout") if args.dropout else None,
+        "validation_split": args.validation_split,
+        "class_weighting": args.class_weighting,
+        "augmentation": args.augmentation,
+        "softmax_patience": args.softmax_patience,
+        "knn_k": args.knn_k,
+        "logreg_c": args.logreg_c,
+    }
+    config = replace(base, **{k: v for k, v in given.items() if v is not None})
     config.validate()
+    trainer = train_resnet_run if config.family == "resnet18-scratch" else train_heads
     from tqdm import tqdm
 
     bar = None
@@ -266,13 +273,17 @@ def cmd_train(args: argparse.Namespace) -> None:
         bar.update(max(0, round(fraction * 100) - bar.n))
 
     try:
-        run = train_heads(args.workspace, args.name, config, version=args.version, progress=progress)
+        run = trainer(args.workspace, args.name, config, version=args.version, progress=progress)
     finally:
         if bar is not None:
             bar.close()
     cv = run.summary["cv"]
-    print(f"run {run.run_id} on version {run.version}: " + ", ".join(f"{head} {acc:.4f}" for head, acc in cv.items()) + f" (CV accuracy, {run.summary['folds']} folds)")
-    print(f"best: {run.summary['best_model']}, retrained on all {run.summary['n_labelled']} labelled samples; model in {run.path / 'model'}")
+    measure = f"CV accuracy, {run.summary['folds']} folds" if run.summary["folds"] else "validation accuracy"
+    print(f"run {run.run_id} on version {run.version}: " + ", ".join(f"{head} {acc:.4f}" for head, acc in cv.items()) + f" ({measure})")
+    if config.family == "resnet18-scratch":
+        print(f"best epoch {run.summary['best_epoch']} of {config.epochs} ({run.summary['seconds_per_epoch']:.1f} s per epoch); features saved as embedding 'trained-{run.run_id}'; model in {run.path / 'model'}")
+    else:
+        print(f"best: {run.summary['best_model']}, retrained on all {run.summary['n_labelled']} labelled samples; model in {run.path / 'model'}")
 
 
 def cmd_runs(args: argparse.Namespace) -> None:
@@ -413,30 +424,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, help="version to map (default: the latest)")
     p.set_defaults(func=cmd_project)
 
-    from core.train.config import CLASS_WEIGHTINGS, HEADS, OPTIMIZERS, TrainConfig
+    from core.train.config import AUGMENTATIONS, CLASS_WEIGHTINGS, FAMILIES, HEADS, OPTIMIZERS, TrainConfig
 
     defaults = TrainConfig()
-    p = sub.add_parser("train", parents=[common], help="cross-validate heads on the embeddings, keep the best, score label issues")
+    p = sub.add_parser("train", parents=[common], help="train: heads on embeddings (CV + selection) or ResNet-18 from scratch")
     p.add_argument("name")
+    p.add_argument("--family", default="heads", choices=FAMILIES, help="heads: seed-000 heads on embeddings; resnet18-scratch: seed 001 (defaults change with the family)")
     p.add_argument("--version", type=int, help="version to train on (default: the latest)")
-    p.add_argument("--embedding", help="embedding key (default: the default embedder's)")
-    p.add_argument("--heads", default=",".join(defaults.heads), help=f"candidates, comma-separated, of {', '.join(HEADS)} (default %(default)s)")
-    p.add_argument("--folds", type=int, help="CV folds (default: max(2, min(5, smallest class)))")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--epochs", type=int, default=defaults.epochs, help="MLP epochs per fold, at most (default %(default)s)")
-    p.add_argument("--final-epochs", type=int, default=defaults.final_epochs, help="MLP epochs for the final model, at most (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.learning_rate, help="MLP learning rate (default %(default)s)")
-    p.add_argument("--optimizer", default=defaults.optimizer, choices=OPTIMIZERS)
-    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    p.add_argument("--patience", type=int, default=defaults.patience, help="epochs without a better validation accuracy before stopping")
-    p.add_argument("--hidden", default=",".join(map(str, defaults.hidden_units)), help="MLP hidden units per layer (default %(default)s)")
-    p.add_argument("--dropout", default=",".join(map(str, defaults.dropout)), help="dropout per hidden layer (default %(default)s)")
-    p.add_argument("--validation-split", type=float, default=defaults.validation_split, help="share held out for early stopping (default %(default)s)")
-    p.add_argument("--class-weighting", default=defaults.class_weighting, choices=CLASS_WEIGHTINGS)
-    p.add_argument("--softmax-patience", type=int, default=defaults.softmax_patience, help="early-stopping patience of the softmax head (default %(default)s)")
-    p.add_argument("--knn-k", type=int, default=defaults.knn_k)
-    p.add_argument("--logreg-c", type=float, default=defaults.logreg_c)
+    p.add_argument("--embedding", help="heads: embedding key (default: the default embedder's)")
+    p.add_argument("--heads", help=f"heads: candidates, comma-separated, of {', '.join(HEADS)} (default {','.join(defaults.heads)})")
+    p.add_argument("--folds", type=int, help="heads: CV folds (default: max(2, min(5, smallest class)))")
+    p.add_argument("--seed", type=int, help=f"default {defaults.seed}")
+    p.add_argument("--epochs", type=int, help=f"MLP epochs per fold at most (default {defaults.epochs}); resnet: epochs (default 10)")
+    p.add_argument("--final-epochs", type=int, help=f"MLP epochs for the final model at most (default {defaults.final_epochs})")
+    p.add_argument("--batch-size", type=int, help="default 32 (heads), 16 (resnet)")
+    p.add_argument("--lr", type=float, help="learning rate: default 1e-3 (MLP), 5e-4 (resnet)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="MLP optimiser (default adam)")
+    p.add_argument("--weight-decay", type=float, help="default 1e-4 (MLP), 5e-4 (resnet)")
+    p.add_argument("--patience", type=int, help=f"MLP early-stopping patience in epochs (default {defaults.patience})")
+    p.add_argument("--hidden", help="MLP hidden units per layer (default 256,128)")
+    p.add_argument("--dropout", help="dropout per hidden layer (default 0.3,0.2)")
+    p.add_argument("--validation-split", type=float, help=f"share held out for early stopping / validation (default {defaults.validation_split})")
+    p.add_argument("--class-weighting", choices=CLASS_WEIGHTINGS, help="heads: default balanced")
+    p.add_argument("--augmentation", choices=AUGMENTATIONS, help="resnet: default seed-001")
+    p.add_argument("--softmax-patience", type=int, help=f"softmax head early-stopping patience (default {defaults.softmax_patience})")
+    p.add_argument("--knn-k", type=int, help=f"default {defaults.knn_k}")
+    p.add_argument("--logreg-c", type=float, help=f"default {defaults.logreg_c}")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("runs", parents=[common], help="list the training runs of a data set")

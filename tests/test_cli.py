@@ -197,3 +197,15 @@ def test_train_runs_issues_and_predict_from_the_command_line(tmp_path: Path, wor
 )
 def test_train_and_predict_errors_exit_2(animals: Path, args: list[str], match: str):
     assert match in one_error_line(cli(animals, *args))
+
+
+def test_resnet18_from_scratch_from_the_command_line(tmp_path: Path, workspace: Path):
+    from tests.conftest import write_fashion_folders
+
+    assert cli(workspace, "import", str(write_fashion_folders(tmp_path / "f", 6)), "--name", "f").returncode == 0
+    trained = cli(workspace, "train", "f", "--family", "resnet18-scratch", "--epochs", "1", "--validation-split", "0.3")
+    assert trained.returncode == 0, trained.stderr
+    assert "(validation accuracy)" in trained.stdout and "features saved as embedding 'trained-" in trained.stdout
+    run_id = trained.stdout.split()[1]
+    assert f"trained-{run_id}" in cli(workspace, "embeddings", "f").stdout
+    assert "not supported yet" in one_error_line(cli(workspace, "predict", run_id, str(tmp_path / "f"), "--out", str(tmp_path / "p.csv")))

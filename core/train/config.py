@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass
 
 from core.errors import UserError
 
-FAMILIES = ("heads",)  # image models (ResNet-18 from scratch, frozen backbones) join here
+FAMILIES = ("heads", "resnet18-scratch")  # frozen pretrained backbones join here
+AUGMENTATIONS = ("seed-001", "none")
 HEADS = ("knn", "logreg", "mlp", "softmax")
 SEED_000_HEADS = ("knn", "logreg", "mlp")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
@@ -47,6 +48,7 @@ class TrainConfig:
     dropout: tuple[float, ...] = (0.3, 0.2)
     validation_split: float = 0.1  # share held out for early stopping inside each training set
     class_weighting: str = "balanced"
+    augmentation: str = "seed-001"  # image models only
     # softmax regression (seed 002): a linear layer, L2 via weight decay, early stopping
     softmax_patience: int = 25
     # k-NN and logistic regression
@@ -84,12 +86,20 @@ class TrainConfig:
             bad(f"give one dropout in [0, 1) per hidden layer ({len(self.hidden_units)}), not {self.dropout}.")
         if not 0.02 <= self.validation_split <= 0.5:
             bad(f"validation split must be 0.02 to 0.5, not {self.validation_split}.")
+        if self.augmentation not in AUGMENTATIONS:
+            bad(f"augmentation '{self.augmentation}' is not one of {', '.join(AUGMENTATIONS)}.")
         if self.class_weighting not in CLASS_WEIGHTINGS:
             bad(f"class weighting '{self.class_weighting}' is not one of {', '.join(CLASS_WEIGHTINGS)}.")
         if not 1 <= self.knn_k <= 1000 or not 1 <= self.issue_neighbours <= 1000:
             bad("neighbour counts must be 1 to 1,000.")
         if not 0 < self.logreg_c <= 1e6 or not 1 <= self.logreg_max_iter <= 100_000:
             bad("logistic regression needs C > 0 and max_iter >= 1.")
+
+    @classmethod
+    def seed_001(cls, **overrides) -> TrainConfig:
+        """ResNet-18 from scratch with seed 001's settings: AdamW lr 5e-4, weight decay 5e-4, batch 16."""
+        settings = {"family": "resnet18-scratch", "epochs": 10, "batch_size": 16, "learning_rate": 5e-4, "weight_decay": 5e-4, "optimizer": "adamw", "augmentation": "seed-001", **overrides}
+        return cls(**settings)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -254,3 +254,107 @@ def _finish(builder: RunBuilder, name: str, version: int, key: str, best: str, c
     }
     path = builder.finish(summary)
     return RunInfo(path.name, path, json.loads((path / "run.json").read_text(encoding="utf-8")))
+
+
+def train_resnet_run(
+    workspace,
+    name: str,
+    config: TrainConfig,
+    *,
+    version: int | None = None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RunInfo:
+    """Seed 001: ResNet-18 from scratch on the images of ``version``; its features become an embedding."""
+    from core.embed import EmbeddingCache
+    from core.images import ImageProblem, load_square
+    from core.train.resnet import LOAD_SIZE, INPUT_SIZE, ResnetSettings, predict, train_resnet
+    from core.workspace import DatasetPaths
+
+    config.validate()
+    started = time.perf_counter()
+    table = open_table(workspace, name)
+    version = version or table.head_version()
+    rows = table.read(version)
+
+    def report(stage: str, fraction: float) -> None:
+        if should_stop and should_stop():
+            raise Cancelled(f"Training cancelled during: {stage}.")
+        if progress:
+            progress(stage, fraction)
+
+    images = np.zeros((len(rows), LOAD_SIZE, LOAD_SIZE, 3), dtype=np.uint8)
+    readable = np.ones(len(rows), dtype=bool)
+    for i, (path, content_hash) in enumerate(zip(rows["path"], rows["content_hash"])):
+        if i % 500 == 0:
+            report(f"loading images {i:,} of {len(rows):,}", 0.1 * i / len(rows))
+        try:
+            images[i] = load_square(path, LOAD_SIZE, content_hash)
+        except ImageProblem:
+            readable[i] = False
+    trainable = (rows["label"] != UNDEFINED).to_numpy() & (rows["weight"] > 0).to_numpy() & readable
+    label_names, _ = check_trainable(rows["label"].to_numpy()[trainable], table.classes(version), None)
+    code_of = {label: i for i, label in enumerate(label_names)}
+    given = np.array([code_of.get(label, -1) for label in rows["label"]], dtype=np.int64)
+    given[~trainable] = -1
+    train, val = _inner_split(np.flatnonzero(trainable), np.where(given >= 0, given, 0), config.validation_split, config.seed)
+    settings = ResnetSettings(config.epochs, config.batch_size, config.learning_rate, config.weight_decay, config.seed, config.augmentation)
+    builder = RunBuilder(workspace, name, f"v{version}-resnet18")
+    try:
+        def on_epoch(row: dict) -> None:
+            report(f"epoch {row['epoch']} of {config.epochs}: val acc {row['val_accuracy']:.3f}", 0.1 + 0.8 * row["epoch"] / config.epochs)
+
+        result = train_resnet(images, np.where(given >= 0, given, 0), len(label_names), train, val, settings, on_epoch=on_epoch, should_stop=should_stop)
+        report("scoring every sample", 0.92)
+        kept = np.flatnonzero(readable)
+        probabilities, features = predict(result.model, images, kept, with_features=True)
+        metrics = sample_metrics(probabilities, given[kept])
+        issues = label_issue_scores(probabilities, given[kept], features, config.issue_neighbours)
+        names = np.array(label_names, dtype=object)
+        role = np.full(len(rows), "not trained on", dtype=object)
+        role[train], role[val] = "train", "validation"
+        samples = pd.DataFrame({
+            "sample_id": rows["sample_id"].to_numpy()[kept],
+            "label": rows["label"].to_numpy()[kept],
+            "trained_on": np.isin(kept, train),
+            "role": role[kept],
+            "fold": -1,
+            "predicted_label": names[metrics["predicted"].to_numpy()],
+        })
+        samples = pd.concat([samples, metrics.drop(columns=["predicted"]), issues], axis=1)
+        samples["probabilities"] = list(probabilities)
+
+        from safetensors.torch import save_file
+        from sklearn.metrics import classification_report, confusion_matrix
+
+        val_predicted = predict(result.model, images, val).argmax(1)
+        report_dict = classification_report(given[val], val_predicted, labels=range(len(label_names)), target_names=label_names, output_dict=True, zero_division=0)
+        confusion = confusion_matrix(given[val], val_predicted, labels=range(len(label_names)))
+        builder.json("config.json", config.to_dict())
+        builder.json("cv.json", {"folds": 0, "heads": {"resnet18-scratch": {"fold_accuracy": [result.best_accuracy], "mean": result.best_accuracy, "std": 0.0, "seconds": round(result.seconds_per_epoch * config.epochs, 2)}}, "best": "resnet18-scratch"})
+        builder.json("report.json", report_dict)
+        builder.json("confusion.json", {"labels": label_names, "matrix": confusion.tolist(), "rows": "given label", "columns": "predicted label (validation set)"})
+        builder.table("curves.parquet", pd.DataFrame(result.curves))
+        builder.table("samples.parquet", samples)
+        save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, str(builder.path / "model" / "model.safetensors"))
+        (builder.path / "model" / "model_config.json").write_text(json.dumps({
+            "model_type": "resnet18-scratch", "n_classes": len(label_names), "label_names": label_names, "input_size": INPUT_SIZE, "load_size": LOAD_SIZE,
+            "best_val_accuracy": result.best_accuracy, "best_epoch": result.best_epoch, "format": "torchvision resnet18 with the seed-001 head, safetensors state dict",
+        }, indent=1), encoding="utf-8")
+        summary = {
+            "dataset": name, "version": version, "kind": "resnet18-scratch", "embedding": None, "best_model": "resnet18-scratch",
+            "cv_accuracy": result.best_accuracy, "cv": {"resnet18-scratch": round(result.best_accuracy, 4)}, "folds": 0,
+            "n_labelled": int(trainable.sum()), "n_samples": len(rows), "not_embedded": int((~readable).sum()),
+            "best_epoch": result.best_epoch, "seconds_per_epoch": round(result.seconds_per_epoch, 2),
+            "train_seconds": round(time.perf_counter() - started, 2),
+            "note": "accuracy is on the held-out validation split; per-sample scores of training samples are in-sample",
+        }
+        path = builder.finish(summary)
+    except BaseException:
+        builder.abandon()
+        raise
+    # The penultimate features become an embedding source, only once the run exists.
+    cache = EmbeddingCache(DatasetPaths(workspace, name).root / "embeddings" / f"trained-{path.name}")
+    cache.write_meta({"key": cache.folder.name, "description": f"ResNet-18 trained here (run {path.name})", "dim": int(features.shape[1]), "config": {"kind": "trained", "run": path.name}, "warnings": []})
+    cache.append(list(rows["content_hash"].to_numpy()[kept]), features)
+    return RunInfo(path.name, path, json.loads((path / "run.json").read_text(encoding="utf-8")))
