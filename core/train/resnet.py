@@ -119,7 +119,7 @@ def train_resnet(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            loss_sum += float(loss) * len(chosen)
+            loss_sum += float(loss.detach()) * len(chosen)
             correct += int((logits.argmax(1) == target).sum())
             seen += len(chosen)
         learning_rate = optimizer.param_groups[0]["lr"]
