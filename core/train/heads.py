@@ -1,9 +1,11 @@
-"""Classifier heads on embeddings: k-NN, logistic regression, MLP.
+"""Classifier heads on embeddings: k-NN, logistic regression, MLP (and softmax
+regression, an MLP with no hidden layer).
 
-Every head has ``fit(X, y)`` on several training sets at once (the folds of
-a cross-validation, or one set for the final model) and ``predict_proba``.
-Labels are integer codes 0..n_classes-1. Saved models are plain arrays
-(``.npz`` / ``.safetensors``), never pickles.
+``KnnHead`` and ``LogisticHead`` have ``fit(X, y, n_classes)`` and
+``predict_proba``; ``fit_many`` fits one per training set (the folds of a
+cross-validation). ``fit_mlps`` trains one MLP per (training, validation)
+set pair at once. Labels are integer codes 0..n_classes-1. Saved models are
+plain arrays (``.npz`` / ``.safetensors``), never pickles.
 
 Speed without changing the recipe:
 
