@@ -233,10 +233,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     from core.train.config import TrainConfig
-    from core.train.pipeline import train_heads, train_resnet_run
+    from core.train.pipeline import train_heads, train_resnet_run, train_triplet_run
 
     # Each family starts from its seed's settings; options given on the command line override them.
-    base = TrainConfig.seed_001() if args.family == "resnet18-scratch" else TrainConfig()
+    base = {"resnet18-scratch": TrainConfig.seed_001, "triplet": TrainConfig.seed_002_triplet}.get(args.family, TrainConfig)()
     given = {
         "heads": tuple(h.strip() for h in args.heads.split(",") if h.strip()) if args.heads else None,
         "embedding": args.embedding,
@@ -260,7 +260,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     }
     config = replace(base, **{k: v for k, v in given.items() if v is not None})
     config.validate()
-    trainer = train_resnet_run if config.family == "resnet18-scratch" else train_heads
+    trainer = {"resnet18-scratch": train_resnet_run, "triplet": train_triplet_run}.get(config.family, train_heads)
     from tqdm import tqdm
 
     bar = None
@@ -279,8 +279,13 @@ def cmd_train(args: argparse.Namespace) -> None:
             bar.close()
     cv = run.summary["cv"]
     measure = f"CV accuracy, {run.summary['folds']} folds" if run.summary["folds"] else "validation accuracy"
-    print(f"run {run.run_id} on version {run.version}: " + ", ".join(f"{head} {acc:.4f}" for head, acc in cv.items()) + f" ({measure})")
-    if config.family == "resnet18-scratch":
+    if cv:
+        print(f"run {run.run_id} on version {run.version}: " + ", ".join(f"{head} {acc:.4f}" for head, acc in cv.items()) + f" ({measure})")
+    else:
+        print(f"run {run.run_id} on version {run.version}")
+    if config.family == "triplet":
+        print(f"encoder output saved as embedding 'triplet-{run.run_id}'; 10-NN accuracy of the labels {run.summary['knn_input']:.4f} in the input embedding -> {run.summary['knn_encoded']:.4f} in the encoder's space (in-sample)")
+    elif config.family == "resnet18-scratch":
         print(f"best epoch {run.summary['best_epoch']} of {config.epochs} ({run.summary['seconds_per_epoch']:.1f} s per epoch); features saved as embedding 'trained-{run.run_id}'; model in {run.path / 'model'}")
     else:
         print(f"best: {run.summary['best_model']}, retrained on all {run.summary['n_labelled']} labelled samples; model in {run.path / 'model'}")
@@ -290,17 +295,17 @@ def cmd_runs(args: argparse.Namespace) -> None:
     from core.runs import list_runs
 
     rows = [
-        {"run": r.run_id, "version": r.version, "best": r.summary["best_model"], "CV accuracy": round(r.summary["cv_accuracy"], 4), "labelled": r.summary["n_labelled"], "seconds": r.summary["seconds"]}
+        {"run": r.run_id, "version": r.version, "best": r.summary["best_model"], "accuracy": round(r.summary["cv_accuracy"], 4) if r.summary.get("cv_accuracy") is not None else "-", "labelled": r.summary["n_labelled"], "seconds": r.summary["seconds"]}
         for r in list_runs(args.workspace, args.name, args.version)
     ]
-    _print_table(pd.DataFrame(rows, columns=["run", "version", "best", "CV accuracy", "labelled", "seconds"]))
+    _print_table(pd.DataFrame(rows, columns=["run", "version", "best", "accuracy", "labelled", "seconds"]))
 
 
 def cmd_issues(args: argparse.Namespace) -> None:
     from core.runs import find_run, load_samples
 
     open_table(args.workspace, args.name)
-    run = find_run(args.workspace, args.name, args.run)
+    run = find_run(args.workspace, args.name, args.run, with_samples=True)
     samples = load_samples(run)
     suspicious = samples[samples["trained_on"]].sort_values("issue_score", ascending=False)
     paths = open_table(args.workspace, args.name).read(run.version).set_index("sample_id")["path"]

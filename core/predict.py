@@ -52,8 +52,8 @@ def load_model(model_dir: str | os.PathLike) -> tuple[Callable[[np.ndarray], np.
         if head.n_classes != n_classes:
             raise UserError(f"The model in {model_dir} has {head.n_classes} classes but its config names {n_classes}; the folder is inconsistent.")
         return head.predict_proba, config
-    if kind == "resnet18-scratch":
-        raise UserError("Predicting a folder with a ResNet-18 run is not supported yet; use a run of heads on embeddings (`train NAME`).")
+    if kind in ("resnet18-scratch", "triplet-encoder"):
+        raise UserError(f"Predicting a folder with a {kind} run is not supported yet; use a run of heads on embeddings (`train NAME`).")
     raise UserError(f"{model_dir} holds a model of unknown type '{kind}'.")
 
 

@@ -83,7 +83,8 @@ class RunInfo:
 
     def describe(self) -> str:
         s = self.summary
-        return f"{self.run_id}: v{s['version']}, {s['best_model']} CV accuracy {s['cv_accuracy']:.4f} ({s['n_labelled']} labelled, {s['folds']} folds, {s['seconds']:.0f} s)"
+        accuracy = f"accuracy {s['cv_accuracy']:.4f}" if s.get("cv_accuracy") is not None else "no held-out accuracy"
+        return f"{self.run_id}: v{s['version']}, {s['best_model']} {accuracy} ({s['n_labelled']} labelled, {s['seconds']:.0f} s)"
 
 
 def list_runs(workspace, name: str, version: int | None = None) -> list[RunInfo]:
@@ -102,12 +103,14 @@ def list_runs(workspace, name: str, version: int | None = None) -> list[RunInfo]
     return runs
 
 
-def find_run(workspace, name: str, run_id: str | None = None, version: int | None = None) -> RunInfo:
-    """A run by id, or the newest (of ``version`` if given)."""
-    runs = list_runs(workspace, name, version)
+def find_run(workspace, name: str, run_id: str | None = None, version: int | None = None, with_samples: bool = False) -> RunInfo:
+    """A run by id, or the newest (of ``version`` if given; with per-sample scores if ``with_samples``)."""
+    runs = [r for r in list_runs(workspace, name, version) if not with_samples or (r.path / "samples.parquet").exists()]
     if run_id:
         for run in list_runs(workspace, name):
             if run.run_id == run_id:
+                if with_samples and not (run.path / "samples.parquet").exists():
+                    raise UserError(f"Run '{run_id}' ({run.summary.get('kind')}) has no per-sample scores; pick a run of heads or ResNet-18.")
                 return run
         raise UserError(f"No finished run '{run_id}' in '{name}'. See `python -m core runs {name}`.")
     if not runs:

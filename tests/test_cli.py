@@ -209,3 +209,19 @@ def test_resnet18_from_scratch_from_the_command_line(tmp_path: Path, workspace: 
     run_id = trained.stdout.split()[1]
     assert f"trained-{run_id}" in cli(workspace, "embeddings", "f").stdout
     assert "not supported yet" in one_error_line(cli(workspace, "predict", run_id, str(tmp_path / "f"), "--out", str(tmp_path / "p.csv")))
+
+
+def test_triplet_encoder_from_the_command_line(tmp_path: Path, workspace: Path):
+    from tests.conftest import write_fashion_folders
+
+    assert cli(workspace, "import", str(write_fashion_folders(tmp_path / "f", 8)), "--name", "f").returncode == 0
+    assert cli(workspace, "embed", "f", "--embedder", "pixels", "--resolution", "8").returncode == 0
+    heads = cli(workspace, "train", "f", "--embedding", "pixels-8px", "--heads", "knn")
+    assert heads.returncode == 0, heads.stderr
+    trained = cli(workspace, "train", "f", "--family", "triplet", "--embedding", "pixels-8px", "--epochs", "5")
+    assert trained.returncode == 0, trained.stderr
+    assert "encoder output saved as embedding 'triplet-" in trained.stdout and "(in-sample)" in trained.stdout
+    listing = cli(workspace, "runs", "f").stdout
+    assert "triplet-encoder" in listing and "knn" in listing
+    issues = cli(workspace, "issues", "f", "--top", "3")  # the newest run with per-sample scores: the heads run
+    assert issues.returncode == 0 and heads.stdout.split()[1] in issues.stdout

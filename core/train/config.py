@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from core.errors import UserError
 
-FAMILIES = ("heads", "resnet18-scratch")  # frozen pretrained backbones join here
+FAMILIES = ("heads", "resnet18-scratch", "triplet")  # frozen pretrained backbones join here
 AUGMENTATIONS = ("seed-001", "none")
 HEADS = ("knn", "logreg", "mlp", "softmax")
 SEED_000_HEADS = ("knn", "logreg", "mlp")
@@ -86,6 +86,8 @@ class TrainConfig:
             bad(f"give one dropout in [0, 1) per hidden layer ({len(self.hidden_units)}), not {self.dropout}.")
         if not 0.02 <= self.validation_split <= 0.5:
             bad(f"validation split must be 0.02 to 0.5, not {self.validation_split}.")
+        if self.family == "triplet" and len(self.hidden_units) != 2:
+            bad(f"the triplet encoder takes hidden_units = (hidden, output dims), not {self.hidden_units}.")
         if self.augmentation not in AUGMENTATIONS:
             bad(f"augmentation '{self.augmentation}' is not one of {', '.join(AUGMENTATIONS)}.")
         if self.class_weighting not in CLASS_WEIGHTINGS:
@@ -99,6 +101,12 @@ class TrainConfig:
     def seed_001(cls, **overrides) -> TrainConfig:
         """ResNet-18 from scratch with seed 001's settings: AdamW lr 5e-4, weight decay 5e-4, batch 16."""
         settings = {"family": "resnet18-scratch", "epochs": 10, "batch_size": 16, "learning_rate": 5e-4, "weight_decay": 5e-4, "optimizer": "adamw", "augmentation": "seed-001", **overrides}
+        return cls(**settings)
+
+    @classmethod
+    def seed_002_triplet(cls, **overrides) -> TrainConfig:
+        """The triplet-loss encoder: hidden_units = (hidden, output dims), 30 epochs of 128-triplet batches."""
+        settings = {"family": "triplet", "epochs": 30, "batch_size": 128, "learning_rate": 1e-3, "weight_decay": 1e-4, "hidden_units": (256, 64), "dropout": (0.0, 0.0), **overrides}
         return cls(**settings)
 
     def to_dict(self) -> dict:

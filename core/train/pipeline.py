@@ -358,3 +358,72 @@ def train_resnet_run(
     cache.write_meta({"key": cache.folder.name, "description": f"ResNet-18 trained here (run {path.name})", "dim": int(features.shape[1]), "config": {"kind": "trained", "run": path.name}, "warnings": []})
     cache.append(list(rows["content_hash"].to_numpy()[kept]), features)
     return RunInfo(path.name, path, json.loads((path / "run.json").read_text(encoding="utf-8")))
+
+
+def train_triplet_run(
+    workspace,
+    name: str,
+    config: TrainConfig,
+    *,
+    version: int | None = None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RunInfo:
+    """Seed 002: a triplet-loss encoder on the embeddings of ``version``; its output becomes an embedding."""
+    from safetensors.torch import save_file
+
+    from core.embed import EmbeddingCache
+    from core.project import knn_accuracy
+    from core.train.triplet import TripletSettings, encode, train_triplet_encoder
+    from core.workspace import DatasetPaths
+
+    config.validate()
+    started = time.perf_counter()
+    table = open_table(workspace, name)
+    version = version or table.head_version()
+    rows = table.read(version)
+    key = config.embedding or embedder_key(EmbedderConfig())
+    try:
+        embeddings = load_embeddings(workspace, name, key, version)
+    except UserError:
+        raise UserError(f"'{name}' has no embeddings '{key}' yet. Make them with `python -m core embed {name}`, then train.") from None
+    frame = rows.set_index("sample_id").loc[embeddings.sample_ids]
+    trainable = (frame["label"] != UNDEFINED).to_numpy() & (frame["weight"] > 0).to_numpy()
+    label_names, _ = check_trainable(frame["label"].to_numpy()[trainable], table.classes(version), None)
+    code_of = {label: i for i, label in enumerate(label_names)}
+    labelled = np.flatnonzero(trainable)
+    y = np.array([code_of[label] for label in frame["label"].to_numpy()[labelled]], dtype=np.int64)
+    hidden, out_dim = config.hidden_units
+    settings = TripletSettings(hidden, out_dim, 0.2, config.epochs, config.batch_size, config.learning_rate, config.weight_decay, config.seed)
+
+    def on_epoch(row: dict) -> None:
+        if progress:
+            progress(f"epoch {row['epoch']} of {config.epochs}: loss {row['train_loss']:.4f}", row["epoch"] / config.epochs)
+
+    builder = RunBuilder(workspace, name, f"v{version}-triplet")
+    try:
+        encoder, curves = train_triplet_encoder(embeddings.vectors[labelled], y, settings, on_epoch=on_epoch, should_stop=should_stop)
+        encoded = encode(encoder, embeddings.vectors)
+        knn_input = knn_accuracy(embeddings.vectors[labelled], y)
+        knn_encoded = knn_accuracy(encoded[labelled], y)
+        builder.json("config.json", {**config.to_dict(), "embedding": key})
+        builder.table("curves.parquet", pd.DataFrame(curves))
+        save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(builder.path / "model" / "model.safetensors"))
+        (builder.path / "model" / "model_config.json").write_text(json.dumps({
+            "model_type": "triplet-encoder", "input_dim": int(embeddings.vectors.shape[1]), "hidden": hidden, "output_dim": out_dim,
+            "label_names": label_names, "embedding": key, "format": "torch.nn.Sequential(Linear, ReLU, Linear) state dict; outputs are L2-normalised",
+        }, indent=1), encoding="utf-8")
+        path = builder.finish({
+            "dataset": name, "version": version, "kind": "triplet", "embedding": key, "best_model": "triplet-encoder",
+            "cv_accuracy": None, "cv": {}, "folds": 0, "n_labelled": int(len(labelled)), "n_samples": len(frame),
+            "not_embedded": embeddings.missing, "knn_input": knn_input, "knn_encoded": knn_encoded,
+            "train_seconds": round(time.perf_counter() - started, 2),
+            "note": "10-NN accuracies are in-sample: the encoder was trained on these labels",
+        })
+    except BaseException:
+        builder.abandon()
+        raise
+    cache = EmbeddingCache(DatasetPaths(workspace, name).root / "embeddings" / f"triplet-{path.name}")
+    cache.write_meta({"key": cache.folder.name, "description": f"triplet encoder trained here (run {path.name}) on '{key}'", "dim": out_dim, "config": {"kind": "triplet", "run": path.name}, "warnings": []})
+    cache.append(list(embeddings.content_hashes), encoded)
+    return RunInfo(path.name, path, json.loads((path / "run.json").read_text(encoding="utf-8")))

@@ -1,0 +1,48 @@
+"""Seed 002: the triplet-loss encoder pulls classes apart and becomes an embedding source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.embed import EmbedderConfig, embed_dataset, list_embeddings, load_embeddings
+from core.errors import Cancelled, UserError
+from core.ingest import import_dataset
+from core.project import knn_accuracy, project_dataset
+from core.runs import find_run, list_runs
+from core.train.config import TrainConfig
+from core.train.pipeline import train_triplet_run
+from tests.conftest import write_fashion_folders
+
+
+@pytest.fixture
+def fashion(tmp_path: Path, workspace: Path) -> Path:
+    import_dataset(write_fashion_folders(tmp_path / "fashion", 20), "fashion", workspace)
+    embed_dataset(workspace, "fashion", EmbedderConfig(kind="pixels", resolution=16))
+    return workspace
+
+
+def test_the_triplet_encoder_pulls_classes_apart_and_feeds_the_map(fashion: Path):
+    run = train_triplet_run(fashion, "fashion", TrainConfig.seed_002_triplet(embedding="pixels-16px", epochs=15))
+    assert run.summary["knn_encoded"] > run.summary["knn_input"]  # same labels, tighter classes
+    key = f"triplet-{run.run_id}"
+    assert key in [m["key"] for m in list_embeddings(fashion, "fashion")]
+    encoded = load_embeddings(fashion, "fashion", key)
+    assert encoded.vectors.shape == (200, 64)
+    assert knn_accuracy(encoded.vectors, encoded.labels) == pytest.approx(run.summary["knn_encoded"], abs=1e-9)
+    assert project_dataset(fashion, "fashion", key).coords.shape == (200, 3)
+    with pytest.raises(UserError, match="no per-sample scores"):
+        find_run(fashion, "fashion", run.run_id, with_samples=True)
+
+
+def test_a_cancelled_triplet_run_leaves_nothing(fashion: Path):
+    with pytest.raises(Cancelled):
+        train_triplet_run(fashion, "fashion", TrainConfig.seed_002_triplet(embedding="pixels-16px"), should_stop=lambda: True)
+    assert list_runs(fashion, "fashion") == []
+    assert not any(m["key"].startswith("triplet-") for m in list_embeddings(fashion, "fashion"))
+
+
+def test_the_triplet_encoder_needs_hidden_and_output_sizes():
+    with pytest.raises(UserError, match="hidden, output dims"):
+        TrainConfig.seed_002_triplet(hidden_units=(64,), dropout=(0.0,)).validate()
