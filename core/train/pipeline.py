@@ -51,6 +51,27 @@ def _inner_split(indices: np.ndarray, y: np.ndarray, share: float, seed: int) ->
     return np.sort(train), np.sort(val)
 
 
+def _training_embeddings(workspace, name: str, key: str, version: int):
+    try:
+        return load_embeddings(workspace, name, key, version)
+    except UserError:
+        raise UserError(f"'{name}' has no embeddings '{key}' yet. Make them with `python -m core embed {name}` (or the Embed button), then train.") from None
+
+
+def _publish_embedding(workspace, name: str, key: str, description: str, content_hashes, vectors: np.ndarray, run_id: str, kind: str) -> None:
+    """A trained model's output as an embedding source; written only once its run has finished."""
+    from core.embed import EmbeddingCache
+    from core.workspace import DatasetPaths
+
+    cache = EmbeddingCache(DatasetPaths(workspace, name).root / "embeddings" / key)
+    cache.write_meta({"key": key, "description": description, "dim": int(vectors.shape[1]), "config": {"kind": kind, "run": run_id}, "warnings": []})
+    cache.append(list(content_hashes), vectors)
+
+
+def _run_info(path) -> RunInfo:
+    return RunInfo(path.name, path, json.loads((path / "run.json").read_text(encoding="utf-8")))
+
+
 def check_trainable(labels: np.ndarray, class_list: list[str], folds: int | None) -> tuple[list[str], int]:
     """(label names in code order, number of folds), or a UserError saying what to fix."""
     if len(labels) == 0:
@@ -87,10 +108,7 @@ def train_heads(
     version = version or table.head_version()
     rows = table.read(version)
     key = config.embedding or embedder_key(EmbedderConfig())
-    try:
-        embeddings = load_embeddings(workspace, name, key, version)
-    except UserError:
-        raise UserError(f"'{name}' has no embeddings '{key}' yet. Make them with `python -m core embed {name}` (or the Embed button), then train.") from None
+    embeddings = _training_embeddings(workspace, name, key, version)
     vectors = embeddings.vectors
     frame = rows.set_index("sample_id").loc[embeddings.sample_ids]
     trainable = (frame["label"] != UNDEFINED).to_numpy() & (frame["weight"] > 0).to_numpy()
@@ -252,8 +270,7 @@ def _finish(builder: RunBuilder, name: str, version: int, key: str, best: str, c
         "not_embedded": missing,
         "train_seconds": round(time.perf_counter() - started, 2),
     }
-    path = builder.finish(summary)
-    return RunInfo(path.name, path, json.loads((path / "run.json").read_text(encoding="utf-8")))
+    return _run_info(builder.finish(summary))
 
 
 def train_resnet_run(
@@ -266,10 +283,8 @@ def train_resnet_run(
     should_stop: Callable[[], bool] | None = None,
 ) -> RunInfo:
     """Seed 001: ResNet-18 from scratch on the images of ``version``; its features become an embedding."""
-    from core.embed import EmbeddingCache
     from core.images import ImageProblem, load_square
     from core.train.resnet import LOAD_SIZE, INPUT_SIZE, ResnetSettings, predict, train_resnet
-    from core.workspace import DatasetPaths
 
     config.validate()
     started = time.perf_counter()
@@ -353,11 +368,8 @@ def train_resnet_run(
     except BaseException:
         builder.abandon()
         raise
-    # The penultimate features become an embedding source, only once the run exists.
-    cache = EmbeddingCache(DatasetPaths(workspace, name).root / "embeddings" / f"trained-{path.name}")
-    cache.write_meta({"key": cache.folder.name, "description": f"ResNet-18 trained here (run {path.name})", "dim": int(features.shape[1]), "config": {"kind": "trained", "run": path.name}, "warnings": []})
-    cache.append(list(rows["content_hash"].to_numpy()[kept]), features)
-    return RunInfo(path.name, path, json.loads((path / "run.json").read_text(encoding="utf-8")))
+    _publish_embedding(workspace, name, f"trained-{path.name}", f"ResNet-18 trained here (run {path.name})", rows["content_hash"].to_numpy()[kept], features, path.name, "trained")
+    return _run_info(path)
 
 
 def train_triplet_run(
@@ -372,10 +384,8 @@ def train_triplet_run(
     """Seed 002: a triplet-loss encoder on the embeddings of ``version``; its output becomes an embedding."""
     from safetensors.torch import save_file
 
-    from core.embed import EmbeddingCache
     from core.project import knn_accuracy
     from core.train.triplet import TripletSettings, encode, train_triplet_encoder
-    from core.workspace import DatasetPaths
 
     config.validate()
     started = time.perf_counter()
@@ -383,10 +393,7 @@ def train_triplet_run(
     version = version or table.head_version()
     rows = table.read(version)
     key = config.embedding or embedder_key(EmbedderConfig())
-    try:
-        embeddings = load_embeddings(workspace, name, key, version)
-    except UserError:
-        raise UserError(f"'{name}' has no embeddings '{key}' yet. Make them with `python -m core embed {name}`, then train.") from None
+    embeddings = _training_embeddings(workspace, name, key, version)
     frame = rows.set_index("sample_id").loc[embeddings.sample_ids]
     trainable = (frame["label"] != UNDEFINED).to_numpy() & (frame["weight"] > 0).to_numpy()
     label_names, _ = check_trainable(frame["label"].to_numpy()[trainable], table.classes(version), None)
@@ -423,7 +430,5 @@ def train_triplet_run(
     except BaseException:
         builder.abandon()
         raise
-    cache = EmbeddingCache(DatasetPaths(workspace, name).root / "embeddings" / f"triplet-{path.name}")
-    cache.write_meta({"key": cache.folder.name, "description": f"triplet encoder trained here (run {path.name}) on '{key}'", "dim": out_dim, "config": {"kind": "triplet", "run": path.name}, "warnings": []})
-    cache.append(list(embeddings.content_hashes), encoded)
-    return RunInfo(path.name, path, json.loads((path / "run.json").read_text(encoding="utf-8")))
+    _publish_embedding(workspace, name, f"triplet-{path.name}", f"triplet encoder trained here (run {path.name}) on '{key}'", embeddings.content_hashes, encoded, path.name, "triplet")
+    return _run_info(path)
