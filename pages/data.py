@@ -32,6 +32,17 @@ def cached_rows(table_path: str, version: int, committed_at: float) -> pd.DataFr
     return LabelTable(table_path).read(version)
 
 
+@st.cache_data(max_entries=8, show_spinner=False)
+def cached_export(table_path: str, version: int, committed_at: float, fmt: str) -> bytes:
+    # Serialising 100k rows takes a moment: do it once per version, not on every rerun.
+    rows = LabelTable(table_path).read(version)
+    if fmt == "csv":
+        return rows.to_csv(index=False).encode()
+    buffer = io.BytesIO()
+    rows.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
 def progress_callback(bar, text: str):
     def update(done: int, total: int) -> None:
         bar.progress(done / max(total, 1), text=f"{text}: {done:,} of {total:,}")
@@ -148,13 +159,12 @@ def classes_tab(table: LabelTable, version: int) -> None:
 
 
 def export_tab(table: LabelTable, name: str, version: int) -> None:
-    rows = cached_rows(str(table.path), version, table.history()[version - 1].timestamp.timestamp())
+    stamp = table.version_info(version).timestamp.timestamp()
+    rows = cached_rows(str(table.path), version, stamp)
     st.write(f"Labels of version {version}: {len(rows):,} rows.")
     left, right = st.columns(2)
-    left.download_button("Download CSV", rows.to_csv(index=False).encode(), file_name=f"{name}-v{version}.csv", mime="text/csv")
-    parquet = io.BytesIO()
-    rows.to_parquet(parquet, index=False)
-    right.download_button("Download Parquet", parquet.getvalue(), file_name=f"{name}-v{version}.parquet")
+    left.download_button("Download CSV", cached_export(str(table.path), version, stamp, "csv"), file_name=f"{name}-v{version}.csv", mime="text/csv")
+    right.download_button("Download Parquet", cached_export(str(table.path), version, stamp, "parquet"), file_name=f"{name}-v{version}.parquet")
     with st.form("export-imagefolder"):
         default = default_export_path(DatasetPaths(workspace(), name).root, version, "imagefolder")
         out = st.text_input("ImageFolder export: folder to create on this machine", value=str(default))

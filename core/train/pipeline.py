@@ -68,6 +68,25 @@ def _publish_embedding(workspace, name: str, key: str, description: str, content
     cache.append(list(content_hashes), vectors)
 
 
+def _open_version(workspace, name: str, version: int | None):
+    """(table, version number, rows) of ``version``, the latest if None."""
+    table = open_table(workspace, name)
+    version = version or table.head_version()
+    return table, version, table.read(version)
+
+
+def _reporter(progress: Progress | None, should_stop: Callable[[], bool] | None) -> Callable[[str, float], None]:
+    """One call per stage: raises Cancelled if the user asked to stop, else reports progress."""
+
+    def report(stage: str, fraction: float) -> None:
+        if should_stop and should_stop():
+            raise Cancelled(f"Training cancelled during: {stage}.")
+        if progress:
+            progress(stage, fraction)
+
+    return report
+
+
 def _run_info(path) -> RunInfo:
     return RunInfo(path.name, path, json.loads((path / "run.json").read_text(encoding="utf-8")))
 
@@ -104,9 +123,7 @@ def train_heads(
     """Cross-validate the configured heads on the embeddings of ``version``, keep the best, save a run."""
     config.validate()
     started = time.perf_counter()
-    table = open_table(workspace, name)
-    version = version or table.head_version()
-    rows = table.read(version)
+    table, version, rows = _open_version(workspace, name, version)
     key = config.embedding or embedder_key(EmbedderConfig())
     embeddings = _training_embeddings(workspace, name, key, version)
     vectors = embeddings.vectors
@@ -120,11 +137,7 @@ def train_heads(
     y = np.array([code_of[label] for label in frame["label"].to_numpy()[labelled]], dtype=np.int64)
     torch.manual_seed(config.seed)
 
-    def report(stage: str, fraction: float) -> None:
-        if should_stop and should_stop():
-            raise Cancelled(f"Training cancelled during: {stage}.")
-        if progress:
-            progress(stage, fraction)
+    report = _reporter(progress, should_stop)
 
     from sklearn.model_selection import StratifiedKFold
 
@@ -288,15 +301,9 @@ def train_resnet_run(
 
     config.validate()
     started = time.perf_counter()
-    table = open_table(workspace, name)
-    version = version or table.head_version()
-    rows = table.read(version)
+    table, version, rows = _open_version(workspace, name, version)
 
-    def report(stage: str, fraction: float) -> None:
-        if should_stop and should_stop():
-            raise Cancelled(f"Training cancelled during: {stage}.")
-        if progress:
-            progress(stage, fraction)
+    report = _reporter(progress, should_stop)
 
     images = np.zeros((len(rows), LOAD_SIZE, LOAD_SIZE, 3), dtype=np.uint8)
     readable = np.ones(len(rows), dtype=bool)
@@ -389,9 +396,7 @@ def train_triplet_run(
 
     config.validate()
     started = time.perf_counter()
-    table = open_table(workspace, name)
-    version = version or table.head_version()
-    rows = table.read(version)
+    table, version, rows = _open_version(workspace, name, version)
     key = config.embedding or embedder_key(EmbedderConfig())
     embeddings = _training_embeddings(workspace, name, key, version)
     frame = rows.set_index("sample_id").loc[embeddings.sample_ids]
