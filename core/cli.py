@@ -233,10 +233,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     from core.train.config import TrainConfig
-    from core.train.pipeline import train_heads, train_resnet_run, train_triplet_run
+    from core.train.pipeline import train
 
     # Each family starts from its seed's settings; options given on the command line override them.
-    base = {"resnet18-scratch": TrainConfig.seed_001, "triplet": TrainConfig.seed_002_triplet}.get(args.family, TrainConfig)()
+    base = TrainConfig.for_family(args.family)
     given = {
         "heads": tuple(h.strip() for h in args.heads.split(",") if h.strip()) if args.heads else None,
         "embedding": args.embedding,
@@ -257,10 +257,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         "softmax_patience": args.softmax_patience,
         "knn_k": args.knn_k,
         "logreg_c": args.logreg_c,
+        "backbone": args.backbone,
+        "backbone_arch": args.backbone_arch,
+        "backbone_weights": args.backbone_weights,
+        "image_size": args.image_size,
+        "unfreeze_from": args.unfreeze_from,
     }
     config = replace(base, **{k: v for k, v in given.items() if v is not None})
     config.validate()
-    trainer = {"resnet18-scratch": train_resnet_run, "triplet": train_triplet_run}.get(config.family, train_heads)
     from tqdm import tqdm
 
     bar = None
@@ -273,7 +277,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         bar.update(max(0, round(fraction * 100) - bar.n))
 
     try:
-        run = trainer(args.workspace, args.name, config, version=args.version, progress=progress)
+        run = train(args.workspace, args.name, config, version=args.version, progress=progress)
     finally:
         if bar is not None:
             bar.close()
@@ -285,6 +289,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"run {run.run_id} on version {run.version}")
     if config.family == "triplet":
         print(f"encoder output saved as embedding 'triplet-{run.run_id}'; 10-NN accuracy of the labels {run.summary['knn_input']:.4f} in the input embedding -> {run.summary['knn_encoded']:.4f} in the encoder's space (in-sample)")
+    elif config.family == "frozen-backbone":
+        trained = "; fine-tuned features saved as embedding 'trained-" + run.run_id + "'" if (run.path / "model" / "backbone.safetensors").exists() else ""
+        print(f"best epoch {run.summary['best_epoch']} of {config.epochs} ({run.summary['seconds_per_epoch']:.2f} s per epoch){trained}; model in {run.path / 'model'}")
     elif config.family == "resnet18-scratch":
         print(f"best epoch {run.summary['best_epoch']} of {config.epochs} ({run.summary['seconds_per_epoch']:.1f} s per epoch); features saved as embedding 'trained-{run.run_id}'; model in {run.path / 'model'}")
     else:
@@ -429,12 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, help="version to map (default: the latest)")
     p.set_defaults(func=cmd_project)
 
-    from core.train.config import AUGMENTATIONS, CLASS_WEIGHTINGS, FAMILIES, HEADS, OPTIMIZERS, TrainConfig
+    from core.train.config import AUGMENTATIONS, BACKBONES, CLASS_WEIGHTINGS, FAMILIES, HEADS, OPTIMIZERS, TrainConfig
 
     defaults = TrainConfig()
-    p = sub.add_parser("train", parents=[common], help="train: heads on embeddings (CV + selection) or ResNet-18 from scratch")
+    p = sub.add_parser("train", parents=[common], help="train: heads on embeddings (CV + selection), ResNet-18 from scratch, a frozen pretrained backbone + head, or a triplet encoder")
     p.add_argument("name")
-    p.add_argument("--family", default="heads", choices=FAMILIES, help="heads: seed-000 heads on embeddings; resnet18-scratch: seed 001 (defaults change with the family)")
+    p.add_argument("--family", default="heads", choices=FAMILIES, help="heads: seed-000 heads on embeddings; resnet18-scratch: seed 001; frozen-backbone: seed 004; triplet: seed-002 encoder (defaults change with the family)")
     p.add_argument("--version", type=int, help="version to train on (default: the latest)")
     p.add_argument("--embedding", help="heads: embedding key (default: the default embedder's)")
     p.add_argument("--heads", help=f"heads: candidates, comma-separated, of {', '.join(HEADS)} (default {','.join(defaults.heads)})")
@@ -451,7 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", help="dropout per hidden layer (default 0.3,0.2)")
     p.add_argument("--validation-split", type=float, help=f"share held out for early stopping / validation (default {defaults.validation_split})")
     p.add_argument("--class-weighting", choices=CLASS_WEIGHTINGS, help="heads: default balanced")
-    p.add_argument("--augmentation", choices=AUGMENTATIONS, help="resnet: default seed-001")
+    p.add_argument("--augmentation", choices=AUGMENTATIONS, help="resnet: default seed-001; frozen-backbone: default none (randaugment or seed-001 run every image through the backbone each epoch)")
+    p.add_argument("--backbone", choices=BACKBONES, help="frozen-backbone: default efficientnet-lite0 (ships offline); torchvision / open_clip need --backbone-arch and a local --backbone-weights")
+    p.add_argument("--backbone-arch", help="frozen-backbone: architecture of a torchvision or open_clip backbone")
+    p.add_argument("--backbone-weights", help="frozen-backbone: local weights file of the backbone")
+    p.add_argument("--image-size", type=int, help="frozen-backbone: input size (default: the backbone's own)")
+    p.add_argument("--unfreeze-from", type=int, help="frozen-backbone: from this epoch unfreeze one more tenth of the backbone per epoch (default 0: never)")
     p.add_argument("--softmax-patience", type=int, help=f"softmax head early-stopping patience (default {defaults.softmax_patience})")
     p.add_argument("--knn-k", type=int, help=f"default {defaults.knn_k}")
     p.add_argument("--logreg-c", type=float, help=f"default {defaults.logreg_c}")

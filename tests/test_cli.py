@@ -208,7 +208,10 @@ def test_resnet18_from_scratch_from_the_command_line(tmp_path: Path, workspace: 
     assert "(validation accuracy)" in trained.stdout and "features saved as embedding 'trained-" in trained.stdout
     run_id = trained.stdout.split()[1]
     assert f"trained-{run_id}" in cli(workspace, "embeddings", "f").stdout
-    assert "not supported yet" in one_error_line(cli(workspace, "predict", run_id, str(tmp_path / "f"), "--out", str(tmp_path / "p.csv")))
+    predicted = cli(workspace, "predict", run_id, str(tmp_path / "f"), "--out", str(tmp_path / "p.csv"))
+    assert predicted.returncode == 0, predicted.stderr
+    predictions = pd.read_csv(tmp_path / "p.csv")
+    assert len(predictions) == 60 and set(predictions["label"]) <= {p.name for p in (tmp_path / "f").iterdir()}
 
 
 def test_triplet_encoder_from_the_command_line(tmp_path: Path, workspace: Path):
@@ -225,3 +228,20 @@ def test_triplet_encoder_from_the_command_line(tmp_path: Path, workspace: Path):
     assert "triplet-encoder" in listing and "knn" in listing
     issues = cli(workspace, "issues", "f", "--top", "3")  # the newest run with per-sample scores: the heads run
     assert issues.returncode == 0 and heads.stdout.split()[1] in issues.stdout
+    triplet_run = trained.stdout.split()[1]
+    assert "an embedding, not a classifier" in one_error_line(cli(workspace, "predict", triplet_run, str(tmp_path / "f"), "--out", str(tmp_path / "p.csv")))
+
+
+def test_frozen_backbone_from_the_command_line(tmp_path: Path, workspace: Path):
+    from tests.conftest import write_fashion_folders
+
+    assert cli(workspace, "import", str(write_fashion_folders(tmp_path / "f", 6)), "--name", "f").returncode == 0
+    trained = cli(workspace, "train", "f", "--family", "frozen-backbone", "--epochs", "3", "--image-size", "32", "--folds", "2")
+    assert trained.returncode == 0, trained.stderr
+    assert "(CV accuracy, 2 folds)" in trained.stdout and "best epoch" in trained.stdout
+    run_id = trained.stdout.split()[1]
+    predicted = cli(workspace, "predict", run_id, str(tmp_path / "f"), "--out", str(tmp_path / "p.csv"))
+    assert predicted.returncode == 0, predicted.stderr
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 60
+    bad = cli(workspace, "train", "f", "--family", "frozen-backbone", "--unfreeze-from", "9", "--epochs", "3")
+    assert "unfreeze_from must be" in one_error_line(bad)

@@ -6,8 +6,9 @@ from dataclasses import asdict, dataclass
 
 from core.errors import UserError
 
-FAMILIES = ("heads", "resnet18-scratch", "triplet")  # frozen pretrained backbones join here
-AUGMENTATIONS = ("seed-001", "none")
+FAMILIES = ("heads", "resnet18-scratch", "frozen-backbone", "triplet")
+AUGMENTATIONS = ("seed-001", "randaugment", "none")
+BACKBONES = ("efficientnet-lite0", "torchvision", "open_clip")
 HEADS = ("knn", "logreg", "mlp", "softmax")
 SEED_000_HEADS = ("knn", "logreg", "mlp")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
@@ -29,6 +30,13 @@ class TrainConfig:
     regression trained like the MLP (same optimiser, batch, L2 through the
     weight decay) with no hidden layer and early stopping after
     ``softmax_patience`` epochs without a better validation accuracy.
+
+    ``frozen-backbone`` (seed 004) trains a new head (``hidden_units`` = one
+    layer, ``dropout`` = before it and before the output) on a pretrained
+    ``backbone`` (an embedder kind, with ``backbone_arch`` / ``backbone_weights``
+    for torchvision and open_clip); ``unfreeze_from`` > 0 unfreezes it
+    gradually from that epoch; ``folds`` None means one validation split,
+    a number means k-fold cross-validation.
     """
 
     family: str = "heads"
@@ -49,6 +57,12 @@ class TrainConfig:
     validation_split: float = 0.1  # share held out for early stopping inside each training set
     class_weighting: str = "balanced"
     augmentation: str = "seed-001"  # image models only
+    # frozen pretrained backbone (seed 004)
+    backbone: str = "efficientnet-lite0"
+    backbone_arch: str | None = None
+    backbone_weights: str | None = None
+    image_size: int | None = None  # None: the backbone's own input size
+    unfreeze_from: int = 0  # epoch from which the backbone unfreezes gradually; 0: never
     # softmax regression (seed 002): a linear layer, L2 via weight decay, early stopping
     softmax_patience: int = 25
     # k-NN and logistic regression
@@ -82,12 +96,22 @@ class TrainConfig:
             bad(f"patience must be at least 1 epoch, not {self.patience}.")
         if not self.hidden_units or any(u < 1 or u > 65_536 for u in self.hidden_units):
             bad(f"hidden layers need 1 to 65,536 units each, not {self.hidden_units}.")
-        if len(self.dropout) != len(self.hidden_units) or any(not 0 <= p < 1 for p in self.dropout):
-            bad(f"give one dropout in [0, 1) per hidden layer ({len(self.hidden_units)}), not {self.dropout}.")
         if not 0.02 <= self.validation_split <= 0.5:
             bad(f"validation split must be 0.02 to 0.5, not {self.validation_split}.")
         if self.family == "triplet" and len(self.hidden_units) != 2:
             bad(f"the triplet encoder takes hidden_units = (hidden, output dims), not {self.hidden_units}.")
+        if self.family == "frozen-backbone":
+            if len(self.hidden_units) != 1 or len(self.dropout) != 2:
+                bad(f"the frozen-backbone head takes one hidden layer and two dropouts (before it and before the output), not {self.hidden_units} / {self.dropout}.")
+            if self.backbone not in BACKBONES:
+                bad(f"backbone '{self.backbone}' is not one of {', '.join(BACKBONES)}.")
+            if not 0 <= self.unfreeze_from <= self.epochs:
+                bad(f"unfreeze_from must be 0 (never) to the number of epochs ({self.epochs}), not {self.unfreeze_from}.")
+            self.backbone_config().validate()
+        elif len(self.dropout) != len(self.hidden_units) or any(not 0 <= p < 1 for p in self.dropout):
+            bad(f"give one dropout in [0, 1) per hidden layer ({len(self.hidden_units)}), not {self.dropout}.")
+        if any(not 0 <= p < 1 for p in self.dropout):
+            bad(f"dropout must be in [0, 1), not {self.dropout}.")
         if self.augmentation not in AUGMENTATIONS:
             bad(f"augmentation '{self.augmentation}' is not one of {', '.join(AUGMENTATIONS)}.")
         if self.class_weighting not in CLASS_WEIGHTINGS:
@@ -108,6 +132,24 @@ class TrainConfig:
         """The triplet-loss encoder: hidden_units = (hidden, output dims), 30 epochs of 128-triplet batches."""
         settings = {"family": "triplet", "epochs": 30, "batch_size": 128, "learning_rate": 1e-3, "weight_decay": 1e-4, "hidden_units": (256, 64), "dropout": (0.0, 0.0), **overrides}
         return cls(**settings)
+
+    @classmethod
+    def seed_004(cls, **overrides) -> TrainConfig:
+        """A frozen EfficientNet-Lite0 with seed 004's head: Dropout .5, 512, ReLU, Dropout .5; AdamW 5e-4, wd 1e-4, cosine."""
+        settings = {"family": "frozen-backbone", "epochs": 15, "batch_size": 32, "learning_rate": 5e-4, "weight_decay": 1e-4, "optimizer": "adamw", "hidden_units": (512,), "dropout": (0.5, 0.5), "augmentation": "none", "class_weighting": "none", **overrides}
+        return cls(**settings)
+
+    @classmethod
+    def for_family(cls, family: str, **overrides) -> TrainConfig:
+        """The seed settings of a model family, with ``overrides`` applied."""
+        make = {"resnet18-scratch": cls.seed_001, "frozen-backbone": cls.seed_004, "triplet": cls.seed_002_triplet}.get(family)
+        return make(**overrides) if make else cls(family=family, **overrides)
+
+    def backbone_config(self):
+        """The embedder that is this config's frozen backbone."""
+        from core.embed import EmbedderConfig
+
+        return EmbedderConfig(kind=self.backbone, arch=self.backbone_arch, weights=self.backbone_weights, resolution=self.image_size)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -46,8 +46,13 @@ def _inner_split(indices: np.ndarray, y: np.ndarray, share: float, seed: int) ->
     from sklearn.model_selection import train_test_split
 
     counts = np.bincount(y[indices])
-    stratify = y[indices] if counts[counts > 0].min() >= 2 else None
-    train, val = train_test_split(indices, test_size=share, stratify=stratify, random_state=seed)
+    n_classes = int((counts > 0).sum())
+    n_val = max(1, round(share * len(indices)))
+    stratify = None
+    if counts[counts > 0].min() >= 2 and len(indices) - n_classes >= n_classes:
+        # Small sets: hold out at least one sample of every class rather than give up stratifying.
+        n_val, stratify = max(n_val, n_classes), y[indices]
+    train, val = train_test_split(indices, test_size=n_val, stratify=stratify, random_state=seed)
     return np.sort(train), np.sort(val)
 
 
@@ -437,3 +442,168 @@ def train_triplet_run(
         raise
     _publish_embedding(workspace, name, f"triplet-{path.name}", f"triplet encoder trained here (run {path.name}) on '{key}'", embeddings.content_hashes, encoded, path.name, "triplet")
     return _run_info(path)
+
+
+def _write_evaluation(builder: RunBuilder, given: np.ndarray, predicted: np.ndarray, label_names: list[str], columns: str) -> None:
+    """report.json and confusion.json for predictions that were not trained on (out of fold or validation)."""
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    n_classes = len(label_names)
+    builder.json("report.json", classification_report(given, predicted, labels=range(n_classes), target_names=label_names, output_dict=True, zero_division=0))
+    builder.json("confusion.json", {"labels": label_names, "matrix": confusion_matrix(given, predicted, labels=range(n_classes)).tolist(), "rows": "given label", "columns": columns})
+
+
+def _samples_frame(sample_ids, labels, trained_on, role, fold, probabilities, given, vectors, label_names, neighbours: int) -> pd.DataFrame:
+    """The per-sample table every run stores: outputs, metrics and label-issue scores."""
+    metrics = sample_metrics(probabilities, given)
+    issues = label_issue_scores(probabilities, given, vectors, neighbours)
+    samples = pd.DataFrame({
+        "sample_id": sample_ids, "label": labels, "trained_on": trained_on, "role": role, "fold": fold,
+        "predicted_label": np.array(label_names, dtype=object)[metrics["predicted"].to_numpy()],
+    })
+    samples = pd.concat([samples, metrics.drop(columns=["predicted"]), issues], axis=1)
+    samples["probabilities"] = list(probabilities)
+    return samples
+
+
+def train_frozen_run(
+    workspace,
+    name: str,
+    config: TrainConfig,
+    *,
+    version: int | None = None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RunInfo:
+    """Seed 004: a new head on a frozen pretrained backbone (optionally unfrozen gradually), saved as a run."""
+    from safetensors.torch import save_file
+    from sklearn.model_selection import StratifiedKFold
+
+    from core.embed import _torch_feature_model, embed_dataset
+    from core.train.frozen import FrozenSettings, predict_frozen, train_frozen
+    from core.train.heads import class_weights
+
+    config.validate()
+    started = time.perf_counter()
+    table, version, rows = _open_version(workspace, name, version)
+    report = _reporter(progress, should_stop)
+    backbone_config = config.backbone_config()
+    settings = FrozenSettings(
+        config.epochs, config.batch_size, config.learning_rate, config.weight_decay, config.optimizer, config.hidden_units[0], tuple(config.dropout),
+        config.augmentation, config.unfreeze_from, config.class_weighting == "balanced", config.seed,
+    )
+    key = embedder_key(backbone_config)
+    if settings.needs_images:
+        from core.embed import _resolution
+        from core.images import ImageProblem, load_square
+
+        size = _resolution(backbone_config)
+        data = np.zeros((len(rows), size, size, 3), dtype=np.uint8)
+        readable = np.ones(len(rows), dtype=bool)
+        for i, (path, content_hash) in enumerate(zip(rows["path"], rows["content_hash"])):
+            if i % 500 == 0:
+                report(f"loading images {i:,} of {len(rows):,}", 0.1 * i / len(rows))
+            try:
+                data[i] = load_square(path, size, content_hash)
+            except ImageProblem:
+                readable[i] = False
+        kept = np.flatnonzero(readable)
+        data, frame = data[kept], rows.iloc[kept].reset_index(drop=True)
+        content_hashes = frame["content_hash"].to_numpy()
+        missing = int((~readable).sum())
+    else:
+        # The backbone never changes: its features come from the embedding cache, computed once.
+        embed_dataset(workspace, name, backbone_config, version=version, progress=lambda done, total: report(f"embedding with the backbone: {done:,} of {total:,}", 0.1 * done / max(total, 1)), should_stop=should_stop)
+        embeddings = load_embeddings(workspace, name, key, version)
+        data, missing, content_hashes = embeddings.vectors, embeddings.missing, embeddings.content_hashes
+        frame = rows.set_index("sample_id").loc[embeddings.sample_ids].reset_index()
+    trainable = (frame["label"] != UNDEFINED).to_numpy() & (frame["weight"] > 0).to_numpy()
+    label_names, _ = check_trainable(frame["label"].to_numpy()[trainable], table.classes(version), config.folds)
+    code_of = {label: i for i, label in enumerate(label_names)}
+    n_classes = len(label_names)
+    given = np.array([code_of.get(label, -1) for label in frame["label"]], dtype=np.int64)
+    given[~trainable] = -1
+    labelled = np.flatnonzero(trainable)
+    y_all = np.where(given >= 0, given, 0)
+
+    def backbone():
+        return _torch_feature_model(backbone_config)[0] if settings.needs_images else None
+
+    def fit(train: np.ndarray, val: np.ndarray, stage: str, share: tuple[float, float]) -> object:
+        def on_epoch(row: dict) -> None:
+            curves.append({"stage": stage, **row})
+            report(f"{stage}: epoch {row['epoch']} of {config.epochs}, val acc {row['val_accuracy']:.3f}", share[0] + (share[1] - share[0]) * row["epoch"] / config.epochs)
+
+        weights = class_weights(y_all[train], n_classes) if settings.balanced else None
+        return train_frozen(data, y_all, n_classes, train, val, backbone(), settings, class_weight=weights, on_epoch=on_epoch, should_stop=should_stop)
+
+    builder = RunBuilder(workspace, name, f"v{version}-frozen")
+    try:
+        curves: list[dict] = []
+        probabilities = np.zeros((len(frame), n_classes), dtype=np.float32)
+        role = np.full(len(frame), "not trained on", dtype=object)
+        fold_column = np.full(len(frame), -1, dtype=np.int64)
+        features = not settings.needs_images
+        if config.folds:
+            folds = list(StratifiedKFold(n_splits=config.folds, shuffle=True, random_state=config.seed).split(labelled, y_all[labelled]))
+            accuracies = []
+            for number, (train_part, test_part) in enumerate(folds):
+                train, test = labelled[train_part], labelled[test_part]
+                inner_train, inner_val = _inner_split(train, y_all, config.validation_split, config.seed)
+                span = 0.1 + 0.7 * number / (len(folds) + 1), 0.1 + 0.7 * (number + 1) / (len(folds) + 1)
+                result = fit(inner_train, inner_val, f"fold {number + 1}", span)
+                probabilities[test] = predict_frozen(result.model, data, test, features=features)
+                accuracies.append(float((probabilities[test].argmax(1) == y_all[test]).mean()))
+                fold_column[test] = number
+            role[labelled] = "out of fold"
+            evaluated = labelled
+        train, val = _inner_split(labelled, y_all, config.validation_split, config.seed)
+        k = config.folds or 0
+        final = fit(train, val, "final", (0.1 + 0.7 * k / (k + 1), 0.85))
+        unscored = np.setdiff1d(np.arange(len(frame)), labelled) if config.folds else np.arange(len(frame))
+        report("scoring every sample", 0.88)
+        probabilities[unscored] = predict_frozen(final.model, data, unscored, features=features)
+        if not config.folds:
+            role[train], role[val], evaluated = "train", "validation", val
+            accuracies = [final.best_accuracy]
+        if features:
+            vectors = data
+        else:
+            with torch.inference_mode():
+                vectors = np.concatenate([final.model.backbone(torch.from_numpy(data[s : s + 64])).numpy() for s in range(0, len(data), 64)])
+        samples = _samples_frame(frame["sample_id"].to_numpy(), frame["label"].to_numpy(), np.isin(np.arange(len(frame)), train), role, fold_column, probabilities, given, vectors, label_names, config.issue_neighbours)
+        _write_evaluation(builder, y_all[evaluated], probabilities[evaluated].argmax(1), label_names, "predicted label (out of fold)" if config.folds else "predicted label (validation set)")
+        accuracy = float(np.mean(accuracies))
+        builder.json("config.json", {**config.to_dict(), "embedding": key})
+        builder.json("cv.json", {"folds": config.folds or 0, "heads": {"frozen-backbone": {"fold_accuracy": accuracies, "mean": accuracy, "std": float(np.std(accuracies)), "seconds": round(time.perf_counter() - started, 2)}}, "best": "frozen-backbone"})
+        builder.table("curves.parquet", pd.DataFrame(curves))
+        builder.table("samples.parquet", samples)
+        model_dir = builder.path / "model"
+        save_file({k: v.contiguous() for k, v in final.model.head.state_dict().items()}, str(model_dir / "head.safetensors"))
+        if final.backbone_trained:
+            save_file({k: v.contiguous() for k, v in final.model.backbone.state_dict().items()}, str(model_dir / "backbone.safetensors"))
+        (model_dir / "model_config.json").write_text(json.dumps({
+            "model_type": "frozen-backbone", "input_dim": int(final.model.head[1].in_features), "hidden": settings.hidden, "dropout": list(settings.dropout),
+            "n_classes": n_classes, "label_names": label_names, "backbone": {"kind": backbone_config.kind, "arch": backbone_config.arch, "weights": backbone_config.weights, "resolution": backbone_config.resolution},
+            "embedding": key, "backbone_trained": final.backbone_trained, "best_cv_accuracy": accuracy, "best_epoch": final.best_epoch,
+            "format": "head.safetensors: torch.nn.Sequential(Dropout, Linear, ReLU, Dropout, Linear) state dict" + ("; backbone.safetensors: the unfrozen backbone" if final.backbone_trained else "; the backbone is the unchanged pretrained one"),
+        }, indent=1), encoding="utf-8")
+        path = builder.finish({
+            "dataset": name, "version": version, "kind": "frozen-backbone", "embedding": key, "best_model": "frozen-backbone",
+            "cv_accuracy": accuracy, "cv": {"frozen-backbone": round(accuracy, 4)}, "folds": config.folds or 0,
+            "n_labelled": int(len(labelled)), "n_samples": len(rows), "not_embedded": missing, "best_epoch": final.best_epoch,
+            "seconds_per_epoch": round(final.seconds_per_epoch, 3), "train_seconds": round(time.perf_counter() - started, 2),
+            "note": "accuracy is out of fold" if config.folds else "accuracy is on the held-out validation split; per-sample scores of training samples are in-sample",
+        })
+    except BaseException:
+        builder.abandon()
+        raise
+    if final.backbone_trained:
+        _publish_embedding(workspace, name, f"trained-{path.name}", f"{backbone_config.kind} fine-tuned here (run {path.name})", content_hashes, vectors, path.name, "trained")
+    return _run_info(path)
+
+
+def train(workspace, name: str, config: TrainConfig, *, version: int | None = None, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> RunInfo:
+    """Train ``config.family`` on ``version``: the one entry point for the CLI and the Train page."""
+    trainer = {"heads": train_heads, "resnet18-scratch": train_resnet_run, "frozen-backbone": train_frozen_run, "triplet": train_triplet_run}[config.family]
+    return trainer(workspace, name, config, version=version, progress=progress, should_stop=should_stop)
