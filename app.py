@@ -11,7 +11,11 @@ from components.sidebar import pick_dataset
 st.set_page_config(page_title="LabelLoop", page_icon=":material/label:", layout="wide")
 
 navigation = st.navigation(
-    [st.Page("pages/data.py", title="Data", icon=":material/table_view:", default=True)],
+    [
+        st.Page("app_pages/data.py", title="Data", icon=":material/table_view:", default=True),
+        st.Page("app_pages/map.py", title="Map", icon=":material/scatter_plot:"),
+        st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
+    ],
 )
 st.sidebar.title("LabelLoop")
 pick_dataset()

@@ -7,6 +7,7 @@ import io
 import pandas as pd
 import streamlit as st
 
+from components.data_cache import version_rows
 from components.sidebar import current_table, pick_version, show_head_moved, workspace
 from core.demo import DEMO_NAME, build_demo, demo_score
 from core.errors import UserError
@@ -25,11 +26,6 @@ def cached_class_counts(table_path: str, version: int, committed_at: float) -> p
 @st.cache_data(max_entries=64, show_spinner=False)
 def cached_class_matrix(table_path: str, versions: tuple[int, ...], committed_at: tuple[float, ...]) -> pd.DataFrame:
     return LabelTable(table_path).class_counts_by_version(versions)
-
-
-@st.cache_data(max_entries=32, show_spinner=False)
-def cached_rows(table_path: str, version: int, committed_at: float) -> pd.DataFrame:
-    return LabelTable(table_path).read(version)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -160,7 +156,7 @@ def classes_tab(table: LabelTable, version: int) -> None:
 
 def export_tab(table: LabelTable, name: str, version: int) -> None:
     stamp = table.version_info(version).timestamp.timestamp()
-    rows = cached_rows(str(table.path), version, stamp)
+    rows = version_rows(table, version)
     st.write(f"Labels of version {version}: {len(rows):,} rows.")
     left, right = st.columns(2)
     left.download_button("Download CSV", cached_export(str(table.path), version, stamp, "csv"), file_name=f"{name}-v{version}.csv", mime="text/csv")
@@ -196,7 +192,7 @@ def main() -> None:
     name = st.session_state["dataset"]
     version = pick_version(table)
     info = table.version_info(version)
-    rows = cached_rows(str(table.path), version, info.timestamp.timestamp())
+    rows = version_rows(table, version)
 
     st.title(name)
     st.caption(f"Version {version} of {table.head_version()} · {info.message}")

@@ -9,11 +9,20 @@ import pandas as pd
 import streamlit as st
 
 from components.data_cache import cached_projection, forget_projection, version_rows
+from components.gallery import thumbnail_grid
 from components.scatter3d import mirror_thumbnails, publish_map, scatter3d
 from components.sidebar import current_table, pick_version, show_head_moved, workspace
 from core.embed import EmbedderConfig, embed_dataset, embedder_key, list_embeddings
 from core.errors import ConflictError, UserError
-from core.mapping import COLOUR_BY, categorical_colours, continuous_colours, default_message, label_mix, resolve_label, selection_changes
+from core.mapping import (
+    COLOUR_BY,
+    categorical_colours,
+    continuous_colours,
+    default_message,
+    label_mix,
+    resolve_label,
+    selection_changes,
+)
 from core.project import ProjectionConfig, project_dataset
 from core.runs import find_run, load_samples
 from core.tables import UNDEFINED
@@ -108,7 +117,9 @@ def map_and_selection() -> None:
         published, dims=dims, colour_codes=colouring.codes, palette=colouring.palette, label_codes=label_codes, label_names=label_names,
         hidden=hidden, selection=pushed, key=f"map-{name}",
     )
-    if state and state.get("token") != (wanted or {}).get("token"):
+    if state and state.get("token") != st.session_state.get(f"{selection_key}:js"):
+        # A new lasso in the browser (the component keeps its last state across reruns: act on it once).
+        st.session_state[f"{selection_key}:js"] = state.get("token")
         indices = np.asarray(state.get("indices") or [], dtype=np.int64)
         wanted = {"token": state["token"], "sample_ids": published.sample_ids[indices].tolist()}
         st.session_state[selection_key] = wanted
@@ -130,19 +141,15 @@ def show_selection(selected_ids: np.ndarray) -> None:
     chosen = frame.loc[selected_ids]
     mix = label_mix(chosen["label"].to_numpy())
     st.dataframe(mix, hide_index=True, width="stretch", height=min(36 * (len(mix) + 1), 250))
-    sample = chosen.head(40)
-    thumbs = [(paths.thumbs / h[:2] / f"{h}.jpg", label) for h, label in zip(sample["content_hash"], sample["label"])]
-    present = [(str(t), str(label)[:14]) for t, label in thumbs if t.exists()]
-    if present:
-        st.image([t for t, _ in present], width=72, caption=[label for _, label in present])
-    if len(chosen) > 40:
-        st.caption(f"showing 40 of {len(chosen):,}")
+    thumbnail_grid(paths.thumbs, chosen)
 
     action = st.radio("Action", ("relabel", "exclude", "include"), horizontal=True, key="map-action", help="Exclude keeps the samples in the table with weight 0: never trained on, easy to include again.")
     label, new_class = None, False
     if action == "relabel":
         choice_column, new_column = st.columns(2)
-        picked = choice_column.selectbox("Label", [*classes, UNDEFINED], key="map-label", help="An existing class, exactly as listed.")
+        options = [*classes, UNDEFINED]
+        majority = next((label for label in mix["label"] if label in classes), options[0])  # the usual fix: the cluster's own majority
+        picked = choice_column.selectbox("Label", options, index=options.index(majority), key=f"map-label-{majority}", help="An existing class, exactly as listed.")
         typed = new_column.text_input("or a new class", key="map-new-label", help="Creates this class with the commit.")
         label, new_class = (typed.strip(), True) if typed.strip() else (picked, False)
     message = st.text_input("Commit message", value=default_message(len(chosen), action, label), key=f"map-message-{action}-{label}-{len(chosen)}")

@@ -75,9 +75,12 @@ if command -v npm >/dev/null; then
   fi
   # Streamlit serves files under static/ at /app/static/; the browser imports three.js from there.
   mkdir -p static/vendor/three
-  for f in build/three.module.js build/three.core.js examples/jsm/controls/OrbitControls.js; do
+  for f in build/three.module.js build/three.core.js; do
     cmp -s "node_modules/three/$f" "static/vendor/three/$(basename "$f")" || cp "node_modules/three/$f" static/vendor/three/
   done
+  # The add-on imports the bare name 'three'; the page has no import map, so point it at the file beside it.
+  sed "s#from 'three';#from './three.module.js';#" node_modules/three/examples/jsm/controls/OrbitControls.js > static/vendor/three/OrbitControls.js.tmp
+  mv static/vendor/three/OrbitControls.js.tmp static/vendor/three/OrbitControls.js
 else
   say "npm not found: the 3D map needs three.js (install Node.js and npm, then run this again)."
 fi

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -14,48 +9,17 @@ import pytest
 
 from core.ingest import import_dataset
 from core.tables import ChangeSet
-from tests.conftest import REPO
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium, running_app
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian package chromium not installed (./test.sh installs it)"), pytest.mark.slow]
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--headless=new", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist",
-]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+pytestmark = [needs_chromium, pytest.mark.slow]
 
 
 @pytest.fixture
 def server(class_folders: Path, workspace: Path, tmp_path: Path):
     table, _ = import_dataset(class_folders, "animals", workspace)
     table.commit(ChangeSet.set_weight([1], 0.0), parent=1, message="exclude a blurry cat")
-    port = free_port()
-    log = open(tmp_path / "streamlit.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=REPO, env={**os.environ, "LABELLOOP_WORKSPACE": str(workspace)}, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail("streamlit did not start: " + (tmp_path / "streamlit.log").read_text())
-    yield url
-    process.terminate()
-    process.wait(timeout=20)
-    log.close()
+    with running_app(workspace, tmp_path / "streamlit.log") as url:
+        yield url
 
 
 def test_the_data_page_renders_in_chromium(server: str, tmp_path: Path):

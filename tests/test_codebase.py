@@ -23,7 +23,7 @@ def test_core_never_imports_streamlit_or_the_ui():
     files = sorted((REPO / "core").rglob("*.py"))
     assert len(files) >= 6
     for path in files:
-        forbidden = imported_modules(path) & {"streamlit", "pages", "components"}
+        forbidden = imported_modules(path) & {"streamlit", "app_pages", "components"}
         assert not forbidden, f"{path.relative_to(REPO)} imports {forbidden}"
 
 
@@ -42,7 +42,7 @@ def test_no_unused_imports_undefined_names_or_syntax_errors():
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "--select", "F,E9", "--output-format", "concise", "core", "pages", "components", "app.py", "tests", "bench"],
+        [sys.executable, "-m", "ruff", "check", "--select", "F,E9", "--output-format", "concise", "core", "app_pages", "components", "app.py", "tests", "bench"],
         cwd=REPO, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr

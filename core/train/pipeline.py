@@ -124,6 +124,7 @@ def train_heads(
     version: int | None = None,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_curve: Callable[[dict], None] | None = None,
 ) -> RunInfo:
     """Cross-validate the configured heads on the embeddings of ``version``, keep the best, save a run."""
     config.validate()
@@ -170,6 +171,8 @@ def train_heads(
                 splits = [_inner_split(train, y, config.validation_split, config.seed) for train, _ in folds]
 
                 def on_epoch(epoch: int, losses: np.ndarray, accuracies: np.ndarray, head=head, number=number) -> None:
+                    if on_curve:
+                        on_curve({"stage": f"{head} cv (mean of folds)", "epoch": epoch, "train_loss": float(np.mean(losses)), "val_accuracy": float(np.mean(accuracies))})
                     report(f"cross-validating {head}: epoch {epoch} (val acc {np.mean(accuracies):.3f})", (number + min(epoch / config.epochs, 1)) / (len(config.heads) + 1))
 
                 result = fit_mlps(X, y, n_classes, [s[0] for s in splits], [s[1] for s in splits], _mlp_settings(config, config.epochs, head), on_epoch=on_epoch, should_stop=should_stop)
@@ -299,6 +302,7 @@ def train_resnet_run(
     version: int | None = None,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_curve: Callable[[dict], None] | None = None,
 ) -> RunInfo:
     """Seed 001: ResNet-18 from scratch on the images of ``version``; its features become an embedding."""
     from core.images import ImageProblem, load_square
@@ -329,6 +333,8 @@ def train_resnet_run(
     builder = RunBuilder(workspace, name, f"v{version}-resnet18")
     try:
         def on_epoch(row: dict) -> None:
+            if on_curve:
+                on_curve({"stage": "resnet18", **row})
             report(f"epoch {row['epoch']} of {config.epochs}: val acc {row['val_accuracy']:.3f}", 0.1 + 0.8 * row["epoch"] / config.epochs)
 
         result = train_resnet(images, np.where(given >= 0, given, 0), len(label_names), train, val, settings, on_epoch=on_epoch, should_stop=should_stop)
@@ -392,6 +398,7 @@ def train_triplet_run(
     version: int | None = None,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_curve: Callable[[dict], None] | None = None,
 ) -> RunInfo:
     """Seed 002: a triplet-loss encoder on the embeddings of ``version``; its output becomes an embedding."""
     from safetensors.torch import save_file
@@ -414,6 +421,8 @@ def train_triplet_run(
     settings = TripletSettings(hidden, out_dim, 0.2, config.epochs, config.batch_size, config.learning_rate, config.weight_decay, config.seed)
 
     def on_epoch(row: dict) -> None:
+        if on_curve:
+            on_curve({"stage": "triplet", **row})
         if progress:
             progress(f"epoch {row['epoch']} of {config.epochs}: loss {row['train_loss']:.4f}", row["epoch"] / config.epochs)
 
@@ -474,6 +483,7 @@ def train_frozen_run(
     version: int | None = None,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_curve: Callable[[dict], None] | None = None,
 ) -> RunInfo:
     """Seed 004: a new head on a frozen pretrained backbone (optionally unfrozen gradually), saved as a run."""
     from safetensors.torch import save_file
@@ -532,6 +542,8 @@ def train_frozen_run(
     def fit(train: np.ndarray, val: np.ndarray, stage: str, share: tuple[float, float]) -> object:
         def on_epoch(row: dict) -> None:
             curves.append({"stage": stage, **row})
+            if on_curve:
+                on_curve({"stage": stage, **row})
             report(f"{stage}: epoch {row['epoch']} of {config.epochs}, val acc {row['val_accuracy']:.3f}", share[0] + (share[1] - share[0]) * row["epoch"] / config.epochs)
 
         weights = class_weights(y_all[train], n_classes) if settings.balanced else None
@@ -603,7 +615,19 @@ def train_frozen_run(
     return _run_info(path)
 
 
-def train(workspace, name: str, config: TrainConfig, *, version: int | None = None, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> RunInfo:
-    """Train ``config.family`` on ``version``: the one entry point for the CLI and the Train page."""
+def train(
+    workspace,
+    name: str,
+    config: TrainConfig,
+    *,
+    version: int | None = None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_curve: Callable[[dict], None] | None = None,
+) -> RunInfo:
+    """Train ``config.family`` on ``version``: the one entry point for the CLI and the Train page.
+
+    ``on_curve`` receives one row per epoch (stage, epoch, train_loss, val_accuracy, ...) as it happens.
+    """
     trainer = {"heads": train_heads, "resnet18-scratch": train_resnet_run, "frozen-backbone": train_frozen_run, "triplet": train_triplet_run}[config.family]
-    return trainer(workspace, name, config, version=version, progress=progress, should_stop=should_stop)
+    return trainer(workspace, name, config, version=version, progress=progress, should_stop=should_stop, on_curve=on_curve)

@@ -1,0 +1,34 @@
+"""Cached reads every page shares. A version never changes, so (table, version, commit time) is a safe key."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core.tables import LabelTable
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _rows(table_path: str, version: int, committed_at: float) -> pd.DataFrame:
+    return LabelTable(table_path).read(version)
+
+
+def version_rows(table: LabelTable, version: int) -> pd.DataFrame:
+    """The rows of ``version`` (cached; treat as read-only)."""
+    return _rows(str(table.path), version, table.version_info(version).timestamp.timestamp())
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _projection(workspace: str, name: str, embedding_key: str, dims: int, version: int, committed_at: float):
+    from core.project import ProjectionConfig, project_dataset
+
+    return project_dataset(workspace, name, embedding_key, ProjectionConfig(dims=dims), version=version, compute=False)
+
+
+def cached_projection(workspace, table: LabelTable, name: str, embedding_key: str, dims: int, version: int):
+    """The cached map of ``version`` or None; never computes one (opening a page starts no heavy work)."""
+    return _projection(str(workspace), name, embedding_key, dims, version, table.version_info(version).timestamp.timestamp())
+
+
+def forget_projection() -> None:
+    _projection.clear()

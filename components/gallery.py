@@ -1,0 +1,31 @@
+"""Thumbnail grids: what a selection, a confusion-matrix cell or a label flow looks like."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+
+def thumbnail_grid(thumbs_dir: Path, samples: pd.DataFrame, limit: int = 40, caption_column: str = "label", width: int = 72) -> None:
+    """Up to ``limit`` thumbnails of ``samples`` (needs content_hash and ``caption_column``)."""
+    shown = samples.head(limit)
+    pictures = []
+    for content_hash, caption in zip(shown["content_hash"], shown[caption_column]):
+        path = Path(thumbs_dir) / content_hash[:2] / f"{content_hash}.jpg"
+        if path.exists():
+            pictures.append((str(path), str(caption)[:16]))
+    if pictures:
+        st.image([p for p, _ in pictures], width=width, caption=[c for _, c in pictures])  # captions are text, never HTML
+    if len(samples) > limit:
+        st.caption(f"showing {limit} of {len(samples):,}")
+
+
+def send_to_map(name: str, sample_ids, origin: str) -> None:
+    """Make these samples the Map page's selection and open it."""
+    import time
+
+    st.session_state[f"selection:{name}"] = {"token": f"{origin}-{time.time()}", "sample_ids": [int(i) for i in sample_ids]}
+    st.session_state[f"selection:{name}:push"] = f"{origin}-{time.time()}"
+    st.switch_page("app_pages/map.py")

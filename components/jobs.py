@@ -1,0 +1,84 @@
+"""Long work (training, embedding) runs in a background thread so the page stays live.
+
+A job keeps its latest progress, every curve row and its result or error;
+pages poll it from a fragment that reruns every second while it runs, and
+the Cancel button sets the flag the core functions poll. Jobs live in the
+server process (not in one browser session), so a reload finds them again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import streamlit as st
+
+from core.errors import Cancelled, UserError
+
+
+@dataclass
+class Job:
+    key: str
+    description: str
+    started: float = field(default_factory=time.time)
+    stage: str = "starting"
+    fraction: float = 0.0
+    curves: list[dict] = field(default_factory=list)
+    result: object = None
+    error: str | None = None
+    cancelled: bool = False
+    finished: float | None = None
+    stop_requested: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def running(self) -> bool:
+        return self.finished is None
+
+    def progress(self, stage: str, fraction: float) -> None:
+        self.stage, self.fraction = stage, min(max(float(fraction), 0.0), 1.0)
+
+    def add_curve(self, row: dict) -> None:
+        self.curves.append(row)
+
+    def should_stop(self) -> bool:
+        return self.stop_requested.is_set()
+
+
+@st.cache_resource
+def _registry() -> dict[str, Job]:
+    return {}
+
+
+_lock = threading.Lock()
+
+
+def current_job(key: str) -> Job | None:
+    return _registry().get(key)
+
+
+def start_job(key: str, description: str, work: Callable[[Job], object]) -> Job:
+    """Run ``work(job)`` in a thread unless a job with this key is already running."""
+    with _lock:
+        existing = _registry().get(key)
+        if existing is not None and existing.running:
+            return existing
+        job = Job(key, description)
+        _registry()[key] = job
+
+    def run() -> None:
+        try:
+            job.result = work(job)
+        except Cancelled as stop:
+            job.cancelled, job.error = True, str(stop)
+        except UserError as error:
+            job.error = str(error)
+        except Exception as error:  # shown on the page; the server keeps running
+            job.error = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=6)}"
+        finally:
+            job.finished = time.time()
+
+    threading.Thread(target=run, name=f"job-{key}", daemon=True).start()
+    return job
