@@ -8,11 +8,18 @@ import pandas as pd
 import streamlit as st
 
 from components.data_cache import version_rows
+from components.gallery import plain
 from components.sidebar import current_table, pick_version, show_head_moved, workspace
 from core.demo import DEMO_NAME, build_demo, demo_score
 from core.errors import UserError
 from core.exchange import default_export_path, export_version
-from core.ingest import LAYOUTS, ImportReport, add_images, import_dataset, load_import_report
+from core.ingest import (
+    LAYOUTS,
+    ImportReport,
+    add_images,
+    import_dataset,
+    load_import_report,
+)
 from core.tables import UNDEFINED, LabelTable
 from core.workspace import DatasetPaths
 
@@ -167,7 +174,7 @@ def export_tab(table: LabelTable, name: str, version: int) -> None:
         if st.form_submit_button("Export ImageFolder tree"):
             try:
                 path, description = export_version(table, version, "imagefolder", out)
-                st.success(f"{description} -> {path}")
+                st.success(f"{description} -> {plain(path)}")
             except UserError as exc:
                 st.error(str(exc))
 
@@ -195,7 +202,7 @@ def main() -> None:
     rows = version_rows(table, version)
 
     st.title(name)
-    st.caption(f"Version {version} of {table.head_version()} · {info.message}")
+    st.caption(f"Version {version} of {table.head_version()} · {plain(info.message)}")
     cols = st.columns(5)
     cols[0].metric("Samples", f"{len(rows):,}")
     cols[1].metric("Classes", len(info.classes))

@@ -8,9 +8,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from components.data_cache import cached_projection, forget_projection, version_rows
-from components.gallery import thumbnail_grid
-from components.scatter3d import mirror_thumbnails, publish_map, scatter3d
+from components.data_cache import (
+    cached_projection,
+    forget_projection,
+    servable_thumbnails,
+    version_rows,
+)
+from components.gallery import plain, thumbnail_grid
+from components.scatter3d import publish_map, scatter3d
 from components.sidebar import current_table, pick_version, show_head_moved, workspace
 from core.embed import EmbedderConfig, embed_dataset, embedder_key, list_embeddings
 from core.errors import ConflictError, UserError
@@ -101,7 +106,7 @@ label_codes = np.array([label_code_of[label] for label in frame["label"].to_nump
 
 paths = DatasetPaths(workspace(), name)
 published = publish_map(projection.sample_ids, projection.coords, frame["content_hash"].to_numpy(), f"{name}/{chosen_key}/{dims}")
-mirror_thumbnails(paths.thumbs, frame["content_hash"].to_numpy())
+servable_thumbnails(table, paths.thumbs, version)
 
 
 @st.fragment
@@ -172,7 +177,7 @@ def show_selection(selected_ids: np.ndarray) -> None:
             return
         show_head_moved(new_version)
         st.session_state[f"selection:{name}:push"] = f"commit-{new_version}"
-        st.toast(f"Committed v{new_version}: {message}")
+        st.toast(f"Committed v{new_version}: {plain(message)}")
         st.rerun(scope="app")
 
 

@@ -14,13 +14,21 @@ import pandas as pd
 import streamlit as st
 
 from components.data_cache import version_rows
-from components.gallery import send_to_map, thumbnail_grid
+from components.gallery import plain, send_to_map, thumbnail_grid
 from components.jobs import current_job, start_job
 from components.sidebar import current_table, pick_version, workspace
 from core.embed import EmbedderConfig, embedder_key, list_embeddings
 from core.errors import UserError
 from core.runs import list_runs, load_json, load_samples
-from core.train.config import AUGMENTATIONS, BACKBONES, CLASS_WEIGHTINGS, FAMILIES, HEADS, OPTIMIZERS, TrainConfig
+from core.train.config import (
+    AUGMENTATIONS,
+    BACKBONES,
+    CLASS_WEIGHTINGS,
+    FAMILIES,
+    HEADS,
+    OPTIMIZERS,
+    TrainConfig,
+)
 from core.train.pipeline import train
 from core.workspace import DatasetPaths
 
@@ -186,7 +194,7 @@ def show_run(run) -> None:
             evaluated = samples["role"].isin(["out of fold", "validation"]) if "role" in samples else samples["trained_on"]
             cell = samples[evaluated & (samples["label"] == picked["given"]) & (samples["predicted_label"] == picked["predicted"])]
             cell = cell.merge(rows[["sample_id", "content_hash"]], on="sample_id")
-            st.markdown(f"**{len(cell):,} samples labelled `{picked['given']}`, predicted `{picked['predicted']}`**")
+            st.markdown(f"**{len(cell):,} samples labelled {plain(picked['given'])}, predicted {plain(picked['predicted'])}**")
             thumbnail_grid(paths.thumbs, cell.sort_values("issue_score", ascending=False), caption_column="sample_id")
             if len(cell) and st.button("Send these to the map as a selection", key=f"to-map-{run.run_id}"):
                 send_to_map(name, cell["sample_id"], "confusion")

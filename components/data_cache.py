@@ -32,3 +32,17 @@ def cached_projection(workspace, table: LabelTable, name: str, embedding_key: st
 
 def forget_projection() -> None:
     _projection.clear()
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _mirrored(thumbs_dir: str, table_path: str, version: int, committed_at: float) -> int:
+    from pathlib import Path
+
+    from components.scatter3d import mirror_thumbnails
+
+    return mirror_thumbnails(Path(thumbs_dir), LabelTable(table_path).read(version)["content_hash"].to_numpy())
+
+
+def servable_thumbnails(table: LabelTable, thumbs_dir, version: int) -> None:
+    """Make sure the browser can load every thumbnail of ``version`` by URL (once per version)."""
+    _mirrored(str(thumbs_dir), str(table.path), version, table.version_info(version).timestamp.timestamp())

@@ -29,3 +29,8 @@ def send_to_map(name: str, sample_ids, origin: str) -> None:
     st.session_state[f"selection:{name}"] = {"token": f"{origin}-{time.time()}", "sample_ids": [int(i) for i in sample_ids]}
     st.session_state[f"selection:{name}:push"] = f"{origin}-{time.time()}"
     st.switch_page("app_pages/map.py")
+
+
+def plain(text) -> str:
+    """``text`` safe inside st.markdown: every Markdown and HTML special character backslash-escaped."""
+    return "".join("\\" + ch if ch in "\\`*_{}[]()<>#+-.!|~$&\"'" else ch for ch in str(text))

@@ -125,3 +125,16 @@ def load_samples(run: RunInfo) -> pd.DataFrame:
 
 def load_json(run: RunInfo, filename: str):
     return json.loads((run.path / filename).read_text(encoding="utf-8"))
+
+
+def accuracy_by_version(workspace, name: str) -> pd.DataFrame:
+    """version, kind, best_model, accuracy, run: the best finished run of each kind on each version."""
+    records = [
+        {"version": r.version, "kind": r.summary.get("kind"), "best_model": r.summary.get("best_model"), "accuracy": r.summary.get("cv_accuracy"), "run": r.run_id}
+        for r in list_runs(workspace, name)
+        if r.summary.get("cv_accuracy") is not None
+    ]
+    if not records:
+        return pd.DataFrame(columns=["version", "kind", "best_model", "accuracy", "run"])
+    frame = pd.DataFrame(records).sort_values("accuracy", ascending=False)
+    return frame.drop_duplicates(["version", "kind"]).sort_values(["kind", "version"]).reset_index(drop=True)

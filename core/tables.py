@@ -682,3 +682,8 @@ def _check_message(message: str | None) -> str:
     if not message:
         raise UserError("Every commit needs a message saying what changed and why.")
     return message
+
+
+def revert_changes(samples: pd.DataFrame) -> ChangeSet:
+    """Put these relabelled samples (rows of :attr:`Diff.samples`) back to their old labels."""
+    return ChangeSet(updates=pd.DataFrame({"sample_id": samples["sample_id"].to_numpy(dtype=np.int64), "label": samples["old_label"].to_numpy(dtype=object)}))
