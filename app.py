@@ -6,7 +6,7 @@ The workspace is tables/ unless LABELLOOP_WORKSPACE says otherwise.
 
 import streamlit as st
 
-from components.sidebar import pick_dataset
+from components.sidebar import pick_dataset, refresh_status
 
 st.set_page_config(page_title="LabelLoop", page_icon=":material/label:", layout="wide")
 
@@ -21,4 +21,6 @@ navigation = st.navigation(
 )
 st.sidebar.title("LabelLoop")
 pick_dataset()
+with st.sidebar:
+    refresh_status()
 navigation.run()

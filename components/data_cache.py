@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pandas as pd
 import streamlit as st
 
@@ -19,15 +21,23 @@ def version_rows(table: LabelTable, version: int) -> pd.DataFrame:
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def _projection(workspace: str, name: str, embedding_key: str, dims: int, version: int, committed_at: float):
+def _projection(workspace: str, name: str, embedding_key: str, dims: int, images: str, _version: int):
     from core.project import ProjectionConfig, project_dataset
 
-    return project_dataset(workspace, name, embedding_key, ProjectionConfig(dims=dims), version=version, compute=False)
+    # _version is not part of the key (leading underscore): any version with these images gives this map.
+    return project_dataset(workspace, name, embedding_key, ProjectionConfig(dims=dims), version=_version, compute=False)
 
 
 def cached_projection(workspace, table: LabelTable, name: str, embedding_key: str, dims: int, version: int):
-    """The cached map of ``version`` or None; never computes one (opening a page starts no heavy work)."""
-    return _projection(str(workspace), name, embedding_key, dims, version, table.version_info(version).timestamp.timestamp())
+    """The cached map of ``version`` or None; never computes one (opening a page starts no heavy work).
+
+    Keyed by which samples and images the version holds, not by the version:
+    a relabel keeps the same map, so a commit reloads nothing.
+    """
+    rows = version_rows(table, version)
+    digest = hashlib.blake2b(rows["sample_id"].to_numpy().tobytes(), digest_size=12)
+    digest.update("".join(rows["content_hash"]).encode())
+    return _projection(str(workspace), name, embedding_key, dims, digest.hexdigest(), version)
 
 
 def forget_projection() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -51,6 +52,50 @@ def pick_version(table: LabelTable) -> int:
 
 
 def show_head_moved(new_version: int) -> None:
-    """After a commit: look at the new head."""
+    """After a commit: look at the new head, and start refreshing its scores in the background."""
     st.session_state["version"] = new_version
     st.session_state["version_follows_head"] = True
+    name = st.session_state.get("dataset")
+    if name:
+        refresh_scores(name, new_version)
+
+
+def refresh_scores(name: str, version: int) -> None:
+    """Retrain the quick heads (k-NN, logistic regression) on ``version`` so issue scores, the review
+    table, the confusion matrix and the map's colours follow the edit without anyone asking."""
+    from components.jobs import start_job
+    from core.train.pipeline import quick_heads_config, train
+
+    config = quick_heads_config(workspace(), name)
+    if config is None:
+        return  # nothing embedded yet: there is nothing quick to retrain
+    def work(job):
+        time.sleep(1.0)  # let the page redraw the commit first; the retrain competes for the same 2 cores
+        return train(workspace(), name, config, version=version, progress=job.progress, should_stop=job.should_stop)
+
+    start_job(f"quick:{name}", f"updating scores for v{version}", work)
+
+
+def refresh_status() -> None:
+    """A small "updating..." line while the quick heads retrain (polled only while they run)."""
+    from components.jobs import current_job
+
+    name = st.session_state.get("dataset")
+    job = current_job(f"quick:{name}") if name else None
+    if job is None:
+        return
+    if job.running:
+        _poll_refresh(job.key)
+    elif job.error and not job.cancelled:
+        st.caption(f":material/error: scores not updated: {job.error.splitlines()[0][:160]}")
+
+
+@st.fragment(run_every=1.0)
+def _poll_refresh(key: str) -> None:
+    from components.jobs import current_job
+
+    job = current_job(key)
+    if job.running:
+        st.caption(f":material/sync: {job.description}: {job.stage}")
+    else:
+        st.rerun(scope="app")  # fresh scores: every page redraws with them

@@ -101,7 +101,8 @@ def label_issue_scores(probabilities: np.ndarray, given: np.ndarray, vectors: np
     quality = get_label_quality_scores(labels, probs)
     present = np.unique(labels)
     if len(present) >= 2 and probs.shape[1] >= 2:
-        cleanlab_mask = find_label_issues(labels, probs)
+        # One process: cleanlab's default forks the caller, which deadlocks a threaded server (the app's background retrain).
+        cleanlab_mask = find_label_issues(labels, probs, n_jobs=1)
     else:
         cleanlab_mask = np.zeros(len(labelled), dtype=bool)
     disagreement = result["knn_disagreement"].to_numpy()[labelled]

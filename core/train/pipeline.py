@@ -631,3 +631,22 @@ def train(
     """
     trainer = {"heads": train_heads, "resnet18-scratch": train_resnet_run, "frozen-backbone": train_frozen_run, "triplet": train_triplet_run}[config.family]
     return trainer(workspace, name, config, version=version, progress=progress, should_stop=should_stop, on_curve=on_curve)
+
+
+QUICK_HEADS = ("knn", "logreg")
+
+
+def quick_heads_config(workspace, name: str) -> TrainConfig | None:
+    """The fast retrain after an edit: k-NN and logistic regression on the embedding the user
+    trains on (the default embedder's if cached, else the newest run's), or None if nothing is embedded."""
+    from core.embed import list_embeddings
+    from core.runs import list_runs
+
+    cached = {meta["key"] for meta in list_embeddings(workspace, name)}
+    default = embedder_key(EmbedderConfig())
+    if default in cached:
+        return TrainConfig(heads=QUICK_HEADS, embedding=default)
+    for run in list_runs(workspace, name):
+        if run.summary.get("kind") == "heads" and run.summary.get("embedding") in cached:
+            return TrainConfig(heads=QUICK_HEADS, embedding=run.summary["embedding"])
+    return None
