@@ -62,7 +62,7 @@ with flow_column:
         chart_base = alt.Chart(cells).encode(x=alt.X("new:N", title=f"label in v{b}"), y=alt.Y("old:N", title=f"label in v{a}"))
         chart = (chart_base.mark_rect().encode(color=alt.Color("count:Q", scale=alt.Scale(scheme="oranges", type="symlog"), legend=None), opacity=alt.condition(pick, alt.value(1.0), alt.value(0.55)), tooltip=["old:N", "new:N", "count:Q"]).add_params(pick)
                  + chart_base.mark_text(fontSize=11).encode(text="count:Q"))
-        event = st.altair_chart(chart.properties(height=36 * cells["old"].nunique() + 60), on_select="rerun", key=f"flow-{a}-{b}", width="stretch")
+        event = st.altair_chart(chart.properties(height=max(32 * cells["old"].nunique(), 120) + 110), on_select="rerun", key=f"flow-{a}-{b}", width="stretch")
         picked = (event.selection.get("cell") or [None])[0] if event and event.selection else None
 with counts_column:
     st.markdown("**Samples per class**")

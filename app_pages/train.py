@@ -156,7 +156,7 @@ def confusion_chart(confusion: dict) -> alt.Chart:
         tooltip=["given:N", "predicted:N", "count:Q"],
     ).add_params(pick)
     text = base.mark_text(fontSize=11).encode(text="count:Q", color=alt.condition(alt.datum.count > max(cells["count"].max() / 3, 1), alt.value("white"), alt.value("#333")))
-    return (heat + text).properties(height=36 * len(labels) + 40)
+    return (heat + text).properties(height=max(32 * len(labels), 160) + 110)  # Streamlit counts the axis labels in the height
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

@@ -61,5 +61,6 @@ def running_app(workspace: Path, log_path: Path):
 def screenshot(page, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
+    page.wait_for_timeout(1500)  # tables and images draw a moment after the text
     page.screenshot(path=str(path))
     return path

@@ -1,0 +1,100 @@
+"""Map, Train, Review and Compare page logic through Streamlit's AppTest (the browser tests cover the 3D map)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.embed import EmbedderConfig, embed_dataset
+from core.ingest import import_dataset
+from core.runs import list_runs, load_samples
+from core.tables import ChangeSet
+from core.train.config import TrainConfig
+from core.train.pipeline import train_heads
+from core.workspace import open_table
+from tests.conftest import REPO, write_fashion_folders
+
+APP = str(REPO / "app.py")
+QUICK = TrainConfig(embedding="pixels-16px", heads=("knn", "logreg"))
+
+
+def page(name: str) -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=180)
+    app.run()
+    app.switch_page(f"app_pages/{name}.py").run()
+    assert not app.exception, app.exception
+    return app
+
+
+@pytest.fixture
+def fashion(tmp_path: Path, workspace: Path) -> Path:
+    import_dataset(write_fashion_folders(tmp_path / "fashion", 10), "fashion", workspace)
+    embed_dataset(workspace, "fashion", EmbedderConfig(kind="pixels", resolution=16))
+    return workspace
+
+
+def test_the_map_page_starts_no_heavy_work_by_itself(class_folders: Path, workspace: Path):
+    import_dataset(class_folders, "animals", workspace)
+    app = page("map")
+    assert any("no embeddings yet" in i.value for i in app.info)
+    assert [b.label for b in app.button] == ["Embed the images"]
+    assert not (workspace / "animals" / "embeddings").exists()
+
+
+def test_the_map_page_offers_projection_then_draws(fashion: Path):
+    app = page("map")
+    assert any("No 3D map" in i.value for i in app.info)
+    app.button[0].click().run()
+    assert not app.exception, app.exception
+    assert not app.info or not any("No 3D map" in i.value for i in app.info)
+    assert any("selected" in m.value for m in app.markdown)  # the selection panel under the map
+    assert (REPO / "static" / "maps").is_dir()
+
+
+def test_training_from_the_page_runs_in_the_background_and_shows_the_results(fashion: Path):
+    app = page("train")
+    assert any("No training runs on version 1" in i.value for i in app.info)
+    app.multiselect[0].set_value(["knn", "logreg"])
+    app.button(key="FormSubmitter:settings-heads-Start training").click().run()
+    assert not app.exception, app.exception
+    deadline = time.time() + 120
+    while not list_runs(fashion, "fashion") and time.time() < deadline:
+        time.sleep(0.5)
+    assert list_runs(fashion, "fashion"), "the background job never finished a run"
+    app.run()
+    assert not app.exception, app.exception
+    assert any("Runs on version 1" in m.value for m in app.markdown)
+    models = app.dataframe[1].value  # the CV table of the shown run
+    assert set(models["model"]) == {"knn", "logreg"} and models["best"].sum() == 1
+    assert any("Confusion matrix" in m.value for m in app.markdown)
+
+
+def test_the_review_queue_accepts_a_prediction_and_commits_it(fashion: Path):
+    run = train_heads(fashion, "fashion", QUICK)
+    flagged = load_samples(run).query("flagged").sort_values(["issue_score", "loss"], ascending=False)
+    first = flagged.iloc[0]
+    app = page("review")
+    app.button_group[0].set_value("Review queue").run() if app.button_group else None
+    app = app.run()
+    accept = next(b for b in app.button if b.label.startswith("Accept"))
+    accept.click().run()
+    assert not app.exception, app.exception
+    commit = next(b for b in app.button if b.label.startswith("Commit 1 decision"))
+    commit.click().run()
+    assert not app.exception, app.exception
+    table = open_table(fashion, "fashion")
+    assert table.head_version() == 2 and "review queue: 1 accepted" in table.history()[-1].message
+    assert table.read(2).set_index("sample_id").loc[first["sample_id"], "label"] == first["predicted_label"]
+
+
+def test_the_compare_page_shows_what_changed(fashion: Path):
+    table = open_table(fashion, "fashion")
+    rows = table.read(1)
+    table.commit(ChangeSet.relabel(rows.loc[rows["label"] == "bag", "sample_id"][:3], "coat"), parent=1, message="three bags are coats")
+    app = page("compare")
+    assert any("3" in m.value and "relabelled" in m.value for m in app.markdown)
+    counts = app.dataframe[0].value
+    assert counts.loc["coat", "change"] == 3 and counts.loc["bag", "change"] == -3

@@ -1,0 +1,107 @@
+"""The whole loop in real headless Chromium: embed, project, lasso, relabel, commit, train,
+confusion matrix, review, compare. Screenshots of every page land in test-artifacts/."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from core.ingest import import_dataset
+from core.workspace import open_table
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium, running_app, screenshot
+from tests.conftest import write_fashion_folders
+
+pytestmark = [needs_chromium, pytest.mark.slow]
+
+
+def wait_for_version(workspace: Path, version: int, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while open_table(workspace, "fashion").head_version() < version:
+        assert time.time() < deadline, f"version {version} was never committed"
+        time.sleep(0.2)
+
+
+def test_the_whole_loop_in_chromium(tmp_path: Path, workspace: Path):
+    from playwright.sync_api import expect, sync_playwright
+
+    import_dataset(write_fashion_folders(tmp_path / "fashion", 16), "fashion", workspace)
+    with running_app(workspace, tmp_path / "streamlit.log") as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+        try:
+            # Map: nothing is computed until asked; embed, project, then the 3D cloud.
+            page.goto(f"{url}/map?dataset=fashion")
+            page.get_by_role("button", name="Embed the images").click()
+            page.get_by_role("button", name="Project to 3D with PaCMAP").click(timeout=180_000)
+            root = page.locator(".map-root")
+            expect(root).to_have_attribute("data-ready", "1", timeout=120_000)
+            expect(root).to_have_attribute("data-points", "160")
+            stage = page.locator(".map-stage").bounding_box()
+            cx, cy = stage["x"] + stage["width"] / 2, stage["y"] + stage["height"] / 2
+            page.mouse.move(cx, cy)
+            page.mouse.down()
+            page.mouse.move(cx + 80, cy + 30, steps=8)  # rotate
+            page.mouse.up()
+            page.get_by_text("Lasso: off (L)").click()
+            page.mouse.move(cx + 120, cy)
+            page.mouse.down()
+            for k in range(1, 33):
+                angle = 2 * math.pi * k / 32
+                page.mouse.move(cx + 120 * math.cos(angle), cy + 120 * math.sin(angle), steps=2)
+            page.mouse.up()
+            selected = int(root.get_attribute("data-selected"))
+            assert selected > 0
+            page.get_by_text(f"{selected:,} selected", exact=True).wait_for(timeout=30_000)
+            screenshot(page, "loop-1-map")
+            page.get_by_role("textbox", name="or a new class").fill("sweater")
+            page.get_by_role("textbox", name="or a new class").press("Enter")
+            expect(page.get_by_role("textbox", name="Commit message")).to_have_value(f"lasso: {selected:,} samples -> sweater", timeout=20_000)
+            page.get_by_role("button", name="Commit as a new version").click()
+            wait_for_version(workspace, 2)
+
+            # Data: the new version is in the history.
+            page.goto(f"{url}/?dataset=fashion")
+            page.get_by_text("Version 2 of 2").wait_for(timeout=60_000)
+            screenshot(page, "loop-2-data")
+
+            # Train: the seed-000 heads, live, then the confusion matrix; a cell lists its samples.
+            page.goto(f"{url}/train?dataset=fashion")
+            page.get_by_role("button", name="Start training").click(timeout=60_000)
+            page.get_by_text("Confusion matrix").first.wait_for(timeout=240_000)
+            expect(page.get_by_role("button", name="Cancel")).to_have_count(0, timeout=120_000)  # the job is done and the page settled
+            page.wait_for_timeout(1500)
+            chart = page.locator('[class*="st-key-confusion-"] [data-testid="stVegaLiteChart"]').first
+            chart.scroll_into_view_if_needed()
+            box = chart.bounding_box()
+            page.mouse.click(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.3)  # a cell in the plot area
+            page.get_by_text("samples labelled").wait_for(timeout=30_000)
+            page.wait_for_function("() => [...document.querySelectorAll('[data-testid=stImage] img')].some(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+            screenshot(page, "loop-3-train")
+
+            # Review: take the first flagged suggestion in the queue, commit.
+            page.goto(f"{url}/review?dataset=fashion")
+            page.get_by_text("Review queue").click(timeout=60_000)
+            page.get_by_role("button", name="Accept").first.click(timeout=30_000)
+            page.get_by_role("button", name="Commit 1 decision(s) as a new version").click(timeout=30_000)
+            wait_for_version(workspace, 3)
+            screenshot(page, "loop-4-review")
+
+            # Compare: v2 -> v3 shows the reviewed label moving.
+            page.goto(f"{url}/compare?dataset=fashion")
+            page.get_by_text("Label flow v2 → v3").wait_for(timeout=60_000)
+            page.get_by_text("1 relabelled").wait_for(timeout=30_000)
+            screenshot(page, "loop-5-compare")
+        except Exception:
+            screenshot(page, "loop-failure")  # what the page showed when it went wrong
+            raise
+        browser.close()
+    assert not errors, errors
+    table = open_table(workspace, "fashion")
+    assert table.head_version() == 3 and "sweater" in table.classes(3)
+    assert table.history()[-1].message.startswith("review queue: 1 accepted")
