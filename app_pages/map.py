@@ -157,7 +157,20 @@ def show_selection(selected_ids: np.ndarray) -> None:
         picked = choice_column.selectbox("Label", options, index=options.index(majority), key=f"map-label-{majority}", help="An existing class, exactly as listed.")
         typed = new_column.text_input("or a new class", key="map-new-label", help="Creates this class with the commit.")
         label, new_class = (typed.strip(), True) if typed.strip() else (picked, False)
-    message = st.text_input("Commit message", value=default_message(len(chosen), action, label), key=f"map-message-{action}-{label}-{len(chosen)}")
+    prefilled = default_message(len(chosen), action, label)
+    if st.session_state.get("map-message-default") != prefilled:  # a new selection or action: a new suggestion
+        st.session_state["map-message-default"] = st.session_state["map-message"] = prefilled
+    message = st.text_input("Commit message", key="map-message")
+    conflict = st.session_state.get(f"map-conflict:{name}")
+    if conflict:
+        st.error(f"This data set changed since you loaded it (it is now at v{conflict}; you were editing v{version}). Nothing was written. Reload to see the new version: your selection of {len(selected_ids):,} samples is kept.")
+        if st.button("Reload", key="map-reload"):
+            del st.session_state[f"map-conflict:{name}"]
+            st.session_state[f"selection:{name}:push"] = f"reload-{time.time()}"
+            st.session_state["version"] = conflict
+            st.session_state["version_follows_head"] = True
+            st.rerun(scope="app")
+        return
     if st.button("Commit as a new version", type="primary", key="map-commit"):
         try:
             if action == "relabel":
@@ -165,13 +178,8 @@ def show_selection(selected_ids: np.ndarray) -> None:
             changes = selection_changes(selected_ids, action, label, new_class=new_class)
             new_version = table.commit(changes, parent=version, message=message)
         except ConflictError:
-            head = table.head_version()
-            st.error(f"This data set changed since you loaded it (it is now at v{head}, you were editing v{version}). Reload to see the new version: your selection of {len(selected_ids):,} samples is kept.")
-            if st.button("Reload", key="map-reload"):
-                st.session_state[f"selection:{name}:push"] = f"reload-{time.time()}"
-                show_head_moved(head)
-                st.rerun()
-            return
+            st.session_state[f"map-conflict:{name}"] = table.head_version()
+            st.rerun(scope="fragment")
         except UserError as error:
             st.error(str(error))
             return

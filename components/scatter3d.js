@@ -204,6 +204,8 @@ function recolour(view, data) {
   view.codes = codes;
   view.palette = data.palette;
   view.hidden = hidden;
+  view.recolours = (view.recolours || 0) + 1;
+  view.root.dataset.colours = String(view.recolours);  // tests and benchmarks wait on this
 }
 
 function applySelection(view) {

@@ -619,6 +619,17 @@ class EmbeddingCache:
         keep = ~index.duplicated()
         return index[keep], matrix[keep]
 
+    def hashes(self) -> pd.Index:
+        """The content hashes in the cache, without reading any vector (cheap at 100k images)."""
+        found = []
+        for chunk in self.chunks():
+            try:
+                found.append(pq.read_table(chunk, columns=["content_hash"]).column("content_hash").to_numpy(zero_copy_only=False))
+            except (OSError, pa.ArrowException, KeyError, ValueError):
+                continue
+        index = pd.Index(np.concatenate(found)) if found else pd.Index([], dtype=object)
+        return index[~index.duplicated()]
+
     def append(self, content_hashes: Sequence[str], vectors: np.ndarray) -> None:
         if not len(content_hashes):
             return
@@ -756,13 +767,20 @@ class Embeddings:
     missing: int  # rows of the version without a vector (not embedded yet, or failed)
 
 
-def load_embeddings(workspace: str | os.PathLike | None, name: str, key: str, version: int | None = None) -> Embeddings:
-    """The cached vectors of the rows of ``version``; never computes anything."""
+def load_embeddings(workspace: str | os.PathLike | None, name: str, key: str, version: int | None = None, *, with_vectors: bool = True) -> Embeddings:
+    """The cached vectors of the rows of ``version``; never computes anything.
+
+    ``with_vectors=False`` reads only which rows have a vector (``vectors`` is then N x 0).
+    """
     rows = open_table(workspace, name).read(version)
     cache = embedding_cache(workspace, name, key)
     if cache.meta() is None:
         raise UserError(f"'{name}' has no embeddings '{key}' yet. Run `python -m core embed {name}` first.")
-    index, matrix = cache.load()
+    if with_vectors:
+        index, matrix = cache.load()
+    else:
+        index = cache.hashes()
+        matrix = np.zeros((len(index), 0), dtype=np.float32)
     positions = index.get_indexer(rows["content_hash"])
     have = positions >= 0
     return Embeddings(

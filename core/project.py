@@ -232,7 +232,8 @@ def project_dataset(
     with these settings before, else computed (unless ``compute`` is False, then None).
     """
     config.validate()
-    embeddings = load_embeddings(workspace, name, embedding_key, version)
+    # Which rows have a vector decides the cache file; the vectors themselves are read only to compute.
+    embeddings = load_embeddings(workspace, name, embedding_key, version, with_vectors=False)
     distinct_hashes, first = np.unique(embeddings.content_hashes.astype(str), return_index=True)
     path = _cache_path(workspace, name, embedding_key, config, distinct_hashes)
 
@@ -252,6 +253,8 @@ def project_dataset(
     steps = 3
     if progress:
         progress(0, steps)
+    embeddings = load_embeddings(workspace, name, embedding_key, version)
+    distinct_hashes, first = np.unique(embeddings.content_hashes.astype(str), return_index=True)
     vectors = embeddings.vectors[first]
     labels = embeddings.labels[first]
     coords, method_used, note = project_vectors(vectors, config)

@@ -64,3 +64,13 @@ def screenshot(page, name: str) -> Path:
     page.wait_for_timeout(1500)  # tables and images draw a moment after the text
     page.screenshot(path=str(path))
     return path
+
+
+def wait_for_version(workspace: Path, name: str, version: int, timeout: float = 30) -> None:
+    """Wait until the data set's head reaches ``version`` (toasts vanish; the table is the truth)."""
+    from core.workspace import open_table
+
+    deadline = time.time() + timeout
+    while open_table(workspace, name).head_version() < version:
+        assert time.time() < deadline, f"version {version} of '{name}' was never committed"
+        time.sleep(0.2)

@@ -4,24 +4,16 @@ confusion matrix, review, compare. Screenshots of every page land in test-artifa
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import pytest
 
 from core.ingest import import_dataset
 from core.workspace import open_table
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium, running_app, screenshot
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium, running_app, screenshot, wait_for_version
 from tests.conftest import write_fashion_folders
 
 pytestmark = [needs_chromium, pytest.mark.slow]
-
-
-def wait_for_version(workspace: Path, version: int, timeout: float = 30) -> None:
-    deadline = time.time() + timeout
-    while open_table(workspace, "fashion").head_version() < version:
-        assert time.time() < deadline, f"version {version} was never committed"
-        time.sleep(0.2)
 
 
 def test_the_whole_loop_in_chromium(tmp_path: Path, workspace: Path):
@@ -63,7 +55,7 @@ def test_the_whole_loop_in_chromium(tmp_path: Path, workspace: Path):
             page.get_by_role("textbox", name="or a new class").press("Enter")
             expect(page.get_by_role("textbox", name="Commit message")).to_have_value(f"lasso: {selected:,} samples -> sweater", timeout=20_000)
             page.get_by_role("button", name="Commit as a new version").click()
-            wait_for_version(workspace, 2)
+            wait_for_version(workspace, "fashion", 2)
 
             # Data: the new version is in the history.
             page.goto(f"{url}/?dataset=fashion")
@@ -89,7 +81,7 @@ def test_the_whole_loop_in_chromium(tmp_path: Path, workspace: Path):
             page.get_by_text("Review queue").click(timeout=60_000)
             page.get_by_role("button", name="Accept").first.click(timeout=30_000)
             page.get_by_role("button", name="Commit 1 decision(s) as a new version").click(timeout=30_000)
-            wait_for_version(workspace, 3)
+            wait_for_version(workspace, "fashion", 3)
             screenshot(page, "loop-4-review")
 
             # Compare: v2 -> v3 shows the reviewed label moving.
