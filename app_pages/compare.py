@@ -9,18 +9,13 @@ import streamlit as st
 
 from components.data_cache import version_rows
 from components.gallery import plain, thumbnail_grid
-from components.sidebar import current_table, pick_version, show_head_moved, workspace
+from components.sidebar import open_current_version, show_head_moved, workspace
 from core.errors import ConflictError, UserError
 from core.runs import accuracy_by_version, list_runs, load_json
 from core.tables import revert_changes
 from core.workspace import DatasetPaths
 
-table = current_table()
-if table is None:
-    st.info("No data set yet: open the Data page to build the demo or import images.")
-    st.stop()
-name = st.session_state["dataset"]
-current = pick_version(table)
+table, name, current = open_current_version()
 history = table.history()
 paths = DatasetPaths(workspace(), name)
 st.title("Compare versions")

@@ -16,7 +16,7 @@ from components.data_cache import (
 )
 from components.gallery import plain, thumbnail_grid
 from components.scatter3d import publish_map, scatter3d
-from components.sidebar import current_table, pick_version, show_head_moved, workspace
+from components.sidebar import open_current_version, show_head_moved, workspace
 from core.embed import EmbedderConfig, embed_dataset, embedder_key, list_embeddings
 from core.errors import ConflictError, UserError
 from core.mapping import (
@@ -33,12 +33,7 @@ from core.runs import find_run, load_samples
 from core.tables import UNDEFINED
 from core.workspace import DatasetPaths
 
-table = current_table()
-if table is None:
-    st.info("No data set yet: open the Data page to build the demo or import images.")
-    st.stop()
-name = st.session_state["dataset"]
-version = pick_version(table)
+table, name, version = open_current_version()
 rows = version_rows(table, version)
 st.title("Map")
 

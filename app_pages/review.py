@@ -10,7 +10,7 @@ import streamlit as st
 from components.data_cache import servable_thumbnails, version_rows
 from components.gallery import plain
 from components.scatter3d import thumbnail_url
-from components.sidebar import current_table, pick_version, show_head_moved, workspace
+from components.sidebar import open_current_version, show_head_moved, workspace
 from core.errors import ConflictError, UserError
 from core.review import filter_review, queue_precision, review_changes, review_frame
 from core.runs import list_runs, load_samples
@@ -19,12 +19,7 @@ from core.workspace import DatasetPaths
 
 PAGE_SIZE = 100
 
-table = current_table()
-if table is None:
-    st.info("No data set yet: open the Data page to build the demo or import images.")
-    st.stop()
-name = st.session_state["dataset"]
-version = pick_version(table)
+table, name, version = open_current_version()
 rows = version_rows(table, version)
 classes = table.classes(version)
 paths = DatasetPaths(workspace(), name)

@@ -16,7 +16,7 @@ import streamlit as st
 from components.data_cache import version_rows
 from components.gallery import plain, send_to_map, thumbnail_grid
 from components.jobs import current_job, start_job
-from components.sidebar import current_table, pick_version, workspace
+from components.sidebar import open_current_version, workspace
 from core.embed import EmbedderConfig, embedder_key, list_embeddings
 from core.errors import UserError
 from core.runs import list_runs, load_json, load_samples
@@ -39,12 +39,7 @@ FAMILY_HELP = {
     "triplet": "Seed 002: a triplet-loss encoder on the embeddings; its output becomes a new map (classes pulled apart).",
 }
 
-table = current_table()
-if table is None:
-    st.info("No data set yet: open the Data page to build the demo or import images.")
-    st.stop()
-name = st.session_state["dataset"]
-version = pick_version(table)
+table, name, version = open_current_version()
 rows = version_rows(table, version)
 paths = DatasetPaths(workspace(), name)
 st.title("Train")

@@ -99,3 +99,12 @@ def _poll_refresh(key: str) -> None:
         st.caption(f":material/sync: {job.description}: {job.stage}")
     else:
         st.rerun(scope="app")  # fresh scores: every page redraws with them
+
+
+def open_current_version() -> tuple[LabelTable, str, int]:
+    """(table, data set name, version) the sidebar points at; stops the page with a hint if there is no data set."""
+    table = current_table()
+    if table is None:
+        st.info("No data set yet: open the Data page to build the demo or import images.")
+        st.stop()
+    return table, st.session_state["dataset"], pick_version(table)

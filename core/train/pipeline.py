@@ -294,6 +294,22 @@ def _finish(builder: RunBuilder, name: str, version: int, key: str, best: str, c
     return _run_info(builder.finish(summary))
 
 
+def _load_images(rows: pd.DataFrame, size: int, report) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 N x size x size x 3 images, readable mask) of every row, decoded as everywhere else."""
+    from core.images import ImageProblem, load_square
+
+    images = np.zeros((len(rows), size, size, 3), dtype=np.uint8)
+    readable = np.ones(len(rows), dtype=bool)
+    for i, (path, content_hash) in enumerate(zip(rows["path"], rows["content_hash"])):
+        if i % 500 == 0:
+            report(f"loading images {i:,} of {len(rows):,}", 0.1 * i / len(rows))
+        try:
+            images[i] = load_square(path, size, content_hash)
+        except ImageProblem:
+            readable[i] = False
+    return images, readable
+
+
 def train_resnet_run(
     workspace,
     name: str,
@@ -305,24 +321,14 @@ def train_resnet_run(
     on_curve: Callable[[dict], None] | None = None,
 ) -> RunInfo:
     """Seed 001: ResNet-18 from scratch on the images of ``version``; its features become an embedding."""
-    from core.images import ImageProblem, load_square
-    from core.train.resnet import LOAD_SIZE, INPUT_SIZE, ResnetSettings, predict, train_resnet
+    from core.train.resnet import INPUT_SIZE, LOAD_SIZE, ResnetSettings, predict, train_resnet
 
     config.validate()
     started = time.perf_counter()
     table, version, rows = _open_version(workspace, name, version)
 
     report = _reporter(progress, should_stop)
-
-    images = np.zeros((len(rows), LOAD_SIZE, LOAD_SIZE, 3), dtype=np.uint8)
-    readable = np.ones(len(rows), dtype=bool)
-    for i, (path, content_hash) in enumerate(zip(rows["path"], rows["content_hash"])):
-        if i % 500 == 0:
-            report(f"loading images {i:,} of {len(rows):,}", 0.1 * i / len(rows))
-        try:
-            images[i] = load_square(path, LOAD_SIZE, content_hash)
-        except ImageProblem:
-            readable[i] = False
+    images, readable = _load_images(rows, LOAD_SIZE, report)
     trainable = (rows["label"] != UNDEFINED).to_numpy() & (rows["weight"] > 0).to_numpy() & readable
     label_names, _ = check_trainable(rows["label"].to_numpy()[trainable], table.classes(version), None)
     code_of = {label: i for i, label in enumerate(label_names)}
@@ -341,32 +347,18 @@ def train_resnet_run(
         report("scoring every sample", 0.92)
         kept = np.flatnonzero(readable)
         probabilities, features = predict(result.model, images, kept, with_features=True)
-        metrics = sample_metrics(probabilities, given[kept])
-        issues = label_issue_scores(probabilities, given[kept], features, config.issue_neighbours)
-        names = np.array(label_names, dtype=object)
         role = np.full(len(rows), "not trained on", dtype=object)
         role[train], role[val] = "train", "validation"
-        samples = pd.DataFrame({
-            "sample_id": rows["sample_id"].to_numpy()[kept],
-            "label": rows["label"].to_numpy()[kept],
-            "trained_on": np.isin(kept, train),
-            "role": role[kept],
-            "fold": -1,
-            "predicted_label": names[metrics["predicted"].to_numpy()],
-        })
-        samples = pd.concat([samples, metrics.drop(columns=["predicted"]), issues], axis=1)
-        samples["probabilities"] = list(probabilities)
+        samples = _samples_frame(
+            rows["sample_id"].to_numpy()[kept], rows["label"].to_numpy()[kept], np.isin(kept, train), role[kept], np.full(len(kept), -1),
+            probabilities, given[kept], features, label_names, config.issue_neighbours,
+        )
 
         from safetensors.torch import save_file
-        from sklearn.metrics import classification_report, confusion_matrix
 
-        val_predicted = predict(result.model, images, val).argmax(1)
-        report_dict = classification_report(given[val], val_predicted, labels=range(len(label_names)), target_names=label_names, output_dict=True, zero_division=0)
-        confusion = confusion_matrix(given[val], val_predicted, labels=range(len(label_names)))
+        _write_evaluation(builder, given[val], predict(result.model, images, val).argmax(1), label_names, "predicted label (validation set)")
         builder.json("config.json", config.to_dict())
         builder.json("cv.json", {"folds": 0, "heads": {"resnet18-scratch": {"fold_accuracy": [result.best_accuracy], "mean": result.best_accuracy, "std": 0.0, "seconds": round(result.seconds_per_epoch * config.epochs, 2)}}, "best": "resnet18-scratch"})
-        builder.json("report.json", report_dict)
-        builder.json("confusion.json", {"labels": label_names, "matrix": confusion.tolist(), "rows": "given label", "columns": "predicted label (validation set)"})
         builder.table("curves.parquet", pd.DataFrame(result.curves))
         builder.table("samples.parquet", samples)
         save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, str(builder.path / "model" / "model.safetensors"))
@@ -505,18 +497,8 @@ def train_frozen_run(
     key = embedder_key(backbone_config)
     if settings.needs_images:
         from core.embed import _resolution
-        from core.images import ImageProblem, load_square
 
-        size = _resolution(backbone_config)
-        data = np.zeros((len(rows), size, size, 3), dtype=np.uint8)
-        readable = np.ones(len(rows), dtype=bool)
-        for i, (path, content_hash) in enumerate(zip(rows["path"], rows["content_hash"])):
-            if i % 500 == 0:
-                report(f"loading images {i:,} of {len(rows):,}", 0.1 * i / len(rows))
-            try:
-                data[i] = load_square(path, size, content_hash)
-            except ImageProblem:
-                readable[i] = False
+        data, readable = _load_images(rows, _resolution(backbone_config), report)
         kept = np.flatnonzero(readable)
         data, frame = data[kept], rows.iloc[kept].reset_index(drop=True)
         content_hashes = frame["content_hash"].to_numpy()
