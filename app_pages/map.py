@@ -76,10 +76,10 @@ try:
     scores = load_samples(run).set_index("sample_id").reindex(projection.sample_ids)
 except UserError:
     run, scores = None, None
-colour_options = COLOUR_BY if scores is not None else ("given label", "split")
-colour_by = right.selectbox("Colour by", colour_options, help="Predicted label, label-issue score and confidence come from the latest training run on this version." if scores is not None else "Train on this version (Train page) to colour by predictions and label-issue scores.")
+colour_by = right.selectbox("Colour by", COLOUR_BY, key="colour-by", help="Predicted label, label-issue score and confidence come from the latest training run on this version.")
+needs_scores = colour_by in ("predicted label", "label-issue score", "confidence")
 excluded = (frame["weight"] <= 0).to_numpy()
-if colour_by == "given label":
+if colour_by == "given label" or (needs_scores and scores is None):
     colouring = categorical_colours(frame["label"].to_numpy(), classes, excluded)
 elif colour_by == "predicted label":
     colouring = categorical_colours(scores["predicted_label"].fillna(UNDEFINED).to_numpy(), classes)
@@ -89,11 +89,15 @@ elif colour_by == "label-issue score":
     colouring = continuous_colours(scores["issue_score"].to_numpy())
 else:
     colouring = continuous_colours(scores["confidence"].to_numpy())
+# The same elements above the map on every run: a changed count would make Streamlit remount the
+# map (re-fetching and rebuilding 100k points) instead of updating its colours.
 if run is not None:
     st.caption(f"Scores from run {run.run_id} ({run.summary.get('best_model')}).")
+else:
+    st.caption(f"No scores for v{version} yet{': coloured by given label' if needs_scores else ''}. They follow each commit once the images are embedded, or train on the Train page.")
 
 legend_names = [entry["name"] for entry in colouring.palette]
-hidden_names = st.multiselect("Hide", legend_names, key=f"hide-{colour_by}", help="Hidden points are not drawn and cannot be lassoed.") if colouring.categorical else []
+hidden_names = st.multiselect("Hide", legend_names if colouring.categorical else [], key=f"hide-{colour_by}", disabled=not colouring.categorical, help="Hidden points are not drawn and cannot be lassoed (for colourings by a label).")
 hidden = [legend_names.index(n) for n in hidden_names]
 label_names = list(dict.fromkeys([*classes, UNDEFINED, *frame["label"].unique()]))
 label_code_of = {label: i for i, label in enumerate(label_names)}

@@ -83,7 +83,7 @@ def lasso(page, cx: float, cy: float, radius: float) -> None:
     page.mouse.up()
 
 
-def measure_map(url: str, dataset: str, new_class: str) -> None:
+def measure_map(url: str, dataset: str, new_class: str, wait_for_scores: bool) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as playwright:
@@ -95,7 +95,11 @@ def measure_map(url: str, dataset: str, new_class: str) -> None:
         page.goto(f"{url}/map?dataset={dataset}")
         root = page.locator(".map-root")
         expect(root).to_have_attribute("data-ready", "1", timeout=180_000)
-        print(f"  page load to 3D ready: {time.perf_counter() - started:.2f} s ({root.get_attribute('data-points')} points)")
+        print(f"  page load to 3D ready, first open after the server started: {time.perf_counter() - started:.2f} s ({root.get_attribute('data-points')} points)")
+        started = time.perf_counter()
+        page.reload()
+        expect(root).to_have_attribute("data-ready", "1", timeout=180_000)
+        print(f"  page load to 3D ready, opened again: {time.perf_counter() - started:.2f} s")
         stage = page.locator(".map-stage").bounding_box()
         cx, cy = stage["x"] + stage["width"] / 2, stage["y"] + stage["height"] / 2
         page.get_by_text("Lasso: off (L)").click()
@@ -113,8 +117,9 @@ def measure_map(url: str, dataset: str, new_class: str) -> None:
         page.get_by_role("button", name="Commit as a new version").click()
         expect(root).not_to_have_attribute("data-colours", colours, timeout=60_000)
         print(f"  relabel + commit to recoloured map: {time.perf_counter() - clicked:.2f} s; websocket bytes received: {sum(received) / 1e6:.2f} MB in {len(received)} frames")
-        page.get_by_text("updating scores").wait_for(state="detached", timeout=600_000)
-        print(f"  commit to refreshed scores (quick heads in the background): {time.perf_counter() - clicked:.1f} s")
+        if wait_for_scores:
+            page.get_by_text("updating scores").wait_for(state="detached", timeout=600_000)
+            print(f"  commit to refreshed scores (quick heads in the background): {time.perf_counter() - clicked:.1f} s")
 
         started = time.perf_counter()
         page.goto(f"{url}/review?dataset={dataset}")
@@ -149,7 +154,7 @@ def main() -> None:
     build(workspace, args.points)
     print(f"{args.points:,} points, headless Chromium with software WebGL (SwiftShader):")
     with running_app(workspace, root / "streamlit.log") as url:
-        measure_map(url, "big", f"bench-{int(time.time())}")
+        measure_map(url, "big", f"bench-{int(time.time())}", wait_for_scores=False)  # the build step timed the quick heads at this size
     if args.demo:
         from core.demo import ensure_demo
         from core.embed import EmbedderConfig, embed_dataset
@@ -162,7 +167,7 @@ def main() -> None:
         project_dataset(demo, "fashion-demo", report.key, ProjectionConfig(dims=3))
         measure_demo_start(demo, demo / "streamlit.log")
         with running_app(demo, demo / "streamlit2.log") as url:
-            measure_map(url, "fashion-demo", f"bench-{int(time.time())}")
+            measure_map(url, "fashion-demo", f"bench-{int(time.time())}", wait_for_scores=True)
 
 
 if __name__ == "__main__":

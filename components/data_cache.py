@@ -10,13 +10,14 @@ import streamlit as st
 from core.tables import LabelTable
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
+@st.cache_resource(max_entries=16, show_spinner=False)
 def _rows(table_path: str, version: int, committed_at: float) -> pd.DataFrame:
     return LabelTable(table_path).read(version)
 
 
 def version_rows(table: LabelTable, version: int) -> pd.DataFrame:
-    """The rows of ``version`` (cached; treat as read-only)."""
+    """The rows of ``version``, shared by every session without copying (at 100k rows a copy per
+    call costs more than the page): treat them as read-only."""
     return _rows(str(table.path), version, table.version_info(version).timestamp.timestamp())
 
 
@@ -34,25 +35,35 @@ def cached_projection(workspace, table: LabelTable, name: str, embedding_key: st
     Keyed by which samples and images the version holds, not by the version:
     a relabel keeps the same map, so a commit reloads nothing.
     """
-    rows = version_rows(table, version)
-    digest = hashlib.blake2b(rows["sample_id"].to_numpy().tobytes(), digest_size=12)
-    digest.update("".join(rows["content_hash"]).encode())
-    return _projection(str(workspace), name, embedding_key, dims, digest.hexdigest(), version)
+    return _projection(str(workspace), name, embedding_key, dims, image_set_digest(table, version), version)
 
 
 def forget_projection() -> None:
     _projection.clear()
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def _digest(table_path: str, version: int, committed_at: float) -> str:
+    rows = _rows(table_path, version, committed_at)
+    digest = hashlib.blake2b(rows["sample_id"].to_numpy().tobytes(), digest_size=12)
+    digest.update("".join(rows["content_hash"]).encode())
+    return digest.hexdigest()
+
+
+def image_set_digest(table: LabelTable, version: int) -> str:
+    """Which samples and images a version holds: equal for versions that differ only in labels."""
+    return _digest(str(table.path), version, table.version_info(version).timestamp.timestamp())
+
+
 @st.cache_resource(max_entries=16, show_spinner=False)
-def _mirrored(thumbs_dir: str, table_path: str, version: int, committed_at: float) -> int:
+def _mirrored(thumbs_dir: str, images: str, _hashes) -> int:
     from pathlib import Path
 
     from components.scatter3d import mirror_thumbnails
 
-    return mirror_thumbnails(Path(thumbs_dir), LabelTable(table_path).read(version)["content_hash"].to_numpy())
+    return mirror_thumbnails(Path(thumbs_dir), _hashes)
 
 
 def servable_thumbnails(table: LabelTable, thumbs_dir, version: int) -> None:
-    """Make sure the browser can load every thumbnail of ``version`` by URL (once per version)."""
-    _mirrored(str(thumbs_dir), str(table.path), version, table.version_info(version).timestamp.timestamp())
+    """Make sure the browser can load every thumbnail of ``version`` by URL (once per image set)."""
+    _mirrored(str(thumbs_dir), image_set_digest(table, version), version_rows(table, version)["content_hash"].to_numpy())

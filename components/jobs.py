@@ -8,6 +8,7 @@ server process (not in one browser session), so a reload finds them again.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -59,8 +60,11 @@ def current_job(key: str) -> Job | None:
     return _registry().get(key)
 
 
-def start_job(key: str, description: str, work: Callable[[Job], object]) -> Job:
-    """Run ``work(job)`` in a thread unless a job with this key is already running."""
+def start_job(key: str, description: str, work: Callable[[Job], object], *, background: bool = False) -> Job:
+    """Run ``work(job)`` in a thread unless a job with this key is already running.
+
+    ``background`` lowers the thread's CPU priority: for work nobody is waiting on, like refreshing scores.
+    """
     with _lock:
         existing = _registry().get(key)
         if existing is not None and existing.running:
@@ -69,6 +73,11 @@ def start_job(key: str, description: str, work: Callable[[Job], object]) -> Job:
         _registry()[key] = job
 
     def run() -> None:
+        if background:
+            try:  # Linux schedules threads as tasks: only this thread (and processes it starts) yields to the page
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+            except (AttributeError, OSError):
+                pass
         try:
             job.result = work(job)
         except Cancelled as stop:

@@ -66,14 +66,14 @@ def refresh_scores(name: str, version: int) -> None:
     from components.jobs import start_job
     from core.train.pipeline import quick_heads_config, train
 
-    config = quick_heads_config(workspace(), name)
-    if config is None:
-        return  # nothing embedded yet: there is nothing quick to retrain
     def work(job):
         time.sleep(1.0)  # let the page redraw the commit first; the retrain competes for the same 2 cores
+        config = quick_heads_config(workspace(), name)
+        if config is None:
+            return None  # nothing embedded yet: there is nothing quick to retrain
         return train(workspace(), name, config, version=version, progress=job.progress, should_stop=job.should_stop)
 
-    start_job(f"quick:{name}", f"updating scores for v{version}", work)
+    start_job(f"quick:{name}", f"updating scores for v{version}", work, background=True)
 
 
 def refresh_status() -> None:

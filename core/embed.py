@@ -22,6 +22,7 @@ vectors are never mixed. bench/bench_embed.py has the measurements.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -287,7 +288,9 @@ def _resolution(config: EmbedderConfig) -> int:
     return 224
 
 
+@functools.lru_cache(maxsize=1)
 def _native_bf16() -> bool:
+    # Creating an OpenVINO Core loads its plugins (about 2.7 s here): ask once per process.
     import openvino as ov
 
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")

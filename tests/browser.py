@@ -55,7 +55,11 @@ def running_app(workspace: Path, log_path: Path):
             yield url
         finally:
             process.terminate()
-            process.wait(timeout=20)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:  # a background retrain can hold it up; it is only a test server
+                process.kill()
+                process.wait(timeout=20)
 
 
 def screenshot(page, name: str) -> Path:
