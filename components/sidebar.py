@@ -64,10 +64,11 @@ def refresh_scores(name: str, version: int) -> None:
     """Retrain the quick heads (k-NN, logistic regression) on ``version`` so issue scores, the review
     table, the confusion matrix and the map's colours follow the edit without anyone asking."""
     from components.jobs import start_job
-    from core.train.pipeline import quick_heads_config, train
 
     def work(job):
         time.sleep(1.0)  # let the page redraw the commit first; the retrain competes for the same 2 cores
+        from core.train.pipeline import quick_heads_config, train  # imports torch: never on the page's own time
+
         config = quick_heads_config(workspace(), name)
         if config is None:
             return None  # nothing embedded yet: there is nothing quick to retrain
