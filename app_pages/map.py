@@ -17,7 +17,7 @@ from components.data_cache import (
 from components.gallery import plain, thumbnail_grid
 from components.scatter3d import publish_map, scatter3d
 from components.sidebar import open_current_version, show_head_moved, workspace
-from core.embed import EmbedderConfig, embed_dataset, embedder_key, list_embeddings
+from core.embed import EmbedderConfig, embed_dataset, list_embeddings, preferred_embedding
 from core.errors import ConflictError, UserError
 from core.mapping import (
     COLOUR_BY,
@@ -39,7 +39,7 @@ st.title("Map")
 
 # ---------------------------------------------------------------- which embedding, which map
 embeddings = list_embeddings(workspace(), name)
-default_key = embedder_key(EmbedderConfig())
+default_key = preferred_embedding(workspace(), name)
 if not embeddings:
     st.info("These images have no embeddings yet. Embedding runs EfficientNet-Lite0 (ImageNet-pretrained) over every image: about 200 images per second here.")
     if st.button("Embed the images", type="primary"):

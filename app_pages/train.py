@@ -17,7 +17,7 @@ from components.data_cache import version_rows
 from components.gallery import plain, send_to_map, thumbnail_grid
 from components.jobs import current_job, start_job
 from components.sidebar import open_current_version, workspace
-from core.embed import EmbedderConfig, embedder_key, list_embeddings
+from core.embed import list_embeddings, preferred_embedding
 from core.errors import UserError
 from core.runs import list_runs, load_json, load_samples
 from core.train.config import (
@@ -52,7 +52,7 @@ def settings_form() -> TrainConfig | None:
     st.caption(FAMILY_HELP[family])
     base = TrainConfig.for_family(family)
     keys = [m["key"] for m in list_embeddings(workspace(), name)]
-    default_key = embedder_key(EmbedderConfig())
+    default_key = preferred_embedding(workspace(), name) or "none yet"
     with st.form(f"settings-{family}"):
         values: dict = {}
         a, b, c, d = st.columns(4)

@@ -805,3 +805,15 @@ def list_embeddings(workspace: str | os.PathLike | None, name: str) -> list[dict
         if meta:
             found.append(meta)
     return found
+
+
+def preferred_embedding(workspace: str | os.PathLike | None, name: str) -> str | None:
+    """The cached embedding pages should start from: the default embedder's (in whatever precision
+    it was made), else the first cached one, else None. Loads no model and no runtime."""
+    keys = [meta["key"] for meta in list_embeddings(workspace, name)]
+    return next((k for k in keys if is_default_embedding(k)), keys[0] if keys else None)
+
+
+def is_default_embedding(key: str) -> bool:
+    """Whether ``key`` was made by the default embedder (any runtime precision)."""
+    return key.startswith(_base_key(EmbedderConfig(), _resolution(EmbedderConfig())) + "-")

@@ -624,9 +624,11 @@ def quick_heads_config(workspace, name: str) -> TrainConfig | None:
     from core.embed import list_embeddings
     from core.runs import list_runs
 
+    from core.embed import is_default_embedding, preferred_embedding
+
     cached = {meta["key"] for meta in list_embeddings(workspace, name)}
-    default = embedder_key(EmbedderConfig())
-    if default in cached:
+    default = preferred_embedding(workspace, name)
+    if default is not None and is_default_embedding(default):
         return TrainConfig(heads=QUICK_HEADS, embedding=default)
     for run in list_runs(workspace, name):
         if run.summary.get("kind") == "heads" and run.summary.get("embedding") in cached:
