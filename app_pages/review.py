@@ -31,7 +31,14 @@ if not runs:
     st.stop()
 on_version = [r for r in runs if r.version == version]
 run_ids = [r.run_id for r in runs]
-chosen = st.selectbox("Scores from run", run_ids, index=run_ids.index(on_version[0].run_id) if on_version else 0, help="The latest run on this version by default.")
+# A run finishing in the background must not pull the table from under a reviewer: keep the run
+# they were looking at (and the queue decisions made on it) until they pick another one.
+kept = st.session_state.get(f"review-run:{name}:{version}")
+default = kept if kept in run_ids else (on_version[0].run_id if on_version else run_ids[0])
+chosen = st.selectbox("Scores from run", run_ids, index=run_ids.index(default), help="The latest run on this version when you opened the page; newer runs appear here when they finish.")
+st.session_state[f"review-run:{name}:{version}"] = chosen
+if on_version and chosen != on_version[0].run_id and kept == chosen:
+    st.caption(f"A newer run on v{version} has finished ({on_version[0].run_id}); pick it above to review its scores.")
 run = next(r for r in runs if r.run_id == chosen)
 if run.version != version:
     st.warning(f"These scores come from a run on v{run.version}; labels shown are those of v{version}. Train on v{version} for fresh scores.")

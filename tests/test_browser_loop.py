@@ -4,11 +4,13 @@ confusion matrix, review, compare. Screenshots of every page land in test-artifa
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
 
 from core.ingest import import_dataset
+from core.runs import list_runs
 from core.workspace import open_table
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium, running_app, screenshot, wait_for_version
 from tests.conftest import write_fashion_folders
@@ -77,6 +79,10 @@ def test_the_whole_loop_in_chromium(tmp_path: Path, workspace: Path):
             screenshot(page, "loop-3-train")
 
             # Review: take the first flagged suggestion in the queue, commit.
+            deadline = time.time() + 240
+            while len(list_runs(workspace, "fashion", version=2)) < 2:  # the background refresh and the run started here
+                assert time.time() < deadline, "the training runs on v2 never finished"
+                time.sleep(0.5)
             page.goto(f"{url}/review?dataset=fashion")
             page.get_by_text("Review queue").click(timeout=60_000)
             expect(page.get_by_text("updating scores")).to_have_count(0, timeout=180_000)  # no background redraw mid-click
