@@ -22,11 +22,11 @@ def version_rows(table: LabelTable, version: int) -> pd.DataFrame:
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def _projection(workspace: str, name: str, embedding_key: str, dims: int, images: str, _version: int):
+def _projection(workspace: str, name: str, embedding_key: str, dims: int, images: str, _version: int, _rows_of_version: pd.DataFrame):
     from core.project import ProjectionConfig, project_dataset
 
     # _version is not part of the key (leading underscore): any version with these images gives this map.
-    return project_dataset(workspace, name, embedding_key, ProjectionConfig(dims=dims), version=_version, compute=False)
+    return project_dataset(workspace, name, embedding_key, ProjectionConfig(dims=dims), version=_version, compute=False, rows=_rows_of_version)
 
 
 def cached_projection(workspace, table: LabelTable, name: str, embedding_key: str, dims: int, version: int):
@@ -35,7 +35,7 @@ def cached_projection(workspace, table: LabelTable, name: str, embedding_key: st
     Keyed by which samples and images the version holds, not by the version:
     a relabel keeps the same map, so a commit reloads nothing.
     """
-    return _projection(str(workspace), name, embedding_key, dims, image_set_digest(table, version), version)
+    return _projection(str(workspace), name, embedding_key, dims, image_set_digest(table, version), version, version_rows(table, version))
 
 
 def forget_projection() -> None:

@@ -770,12 +770,15 @@ class Embeddings:
     missing: int  # rows of the version without a vector (not embedded yet, or failed)
 
 
-def load_embeddings(workspace: str | os.PathLike | None, name: str, key: str, version: int | None = None, *, with_vectors: bool = True) -> Embeddings:
+def load_embeddings(
+    workspace: str | os.PathLike | None, name: str, key: str, version: int | None = None, *, with_vectors: bool = True, rows: pd.DataFrame | None = None
+) -> Embeddings:
     """The cached vectors of the rows of ``version``; never computes anything.
 
-    ``with_vectors=False`` reads only which rows have a vector (``vectors`` is then N x 0).
+    ``with_vectors=False`` reads only which rows have a vector (``vectors`` is then N x 0);
+    ``rows`` are the version's rows when the caller has them already (saves reading the table).
     """
-    rows = open_table(workspace, name).read(version)
+    rows = open_table(workspace, name).read(version) if rows is None else rows
     cache = embedding_cache(workspace, name, key)
     if cache.meta() is None:
         raise UserError(f"'{name}' has no embeddings '{key}' yet. Run `python -m core embed {name}` first.")

@@ -227,13 +227,15 @@ def project_dataset(
     version: int | None = None,
     progress: Progress | None = None,
     compute: bool = True,
+    rows: pd.DataFrame | None = None,
 ) -> Projection | None:
     """The map of ``version``: from the cache if this set of images was projected
     with these settings before, else computed (unless ``compute`` is False, then None).
+    ``rows``: the version's rows if the caller has them (the table is then not read again).
     """
     config.validate()
     # Which rows have a vector decides the cache file; the vectors themselves are read only to compute.
-    embeddings = load_embeddings(workspace, name, embedding_key, version, with_vectors=False)
+    embeddings = load_embeddings(workspace, name, embedding_key, version, with_vectors=False, rows=rows)
     distinct_hashes, first = np.unique(embeddings.content_hashes.astype(str), return_index=True)
     path = _cache_path(workspace, name, embedding_key, config, distinct_hashes)
 
