@@ -138,7 +138,8 @@ def table_mode() -> None:
 def queue_mode() -> None:
     decisions: dict[int, str] = st.session_state.setdefault(f"queue-{run.run_id}-{version}", {})
     queue = filter_review(frame, flagged_only=True)
-    queue = queue[queue["label"] != UNDEFINED]
+    # Flags whose label already equals the prediction were fixed since the run (here or elsewhere): not in the queue.
+    queue = queue[(queue["label"] != UNDEFINED) & (queue["label"] != queue["predicted_label"])]
     todo = queue[~queue["sample_id"].isin(list(decisions))]
     precision = queue_precision(decisions)
     st.progress(len(decisions) / max(len(queue), 1), text=f"{len(decisions):,} of {len(queue):,} flagged samples decided" + (f"; {precision:.0%} of flags were real label errors so far" if precision is not None else ""))
