@@ -23,7 +23,6 @@ label-issue scores (the background quick heads).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_embed import fashion_arrays  # noqa: E402
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, running_app  # noqa: E402
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, lasso, running_app  # noqa: E402
 
 CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot")
 
@@ -74,15 +73,6 @@ def build(workspace: Path, n: int) -> None:
     print(f"quick heads (k-NN + logistic regression, 5 folds) on {n:,}: {time.perf_counter() - started:.0f} s")
 
 
-def lasso(page, cx: float, cy: float, radius: float) -> None:
-    page.mouse.move(cx + radius, cy)
-    page.mouse.down()
-    for k in range(1, 41):
-        angle = 2 * math.pi * k / 40
-        page.mouse.move(cx + radius * math.cos(angle), cy + radius * math.sin(angle), steps=2)
-    page.mouse.up()
-
-
 def measure_map(url: str, dataset: str, new_class: str, wait_for_scores: bool) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -103,7 +93,7 @@ def measure_map(url: str, dataset: str, new_class: str, wait_for_scores: bool) -
         stage = page.locator(".map-stage").bounding_box()
         cx, cy = stage["x"] + stage["width"] / 2, stage["y"] + stage["height"] / 2
         page.get_by_text("Lasso: off (L)").click()
-        lasso(page, cx, cy, 110)
+        lasso(page, cx, cy, 110, points=40)
         released = time.perf_counter()
         selected = int(root.get_attribute("data-selected"))
         page.get_by_text(f"{selected:,} selected", exact=True).wait_for(timeout=60_000)

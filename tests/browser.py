@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import subprocess
@@ -78,3 +79,17 @@ def wait_for_version(workspace: Path, name: str, version: int, timeout: float = 
     while open_table(workspace, name).head_version() < version:
         assert time.time() < deadline, f"version {version} of '{name}' was never committed"
         time.sleep(0.2)
+
+
+def lasso(page, cx: float, cy: float, radius: float, modifier: str | None = None, points: int = 32) -> None:
+    """Draw a lasso ring around (cx, cy) as a user would: press, move round, release (``modifier`` held)."""
+    if modifier:
+        page.keyboard.down(modifier)
+    page.mouse.move(cx + radius, cy)
+    page.mouse.down()
+    for k in range(1, points + 1):
+        angle = 2 * math.pi * k / points
+        page.mouse.move(cx + radius * math.cos(angle), cy + radius * math.sin(angle), steps=2)
+    page.mouse.up()
+    if modifier:
+        page.keyboard.up(modifier)

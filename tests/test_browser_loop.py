@@ -3,7 +3,6 @@ confusion matrix, review, compare. Screenshots of every page land in test-artifa
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from core.ingest import import_dataset
 from core.runs import list_runs
 from core.workspace import open_table
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium, running_app, screenshot, wait_for_version
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, lasso, needs_chromium, running_app, screenshot, wait_for_version
 from tests.conftest import write_fashion_folders
 
 pytestmark = [needs_chromium, pytest.mark.slow]
@@ -43,12 +42,7 @@ def test_the_whole_loop_in_chromium(tmp_path: Path, workspace: Path):
             page.mouse.move(cx + 80, cy + 30, steps=8)  # rotate
             page.mouse.up()
             page.get_by_text("Lasso: off (L)").click()
-            page.mouse.move(cx + 120, cy)
-            page.mouse.down()
-            for k in range(1, 33):
-                angle = 2 * math.pi * k / 32
-                page.mouse.move(cx + 120 * math.cos(angle), cy + 120 * math.sin(angle), steps=2)
-            page.mouse.up()
+            lasso(page, cx, cy, 120)
             selected = int(root.get_attribute("data-selected"))
             assert selected > 0
             page.get_by_text(f"{selected:,} selected", exact=True).wait_for(timeout=30_000)

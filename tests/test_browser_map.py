@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ from core.embed import EmbedderConfig, embed_dataset
 from core.ingest import import_dataset
 from core.project import ProjectionConfig, project_dataset
 from core.workspace import open_table
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium, running_app, screenshot, wait_for_version
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, lasso, needs_chromium, running_app, screenshot, wait_for_version
 from tests.conftest import write_fashion_folders
 
 pytestmark = [needs_chromium, pytest.mark.slow]
@@ -24,19 +23,6 @@ def mapped(tmp_path: Path, workspace: Path) -> Path:
     embed_dataset(workspace, "fashion", EmbedderConfig(kind="pixels", resolution=16))
     project_dataset(workspace, "fashion", "pixels-16px", ProjectionConfig(dims=3))
     return workspace
-
-
-def lasso(page, cx: float, cy: float, radius: float, modifier: str | None = None) -> None:
-    if modifier:
-        page.keyboard.down(modifier)
-    page.mouse.move(cx + radius, cy)
-    page.mouse.down()
-    for k in range(1, 33):
-        angle = 2 * math.pi * k / 32
-        page.mouse.move(cx + radius * math.cos(angle), cy + radius * math.sin(angle), steps=2)
-    page.mouse.up()
-    if modifier:
-        page.keyboard.up(modifier)
 
 
 def test_lasso_relabel_and_commit_in_chromium(mapped: Path, tmp_path: Path):

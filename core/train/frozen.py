@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from core.errors import Cancelled
-from core.train.heads import make_optimizer
+from core.train.heads import make_optimizer, validation_scores
 
 UNFREEZE_GROUPS = 10
 
@@ -176,8 +176,7 @@ def train_frozen(
         learning_rate = optimizer.param_groups[0]["lr"]
         scheduler.step()
         probabilities = predict_frozen(model, data, val, features=backbone is None)
-        val_accuracy = float((probabilities.argmax(1) == y[val]).mean()) if len(val) else 0.0
-        val_loss = float(-np.log(np.maximum(probabilities[np.arange(len(val)), y[val]], 1e-12)).mean()) if len(val) else 0.0
+        val_accuracy, val_loss = validation_scores(probabilities, y[val])
         row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1), "val_loss": val_loss, "val_accuracy": val_accuracy, "learning_rate": learning_rate, "unfrozen_groups": unfrozen}
         curves.append(row)
         if val_accuracy > best_accuracy:

@@ -189,6 +189,15 @@ def sequential_mlp(d_in: int, hidden: tuple[int, ...], n_classes: int, dropout: 
     return torch.nn.Sequential(*layers)
 
 
+def validation_scores(probabilities: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of class probabilities against labels; (0, 0) for no samples."""
+    if not len(y):
+        return 0.0, 0.0
+    accuracy = float((probabilities.argmax(1) == y).mean())
+    loss = float(-np.log(np.maximum(probabilities[np.arange(len(y)), y], 1e-12)).mean())
+    return accuracy, loss
+
+
 def make_optimizer(name: str, parameters, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     if name == "adam":
         return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
