@@ -37,9 +37,21 @@ from tests.browser import CHROMIUM, CHROMIUM_ARGS, lasso, running_app  # noqa: E
 CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot")
 
 
-def build(workspace: Path, n: int) -> None:
+def write_pngs(source: Path, n: int) -> None:
+    """``n`` Fashion-MNIST PNGs in class folders under ``source`` (the 70,000 originals, then mirrored copies); kept ones are reused."""
     from PIL import Image
 
+    images, labels = fashion_arrays(70_000)
+    for i in range(n):
+        path = source / CLASS_NAMES[labels[i % len(labels)]] / f"{i:06d}.png"
+        if path.exists():
+            continue
+        image = images[i % len(images)] if i < len(images) else images[i % len(images)][:, ::-1]  # mirrored: a new image
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(image)).save(path)
+
+
+def build(workspace: Path, n: int) -> None:
     from core.embed import EmbedderConfig, embed_dataset
     from core.ingest import import_dataset
     from core.project import ProjectionConfig, project_dataset
@@ -49,15 +61,9 @@ def build(workspace: Path, n: int) -> None:
 
     if "big" in list_datasets(workspace):
         return
-    images, labels = fashion_arrays(70_000)
     source = workspace.parent / f"images-{n}"
     started = time.perf_counter()
-    for i in range(n):
-        image = images[i % len(images)] if i < len(images) else images[i % len(images)][:, ::-1]  # mirrored: a new image
-        path = source / CLASS_NAMES[labels[i % len(labels)]] / f"{i:06d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            Image.fromarray(np.ascontiguousarray(image)).save(path)
+    write_pngs(source, n)
     print(f"wrote {n:,} PNGs in {time.perf_counter() - started:.0f} s")
     started = time.perf_counter()
     import_dataset(source, "big", workspace)

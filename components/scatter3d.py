@@ -22,6 +22,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core.errors import UserError
+from core.ingest import thumbnail_path
+
 STATIC = Path(__file__).resolve().parent.parent / "static"
 MAPS = STATIC / "maps"
 THUMBS = STATIC / "thumbs"
@@ -79,7 +82,10 @@ def mirror_thumbnails(thumbs_dir: Path, content_hashes: np.ndarray) -> int:
     for content_hash in pd.unique(content_hashes.astype(str)):
         if content_hash[:16] in present:
             continue
-        source = Path(thumbs_dir) / content_hash[:2] / f"{content_hash}.jpg"
+        try:  # the hash names the files: a table edited by hand must not make it name others
+            source = thumbnail_path(thumbs_dir, content_hash)
+        except UserError:
+            continue
         target = THUMBS / f"{content_hash[:16]}.jpg"
         try:
             os.link(source, target)

@@ -28,6 +28,7 @@ import io
 import json
 import multiprocessing
 import os
+import pickle
 import re
 import time
 import uuid
@@ -249,8 +250,16 @@ def _load_state_dict(path: str) -> dict:
 
     try:
         state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)  # never unpickles code
+    except pickle.UnpicklingError:
+        raise UserError(
+            f"Cannot read {path} as a PyTorch checkpoint of plain weights: it is not a torch.save file, or it holds Python "
+            "objects the app will not unpickle (unpickling can run code). Re-save it with torch.save(model.state_dict(), path)."
+        ) from None
     except Exception as exc:
-        raise UserError(f"Cannot read {path} as a PyTorch checkpoint ({type(exc).__name__}: {_first_line(exc)}).") from None
+        raise UserError(
+            f"Cannot read {path} as a PyTorch checkpoint: the file is empty, truncated or not a torch.save file "
+            f"({type(exc).__name__}: {_first_line(exc)}). Copy it again or point to the right file."
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -259,8 +268,11 @@ def _load_state_dict(path: str) -> dict:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    """The line of an error message that says what went wrong (skipping a bare "...:" heading)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):  # torch: "Error(s) in loading state_dict for ResNet:" then the keys
+        lines = lines[1:]
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def _pixels_embedder(config: EmbedderConfig) -> Embedder:

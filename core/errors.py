@@ -20,3 +20,11 @@ class ConflictError(UserError):
 
 class Cancelled(UserError):
     """The user stopped a long job; what was finished is kept."""
+
+
+class StorageError(UserError):
+    """Writing to disk failed (disk full, read-only folder, I/O error); nothing was committed."""
+
+    def __init__(self, message: str, *, reason: str):
+        super().__init__(message)
+        self.reason = reason

@@ -23,7 +23,6 @@ import multiprocessing
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -33,10 +32,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core.errors import UserError
+from core.errors import StorageError, UserError
 from core.images import ImageProblem, content_hash, decode, read_bytes, to_rgb
 from core.tables import SPLITS, UNDEFINED, ChangeSet, LabelTable, check_class_name
-from core.workspace import DatasetPaths, check_dataset_name
+from core.workspace import DatasetPaths, check_dataset_name, remove_abandoned_staging, staging_folder
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
@@ -346,12 +345,16 @@ def _write_thumbnail(image: Image.Image, target: Path, size: int) -> None:
     try:
         thumb = to_rgb(image)
         thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        thumb.save(tmp, "JPEG", quality=90)
-        os.replace(tmp, target)  # never a half-written thumbnail, even if killed
     except (OSError, ValueError) as exc:
         raise ImageProblem(f"truncated or corrupt: decoding for the thumbnail failed ({str(exc)[:100]})") from None
+    # A failed write (disk full) is not the image's fault: it propagates and stops the import.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        thumb.save(tmp, "JPEG", quality=90)
+        os.replace(tmp, target)  # never a half-written thumbnail, even if killed
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _check_one(args: tuple[str, str | None]) -> dict:
@@ -402,21 +405,6 @@ def _no_readable_images(source: Path, report: ImportReport) -> UserError:
     return UserError(f"None of the {report.n_found} file(s) in {source} could be imported ({reasons}). Nothing was written.")
 
 
-def _remove_stale_staging(workspace: Path) -> None:
-    """Remove folders left by imports that were killed (their process is gone)."""
-    for folder in workspace.glob(".staging-*"):
-        try:
-            pid = int(folder.name.split("-")[-2])
-        except (ValueError, IndexError):
-            continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(folder, ignore_errors=True)
-        except PermissionError:
-            pass
-
-
 def import_dataset(
     source: str | os.PathLike,
     name: str,
@@ -446,9 +434,8 @@ def import_dataset(
 
     try:
         paths.workspace.mkdir(parents=True, exist_ok=True)
-        _remove_stale_staging(paths.workspace)
-        staging = paths.workspace / f".staging-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
+        remove_abandoned_staging(paths.workspace)
+        staging = staging_folder(paths.workspace, name)
     except OSError as exc:
         raise UserError(f"Cannot write to the workspace {paths.workspace} ({exc.strerror}). Choose a writable --workspace.") from exc
     try:
@@ -473,6 +460,12 @@ def import_dataset(
             os.rename(staging, paths.root)
         except OSError as exc:
             raise UserError(f"A data set named '{name}' appeared in {paths.workspace} during the import; choose another name.") from exc
+    except (OSError, StorageError) as exc:
+        reason = exc.reason if isinstance(exc, StorageError) else (exc.strerror or str(exc))
+        raise UserError(
+            f"The import could not write to {paths.workspace} ({reason}). Nothing was imported and no data set was made. "
+            "Free some disk space (or choose another --workspace), then import again."
+        ) from exc
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

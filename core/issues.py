@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from core.neighbours import nearest_neighbours
+
 
 def sample_metrics(probabilities: np.ndarray, given: np.ndarray) -> pd.DataFrame:
     """predicted, confidence (of the prediction), given_confidence, margin, loss, entropy.
@@ -55,15 +57,9 @@ def knn_disagreement(vectors: np.ndarray, given: np.ndarray, k: int = 10) -> np.
     if len(labelled) < 2:
         return out
     k = min(k, len(labelled) - 1)
-    unit = vectors[labelled].astype(np.float32)
-    unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
     labels = given[labelled]
-    for start in range(0, len(labelled), 2048):  # bounded memory: 2048 x n similarities at a time
-        similarity = unit[start : start + 2048] @ unit.T
-        block = np.arange(start, min(start + 2048, len(labelled)))
-        similarity[block - start, block] = -np.inf  # never its own neighbour
-        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-        out[labelled[block]] = (labels[nearest] != labels[block, None]).mean(axis=1)
+    nearest = nearest_neighbours(vectors[labelled], None, k)
+    out[labelled] = (labels[nearest] != labels[:, None]).mean(axis=1)
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,8 +48,8 @@ def load_model(model_dir: str | os.PathLike) -> tuple[Callable[[np.ndarray], np.
         try:
             arrays = dict(np.load(model_dir / "model.npz", allow_pickle=False))  # never unpickles
             head = (LogisticHead if kind == "logreg" else KnnHead).from_arrays(arrays)
-        except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"The model file in {model_dir} cannot be read as a {kind} model ({exc}).") from exc
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise UserError(f"The model file in {model_dir} cannot be read as a {kind} model ({type(exc).__name__}: {exc}); the run folder is damaged. Train again.") from exc
         if head.n_classes != n_classes:
             raise UserError(f"The model in {model_dir} has {head.n_classes} classes but its config names {n_classes}; the folder is inconsistent.")
         return head.predict_proba, config
@@ -159,6 +160,10 @@ def predict_folder(run: str, folder: str | os.PathLike, out: str | os.PathLike, 
             )
     classifier, model_config = image_classifier(run_dir, workspace)
 
+    if not Path(folder).expanduser().is_dir():
+        raise UserError(f"The folder {folder} does not exist. Give the folder of new images to predict.")
+    if not any(Path(folder).expanduser().iterdir()):
+        raise UserError(f"No images to predict in {folder}: the folder is empty.")
     found = discover(folder, layout="flat")
     paths = [c.path for c in found.candidates]
     if not paths:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import UserError
-from core.workspace import DatasetPaths
+from core.workspace import DatasetPaths, remove_abandoned_staging, staging_folder
 
 
 def _runs_dir(workspace, name: str) -> Path:
@@ -49,9 +49,11 @@ class RunBuilder:
     def __init__(self, workspace, name: str, label: str):
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         self.run_id = f"{stamp}-{label}-{uuid.uuid4().hex[:6]}"
-        self.final = _runs_dir(workspace, name) / self.run_id
-        self.path = _runs_dir(workspace, name) / f".staging-{self.run_id}"
-        self.path.mkdir(parents=True)
+        runs_dir = _runs_dir(workspace, name)
+        self.final = runs_dir / self.run_id
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        remove_abandoned_staging(runs_dir)
+        self.path = staging_folder(runs_dir, self.run_id)
         (self.path / "model").mkdir()
         self.started = time.time()
 

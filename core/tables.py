@@ -40,8 +40,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, write_deltalake
+from deltalake.exceptions import DeltaError
 
-from core.errors import ConflictError, UserError
+from core.errors import ConflictError, StorageError, UserError
 
 UNDEFINED = "undefined"
 """The label of a sample nobody has labelled yet. Reserved: never a class name."""
@@ -324,15 +325,16 @@ class LabelTable:
         frame = _fill_defaults(frame)
         _validate_snapshot(frame, class_list)
         meta = {"message": message, "kind": "import", "parent": None, "classes": class_list, "summary": {}}
-        path.mkdir(parents=True, exist_ok=True)
-        write_deltalake(
-            str(path),
-            to_arrow(frame.sort_values("sample_id")),
-            mode="error",
-            name=path.parent.name or None,
-            configuration=_TABLE_CONFIGURATION,
-            commit_properties=CommitProperties(custom_metadata={_METADATA_KEY: meta}, max_commit_retries=0),
-        )
+        with _write_errors_explained(path, "version 1"):
+            path.mkdir(parents=True, exist_ok=True)
+            write_deltalake(
+                str(path),
+                to_arrow(frame.sort_values("sample_id")),
+                mode="error",
+                name=path.parent.name or None,
+                configuration=_TABLE_CONFIGURATION,
+                commit_properties=CommitProperties(custom_metadata={_METADATA_KEY: meta}, max_commit_retries=0),
+            )
         return cls(path, lock_path)
 
     # ----- reading
@@ -490,13 +492,20 @@ class LabelTable:
         if diff.is_empty():
             raise UserError(f"Nothing to commit: the change leaves version {parent} as it is.")
         meta = {"message": message, "kind": kind, "parent": parent, "classes": new_classes, "summary": diff.summary()}
-        write_deltalake(
-            head,
-            to_arrow(new),
-            mode="overwrite",
-            commit_properties=CommitProperties(custom_metadata={_METADATA_KEY: meta}, max_commit_retries=0),
-            post_commithook_properties=PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False),
-        )
+        try:
+            with _write_errors_explained(self.path, f"version {parent + 1}"):
+                write_deltalake(
+                    head,
+                    to_arrow(new),
+                    mode="overwrite",
+                    commit_properties=CommitProperties(custom_metadata={_METADATA_KEY: meta}, max_commit_retries=0),
+                    post_commithook_properties=PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False),
+                )
+        except StorageError:
+            # The log entry went in and only the checkpoint after it failed: the version is
+            # committed (a checkpoint only speeds up reading; a later commit writes one).
+            if self.head_version() != parent + 1:
+                raise
         new_version = self.head_version()
         if new_version != parent + 1:  # only possible if something bypassed the lock
             raise ConflictError(
@@ -532,6 +541,22 @@ class LabelTable:
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock, also when the process dies
+
+
+@contextmanager
+def _write_errors_explained(path: Path, what: str) -> Iterator[None]:
+    """Turn a failed write (disk full, read-only folder, I/O error) into a :class:`UserError`.
+
+    Delta makes a version visible only by writing its log entry last, so a
+    write that fails part-way leaves at most an unreferenced data file: the
+    table and every existing version are as they were.
+    """
+    try:
+        yield
+    except (DeltaError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        hint = "Free some disk space" if "space" in reason.lower() else "Check that the folder is writable and the disk is healthy"
+        raise StorageError(f"Could not write {what} of the label table at {path}: {reason}. Nothing was committed; the existing versions are unchanged. {hint}, then try again.", reason=reason) from exc
 
 
 # --------------------------------------------------------------------------- applying changes

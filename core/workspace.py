@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import uuid
 from pathlib import Path
 
 from core.errors import UserError
@@ -102,3 +104,29 @@ def open_table(workspace: str | os.PathLike | None, name: str):
             + "Import one with `python -m core import PATH --name NAME` or build the demo with `python -m core demo`."
         )
     return LabelTable(paths.labels, lock_path=paths.commit_lock)
+
+
+def staging_folder(parent: Path, label: str) -> Path:
+    """A new hidden folder in ``parent`` to build ``label`` in before renaming it into place.
+
+    The name carries this process's id, so :func:`remove_abandoned_staging`
+    can tell a killed writer's leftovers from a live writer's work.
+    """
+    folder = parent / f".staging-{label}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def remove_abandoned_staging(parent: Path) -> None:
+    """Remove staging folders in ``parent`` whose process is gone (it was killed mid-write)."""
+    for folder in parent.glob(".staging-*"):
+        try:
+            pid = int(folder.name.split("-")[-2])
+        except (ValueError, IndexError):
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            pass

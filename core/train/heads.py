@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from core.errors import Cancelled
+from core.neighbours import nearest_neighbours, unit_rows
 
 EpochCallback = Callable[[int, np.ndarray, np.ndarray], None]
 """on_epoch(epoch, train_loss per model, validation accuracy per model)."""
@@ -58,19 +59,15 @@ class KnnHead:
 
     def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int) -> KnnHead:
         self.n_classes = n_classes
-        self.train_vectors = _unit(X)
+        self.train_vectors = unit_rows(X)
         self.train_labels = y.astype(np.int64)
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         k = max(1, min(self.k, len(self.train_vectors)))
+        neighbour_labels = self.train_labels[nearest_neighbours(self.train_vectors, X, k)]
         probabilities = np.zeros((len(X), self.n_classes), dtype=np.float32)
-        queries = _unit(X)
-        for start in range(0, len(X), 2048):  # bounded memory at 100k
-            similarity = queries[start : start + 2048] @ self.train_vectors.T
-            nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-            for row, neighbours in enumerate(nearest):
-                probabilities[start + row] = np.bincount(self.train_labels[neighbours], minlength=self.n_classes) / k
+        np.add.at(probabilities, (np.arange(len(X))[:, None], neighbour_labels), 1.0 / k)
         return probabilities
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -79,11 +76,6 @@ class KnnHead:
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> KnnHead:
         return cls(int(arrays["k"]), int(arrays["n_classes"]), arrays["train_vectors"], arrays["train_labels"])
-
-
-def _unit(X: np.ndarray) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float32)
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 
 # --------------------------------------------------------------------------- logistic regression

@@ -1,0 +1,83 @@
+"""k nearest neighbours by cosine similarity, exact for small sets and approximate (HNSW) for large ones.
+
+Exact search compares every query with every point: fine up to a few tens of
+thousands of points, quadratic beyond. Above :data:`EXACT_LIMIT` points a
+FAISS HNSW graph answers in roughly logarithmic time per query, so k-NN heads
+and neighbour disagreement stay near-linear at 100,000 images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EXACT_LIMIT = 20_000  # points; below it the exact answer is also the fast one
+_BLOCK = 2048  # queries per block of exact search: bounded memory (block x points similarities)
+_HNSW_LINKS = 16  # graph degree: recall above 0.9 for k <= 10 on image embeddings (tests/test_neighbours.py)
+_HNSW_SEARCH_DEPTH = 48
+
+
+def unit_rows(X: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (float32), so inner product = cosine similarity."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+def nearest_neighbours(points: np.ndarray, queries: np.ndarray | None, k: int) -> np.ndarray:
+    """Indices into ``points`` of the ``k`` most cosine-similar points of each query.
+
+    ``queries=None`` asks for the neighbours of every point among the others
+    (a point is never its own neighbour). Returns an int64 array of shape
+    (n_queries, k), nearest first; ``k`` must be below the number of points
+    when ``queries`` is None and at most it otherwise.
+    """
+    base = unit_rows(points)
+    self_query = queries is None
+    query = base if self_query else unit_rows(queries)
+    want = k + 1 if self_query else k  # the point itself comes back first; dropped below
+    if want > len(base):
+        raise ValueError(f"asked for {k} neighbours among {len(base)} points")
+    if len(base) <= EXACT_LIMIT:
+        found = _exact(base, query, want, self_query)
+        return found[:, :k]
+    found = _approximate(base, query, want)
+    if not self_query:
+        return found
+    return _drop_self(found, k)
+
+
+def _exact(base: np.ndarray, query: np.ndarray, want: int, self_query: bool) -> np.ndarray:
+    out = np.empty((len(query), want), dtype=np.int64)
+    for start in range(0, len(query), _BLOCK):
+        similarity = query[start : start + _BLOCK] @ base.T
+        if self_query:
+            rows = np.arange(len(similarity))
+            similarity[rows, start + rows] = np.inf  # itself first, then removed by the caller's slice
+        top = np.argpartition(-similarity, want - 1, axis=1)[:, :want]
+        order = np.argsort(-np.take_along_axis(similarity, top, axis=1), axis=1, kind="stable")
+        out[start : start + _BLOCK] = np.take_along_axis(top, order, axis=1)
+    if self_query:
+        return out[:, 1:] if want > 1 else out[:, :0]
+    return out
+
+
+def _approximate(base: np.ndarray, query: np.ndarray, want: int) -> np.ndarray:
+    import faiss
+
+    index = faiss.IndexHNSWFlat(base.shape[1], _HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efSearch = max(_HNSW_SEARCH_DEPTH, 2 * want)
+    index.add(base)
+    _, found = index.search(query, want)
+    # An unreachable slot comes back as -1 (never seen with these settings): use the best hit instead.
+    missing = found < 0
+    if missing.any():
+        found[missing] = np.broadcast_to(found[:, :1], found.shape)[missing]
+    return found.astype(np.int64)
+
+
+def _drop_self(found: np.ndarray, k: int) -> np.ndarray:
+    """Remove each row's own index (approximate search may miss it: then drop the farthest)."""
+    own = np.arange(len(found))[:, None]
+    is_self = found == own
+    keep = ~is_self
+    keep[~is_self.any(axis=1), -1] = False
+    return found[keep].reshape(len(found), -1)[:, :k]

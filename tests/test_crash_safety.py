@@ -1,0 +1,307 @@
+"""Writers killed at random moments and writers racing each other never lose, mix or duplicate work.
+
+The killed processes are real processes stopped with SIGKILL (no clean-up
+code runs). They are forked from a forkserver that has already imported the
+project, so a trial costs a tenth of a second instead of a Python start-up,
+and hundreds of trials fit in the suite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.errors import ConflictError
+from core.tables import ChangeSet, LabelTable
+from tests.conftest import draw_image, make_rows
+
+CLASSES = [f"class{i}" for i in range(10)]
+KILL_TRIALS = 200
+RACE_TRIALS = 100
+RACERS = 8
+
+
+def _context():
+    context = multiprocessing.get_context("forkserver")  # deltalake's runtime must not be forked once started
+    context.set_forkserver_preload(["core.tables", "core.ingest", "core.embed", "core.train.pipeline", "tests.test_crash_safety"])
+    return context
+
+
+def _run_and_kill(context, target, args: tuple, kill_after: float, ready_timeout: float = 60) -> bool:
+    """Start ``target(*args, ready)`` in a new process; SIGKILL it ``kill_after`` seconds after it sets ``ready``.
+
+    Returns True if it was killed, False if it had already finished (successfully: a crash fails the test).
+    """
+    ready = context.Event()
+    process = context.Process(target=_in_own_process_group, args=(target, *args, ready))
+    process.start()
+    assert ready.wait(ready_timeout), "the worker never got ready"
+    process.join(kill_after)
+    if process.exitcode is not None:
+        assert process.exitcode == 0, f"the worker crashed by itself (exit code {process.exitcode})"
+        return False
+    os.killpg(process.pid, signal.SIGKILL)  # with the pools it started, as when the machine goes down
+    process.join()
+    return True
+
+
+def _in_own_process_group(target, *args) -> None:
+    os.setpgrp()
+    target(*args)
+
+
+def _fingerprint(frame: pd.DataFrame) -> str:
+    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- commits
+
+
+def _commit_forever(path: str, ready) -> None:
+    table = LabelTable(path)
+    ids = table.read()["sample_id"].tolist()
+    ready.set()
+    while True:
+        head = table.head_version()
+        label = CLASSES[head % 10]
+        table.commit(ChangeSet.relabel(ids, label), parent=head, message=f"all -> {label}")
+
+
+def _check_version(table: LabelTable, version: int, n_rows: int) -> str:
+    """Assert ``version`` is exactly what its commit said (one label everywhere); return its fingerprint."""
+    info = table.version_info(version)
+    frame = table.read(version)
+    labels = frame["label"].unique()
+    assert len(frame) == n_rows and len(labels) == 1, (version, len(frame), labels[:5])
+    assert info.message == f"all -> {labels[0]}" and info.parent == version - 1, (version, info.message, labels)
+    return _fingerprint(frame)
+
+
+@pytest.mark.slow
+def test_a_committing_process_killed_at_random_moments_never_damages_the_table(tmp_path: Path):
+    path = tmp_path / "labels"
+    n_rows = 3000
+    LabelTable.create(path, make_rows(n_rows, CLASSES), CLASSES)
+    fingerprints = {1: _fingerprint(LabelTable(path).read(1))}
+    context, rng = _context(), random.Random(7)
+    last_head, killed_before_first_commit = 1, 0
+    for trial in range(1, KILL_TRIALS + 1):
+        _run_and_kill(context, _commit_forever, (str(path),), kill_after=rng.uniform(0.0, 0.25))
+        table = LabelTable(path)  # opens: no torn log entry or checkpoint stops it
+        head = table.head_version()
+        assert head >= last_head
+        killed_before_first_commit += head == last_head
+        for version in range(last_head + 1, head + 1):  # the new versions: whole, never a mix of two
+            fingerprints[version] = _check_version(table, version, n_rows)
+        if trial % 50 == 0 or trial == KILL_TRIALS:  # and every earlier version is still what it was
+            fresh = LabelTable(path)
+            assert {v: _fingerprint(fresh.read(v)) for v in fingerprints} == fingerprints
+        last_head = head
+    assert killed_before_first_commit < KILL_TRIALS // 2, "most kills should land after a commit started"
+    # The table still takes commits: no lock or half-written file is left in the way.
+    table = LabelTable(path)
+    assert table.commit(ChangeSet.set_weight([1], 0.0), parent=last_head, message="after the kills") == last_head + 1
+    print(f"SIGKILL {KILL_TRIALS}/{KILL_TRIALS} intact: {last_head - 1} versions committed between kills, all {last_head} checked whole")
+
+
+# --------------------------------------------------------------------------- racing commits
+
+
+def _race(args: tuple[str, int, int, float]) -> str:
+    path, parent, racer, start_at = args
+    table = LabelTable(path)
+    while time.time() < start_at:
+        pass
+    try:
+        table.commit(ChangeSet.set_weight([racer + 1], float(parent * 100 + racer + 2)), parent=parent, message=f"racer {racer} on {parent}")
+        return f"won {racer}"
+    except ConflictError:
+        return "conflict"
+
+
+@pytest.mark.slow
+def test_of_many_processes_committing_on_the_same_parent_exactly_one_wins(tmp_path: Path):
+    path = str(tmp_path / "labels")
+    LabelTable.create(path, make_rows(200, CLASSES), CLASSES)
+    wins = 0
+    with _context().Pool(RACERS) as pool:
+        pool.map(_race, [(path, 0, r, 0.0) for r in range(RACERS)])  # warm up: every racer imported (parent 0 always conflicts)
+        for _ in range(RACE_TRIALS):
+            parent = LabelTable(path).head_version()
+            outcomes = pool.map(_race, [(path, parent, r, time.time() + 0.1) for r in range(RACERS)], chunksize=1)
+            winners = [o for o in outcomes if o.startswith("won")]
+            assert len(winners) == 1 and outcomes.count("conflict") == RACERS - 1, outcomes
+            table = LabelTable(path)
+            assert table.head_version() == parent + 1  # one new version: nothing duplicated
+            winner = int(winners[0].split()[1])
+            assert table.version_info(parent + 1).message == f"racer {winner} on {parent}"
+            changed = table.diff(parent, parent + 1).samples
+            assert changed["sample_id"].tolist() == [winner + 1]  # the winner's change, nobody else's
+            assert table.read()["weight"].iloc[winner] == float(parent * 100 + winner + 2)  # and not lost
+            wins += 1
+    history = LabelTable(path).history()
+    assert len(history) == RACE_TRIALS + 1 and [v.parent for v in history[1:]] == list(range(1, RACE_TRIALS + 1))
+    print(f"races {wins}/{RACE_TRIALS}: exactly one of {RACERS} processes won, {RACERS - 1} got the conflict error")
+
+
+# --------------------------------------------------------------------------- import
+
+
+def _import(source: str, workspace: str, ready) -> None:
+    from core.ingest import import_dataset
+
+    ready.set()
+    import_dataset(source, "big", workspace, workers=1)
+
+
+@pytest.mark.slow
+def test_a_killed_import_lists_nothing_half_made_and_the_next_import_cleans_up(tmp_path: Path):
+    from core.ingest import import_dataset
+    from core.workspace import list_datasets
+
+    source = tmp_path / "source"
+    n_images = 1200
+    for i in range(n_images):
+        draw_image(source / ("a" if i % 2 else "b") / f"{i}.png", i, size=(64, 64))
+    workspace = tmp_path / "ws"
+    context, rng = _context(), random.Random(3)
+    outcomes = {"nothing listed": 0, "finished whole": 0}
+    for _ in range(6):
+        _run_and_kill(context, _import, (str(source), str(workspace)), kill_after=rng.uniform(0.0, 1.5))
+        if list_datasets(workspace) == []:
+            outcomes["nothing listed"] += 1
+            continue
+        assert len(LabelTable(workspace / "big" / "labels").read()) == n_images  # listed means complete
+        outcomes["finished whole"] += 1
+        shutil.rmtree(workspace / "big")
+    assert outcomes["nothing listed"] >= 3, outcomes
+
+    table, report = import_dataset(source, "big", workspace)
+    assert report.n_imported == n_images and len(table.read()) == n_images
+    assert not list(workspace.glob(".staging-*"))  # the dead imports' folders are gone
+    print(f"killed imports: {outcomes}; the next import succeeded and removed the leftovers")
+
+
+# --------------------------------------------------------------------------- embedding
+
+
+def _embed(workspace: str, ready) -> None:
+    import core.embed
+    from core.embed import EmbedderConfig, embed_dataset
+
+    core.embed._CHUNK_SIZE = 100  # small cache files, so a kill lands between several of them
+    load_embedder = core.embed.load_embedder
+
+    def slow_model(*args, **kwargs):  # a pixel "model" as slow as a real one, so kills land mid-run
+        embedder = load_embedder(*args, **kwargs)
+        fast = embedder.embed_batch
+
+        def embed_batch(images):
+            time.sleep(0.05)
+            return fast(images)
+
+        return dataclasses.replace(embedder, embed_batch=embed_batch)
+
+    core.embed.load_embedder = slow_model
+    ready.set()
+    embed_dataset(workspace, "big", EmbedderConfig(kind="pixels", resolution=24, batch_size=50))
+
+
+@pytest.fixture
+def big_dataset(tmp_path: Path, workspace: Path) -> Path:
+    from core.ingest import import_dataset
+
+    source = tmp_path / "source"
+    for i in range(1500):
+        draw_image(source / ("a" if i % 2 else "b") / f"{i}.png", i, size=(48, 48))
+    import_dataset(source, "big", workspace)
+    return workspace
+
+
+@pytest.mark.slow
+def test_a_killed_embedding_keeps_whole_chunks_and_the_rerun_resumes(big_dataset: Path):
+    from core.embed import EmbedderConfig, embed_dataset, embedder_key, embedding_cache, load_embedder
+
+    workspace = big_dataset
+    config = EmbedderConfig(kind="pixels", resolution=24, batch_size=50)
+    cache = embedding_cache(workspace, "big", embedder_key(config))
+    rows = LabelTable(workspace / "big" / "labels").read()
+    context, rng = _context(), random.Random(5)
+    kept, partial_kills = [], 0
+    for _ in range(20):
+        killed = _run_and_kill(context, _embed, (str(workspace),), kill_after=rng.uniform(0.3, 2.5))
+        hashes, vectors = cache.load()  # every chunk on disk is whole and readable
+        assert len(hashes) == len(cache.hashes()) and set(hashes) <= set(rows["content_hash"])
+        assert not kept or len(hashes) >= kept[-1]  # work done before a kill is never lost
+        kept.append(len(hashes))
+        if not killed or len(hashes) == len(rows):  # it finished first: start again from nothing
+            shutil.rmtree(cache.folder)
+            kept.append(0)
+            continue
+        partial_kills += len(hashes) > 0
+        if partial_kills >= 3:
+            break
+    assert partial_kills >= 3, kept
+    report = embed_dataset(workspace, "big", config)
+    assert report.n_cached == min(kept[-1], len(rows)) and report.n_cached + report.n_computed == len(rows)
+    # The resumed cache holds exactly what one uninterrupted run computes.
+    hashes, vectors = cache.load()
+    reference = load_embedder(config, workspace / ".models")
+    by_hash = rows.drop_duplicates("content_hash").set_index("content_hash")["path"]
+    sample = list(hashes[:: max(1, len(hashes) // 40)])
+    from core.embed import embed_paths
+
+    expected, _ = embed_paths(reference, [by_hash[h] for h in sample], sample, batch_size=50)
+    np.testing.assert_allclose(vectors[hashes.get_indexer(sample)], expected, atol=1e-6)
+    print(f"killed embeddings: cache sizes after each kill {kept}; the re-run computed the remaining {report.n_computed}")
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _train(workspace: str, embedding: str, ready) -> None:
+    from core.train.config import TrainConfig
+    from core.train.pipeline import train
+
+    ready.set()
+    train(workspace, "big", TrainConfig(heads=("knn", "logreg", "mlp"), embedding=embedding))
+
+
+@pytest.mark.slow
+def test_a_killed_training_run_never_lists_as_finished_and_the_next_run_cleans_up(big_dataset: Path):
+    from core.embed import EmbedderConfig, embed_dataset
+    from core.runs import list_runs
+    from core.train.config import TrainConfig
+    from core.train.pipeline import train
+
+    workspace = big_dataset
+    embedding = embed_dataset(workspace, "big", EmbedderConfig(kind="pixels", resolution=16)).key
+    runs_dir = workspace / "big" / "runs"
+    context, rng = _context(), random.Random(11)
+    killed_mid_run = 0
+    for _ in range(4):
+        _run_and_kill(context, _train, (str(workspace), embedding), kill_after=rng.uniform(0.2, 3.0))
+        finished = list_runs(workspace, "big")
+        for run in finished:  # a listed run is complete
+            assert (run.path / "samples.parquet").is_file() and (run.path / "model" / "model_config.json").is_file()
+        killed_mid_run += not finished
+        if finished:
+            shutil.rmtree(finished[0].path)
+    assert killed_mid_run >= 2
+    assert list(runs_dir.glob(".staging-*")), "the kills should leave staging folders behind"
+
+    run = train(workspace, "big", TrainConfig(heads=("knn", "logreg"), embedding=embedding))
+    assert [r.run_id for r in list_runs(workspace, "big")] == [run.run_id]
+    assert not list(runs_dir.glob(".staging-*"))  # the killed runs' leftovers are gone
+    print(f"killed training runs: {killed_mid_run}/4 killed mid-run listed nothing; the next run finished and cleaned up")
