@@ -66,7 +66,7 @@ if [[ ! -f $stamp_file || $(cat "$stamp_file") != "$wanted_stamp" ]] || ! .venv/
     exit 1
   fi
   # torch first and alone, so pip takes the pinned build instead of resolving a newer one.
-  .venv/bin/python -m pip install -q --no-cache-dir -c requirements.lock torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -m pip install --no-cache-dir --progress-bar on -c requirements.lock torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v '^WARNING: Location' || true
   .venv/bin/python -m pip install -q -c requirements.lock -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
   .venv/bin/python -c 'import core, torch, streamlit, deltalake' || { echo "error: Python packages did not install; see the pip output above." >&2; exit 1; }
   echo "$wanted_stamp" > "$stamp_file"
