@@ -98,7 +98,7 @@ STEPS = {
     "import": step_import,
     "embed (8x8 pixels)": step_embed,
     "PaCMAP 3D": step_project,
-    f"lasso relabel {LASSO_SIZE:,} + commit": step_lasso,
+    "lasso relabel + commit": step_lasso,
     "quick heads (k-NN + logreg, 5-fold CV)": step_heads,
     "review table": step_review,
 }
