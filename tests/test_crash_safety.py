@@ -56,6 +56,18 @@ def _run_and_kill(context, target, args: tuple, kill_after: float, ready_timeout
     return True
 
 
+def _seconds_to_finish(context, target, args: tuple) -> float:
+    """How long ``target`` runs after it says it is ready, when nobody kills it."""
+    ready = context.Event()
+    process = context.Process(target=_in_own_process_group, args=(target, *args, ready))
+    process.start()
+    assert ready.wait(60), "the worker never got ready"
+    started = time.perf_counter()
+    process.join()
+    assert process.exitcode == 0
+    return time.perf_counter() - started
+
+
 def _in_own_process_group(target, *args) -> None:
     os.setpgrp()
     target(*args)
@@ -176,21 +188,23 @@ def test_a_killed_import_lists_nothing_half_made_and_the_next_import_cleans_up(t
         draw_image(source / ("a" if i % 2 else "b") / f"{i}.png", i, size=(64, 64))
     workspace = tmp_path / "ws"
     context, rng = _context(), random.Random(3)
+    duration = _seconds_to_finish(context, _import, (str(source), str(workspace)))  # how long this machine takes
+    shutil.rmtree(workspace / "big")
     outcomes = {"nothing listed": 0, "finished whole": 0}
     for _ in range(6):
-        _run_and_kill(context, _import, (str(source), str(workspace)), kill_after=rng.uniform(0.0, 1.5))
+        _run_and_kill(context, _import, (str(source), str(workspace)), kill_after=rng.uniform(0.0, 0.9 * duration))
         if list_datasets(workspace) == []:
             outcomes["nothing listed"] += 1
             continue
         assert len(LabelTable(workspace / "big" / "labels").read()) == n_images  # listed means complete
         outcomes["finished whole"] += 1
         shutil.rmtree(workspace / "big")
-    assert outcomes["nothing listed"] >= 3, outcomes
+    assert outcomes["nothing listed"] >= 4, outcomes
 
     table, report = import_dataset(source, "big", workspace)
     assert report.n_imported == n_images and len(table.read()) == n_images
     assert not list(workspace.glob(".staging-*"))  # the dead imports' folders are gone
-    print(f"killed imports: {outcomes}; the next import succeeded and removed the leftovers")
+    print(f"killed imports (a whole import takes {duration:.1f} s here): {outcomes}; the next import succeeded and removed the leftovers")
 
 
 # --------------------------------------------------------------------------- embedding
@@ -238,9 +252,11 @@ def test_a_killed_embedding_keeps_whole_chunks_and_the_rerun_resumes(big_dataset
     cache = embedding_cache(workspace, "big", embedder_key(config))
     rows = LabelTable(workspace / "big" / "labels").read()
     context, rng = _context(), random.Random(5)
+    duration = _seconds_to_finish(context, _embed, (str(workspace),))
+    shutil.rmtree(cache.folder)
     kept, partial_kills = [], 0
     for _ in range(20):
-        killed = _run_and_kill(context, _embed, (str(workspace),), kill_after=rng.uniform(0.3, 2.5))
+        killed = _run_and_kill(context, _embed, (str(workspace),), kill_after=rng.uniform(0.15, 0.85) * duration)
         hashes, vectors = cache.load()  # every chunk on disk is whole and readable
         assert len(hashes) == len(cache.hashes()) and set(hashes) <= set(rows["content_hash"])
         assert not kept or len(hashes) >= kept[-1]  # work done before a kill is never lost
@@ -264,18 +280,22 @@ def test_a_killed_embedding_keeps_whole_chunks_and_the_rerun_resumes(big_dataset
 
     expected, _ = embed_paths(reference, [by_hash[h] for h in sample], sample, batch_size=50)
     np.testing.assert_allclose(vectors[hashes.get_indexer(sample)], expected, atol=1e-6)
-    print(f"killed embeddings: cache sizes after each kill {kept}; the re-run computed the remaining {report.n_computed}")
+    print(f"killed embeddings (a whole run takes {duration:.1f} s here): cache sizes after each kill {kept}; the re-run computed the remaining {report.n_computed}")
 
 
 # --------------------------------------------------------------------------- training
 
 
 def _train(workspace: str, embedding: str, ready) -> None:
+    from joblib.externals.loky import get_reusable_executor
+
     from core.train.config import TrainConfig
     from core.train.pipeline import train
 
     ready.set()
     train(workspace, "big", TrainConfig(heads=("knn", "logreg", "mlp"), embedding=embedding))
+    # A multiprocessing child joins its children on exit, and joblib's reusable workers wait for more work.
+    get_reusable_executor().shutdown(wait=True)
 
 
 @pytest.mark.slow
@@ -288,20 +308,23 @@ def test_a_killed_training_run_never_lists_as_finished_and_the_next_run_cleans_u
     workspace = big_dataset
     embedding = embed_dataset(workspace, "big", EmbedderConfig(kind="pixels", resolution=16)).key
     runs_dir = workspace / "big" / "runs"
-    context, rng = _context(), random.Random(11)
+    # A fresh interpreter, as `python -m core train` is: torch and joblib's workers must not start in a forked copy.
+    context, rng = multiprocessing.get_context("spawn"), random.Random(11)
+    duration = _seconds_to_finish(context, _train, (str(workspace), embedding))
+    shutil.rmtree(runs_dir)
     killed_mid_run = 0
     for _ in range(4):
-        _run_and_kill(context, _train, (str(workspace), embedding), kill_after=rng.uniform(0.2, 3.0))
+        _run_and_kill(context, _train, (str(workspace), embedding), kill_after=rng.uniform(0.05, 0.75) * duration)
         finished = list_runs(workspace, "big")
         for run in finished:  # a listed run is complete
             assert (run.path / "samples.parquet").is_file() and (run.path / "model" / "model_config.json").is_file()
         killed_mid_run += not finished
         if finished:
             shutil.rmtree(finished[0].path)
-    assert killed_mid_run >= 2
+    assert killed_mid_run >= 3
     assert list(runs_dir.glob(".staging-*")), "the kills should leave staging folders behind"
 
     run = train(workspace, "big", TrainConfig(heads=("knn", "logreg"), embedding=embedding))
     assert [r.run_id for r in list_runs(workspace, "big")] == [run.run_id]
     assert not list(runs_dir.glob(".staging-*"))  # the killed runs' leftovers are gone
-    print(f"killed training runs: {killed_mid_run}/4 killed mid-run listed nothing; the next run finished and cleaned up")
+    print(f"killed training runs (a whole run takes {duration:.1f} s here): {killed_mid_run}/4 killed mid-run listed nothing; the next run finished and cleaned up")
