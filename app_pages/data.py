@@ -116,10 +116,10 @@ def history_frame(table: LabelTable) -> pd.DataFrame:
             {
                 "version": info.version,
                 "time (UTC)": info.timestamp.strftime("%Y-%m-%d %H:%M:%S"),
-                "message": info.message,
-                "what changed": info.describe(),
                 "samples": info.n_samples,
                 "classes": len(info.classes),
+                "message": info.message,
+                "what changed": info.describe(),
             }
             for info in reversed(table.history())
         ]
@@ -127,10 +127,21 @@ def history_frame(table: LabelTable) -> pd.DataFrame:
 
 
 def versions_tab(table: LabelTable, version: int) -> None:
-    st.dataframe(history_frame(table), hide_index=True, width="stretch")
+    st.dataframe(
+        history_frame(table),
+        hide_index=True,
+        width="stretch",
+        column_config={  # numbers first and narrow, long text last: nothing important is cut off on a laptop
+            "version": st.column_config.NumberColumn(width="small"),
+            "samples": st.column_config.NumberColumn(width="small"),
+            "classes": st.column_config.NumberColumn(width="small"),
+            "message": st.column_config.TextColumn(width="medium"),
+        },
+    )
     head = table.head_version()
     if version == head:
-        st.caption("Pick an older version in the sidebar to restore it. Restoring adds a new version; history is never rewritten.")
+        if head > 1:
+            st.caption("Pick an older version in the sidebar to restore it. Restoring adds a new version; history is never rewritten.")
         return
     with st.form("restore"):
         st.write(f"Restore version {version} as a new version {head + 1}.")

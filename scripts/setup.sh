@@ -58,7 +58,7 @@ stamp_file=.venv/.labelloop-deps
 wanted_stamp="$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)"
 if [[ ! -f $stamp_file || $(cat "$stamp_file") != "$wanted_stamp" ]] || ! .venv/bin/python -c 'import core, torch, streamlit' 2>/dev/null; then
   say "installing Python packages into .venv/ (first time: a few minutes; torch is large)"
-  # The torch build pip takes here needs about 6 GB in .venv/ plus room to unpack it;
+  # The torch build pip takes here needs about 7.5 GB in .venv/ plus room to unpack it;
   # stop early with a clear message instead of pip's traceback halfway through.
   free_kb="$(df -Pk .venv | awk 'NR==2 {print $4}')"
   if [[ ! -f $stamp_file ]] && (( free_kb < 8 * 1024 * 1024 )); then
@@ -67,6 +67,7 @@ if [[ ! -f $stamp_file || $(cat "$stamp_file") != "$wanted_stamp" ]] || ! .venv/
   fi
   # torch first and alone, so pip takes the pinned build instead of resolving a newer one.
   .venv/bin/python -m pip install --no-cache-dir --progress-bar on -c requirements.lock torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v '^WARNING: Location' || true
+  say "installing LabelLoop and its other Python packages (about a minute)"
   .venv/bin/python -m pip install -q -c requirements.lock -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
   .venv/bin/python -c 'import core, torch, streamlit, deltalake' || { echo "error: Python packages did not install; see the pip output above." >&2; exit 1; }
   echo "$wanted_stamp" > "$stamp_file"
