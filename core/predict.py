@@ -160,9 +160,7 @@ def predict_folder(run: str, folder: str | os.PathLike, out: str | os.PathLike, 
             )
     classifier, model_config = image_classifier(run_dir, workspace)
 
-    if not Path(folder).expanduser().is_dir():
-        raise UserError(f"The folder {folder} does not exist. Give the folder of new images to predict.")
-    if not any(Path(folder).expanduser().iterdir()):
+    if Path(folder).expanduser().is_dir() and not any(Path(folder).expanduser().iterdir()):
         raise UserError(f"No images to predict in {folder}: the folder is empty.")
     found = discover(folder, layout="flat")
     paths = [c.path for c in found.candidates]

@@ -32,13 +32,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(workspace: Path, log_path: Path):
-    """The app as `streamlit run app.py` starts it, on its own port; yields the base URL."""
+def running_app(workspace: Path, log_path: Path, *, as_configured: bool = False):
+    """The app as `streamlit run app.py` starts it, on its own port; yields the base URL.
+
+    ``as_configured``: pass nothing but the port, as run.sh does, so .streamlit/config.toml
+    alone decides the rest (the bind address included).
+    """
     port = free_port()
+    settings = [] if as_configured else [
+        "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+    ]
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address", "127.0.0.1",
-             "--server.port", str(port), "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), *settings],
             cwd=REPO, env={**os.environ, "LABELLOOP_WORKSPACE": str(workspace)}, stdout=log, stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"

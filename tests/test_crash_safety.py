@@ -43,10 +43,7 @@ def _run_and_kill(context, target, args: tuple, kill_after: float, ready_timeout
 
     Returns True if it was killed, False if it had already finished (successfully: a crash fails the test).
     """
-    ready = context.Event()
-    process = context.Process(target=_in_own_process_group, args=(target, *args, ready))
-    process.start()
-    assert ready.wait(ready_timeout), "the worker never got ready"
+    process = _start_when_ready(context, target, args, ready_timeout)
     process.join(kill_after)
     if process.exitcode is not None:
         assert process.exitcode == 0, f"the worker crashed by itself (exit code {process.exitcode})"
@@ -58,14 +55,20 @@ def _run_and_kill(context, target, args: tuple, kill_after: float, ready_timeout
 
 def _seconds_to_finish(context, target, args: tuple) -> float:
     """How long ``target`` runs after it says it is ready, when nobody kills it."""
-    ready = context.Event()
-    process = context.Process(target=_in_own_process_group, args=(target, *args, ready))
-    process.start()
-    assert ready.wait(60), "the worker never got ready"
+    process = _start_when_ready(context, target, args)
     started = time.perf_counter()
     process.join()
     assert process.exitcode == 0
     return time.perf_counter() - started
+
+
+def _start_when_ready(context, target, args: tuple, ready_timeout: float = 60):
+    """Start ``target(*args, ready)`` in its own process group; return once it has set ``ready``."""
+    ready = context.Event()
+    process = context.Process(target=_in_own_process_group, args=(target, *args, ready))
+    process.start()
+    assert ready.wait(ready_timeout), "the worker never got ready"
+    return process
 
 
 def _in_own_process_group(target, *args) -> None:

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import ast
 import http.client
-import os
 import re
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.browser import free_port
+from tests.browser import running_app
 from tests.conftest import REPO, draw_image
 
 SECRET = "labelloop-test-secret-7f3a"
@@ -32,26 +27,8 @@ def server(tmp_path_factory):
         draw_image(root / "source" / ("cat" if i % 2 else "dog") / f"{i}.png", i)
     import_dataset(root / "source", "pets", root / "ws")
     (root / "ws" / "pets" / "secret.txt").write_text(SECRET)  # a workspace file that must never be served
-    port = free_port()
-    log = open(root / "streamlit.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
-        cwd=REPO, env={**os.environ, "LABELLOOP_WORKSPACE": str(root / "ws")}, stdout=log, stderr=subprocess.STDOUT,
-    )
-    deadline = time.time() + 60
-    while True:
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            if time.time() > deadline:
-                process.kill()
-                pytest.fail("streamlit did not start: " + (root / "streamlit.log").read_text())
-            time.sleep(0.3)
-    yield port, root
-    process.terminate()
-    process.wait(timeout=20)
-    log.close()
+    with running_app(root / "ws", root / "streamlit.log", as_configured=True) as url:
+        yield int(url.rsplit(":", 1)[1]), root
 
 
 def raw_get(port: int, path: str) -> tuple[int, bytes]:
