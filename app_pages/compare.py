@@ -9,9 +9,10 @@ import streamlit as st
 
 from components.data_cache import version_rows
 from components.gallery import plain, thumbnail_grid
-from components.sidebar import open_current_version, show_head_moved, workspace
+from components.sidebar import open_current_version, show_head_moved, show_version, stale_edit_message, workspace
 from core.errors import ConflictError, UserError
-from core.runs import accuracy_by_version, list_runs, load_json
+from core.fair_accuracy import accuracy_per_version
+from core.runs import list_runs, load_json
 from core.tables import revert_changes
 from core.workspace import DatasetPaths
 
@@ -70,12 +71,21 @@ if picked:
     moved = moved.merge(version_rows(table, b)[["sample_id", "content_hash"]], on="sample_id", how="left")
     st.markdown(f"**{len(moved):,} samples: {plain(picked['old'])} → {plain(picked['new'])}**")
     thumbnail_grid(paths.thumbs, moved.dropna(subset=["content_hash"]), caption_column="sample_id")
-    head = table.head_version()
-    if st.button(f"Revert just these {len(moved):,} to '{plain(picked['old'])}' as a new version", key=f"revert-{a}-{b}-{picked['old']}-{picked['new']}"):
+    revert, left_alone = revert_changes(moved, version_rows(table, current))
+    if left_alone:
+        st.caption(f"{left_alone:,} of them no longer carry '{plain(picked['new'])}' in v{current} (changed again since): a revert leaves them alone.")
+    if st.session_state.get(f"compare-conflict:{name}") is not None:
+        st.error(stale_edit_message(table, current))
+        if st.button(f"Reload v{table.head_version()}", key="compare-reload"):
+            del st.session_state[f"compare-conflict:{name}"]
+            show_version(table.head_version())
+            st.rerun()
+    elif len(revert.updates) and st.button(f"Revert these {len(revert.updates):,} to '{plain(picked['old'])}' as a new version on v{current}", key=f"revert-{a}-{b}-{picked['old']}-{picked['new']}"):
         try:
-            new_version = table.commit(revert_changes(moved), parent=head, message=f"revert {len(moved)} samples {picked['new']} -> {picked['old']} (as in v{a})")
+            new_version = table.commit(revert, parent=current, message=f"revert {len(revert.updates)} samples {picked['new']} -> {picked['old']} (as in v{a})")
         except ConflictError:
-            st.error(f"This data set changed since you loaded it (now v{table.head_version()}); reload and try again. Nothing was written.")
+            st.session_state[f"compare-conflict:{name}"] = table.head_version()
+            st.rerun()
         except UserError as error:
             st.error(str(error))
         else:
@@ -101,8 +111,78 @@ for column, version in zip(columns, (a, b)):
             st.caption(f"Confusion matrix of {best.run_id} (rows: given label; columns: {confusion['columns']})")
             st.dataframe(matrix.style.background_gradient(cmap="Blues", axis=None), width="stretch")
 
-accuracy = accuracy_by_version(workspace(), name)
-if not accuracy.empty:
-    st.markdown("**Accuracy per version** (best run of each kind; heads: cross-validated)")
-    chart = alt.Chart(accuracy).mark_line(point=True).encode(x=alt.X("version:O"), y=alt.Y("accuracy:Q", scale=alt.Scale(zero=False)), color="kind:N", tooltip=["version", "kind", "best_model", "accuracy", "run"])
-    st.altair_chart(chart.properties(height=260), width="stretch")
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def fair_line(workspace_path: str, dataset: str, runs_on_disk: tuple[str, ...], reference: int, test_split: bool, recipe: str | None, head: int):
+    """Keyed by everything it reads: the runs on disk, the reference, the recipe and the head."""
+    from core.demo import load_demo_truth
+
+    return accuracy_per_version(workspace_path, dataset, reference_version=reference, test_split_only=test_split, main_recipe=recipe, truth=load_demo_truth(workspace_path, dataset))
+
+
+def did_it_help() -> None:
+    """The accuracy line: one recipe, one reference labelling, held-out predictions, with n and intervals."""
+    from components.sidebar import refresh_scores
+    from core.train.pipeline import quick_heads_recipe
+
+    st.markdown("**Did the fixes help?** Held-out accuracy per version, like with like")
+    recipe = quick_heads_recipe(workspace(), name)
+    if recipe is None:
+        st.caption("Embed the images (Map page) first: the line is measured with the quick heads on the embedding.")
+        return
+    head = history[-1].version
+    left, right = st.columns([2, 1])
+    reference = left.selectbox("Score every version against the labels of", versions[::-1], format_func=lambda v: f"v{v}" + (" (latest: your best labels)" if v == head else ""), key="fair-reference", help="One reference labelling for every version, so a fixed label counts the same everywhere. Default: the latest version.")
+    has_test = bool((version_rows(table, reference)["split"].astype(str) == "test").any())
+    test_split = right.checkbox("Only its test split", disabled=not has_test, help="Score only samples in the reference's test split (a locked test set)." if has_test else "This version has no samples in a 'test' split.")
+    runs_on_disk = tuple(r.run_id for r in list_runs(workspace(), name))
+    fair = fair_line(str(workspace()), name, runs_on_disk, reference, test_split, recipe, head)
+    main = fair.line[fair.line["recipe"] == recipe]
+    if main.empty:
+        st.caption("No version has its quick heads yet.")
+    else:
+        points = main.assign(label=lambda f: f["reference"])
+        x = alt.X("version:O", scale=alt.Scale(domain=fair.versions), title="version")
+        y = alt.Y("accuracy:Q", scale=alt.Scale(zero=False), title="held-out accuracy")
+        colour = alt.Color("label:N", title="scored against")
+        tooltip = ["version", "reference", alt.Tooltip("accuracy:Q", format=".4f"), alt.Tooltip("low:Q", format=".4f"), alt.Tooltip("high:Q", format=".4f"), "n", "run"]
+        lines = alt.Chart(points).mark_line(point=True).encode(x=x, y=y, color=colour, tooltip=tooltip)
+        bars = alt.Chart(points).mark_rule().encode(x=x, y="low:Q", y2="high:Q", color=colour)
+        st.altair_chart((bars + lines).properties(height=260), width="stretch")
+        st.caption(
+            "The quick heads (k-NN and logistic regression, the same settings and seed on every version; the better by cross-validation) "
+            f"trained on each version; their out-of-fold predictions scored against **{fair.reference}**"
+            + (" and against the demo's **true labels**" if "true labels" in set(main["reference"]) else "")
+            + ", on the samples labelled in both. Bars: 95% Wilson intervals."
+        )
+        if fair.first_to_last:
+            d = fair.first_to_last
+            st.markdown(f"v{d['from']} → v{d['to']}: **{100 * d['difference']:+.2f} points** against {fair.reference} (95% bootstrap interval {100 * d['low']:+.2f} to {100 * d['high']:+.2f}) on the same {d['n']:,} samples.")
+        shown = main.pivot_table(index="version", columns="reference", values=["accuracy", "n"], aggfunc="first")
+        shown.columns = [f"{what} vs {reference}" for what, reference in shown.columns]
+        st.dataframe(shown.round(4), width="stretch")
+    if fair.missing:
+        from components.jobs import current_job
+
+        busy = (job := current_job(f"quick:{name}")) is not None and job.running
+        missing = ", ".join(f"v{v}" for v in fair.missing)
+        if st.button(f"Train the quick heads on {missing} (in the background)", disabled=busy, key="score-missing", help="So every version has a point measured the same way."):
+            for v in fair.missing:
+                refresh_scores(name, v)
+            st.rerun()
+        if busy:
+            st.caption(f":material/sync: {job.description}: {job.stage}")
+    others = fair.line[(fair.line["recipe"] != recipe) & (fair.line["reference"] == fair.reference)]
+    if len(others):
+        st.markdown(f"Other training runs, one line per recipe (same reference: {fair.reference})")
+        named = others.assign(line=lambda f: f["recipe_name"] + " · " + f["recipe"])
+        chart = alt.Chart(named).mark_line(point=True).encode(
+            x=alt.X("version:O", scale=alt.Scale(domain=fair.versions)), y=alt.Y("accuracy:Q", scale=alt.Scale(zero=False)), color=alt.Color("line:N", title="recipe"),
+            tooltip=["version", "recipe_name", alt.Tooltip("accuracy:Q", format=".4f"), "n", "run"],
+        )
+        st.altair_chart(chart.properties(height=220), width="stretch")
+
+
+st.divider()
+did_it_help()

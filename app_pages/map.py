@@ -16,7 +16,7 @@ from components.data_cache import (
 )
 from components.gallery import plain, thumbnail_grid
 from components.scatter3d import publish_map, scatter3d
-from components.sidebar import open_current_version, show_head_moved, workspace
+from components.sidebar import open_current_version, refresh_scores, show_head_moved, show_version, stale_edit_message, workspace
 from core.embed import EmbedderConfig, embed_dataset, list_embeddings, preferred_embedding
 from core.errors import ConflictError, UserError
 from core.mapping import (
@@ -46,6 +46,7 @@ if not embeddings:
         bar = st.progress(0.0, text="embedding...")
         report = embed_dataset(workspace(), name, EmbedderConfig(), version=version, progress=lambda done, total: bar.progress(done / max(total, 1), text=f"embedding {done:,} of {total:,}"))
         st.success(report.describe())
+        refresh_scores(name, version)  # first scores (and the first point of the accuracy line) without asking
         st.rerun()
     st.stop()
 

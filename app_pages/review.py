@@ -3,17 +3,20 @@ predictions in bulk, or walk the flagged samples one at a time in the review que
 
 from __future__ import annotations
 
-import numpy as np
+import hashlib
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
 from components.data_cache import servable_thumbnails, version_rows
 from components.gallery import plain
 from components.scatter3d import thumbnail_url
-from components.sidebar import open_current_version, show_head_moved, workspace
+from components.sidebar import open_current_version, show_head_moved, show_version, stale_edit_message, workspace
 from core.errors import ConflictError, UserError
-from core.review import filter_review, queue_precision, review_changes, review_frame
-from core.runs import list_runs, load_samples
+from core.review import Decision, filter_review, load_kept, queue_changes, queue_precision, record_kept, review_changes, review_frame, still_valid
+from core.ingest import thumbnail_path
+from core.runs import list_runs
 from core.tables import UNDEFINED, ChangeSet
 from core.workspace import DatasetPaths
 
@@ -30,54 +33,74 @@ if not runs:
     st.info("No scores yet: train on this version (Train page) to get per-sample loss, confidence and label-issue scores.")
     st.stop()
 on_version = [r for r in runs if r.version == version]
+newest = (on_version or runs)[0]
 run_ids = [r.run_id for r in runs]
-# A run finishing in the background must not pull the table from under a reviewer: keep the run
-# they were looking at (and the queue decisions made on it) until they pick another one.
-kept = st.session_state.get(f"review-run:{name}:{version}")
-default = kept if kept in run_ids else (on_version[0].run_id if on_version else run_ids[0])
-chosen = st.selectbox("Scores from run", run_ids, index=run_ids.index(default), help="The latest run on this version when you opened the page; newer runs appear here when they finish.")
-st.session_state[f"review-run:{name}:{version}"] = chosen
-if on_version and chosen != on_version[0].run_id and kept == chosen:
-    st.caption(f"A newer run on v{version} has finished ({on_version[0].run_id}); pick it above to review its scores.")
-run = next(r for r in runs if r.run_id == chosen)
+by_id = {r.run_id: r for r in runs}
+# The page follows the newest run on this version (a background run after a commit included) unless
+# the user picked one: then it stays on that run until they pick the newest again.
+pinned = st.session_state.get(f"review-pin:{name}")
+default = pinned if pinned in run_ids else newest.run_id
+chosen = st.selectbox(
+    "Scores from run", run_ids, index=run_ids.index(default),
+    format_func=lambda i: f"{i} · v{by_id[i].version} · {by_id[i].summary.get('best_model')}" + (" · automatic, after a commit" if by_id[i].automatic else "") + (" (newest)" if i == newest.run_id else ""),
+    help="Follows the newest run on this version unless you pick another one.",
+)
+st.session_state[f"review-pin:{name}"] = None if chosen == newest.run_id else chosen
+run = by_id[chosen]
+if chosen != newest.run_id:
+    st.caption(f"Pinned to this run; the newest on v{version} is {newest.run_id}.")
 if run.version != version:
-    st.warning(f"These scores come from a run on v{run.version}; labels shown are those of v{version}. Train on v{version} for fresh scores.")
+    st.warning(f"These scores come from a run on v{run.version}; labels shown are those of v{version}. Train on v{version} for fresh scores (they also follow each commit by themselves).")
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def scores_of(run_path: str) -> pd.DataFrame:
-    return load_samples(next(r for r in runs if str(r.path) == run_path))
+    return pd.read_parquet(Path(run_path) / "samples.parquet")
 
 
-frame = review_frame(scores_of(str(run.path)), rows)
+frame = review_frame(scores_of(str(run.path)), rows, load_kept(paths.kept_labels))
 servable_thumbnails(table, paths.thumbs, version)
 
 
-def commit(changes: ChangeSet, message: str) -> None:
+def commit(changes: ChangeSet, message: str) -> bool:
+    """Commit on the version this page shows; False (and a message) if it cannot be written."""
     try:
         new_version = table.commit(changes, parent=version, message=message)
     except ConflictError:
-        st.error(f"This data set changed since you loaded it (it is now at v{table.head_version()}). Reload the page to review the new version; nothing was written.")
-        return
+        st.session_state[f"review-conflict:{name}"] = table.head_version()
+        return False
     except UserError as error:
         st.error(str(error))
-        return
+        return False
     show_head_moved(new_version)
     st.toast(f"Committed v{new_version}: {plain(message)}")
-    st.rerun()
+    return True
+
+
+def show_conflict() -> bool:
+    """The refused-commit message with a Reload that keeps the user's work; True while it is shown."""
+    head = st.session_state.get(f"review-conflict:{name}")
+    if head is None:
+        return False
+    st.error(stale_edit_message(table, version))
+    if st.button(f"Reload v{table.head_version()}", key="review-reload"):
+        del st.session_state[f"review-conflict:{name}"]
+        show_version(table.head_version())
+        st.rerun()
+    return True
 
 
 def table_mode() -> None:
     a, b, c, d = st.columns([2, 2, 1, 1])
     given = a.multiselect("Given label", [*classes, UNDEFINED])
     predicted = b.multiselect("Predicted label", classes)
-    flagged_only = c.checkbox("Flagged only", help="Samples the fused label-issue ranking flags.")
+    flagged_only = c.checkbox("Flagged only", help="Open flags: the label-issue ranking flags them, the label differs from the prediction, and no reviewer kept it. The review queue walks the same samples.")
     undefined_only = d.checkbox("Undefined only", help="Active labelling: the least confident predictions first.")
     shown = filter_review(frame, given=given, predicted=predicted, flagged_only=flagged_only, undefined_only=undefined_only)
     pages = max(1, -(-len(shown) // PAGE_SIZE))
     left, right = st.columns([1, 3])
     page = left.number_input(f"Page (of {pages:,})", 1, pages, 1)
-    right.caption(f"{len(shown):,} samples match; {int(shown['flagged'].sum()):,} flagged. Sorted by label-issue score (undefined: least confident first).")
+    right.caption(f"{len(shown):,} samples match; {int(shown['flagged'].sum()):,} of them flagged and still to review. Sorted by label-issue score (undefined: least confident first).")
     part = shown.iloc[(page - 1) * PAGE_SIZE : page * PAGE_SIZE].reset_index(drop=True)
     view = pd.DataFrame({
         "thumbnail": [thumbnail_url(h) for h in part["content_hash"]],
@@ -91,7 +114,10 @@ def table_mode() -> None:
         "issue_score": part["issue_score"].round(3),
         "flagged": part["flagged"],
     })
-    editor_key = f"review-{run.run_id}-{version}-{page}-{len(shown)}-{given}-{predicted}-{flagged_only}-{undefined_only}"
+    # The editor's state belongs to exactly these rows with these labels on this version: if any of that
+    # changes (another run, a filter, a keep in another tab), its edits can never move onto other samples.
+    shown_rows = hashlib.blake2b(pd.util.hash_pandas_object(part[["sample_id", "label", "predicted_label"]], index=False).to_numpy().tobytes(), digest_size=8).hexdigest()
+    editor_key = f"review-{version}-{shown_rows}"
     if st.button("Tick 'accept' on every row of this page", key=f"all-{editor_key}"):
         st.session_state[f"accept-all-{editor_key}"] = True
     if st.session_state.get(f"accept-all-{editor_key}"):
@@ -112,13 +138,15 @@ def table_mode() -> None:
         },
     )
     changed = int(((edited["label"] != view["label"]) | edited["accept"]).sum())
-    if st.button(f"Commit {changed} change(s) as a new version", type="primary", disabled=not changed, key=f"commit-{editor_key}"):
+    if not show_conflict() and st.button(f"Commit {changed} change(s) as a new version", type="primary", disabled=not changed, key=f"commit-{editor_key}"):
         try:
             changes, message = review_changes(part.assign(label=view["label"]), edited["label"], edited["accept"], classes)
         except UserError as error:
             st.error(str(error))
         else:
-            commit(changes, message)
+            if commit(changes, message):
+                st.rerun()
+            st.rerun()  # refused: show the conflict with its Reload (the edits stay in the editor)
 
     if len(part):
         closer = st.selectbox("Look closer at", part["sample_id"], format_func=lambda i: f"#{i}", help="The full image and its scores.")
@@ -128,7 +156,7 @@ def table_mode() -> None:
         try:
             image_column.image(original, width=320)
         except Exception:  # the file moved or broke since import: the thumbnail still shows what it was
-            image_column.image(str(paths.thumbs / row["content_hash"][:2] / f"{row['content_hash']}.jpg"), width=320)
+            image_column.image(str(thumbnail_path(paths.thumbs, row["content_hash"])), width=320)
             image_column.caption(f"{plain(original)} cannot be read now; showing the thumbnail.")
         facts.markdown(f"**#{closer}** · given **{plain(row['label'])}** · predicted **{plain(row['predicted_label'])}**")
         facts.caption(plain(original))
@@ -136,44 +164,64 @@ def table_mode() -> None:
 
 
 def queue_mode() -> None:
-    decisions: dict[int, str] = st.session_state.setdefault(f"queue-{run.run_id}-{version}", {})
+    # Decisions belong to the data set, not to a run or a version: they survive a new run, a commit and a
+    # reload; each one carries the version, label and prediction the reviewer saw.
+    pending: dict[int, Decision] = st.session_state.setdefault(f"queue-decisions:{name}", {})
+    tally = st.session_state.setdefault(f"queue-tally:{name}", {"changed": 0, "kept": 0})
     queue = filter_review(frame, flagged_only=True)
-    # Flags whose label already equals the prediction were fixed since the run (here or elsewhere): not in the queue.
-    queue = queue[(queue["label"] != UNDEFINED) & (queue["label"] != queue["predicted_label"])]
-    todo = queue[~queue["sample_id"].isin(list(decisions))]
-    precision = queue_precision(decisions)
-    st.progress(len(decisions) / max(len(queue), 1), text=f"{len(decisions):,} of {len(queue):,} flagged samples decided" + (f"; {precision:.0%} of flags were real label errors so far" if precision is not None else ""))
+    todo = queue[~queue["sample_id"].isin(list(pending))]
+    # The item on screen stays on screen until the reviewer decides it, whatever reruns in between.
+    current = st.session_state.get(f"queue-current:{name}")
+    if current in set(todo["sample_id"]):
+        todo = pd.concat([todo[todo["sample_id"] == current], todo[todo["sample_id"] != current]])
+    decided = len(pending) + tally["kept"]
+    precision = queue_precision(tally["changed"] + len(pending), tally["kept"])
+    st.progress(
+        decided / max(decided + len(todo), 1),
+        text=f"{len(todo):,} flagged samples to review · {len(pending):,} decision(s) waiting to be committed · {tally['kept']:,} kept"
+        + (f" · {precision:.0%} of the flags decided so far were real label errors" if precision is not None else ""),
+    )
+
+    def decide(sample_id: int, action: str, shown_version: int, shown_label: str, predicted: str) -> None:
+        """Runs before the rerun, with what was on screen when the key was pressed (never the next item)."""
+        if action == "keep":
+            record_kept(paths.kept_labels, sample_id, shown_label, shown_version)
+            tally["kept"] += 1
+        else:
+            pending[sample_id] = Decision(sample_id, action, shown_version, shown_label, predicted)
+        st.session_state.pop(f"queue-current:{name}", None)
+
     if len(todo):
         row = todo.iloc[0]
+        sample_id = int(row["sample_id"])
+        st.session_state[f"queue-current:{name}"] = sample_id
+        shown = (sample_id, version, str(row["label"]), str(row["predicted_label"]))
         image_column, facts = st.columns([1, 2])
-        image_column.image(str(paths.thumbs / row["content_hash"][:2] / f"{row['content_hash']}.jpg"), width=320)
-        facts.markdown(f"**#{row['sample_id']}**  \ngiven label: **{plain(row['label'])}**  \npredicted: **{plain(row['predicted_label'])}** (confidence {row['confidence']:.2f})")
+        image_column.image(str(thumbnail_path(paths.thumbs, row["content_hash"])), width=320)
+        facts.markdown(f"**#{sample_id}**  \ngiven label: **{plain(row['label'])}**  \npredicted: **{plain(row['predicted_label'])}** (confidence {row['confidence']:.2f})")
         facts.caption(f"issue score {row['issue_score']:.3f} · loss {row['loss']:.3f} · margin {row['margin']:.3f}")
         a, b, c = facts.columns(3)
-        if a.button(f"Accept '{plain(row['predicted_label'])}'", shortcut="a", type="primary", key="queue-accept"):
-            decisions[int(row["sample_id"])] = "accept"
-            st.rerun()
-        if b.button("Keep the label", shortcut="k", key="queue-keep"):
-            decisions[int(row["sample_id"])] = "keep"
-            st.rerun()
-        if c.button("Exclude", shortcut="x", key="queue-exclude"):
-            decisions[int(row["sample_id"])] = "exclude"
-            st.rerun()
-        facts.caption("Keyboard: A accept · K keep · X exclude")
+        a.button(f"Accept '{plain(row['predicted_label'])}'", shortcut="a", type="primary", key="queue-accept", on_click=decide, args=(*shown[:1], "accept", *shown[1:]))
+        b.button("Keep the label", shortcut="k", key="queue-keep", on_click=decide, args=(*shown[:1], "keep", *shown[1:]))
+        c.button("Exclude", shortcut="x", key="queue-exclude", on_click=decide, args=(*shown[:1], "exclude", *shown[1:]))
+        facts.caption("Keyboard: A accept · K keep (recorded at once; it does not come back) · X exclude")
     else:
         st.success("Every flagged sample is decided.")
-    changes = {i: d for i, d in decisions.items() if d != "keep"}
-    if changes and st.button(f"Commit {len(changes)} decision(s) as a new version", key="queue-commit"):
-        accepted = [i for i, d in changes.items() if d == "accept"]
-        excluded = [i for i, d in changes.items() if d == "exclude"]
-        predicted = frame.set_index("sample_id")["predicted_label"]
-        updates = pd.DataFrame({
-            "sample_id": np.array(accepted + excluded, dtype=np.int64),
-            "label": [predicted[i] for i in accepted] + [None] * len(excluded),
-            "weight": [np.nan] * len(accepted) + [0.0] * len(excluded),
-        })
-        decisions.clear()
-        commit(ChangeSet(updates=updates), f"review queue: {len(accepted)} accepted, {len(excluded)} excluded")
+    if not pending or show_conflict():
+        return
+    accepted = sum(d.action == "accept" for d in pending.values())
+    if st.button(f"Commit {len(pending)} decision(s) as a new version ({accepted} accepted, {len(pending) - accepted} excluded)", key="queue-commit"):
+        valid, stale = still_valid(list(pending.values()), rows)
+        if stale:
+            for decision in stale:
+                del pending[decision.sample_id]
+            st.warning(f"{len(stale)} decision(s) were made on a label v{version} no longer has ({', '.join(f'#{d.sample_id}' for d in stale[:10])}); they were dropped, the rest is kept. Commit again.")
+            return
+        changes, message = queue_changes(valid)
+        if commit(changes, message):
+            tally["changed"] += len(pending)
+            pending.clear()
+        st.rerun()
 
 
 mode = st.segmented_control("Mode", ["Table", "Review queue"], default="Table", help="The queue shows one flagged sample at a time.")

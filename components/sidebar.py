@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import streamlit as st
 
+from core.runs import list_runs, recipe_identity
 from core.tables import LabelTable
 from core.workspace import list_datasets, open_table, resolve_workspace
 
@@ -35,46 +37,103 @@ def current_table() -> LabelTable | None:
 
 
 def pick_version(table: LabelTable) -> int:
-    """Sidebar version picker, newest first; follows the head after a commit unless the user picked an old version."""
+    """Sidebar version picker, newest first.
+
+    A session keeps showing the version it showed last: a commit from another
+    tab or user never changes what this page shows (its edits would land on
+    samples the user never saw); the sidebar says a newer version exists and
+    offers it. The session's own commits move it to the new head.
+    """
     history = table.history()
     head = history[-1].version
     versions = [info.version for info in reversed(history)]
     labels = {info.version: f"v{info.version} · {info.message[:48]}" for info in history}
-    chosen = st.session_state.get("version")
-    if chosen not in versions or st.session_state.get("version_follows_head", True):
-        chosen = head
+    name = st.session_state.get("dataset")
+    chosen = st.session_state.get(f"version:{name}")
+    if chosen not in versions:
+        chosen = head  # first look at this data set: the latest version
     version = st.sidebar.selectbox("Version", versions, index=versions.index(chosen), format_func=labels.get, help="Every edit is a new version; pick one to inspect, compare, restore or export.")
-    st.session_state["version"] = version
-    st.session_state["version_follows_head"] = version == head
+    if version != chosen:  # the user picked another version on purpose
+        st.session_state[f"picked-old:{name}"] = version != head
+    st.session_state[f"version:{name}"] = version
     if version != head:
-        st.sidebar.caption(f"Viewing an old version; the latest is v{head}.")
+        if st.session_state.get(f"picked-old:{name}"):
+            st.sidebar.caption(f"Viewing an old version; the latest is v{head}. Edits need the latest version.")
+        else:
+            st.sidebar.warning(f"v{head} was committed elsewhere (another tab or user) while you were on v{version}. This page still shows v{version}.")
+            if st.sidebar.button(f"Show v{head}", key="show-head"):
+                show_version(head)
+                st.rerun()
     return version
 
 
+def show_version(version: int) -> None:
+    """Make ``version`` the one this session shows (it stays put until the user or this session moves it)."""
+    name = st.session_state.get("dataset")
+    st.session_state[f"version:{name}"] = version
+    st.session_state[f"picked-old:{name}"] = False
+
+
+def stale_edit_message(table: LabelTable, shown: int) -> str:
+    """Why an edit made on version ``shown`` was refused, and what to do: the same words on every page."""
+    head = table.head_version()
+    if st.session_state.get(f"picked-old:{st.session_state.get('dataset')}"):
+        return f"You are viewing v{shown}, an old version (the latest is v{head}); nothing was written. Edits go on the latest version: pick v{head} in the sidebar (or restore v{shown} on the Data page first)."
+    return f"This data set changed since this page showed it: v{head} was committed elsewhere while you were on v{shown}. Nothing was written. Reload to see v{head}; your decisions are kept."
+
+
 def show_head_moved(new_version: int) -> None:
-    """After a commit: look at the new head, and start refreshing its scores in the background."""
-    st.session_state["version"] = new_version
-    st.session_state["version_follows_head"] = True
+    """After this session's own commit: look at the new head, and start refreshing its scores in the background."""
+    show_version(new_version)
     name = st.session_state.get("dataset")
     if name:
         refresh_scores(name, new_version)
 
 
+@st.cache_resource
+def _refresh_queue() -> dict:
+    """Versions waiting for their quick heads, per data set (one server-wide queue)."""
+    return {"lock": threading.Lock(), "pending": {}}
+
+
 def refresh_scores(name: str, version: int) -> None:
     """Retrain the quick heads (k-NN, logistic regression) on ``version`` so issue scores, the review
-    table, the confusion matrix and the map's colours follow the edit without anyone asking."""
-    from components.jobs import start_job
+    table, the confusion matrix, the map's colours and the accuracy line follow the edit without anyone asking.
+
+    Versions queue up: two quick commits both get scores (the newest first), one job at a time.
+    """
+    from components.jobs import current_job, start_job
+
+    queue = _refresh_queue()
+    key = f"quick:{name}"
 
     def work(job):
         time.sleep(1.0)  # let the page redraw the commit first; the retrain competes for the same 2 cores
         from core.train.pipeline import quick_heads_config, train  # imports torch: never on the page's own time
 
-        config = quick_heads_config(workspace(), name)
-        if config is None:
-            return None  # nothing embedded yet: there is nothing quick to retrain
-        return train(workspace(), name, config, version=version, progress=job.progress, should_stop=job.should_stop)
+        result = None
+        while True:
+            with queue["lock"]:
+                waiting = queue["pending"].get(name, set())
+                if not waiting:
+                    job.finished = time.time()  # under the lock: a version queued from now on starts a new job
+                    return result
+                next_version = max(waiting)
+                waiting.discard(next_version)
+            job.description = f"updating scores for v{next_version}"
+            config = quick_heads_config(workspace(), name)
+            if config is None:
+                continue  # nothing embedded yet: there is nothing quick to retrain
+            if any(run.recipe()[0] == recipe_identity(config.to_dict()) for run in list_runs(workspace(), name, next_version)):
+                continue  # this version already has its quick heads (same settings, same numbers)
+            result = train(workspace(), name, config, version=next_version, progress=job.progress, should_stop=job.should_stop, trigger="after commit")
 
-    start_job(f"quick:{name}", f"updating scores for v{version}", work, background=True)
+    with queue["lock"]:
+        queue["pending"].setdefault(name, set()).add(version)
+        job = current_job(key)
+        if job is not None and job.running:
+            return  # the running job takes it from the queue
+        start_job(key, f"updating scores for v{version}", work, background=True)
 
 
 def refresh_status() -> None:

@@ -308,6 +308,51 @@ def cmd_runs(args: argparse.Namespace) -> None:
     _print_table(pd.DataFrame(rows, columns=["run", "version", "best", "accuracy", "labelled", "seconds"]))
 
 
+def cmd_accuracy(args: argparse.Namespace) -> None:
+    from core.demo import load_demo_truth
+    from core.fair_accuracy import accuracy_per_version
+    from core.train.pipeline import quick_heads_config, quick_heads_recipe, train
+
+    open_table(args.workspace, args.name)
+    recipe = quick_heads_recipe(args.workspace, args.name)
+    if recipe is None:
+        raise UserError(f"'{args.name}' has no embedding to run the quick heads on. Embed it first: `python -m core embed {args.name}`.")
+    truth = load_demo_truth(args.workspace, args.name)
+
+    def measure():
+        return accuracy_per_version(args.workspace, args.name, reference_version=args.reference, test_split_only=args.test_split, main_recipe=recipe, truth=truth)
+
+    fair = measure()
+    if fair.missing and args.score_missing:
+        config = quick_heads_config(args.workspace, args.name)
+        for version in fair.missing:
+            print(f"training the quick heads on v{version} ...", flush=True)
+            train(args.workspace, args.name, config, version=version, trigger="after commit")
+        fair = measure()
+    print(f"Held-out accuracy of the quick heads (k-NN, logistic regression; the same settings on every version), against {fair.reference}" + (" and the true labels" if truth is not None else "") + ":")
+    main = fair.line[fair.line["recipe"] == recipe]
+    table = main.pivot_table(index="version", columns="reference", values=["accuracy", "low", "high", "n"], aggfunc="first")
+    rows = []
+    for version in fair.versions:
+        row = {"version": version}
+        for reference in main["reference"].unique():
+            if version in table.index and not pd.isna(table.loc[version, ("accuracy", reference)]):
+                row[reference] = f"{table.loc[version, ('accuracy', reference)]:.4f} [{table.loc[version, ('low', reference)]:.4f}, {table.loc[version, ('high', reference)]:.4f}] n={int(table.loc[version, ('n', reference)]):,}"
+            else:
+                row[reference] = "no run" if version not in table.index else "no shared samples"
+        rows.append(row)
+    _print_table(pd.DataFrame(rows))
+    if fair.first_to_last:
+        d = fair.first_to_last
+        print(f"v{d['from']} -> v{d['to']}: {d['before']:.4f} -> {d['after']:.4f}, {100 * d['difference']:+.2f} points (95% bootstrap interval {100 * d['low']:+.2f} to {100 * d['high']:+.2f}) on the same {d['n']:,} samples")
+    if fair.missing:
+        print(f"versions without a point: {', '.join(f'v{v}' for v in fair.missing)} (add --score-missing to train the quick heads on them)")
+    others = fair.line[(fair.line["recipe"] != recipe) & (fair.line["reference"] == fair.reference)]
+    if len(others):
+        print("Other recipes (each its own line, never mixed with the above):")
+        _print_table(others[["recipe_name", "recipe", "version", "accuracy", "n", "run"]].round(4))
+
+
 def cmd_issues(args: argparse.Namespace) -> None:
     from core.runs import find_run, load_samples
 
@@ -473,6 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--version", type=int, help="only runs on this version")
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("accuracy", parents=[common], help="did the fixes help: every version's held-out accuracy against one reference labelling")
+    p.add_argument("name")
+    p.add_argument("--reference", type=int, help="the version whose labels are the reference (default: the latest)")
+    p.add_argument("--test-split", action="store_true", help="score only the reference's test split")
+    p.add_argument("--score-missing", action="store_true", help="first train the quick heads on every version that has no point")
+    p.set_defaults(func=cmd_accuracy)
 
     p = sub.add_parser("issues", parents=[common], help="the most suspicious labels of a run")
     p.add_argument("name")

@@ -7,6 +7,7 @@ finishes, so a cancelled or killed run never lists as finished.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -46,7 +47,7 @@ def _json_default(value):
 class RunBuilder:
     """Collects a run's files in a staging folder; :meth:`finish` publishes them at once."""
 
-    def __init__(self, workspace, name: str, label: str):
+    def __init__(self, workspace, name: str, label: str, *, trigger: str = "user"):
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         self.run_id = f"{stamp}-{label}-{uuid.uuid4().hex[:6]}"
         runs_dir = _runs_dir(workspace, name)
@@ -56,6 +57,7 @@ class RunBuilder:
         self.path = staging_folder(runs_dir, self.run_id)
         (self.path / "model").mkdir()
         self.started = time.time()
+        self.trigger = trigger
 
     def json(self, filename: str, data) -> None:
         _write_json(self.path / filename, data)
@@ -64,7 +66,7 @@ class RunBuilder:
         frame.to_parquet(self.path / filename, index=False)
 
     def finish(self, summary: dict) -> Path:
-        summary = {**summary, "run_id": self.run_id, "status": "finished", "seconds": round(time.time() - self.started, 2), "finished": datetime.now(timezone.utc).isoformat()}
+        summary = {**summary, "run_id": self.run_id, "trigger": self.trigger, "status": "finished", "seconds": round(time.time() - self.started, 2), "finished": datetime.now(timezone.utc).isoformat()}
         _write_json(self.path / "run.json", summary)
         os.rename(self.path, self.final)
         return self.final
@@ -82,6 +84,27 @@ class RunInfo:
     @property
     def version(self) -> int:
         return int(self.summary["version"])
+
+    @property
+    def automatic(self) -> bool:
+        """True for the quick heads the app retrains by itself after a commit (nobody pressed Start)."""
+        return self.summary.get("trigger", "user") != "user"
+
+    def recipe(self) -> tuple[str, str]:
+        """(identity, readable name) of the settings this run trained with.
+
+        Two runs share an identity only if every setting in their ``config.json``
+        (family, heads, embedding, seed, folds, ...) is the same: the condition
+        for comparing their numbers across versions.
+        """
+        config = load_json(self, "config.json") if (self.path / "config.json").exists() else {"family": self.summary.get("kind")}
+        identity = recipe_identity(config)
+        family = config.get("family") or self.summary.get("kind")
+        if family == "heads":
+            name = "heads " + "+".join(HEAD_NAMES.get(h, h) for h in config.get("heads", ()))
+        else:
+            name = str(family)
+        return identity, name
 
     def describe(self) -> str:
         s = self.summary
@@ -121,22 +144,28 @@ def find_run(workspace, name: str, run_id: str | None = None, version: int | Non
     return runs[0]
 
 
+def recipe_identity(config: dict) -> str:
+    """A short digest of a run's complete settings (its ``config.json``): equal settings, equal identity."""
+    return hashlib.blake2b(json.dumps(config, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
+
+
+HEAD_NAMES = {"knn": "k-NN", "logreg": "logistic regression", "mlp": "MLP", "softmax": "softmax"}
+
+
 def load_samples(run: RunInfo) -> pd.DataFrame:
     return pd.read_parquet(run.path / "samples.parquet")
 
 
+def held_out(samples: pd.DataFrame) -> np.ndarray:
+    """Mask of the samples a run predicted without training on them: out of fold or in the validation split.
+
+    Only these predictions say anything about how well a model generalises;
+    the rest (trained on, or unlabelled) are left out of every accuracy.
+    """
+    if "role" in samples:
+        return samples["role"].isin(["out of fold", "validation"]).to_numpy()
+    return (samples["trained_on"].astype(bool) & (samples["fold"] >= 0)).to_numpy()
+
+
 def load_json(run: RunInfo, filename: str):
     return json.loads((run.path / filename).read_text(encoding="utf-8"))
-
-
-def accuracy_by_version(workspace, name: str) -> pd.DataFrame:
-    """version, kind, best_model, accuracy, run: the best finished run of each kind on each version."""
-    records = [
-        {"version": r.version, "kind": r.summary.get("kind"), "best_model": r.summary.get("best_model"), "accuracy": r.summary.get("cv_accuracy"), "run": r.run_id}
-        for r in list_runs(workspace, name)
-        if r.summary.get("cv_accuracy") is not None
-    ]
-    if not records:
-        return pd.DataFrame(columns=["version", "kind", "best_model", "accuracy", "run"])
-    frame = pd.DataFrame(records).sort_values("accuracy", ascending=False)
-    return frame.drop_duplicates(["version", "kind"]).sort_values(["kind", "version"]).reset_index(drop=True)

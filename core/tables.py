@@ -709,6 +709,17 @@ def _check_message(message: str | None) -> str:
     return message
 
 
-def revert_changes(samples: pd.DataFrame) -> ChangeSet:
-    """Put these relabelled samples (rows of :attr:`Diff.samples`) back to their old labels."""
-    return ChangeSet(updates=pd.DataFrame({"sample_id": samples["sample_id"].to_numpy(dtype=np.int64), "label": samples["old_label"].to_numpy(dtype=object)}))
+def revert_changes(samples: pd.DataFrame, current: pd.DataFrame | None = None) -> tuple[ChangeSet, int]:
+    """Put these relabelled samples (rows of :attr:`Diff.samples`) back to their old labels.
+
+    With ``current`` (the rows of the version the revert is committed on), only
+    samples that still carry the label the diff moved them to are reverted: a
+    sample changed again since was not what the user was shown. Returns the
+    change set and how many samples were left alone for that reason.
+    """
+    chosen = samples
+    if current is not None:
+        now = current.set_index("sample_id")["label"].reindex(samples["sample_id"]).to_numpy()
+        chosen = samples[now == samples["new_label"].to_numpy()]
+    updates = pd.DataFrame({"sample_id": chosen["sample_id"].to_numpy(dtype=np.int64), "label": chosen["old_label"].to_numpy(dtype=object)})
+    return ChangeSet(updates=updates), len(samples) - len(chosen)

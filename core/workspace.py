@@ -72,6 +72,11 @@ class DatasetPaths:
         return self.root / "demo_truth.parquet"
 
     @property
+    def kept_labels(self) -> Path:
+        """Review decisions that changed nothing ("keep the label"): one small Parquet file per decision."""
+        return self.root / "review" / "kept"
+
+    @property
     def exports(self) -> Path:
         return self.root / "exports"
 

@@ -11,11 +11,11 @@ import pytest
 from core.errors import UserError
 from core.ingest import import_dataset
 from core.mapping import RAMP, categorical_colours, continuous_colours, default_message, label_mix, resolve_label, selection_changes
-from core.review import filter_review, queue_precision, review_changes, review_frame
-from core.runs import accuracy_by_version
+from core.review import Decision, filter_review, load_kept, queue_changes, queue_precision, record_kept, review_changes, review_frame, still_valid
+from core.runs import list_runs
 from core.tables import UNDEFINED, ChangeSet, revert_changes
 from core.train.config import TrainConfig
-from core.train.pipeline import quick_heads_config, train_heads
+from core.train.pipeline import quick_heads_config, quick_heads_recipe, train_heads
 from tests.conftest import write_fashion_folders
 
 CLASSES = ["T-shirt/top", "Trouser", "Shirt"]
@@ -97,10 +97,42 @@ def test_a_reviewed_page_commits_accepted_predictions_and_edits_only():
     edited[1] = "Sweater"
     with pytest.raises(UserError, match="not a class of this version"):
         review_changes(page, edited, pd.Series([False] * 5), CLASSES)
-    assert queue_precision({}) is None and queue_precision({1: "accept", 2: "keep", 3: "exclude", 4: "keep"}) == 0.5
+    assert queue_precision(0, 0) is None and queue_precision(2, 2) == 0.5
 
 
-def test_reverting_a_label_flow_cell_and_accuracy_per_version(tmp_path: Path, workspace: Path):
+def test_open_flags_are_one_rule_for_the_table_the_queue_and_every_count(tmp_path: Path):
+    samples, rows = scored_frame()
+    samples["flagged"] = True  # the run flagged everything
+    rows.loc[rows["sample_id"] == 2, "weight"] = 0.0  # excluded since
+    frame = review_frame(samples, rows)
+    # 2: excluded; 3, 4: undefined; 5: its label already equals the prediction (fixed since the run).
+    assert frame.loc[frame["flagged"], "sample_id"].tolist() == [1]
+    assert not load_kept(tmp_path / "kept").shape[0]
+    record_kept(tmp_path / "kept", 1, "Shirt", version=3)
+    kept = load_kept(tmp_path / "kept")
+    assert kept[["sample_id", "label", "version"]].to_dict("records") == [{"sample_id": 1, "label": "Shirt", "version": 3}]
+    assert not review_frame(samples, rows, kept)["flagged"].any()  # a kept sample does not come back
+    rows.loc[rows["sample_id"] == 1, "label"] = "Coat"  # ... unless its label changes: a new question
+    assert review_frame(samples, rows, kept).loc[lambda f: f["flagged"], "sample_id"].tolist() == [1]
+
+
+def test_queue_decisions_apply_only_to_the_label_the_reviewer_saw():
+    _, rows = scored_frame()
+    accept = Decision(1, "accept", version=2, shown_label="Shirt", predicted="Trouser")
+    exclude = Decision(5, "exclude", version=2, shown_label="Shirt", predicted="Shirt")
+    valid, stale = still_valid([accept, exclude], rows)
+    assert valid == [accept, exclude] and stale == []
+    changes, message = queue_changes(valid)
+    assert changes.updates["sample_id"].tolist() == [1, 5] and changes.updates["label"].iloc[0] == "Trouser" and pd.isna(changes.updates["label"].iloc[1])
+    assert changes.updates["weight"].fillna(-1).tolist() == [-1, 0.0] and message == "review queue: 1 accepted, 1 excluded"
+    moved = rows.assign(label=lambda f: f["label"].where(f["sample_id"] != 1, "Trouser"))  # another tab accepted #1 meanwhile
+    valid, stale = still_valid([accept, exclude], moved)
+    assert valid == [exclude] and stale == [accept]
+    with pytest.raises(UserError, match="Nothing to commit"):
+        queue_changes([])
+
+
+def test_reverting_a_label_flow_cell_and_the_quick_heads_recipe(tmp_path: Path, workspace: Path):
     from core.embed import EmbedderConfig, embed_dataset
 
     table, _ = import_dataset(write_fashion_folders(tmp_path / "f", 10), "f", workspace)
@@ -109,8 +141,16 @@ def test_reverting_a_label_flow_cell_and_accuracy_per_version(tmp_path: Path, wo
     table.commit(ChangeSet.relabel(bags[:4], "coat"), parent=1, message="oops")
     diff = table.diff(1, 2)
     moved = diff.samples[diff.samples["relabelled"]]
-    table.commit(revert_changes(moved), parent=2, message="revert")
+    revert, left_alone = revert_changes(moved, table.read(2))
+    assert left_alone == 0
+    table.commit(revert, parent=2, message="revert")
     assert table.diff(1, 3).samples.empty  # back to exactly version 1
+    # A sample changed again since the diff was shown is not reverted: the user saw it as 'coat'.
+    table.commit(ChangeSet.relabel(bags[:4], "coat"), parent=3, message="oops again")
+    table.commit(ChangeSet.relabel(bags[:1], "shirt"), parent=4, message="one more change")
+    moved = table.diff(3, 4).samples
+    revert, left_alone = revert_changes(moved[moved["relabelled"]], table.read(5))
+    assert left_alone == 1 and sorted(revert.updates["sample_id"]) == sorted(bags[1:4])
 
     assert quick_heads_config(workspace, "f") is None  # nothing embedded: nothing quick to retrain
     embed_dataset(workspace, "f", EmbedderConfig(kind="pixels", resolution=8))
@@ -118,6 +158,6 @@ def test_reverting_a_label_flow_cell_and_accuracy_per_version(tmp_path: Path, wo
     train_heads(workspace, "f", TrainConfig(embedding="pixels-8px", heads=("knn",)), version=1)
     quick = quick_heads_config(workspace, "f")
     assert quick.heads == ("knn", "logreg") and quick.embedding == "pixels-8px"
-    train_heads(workspace, "f", quick, version=2)
-    accuracy = accuracy_by_version(workspace, "f")
-    assert accuracy["version"].tolist() == [1, 2] and accuracy["accuracy"].between(0, 1).all()
+    run = train_heads(workspace, "f", quick, version=2, trigger="after commit")
+    assert run.automatic and run.recipe()[0] == quick_heads_recipe(workspace, "f")
+    assert not list_runs(workspace, "f", 1)[0].automatic and list_runs(workspace, "f", 1)[0].recipe()[0] != run.recipe()[0]

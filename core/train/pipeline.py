@@ -125,6 +125,7 @@ def train_heads(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_curve: Callable[[dict], None] | None = None,
+    trigger: str = "user",
 ) -> RunInfo:
     """Cross-validate the configured heads on the embeddings of ``version``, keep the best, save a run."""
     config.validate()
@@ -151,7 +152,7 @@ def train_heads(
     fold_of = np.empty(len(y), dtype=np.int64)
     for number, (_, test) in enumerate(folds):
         fold_of[test] = number
-    builder = RunBuilder(workspace, name, f"v{version}-heads")
+    builder = RunBuilder(workspace, name, f"v{version}-heads", trigger=trigger)
     try:
         cv: dict[str, dict] = {}
         oof: dict[str, np.ndarray] = {}
@@ -319,6 +320,7 @@ def train_resnet_run(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_curve: Callable[[dict], None] | None = None,
+    trigger: str = "user",
 ) -> RunInfo:
     """Seed 001: ResNet-18 from scratch on the images of ``version``; its features become an embedding."""
     from core.train.resnet import INPUT_SIZE, LOAD_SIZE, ResnetSettings, predict, train_resnet
@@ -336,7 +338,7 @@ def train_resnet_run(
     given[~trainable] = -1
     train, val = _inner_split(np.flatnonzero(trainable), np.where(given >= 0, given, 0), config.validation_split, config.seed)
     settings = ResnetSettings(config.epochs, config.batch_size, config.learning_rate, config.weight_decay, config.seed, config.augmentation)
-    builder = RunBuilder(workspace, name, f"v{version}-resnet18")
+    builder = RunBuilder(workspace, name, f"v{version}-resnet18", trigger=trigger)
     try:
         def on_epoch(row: dict) -> None:
             if on_curve:
@@ -391,6 +393,7 @@ def train_triplet_run(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_curve: Callable[[dict], None] | None = None,
+    trigger: str = "user",
 ) -> RunInfo:
     """Seed 002: a triplet-loss encoder on the embeddings of ``version``; its output becomes an embedding."""
     from safetensors.torch import save_file
@@ -418,7 +421,7 @@ def train_triplet_run(
         if progress:
             progress(f"epoch {row['epoch']} of {config.epochs}: loss {row['train_loss']:.4f}", row["epoch"] / config.epochs)
 
-    builder = RunBuilder(workspace, name, f"v{version}-triplet")
+    builder = RunBuilder(workspace, name, f"v{version}-triplet", trigger=trigger)
     try:
         encoder, curves = train_triplet_encoder(embeddings.vectors[labelled], y, settings, on_epoch=on_epoch, should_stop=should_stop)
         encoded = encode(encoder, embeddings.vectors)
@@ -476,6 +479,7 @@ def train_frozen_run(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_curve: Callable[[dict], None] | None = None,
+    trigger: str = "user",
 ) -> RunInfo:
     """Seed 004: a new head on a frozen pretrained backbone (optionally unfrozen gradually), saved as a run."""
     from safetensors.torch import save_file
@@ -531,7 +535,7 @@ def train_frozen_run(
         weights = class_weights(y_all[train], n_classes) if settings.balanced else None
         return train_frozen(data, y_all, n_classes, train, val, backbone(), settings, class_weight=weights, on_epoch=on_epoch, should_stop=should_stop)
 
-    builder = RunBuilder(workspace, name, f"v{version}-frozen")
+    builder = RunBuilder(workspace, name, f"v{version}-frozen", trigger=trigger)
     try:
         curves: list[dict] = []
         probabilities = np.zeros((len(frame), n_classes), dtype=np.float32)
@@ -606,13 +610,16 @@ def train(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_curve: Callable[[dict], None] | None = None,
+    trigger: str = "user",
 ) -> RunInfo:
     """Train ``config.family`` on ``version``: the one entry point for the CLI and the Train page.
 
     ``on_curve`` receives one row per epoch (stage, epoch, train_loss, val_accuracy, ...) as it happens.
+    ``trigger`` is recorded with the run: ``"user"`` for a run someone started, ``"after commit"`` for the
+    automatic quick heads, so pages can tell a user's own run from a background one.
     """
     trainer = {"heads": train_heads, "resnet18-scratch": train_resnet_run, "frozen-backbone": train_frozen_run, "triplet": train_triplet_run}[config.family]
-    return trainer(workspace, name, config, version=version, progress=progress, should_stop=should_stop, on_curve=on_curve)
+    return trainer(workspace, name, config, version=version, progress=progress, should_stop=should_stop, on_curve=on_curve, trigger=trigger)
 
 
 QUICK_HEADS = ("knn", "logreg")
@@ -634,3 +641,11 @@ def quick_heads_config(workspace, name: str) -> TrainConfig | None:
         if run.summary.get("kind") == "heads" and run.summary.get("embedding") in cached:
             return TrainConfig(heads=QUICK_HEADS, embedding=run.summary["embedding"])
     return None
+
+
+def quick_heads_recipe(workspace, name: str) -> str | None:
+    """The recipe identity (see :meth:`RunInfo.recipe`) of the quick heads' runs: the line "did the fix help" follows."""
+    from core.runs import recipe_identity
+
+    config = quick_heads_config(workspace, name)
+    return None if config is None else recipe_identity(config.to_dict())
