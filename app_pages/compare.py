@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from components.data_cache import version_rows
+from components.charts import confusion_chart
 from components.gallery import plain, thumbnail_grid
 from components.sidebar import open_current_version, show_head_moved, show_version, stale_edit_message, workspace
 from core.errors import ConflictError, UserError
@@ -103,13 +104,12 @@ for column, version in zip(columns, (a, b)):
         if not runs:
             st.caption("No runs on this version.")
             continue
-        st.dataframe(pd.DataFrame([{"run": r.run_id, "kind": r.summary.get("kind"), "best": r.summary.get("best_model"), "accuracy": r.summary.get("cv_accuracy")} for r in runs]), hide_index=True, width="stretch")
+        st.dataframe(pd.DataFrame([{"run": r.run_id, "started by": "automatic" if r.automatic else "you", "kind": r.summary.get("kind"), "best": r.summary.get("best_model"), "accuracy": r.summary.get("cv_accuracy")} for r in runs]), hide_index=True, width="stretch")
         best = next((r for r in runs if (r.path / "confusion.json").exists()), None)
         if best:
             confusion = load_json(best, "confusion.json")
-            matrix = pd.DataFrame(confusion["matrix"], index=confusion["labels"], columns=confusion["labels"])
-            st.caption(f"Confusion matrix of {best.run_id} (rows: given label; columns: {confusion['columns']})")
-            st.dataframe(matrix.style.background_gradient(cmap="Blues", axis=None), width="stretch")
+            st.caption(f"Confusion matrix of {best.run_id}")
+            st.altair_chart(confusion_chart(confusion), width="stretch", key=f"compare-confusion-{version}")
 
 
 

@@ -53,8 +53,9 @@ def progress_callback(bar, text: str):
     return update
 
 
-def show_import_report(report: ImportReport) -> None:
-    st.write(report.describe())
+def show_import_report(report: ImportReport, *, summary: bool = True) -> None:
+    if summary:  # the import form already said it in its success line
+        st.write(report.describe())
     for warning in report.warnings:
         st.warning(warning)
     if report.skipped:
@@ -87,7 +88,7 @@ def import_form(existing: str | None) -> None:
             st.session_state["dataset"] = name.strip()
             show_head_moved(1)
             st.success(f"Created '{name.strip()}': {report.describe()}")
-        show_import_report(report)
+        show_import_report(report, summary=False)
         st.button("Open it")
     except UserError as exc:
         st.error(str(exc))

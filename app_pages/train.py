@@ -9,17 +9,17 @@ import zipfile
 from dataclasses import replace
 from pathlib import Path
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
 from components.data_cache import version_rows
+from components.charts import confusion_chart
 from components.gallery import plain, send_to_map, thumbnail_grid
 from components.jobs import current_job, start_job
 from components.sidebar import open_current_version, workspace
 from core.embed import list_embeddings, preferred_embedding
 from core.errors import UserError
-from core.runs import list_runs, load_json, load_samples
+from core.runs import held_out, list_runs, load_json, load_samples, measured_speed
 from core.train.config import (
     AUGMENTATIONS,
     BACKBONES,
@@ -33,10 +33,10 @@ from core.train.pipeline import train
 from core.workspace import DatasetPaths
 
 FAMILY_HELP = {
-    "heads": "Seed 000: k-NN, logistic regression and an MLP on the embeddings, stratified k-fold, the best retrained on everything. Seconds to a minute.",
-    "frozen-backbone": "Seed 004: a pretrained backbone kept frozen with a new head (Dropout, 512, ReLU, Dropout). Fast on cached features; RandAugment or unfreezing go through the images every epoch (slow on a CPU).",
-    "resnet18-scratch": "Seed 001: ResNet-18 from scratch on the images at 128 px. About 100 s per epoch on 6,000 images on 2 cores.",
-    "triplet": "Seed 002: a triplet-loss encoder on the embeddings; its output becomes a new map (classes pulled apart).",
+    "heads": "k-NN, logistic regression and an MLP on the embeddings: stratified k-fold, the best retrained on everything.",
+    "frozen-backbone": "A pretrained backbone kept frozen with a new head (Dropout, 512, ReLU, Dropout). Fast on cached features; RandAugment or unfreezing go through the images every epoch (slow on a CPU).",
+    "resnet18-scratch": "ResNet-18 from scratch on the images at 128 px.",
+    "triplet": "A triplet-loss encoder on the embeddings; its output becomes a new map (classes pulled apart).",
 }
 
 table, name, version = open_current_version()
@@ -48,24 +48,26 @@ job_key = f"train:{name}"
 
 
 def settings_form() -> TrainConfig | None:
-    family = st.selectbox("Model family", FAMILIES, help="What to train. Each family starts from its seed's settings.", format_func=lambda f: f"{f} — {FAMILY_HELP[f].split(':')[0]}")
-    st.caption(FAMILY_HELP[family])
+    family = st.selectbox("Model family", FAMILIES, help="What to train. Each family starts from its recipe's settings.")
+    speed = measured_speed(list_runs(workspace(), name), family)
+    st.caption(FAMILY_HELP[family] + (f" Last run of this family here: {speed}." if speed else " No run of this family here yet, so no time estimate."))
     base = TrainConfig.for_family(family)
     keys = [m["key"] for m in list_embeddings(workspace(), name)]
     default_key = preferred_embedding(workspace(), name) or "none yet"
     with st.form(f"settings-{family}"):
         values: dict = {}
+        if family == "heads":  # a row of its own: in a quarter of the form its chips were cut off
+            values["heads"] = tuple(st.multiselect("Heads", HEADS, default=list(base.heads), help="Candidates; the best mean CV accuracy wins and is retrained on all labelled data."))
         a, b, c, d = st.columns(4)
         if family in ("heads", "triplet"):
             if not keys:
                 st.warning(f"No embeddings yet: make them on the Map page (Embed) or with `python -m core embed {name}`.")
             values["embedding"] = a.selectbox("Embedding", keys or [default_key], index=keys.index(default_key) if default_key in keys else 0, help="The vectors the heads train on.")
         if family == "heads":
-            values["heads"] = tuple(b.multiselect("Heads", HEADS, default=list(base.heads), help="Candidates; the best mean CV accuracy wins and is retrained on all labelled data."))
-            folds = c.number_input("Folds (0 = automatic)", 0, 20, 0, help="Automatic: max(2, min(5, smallest class count)).")
+            folds = b.number_input("Folds (0 = automatic)", 0, 20, 0, help="Automatic: max(2, min(5, smallest class count)).")
             values["folds"] = int(folds) or None
-            values["knn_k"] = d.number_input("k-NN: k", 1, 1000, base.knn_k, help="Neighbours (cosine); at most n_train - 1.")
-            values["logreg_c"] = a.number_input("Logistic regression: C", 1e-4, 1e6, base.logreg_c, format="%.4g", help="Inverse L2 strength; class weights balanced.")
+            values["knn_k"] = c.number_input("k-NN: k", 1, 1000, base.knn_k, help="Neighbours (cosine); at most n_train - 1.")
+            values["logreg_c"] = d.number_input("Logistic regression: C", 1e-4, 1e6, base.logreg_c, format="%.4g", help="Inverse L2 strength; class weights balanced.")
         if family == "frozen-backbone":
             values["backbone"] = a.selectbox("Backbone", BACKBONES, help="EfficientNet-Lite0 ships with the app; torchvision and open_clip need a local weights file.")
             values["backbone_arch"] = b.text_input("Architecture", "", help="torchvision: e.g. resnet50; open_clip: e.g. ViT-B-32. Leave empty for EfficientNet-Lite0.") or None
@@ -131,27 +133,14 @@ def job_panel() -> None:
                 where.line_chart(curves, x="epoch", y=column, color="series", height=220)
     if not job.running and job.result is not None and st.session_state.get("announced") != job.result.run_id:
         st.session_state["announced"] = job.result.run_id
-        st.success(f"Finished: {job.result.describe()}")
+        st.session_state[f"train-show:{name}"] = job.result.run_id  # the user's own run, not a background one
         st.rerun(scope="app")
 
 
 def start(config: TrainConfig) -> None:
     description = f"{config.family} on v{version}"
     start_job(job_key, description, lambda job: train(workspace(), name, config, version=version, progress=job.progress, should_stop=job.should_stop, on_curve=job.add_curve))
-
-
-def confusion_chart(confusion: dict) -> alt.Chart:
-    labels = confusion["labels"]
-    cells = pd.DataFrame([(g, p, n) for g, row in zip(labels, confusion["matrix"]) for p, n in zip(labels, row)], columns=["given", "predicted", "count"])
-    pick = alt.selection_point(name="cell", fields=["given", "predicted"], on="click", clear="dblclick")
-    base = alt.Chart(cells).encode(x=alt.X("predicted:N", sort=labels, title=f"predicted ({confusion['columns'].split('(')[-1].rstrip(')')})"), y=alt.Y("given:N", sort=labels, title="given label"))
-    heat = base.mark_rect().encode(
-        color=alt.Color("count:Q", scale=alt.Scale(scheme="blues", type="symlog"), legend=None),
-        opacity=alt.condition(pick, alt.value(1.0), alt.value(0.55)),
-        tooltip=["given:N", "predicted:N", "count:Q"],
-    ).add_params(pick)
-    text = base.mark_text(fontSize=11).encode(text="count:Q", color=alt.condition(alt.datum.count > max(cells["count"].max() / 3, 1), alt.value("white"), alt.value("#333")))
-    return (heat + text).properties(height=max(32 * len(labels), 160) + 110)  # Streamlit counts the axis labels in the height
+    st.session_state[f"train-started:{name}"] = True
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -186,7 +175,7 @@ def show_run(run) -> None:
         picked = (event.selection.get("cell") or [None])[0] if event and event.selection else None
         if picked:
             samples = load_samples(run)
-            evaluated = samples["role"].isin(["out of fold", "validation"]) if "role" in samples else samples["trained_on"]
+            evaluated = held_out(samples)
             cell = samples[evaluated & (samples["label"] == picked["given"]) & (samples["predicted_label"] == picked["predicted"])]
             cell = cell.merge(rows[["sample_id", "content_hash"]], on="sample_id")
             st.markdown(f"**{len(cell):,} samples labelled {plain(picked['given'])}, predicted {plain(picked['predicted'])}**")
@@ -219,7 +208,10 @@ def predict_section(run) -> None:
         st.download_button("Download the CSV", csv.read_bytes(), file_name=csv.name, mime="text/csv")
 
 
-with st.expander("New training run", expanded=current_job(job_key) is None or not current_job(job_key).running):
+job = current_job(job_key)
+running = job is not None and job.running
+# The settings stay folded once the user has started a run: its progress and results belong in view.
+with st.expander("New training run", expanded=not running and not st.session_state.get(f"train-started:{name}")):
     config = settings_form()
     if config is not None:
         start(config)
@@ -230,11 +222,23 @@ runs = list_runs(workspace(), name, version)
 if not runs:
     st.info(f"No training runs on version {version} yet.")
     st.stop()
-history = pd.DataFrame([{"run": r.run_id, "kind": r.summary.get("kind"), "best": r.summary.get("best_model"), "accuracy": r.summary.get("cv_accuracy"), "labelled": r.summary.get("n_labelled"), "seconds": r.summary.get("seconds")} for r in runs])
+history = pd.DataFrame([{
+    "run": r.run_id, "started by": "automatic, after a commit" if r.automatic else "you", "kind": r.summary.get("kind"), "best": r.summary.get("best_model"),
+    "accuracy": r.summary.get("cv_accuracy"), "labelled": r.summary.get("n_labelled"), "seconds": r.summary.get("seconds"),
+} for r in runs])
 st.markdown(f"**Runs on version {version}**")
-st.dataframe(history, hide_index=True, width="stretch", height=min(36 * (len(history) + 1), 250))
-chosen = st.selectbox("Show run", [r.run_id for r in runs], help="Newest first.")
-run = next(r for r in runs if r.run_id == chosen)
+st.dataframe(history, hide_index=True, width="stretch", height=min(36 * (len(history) + 1), 250), column_config={"accuracy": st.column_config.NumberColumn("accuracy (own labels, held out)", format="%.4f")})
+run_ids = [r.run_id for r in runs]
+by_id = {r.run_id: r for r in runs}
+if running:
+    st.caption(f"Your run ({job.description}) is still training; the runs below are finished ones.")
+# Show the user's own run when there is one; a background run never takes its place.
+wanted = st.session_state.get(f"train-show:{name}")
+own = next((r.run_id for r in runs if not r.automatic), None)
+default = wanted if wanted in run_ids else own or run_ids[0]
+chosen = st.selectbox("Show run", run_ids, index=run_ids.index(default), format_func=lambda i: i + (" · automatic, after a commit" if by_id[i].automatic else ""), help="Newest first.")
+st.session_state[f"train-show:{name}"] = chosen
+run = by_id[chosen]
 show_run(run)
 if (run.path / "model" / "model_config.json").exists() and json.loads((run.path / "model" / "model_config.json").read_text()).get("model_type") != "triplet-encoder":
     with st.expander("Predict a folder of new images"):

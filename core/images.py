@@ -57,7 +57,16 @@ def decode(data: bytes, draft_size: int | None = None) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise ImageProblem(f"too large: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageProblem(f"truncated or corrupt: {str(exc)[:120]}") from None
+        raise ImageProblem(decode_failure(exc, len(data))) from None
+
+
+def decode_failure(exc: BaseException, size: int) -> str:
+    """Why a file did not decode, in the user's words rather than the decoder's."""
+    text = str(exc)
+    if "truncated" in text or isinstance(exc, EOFError):
+        # Pillow says "image file is truncated (6 bytes not processed)": what matters is that the data stops early.
+        return f"truncated or corrupt: the file ({size:,} bytes) ends before the image does (an interrupted copy or download?); copy it again"
+    return f"truncated or corrupt: the image data cannot be decoded ({text[:100]})"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

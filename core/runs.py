@@ -169,3 +169,19 @@ def held_out(samples: pd.DataFrame) -> np.ndarray:
 
 def load_json(run: RunInfo, filename: str):
     return json.loads((run.path / filename).read_text(encoding="utf-8"))
+
+
+def measured_speed(runs: list[RunInfo], family: str) -> str | None:
+    """How long the newest finished run of ``family`` took on this machine, in words; None if there is none.
+
+    Pages quote this instead of a promised figure: it is what this machine
+    measured, on this data, the last time.
+    """
+    run = next((r for r in runs if r.summary.get("kind") == family), None)
+    if run is None:
+        return None
+    s = run.summary
+    when = f"v{s.get('version')}, {s.get('n_labelled', 0):,} labelled samples"
+    if s.get("seconds_per_epoch"):
+        return f"{s['seconds_per_epoch']:.1f} s per epoch, {s['seconds']:.0f} s in all ({when})"
+    return f"{s['seconds']:.0f} s ({when})"
