@@ -112,7 +112,6 @@ def settings_form() -> TrainConfig | None:
     return None
 
 
-@st.fragment(run_every=1.0)
 def job_panel() -> None:
     job = current_job(job_key)
     if job is None:
@@ -216,7 +215,12 @@ with st.expander("New training run", expanded=not running and not st.session_sta
     if config is not None:
         start(config)
         st.rerun()
-job_panel()
+if running:
+    # Polls once a second only while the job runs: a timer left ticking after it (or after the user went
+    # to another page) asks Streamlit to rerun a fragment that no longer exists.
+    st.fragment(job_panel, run_every=1.0)()
+else:
+    job_panel()
 
 runs = list_runs(workspace(), name, version)
 if not runs:

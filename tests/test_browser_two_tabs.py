@@ -18,6 +18,7 @@ import pytest
 
 from core.embed import EmbedderConfig, embed_dataset
 from core.ingest import import_dataset
+from core.mapping import default_message
 from core.project import ProjectionConfig, project_dataset
 from core.runs import list_runs
 from core.tables import ChangeSet
@@ -57,7 +58,7 @@ def label_of(workspace: Path, sample_id: int, version: int | None = None) -> str
     return rows.loc[rows["sample_id"] == sample_id, "label"].item()
 
 
-def wait_for_runs(workspace: Path, version: int, timeout: float = 180) -> None:
+def wait_for_runs(workspace: Path, version: int, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while not list_runs(workspace, "fashion", version):
         assert time.time() < deadline, f"the background quick heads never finished on v{version}"
@@ -162,12 +163,12 @@ def test_every_edit_applies_only_to_what_its_tab_showed(flipped: Path, tmp_path:
             picked = int(one.locator(".map-root").get_attribute("data-selected"))
             one.get_by_text(f"{picked:,} selected", exact=True).wait_for(timeout=30_000)
             one.get_by_text("exclude", exact=True).click()
-            expect(one.get_by_role("textbox", name="Commit message")).to_have_value(f"lasso: exclude {picked:,} samples", timeout=30_000)
+            expect(one.get_by_role("textbox", name="Commit message")).to_have_value(default_message(picked, "exclude"), timeout=30_000)
             one.get_by_role("button", name="Commit as a new version").click()
             wait_for_version(workspace, "fashion", 6)
 
             two.get_by_text("exclude", exact=True).click()
-            expect(two.get_by_role("textbox", name="Commit message")).to_have_value(f"lasso: exclude {sent:,} samples", timeout=30_000)
+            expect(two.get_by_role("textbox", name="Commit message")).to_have_value(default_message(sent, "exclude"), timeout=30_000)
             two.get_by_role("button", name="Commit as a new version").click()
             two.get_by_text(CONFLICT).wait_for(timeout=30_000)
             expect(root).to_have_attribute("data-selected", str(sent))  # the selection is kept
