@@ -26,7 +26,6 @@ import functools
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import pickle
 import re
@@ -35,7 +34,6 @@ import uuid
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.errors import Cancelled, UserError
-from core.images import ImageProblem, load_square
+from core.images import ImageProblem, load_square, worker_pool
 from core.workspace import DatasetPaths, open_table
 
 # A model trained here becomes one more kind: a branch of _torch_feature_model
@@ -557,8 +555,7 @@ def embed_paths(
             consume(number * batch_size, *_load_batch(batch))
         return vectors, sorted(failures)
 
-    context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=decode_workers, mp_context=context) as pool:
+    with worker_pool(decode_workers) as pool:
         pending: deque = deque()
         upcoming = iter(enumerate(batches))
         ahead = 3 * decode_workers  # bounded: decoded images wait in memory, not on disk

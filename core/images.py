@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import multiprocessing
+import sys
+import time
 import warnings
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -16,6 +22,34 @@ MAX_PIXELS = 178_956_970
 
 class ImageProblem(Exception):
     """A file that cannot be used as an image; the message is the reason shown to users."""
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """``workers`` processes for decoding, started by a fork server (safe from a multi-threaded
+    process such as the Streamlit server, where plain fork can copy a held lock).
+
+    Python starts each such worker by running the parent's ``__main__`` script again. Under
+    ``streamlit run`` that script is the whole app: every worker ran it in "bare mode", spending
+    seconds on imports and filling the server log with "missing ScriptRunContext" warnings. The
+    workers need only ``core`` modules, so the script's path is hidden while they start (all of
+    them, at once) and put back right after.
+    """
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"))
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None) if getattr(main, "__spec__", None) is None else None
+    with pool:
+        try:
+            if script is not None:
+                del main.__file__
+            # A worker starts when a task finds none idle: tasks that are still sleeping when the next one
+            # arrives start all of them now, while the script is hidden (and the fork server, once per process).
+            for started in [pool.submit(time.sleep, 0.2) for _ in range(workers)]:
+                started.result()
+        finally:
+            if script is not None:
+                main.__file__ = script
+        yield pool
 
 
 def content_hash(data: bytes) -> str:

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import io
 import json
-import multiprocessing
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,7 +31,7 @@ import pandas as pd
 from PIL import Image
 
 from core.errors import StorageError, UserError
-from core.images import ImageProblem, content_hash, decode, read_bytes, to_rgb
+from core.images import ImageProblem, content_hash, decode, read_bytes, to_rgb, worker_pool
 from core.tables import SPLITS, UNDEFINED, ChangeSet, LabelTable, check_class_name
 from core.workspace import DatasetPaths, check_dataset_name, remove_abandoned_staging, staging_folder
 
@@ -373,9 +371,7 @@ def check_images(paths: list[str], thumbs_dir: str | os.PathLike | None, progres
             if progress and (i % 64 == 0 or i == total):
                 progress(i, total)
         return results
-    # forkserver: safe to start from a multi-threaded process such as the Streamlit server.
-    context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with worker_pool(workers) as pool:
         for i, result in enumerate(pool.map(_check_one, tasks, chunksize=64), 1):
             results.append(result)
             if progress and (i % 256 == 0 or i == total):

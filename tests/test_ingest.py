@@ -321,3 +321,28 @@ def test_a_pool_of_processes_gives_the_same_rows_as_one_process(tmp_path: Path, 
 def test_thumbnail_paths_cannot_escape_the_cache(tmp_path: Path):
     with pytest.raises(UserError):
         thumbnail_path(tmp_path, "../../etc/passwd")
+
+
+def _marker_exists(path: str) -> bool:
+    import os
+
+    return os.path.exists(path)
+
+
+def test_decoding_workers_never_run_the_parents_main_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Under `streamlit run` the parent's __main__ is the app script; workers used to run all of it."""
+    import sys
+    import types
+
+    from core.images import worker_pool
+
+    marker = tmp_path / "the script ran"
+    script = tmp_path / "app_like.py"
+    script.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    fake_main = types.ModuleType("__main__")
+    fake_main.__file__, fake_main.__spec__ = str(script), None  # what Streamlit's script runner sets up
+    monkeypatch.setitem(sys.modules, "__main__", fake_main)
+    with worker_pool(2) as pool:
+        assert list(pool.map(_marker_exists, [str(marker)] * 4)) == [False] * 4
+    assert not marker.exists()
+    assert fake_main.__file__ == str(script)  # put back
