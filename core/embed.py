@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 
 from core.errors import Cancelled, UserError
 from core.images import ImageProblem, load_square, worker_pool
+from core.measured import record as record_rate
 from core.workspace import DatasetPaths, open_table
 
 # A model trained here becomes one more kind: a branch of _torch_feature_model
@@ -755,6 +756,7 @@ def embed_dataset(
         raise Cancelled(f"{stop} Everything embedded so far is kept in the cache; run again to resume.") from None
     flush()
     cache.compact()
+    record_rate(workspace, f"embed {config.kind}", len(todo), time.perf_counter() - started)
     failed = todo.iloc[[i for i, _ in failures]]
     failure_frame = pd.DataFrame({"sample_id": failed["sample_id"].to_numpy(), "path": failed["path"].to_numpy(), "reason": [r for _, r in failures]})
     return EmbedReport(

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from core.embed import load_embeddings
 from core.errors import UserError
+from core.measured import record as record_rate
 from core.tables import UNDEFINED
 from core.workspace import DatasetPaths
 
@@ -265,6 +266,7 @@ def project_dataset(
     quality = projection_quality(vectors, coords, labels, seed=config.seed)
     quality["version"] = version
     seconds = round(time.perf_counter() - started, 3)
+    record_rate(workspace, f"project {config.method} {config.dims}d", len(distinct_hashes), seconds)
     columns = {"content_hash": distinct_hashes, "x": coords[:, 0], "y": coords[:, 1]}
     if config.dims == 3:
         columns["z"] = coords[:, 2]

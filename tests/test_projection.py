@@ -126,3 +126,14 @@ def test_a_damaged_projection_cache_is_recomputed(fashion: str, workspace: Path)
     for cached in (workspace / "fashion" / "projections").rglob("*.parquet"):
         cached.write_bytes(b"garbage")
     assert project_dataset(workspace, "fashion", fashion).computed_now
+
+
+def test_rates_are_recorded_only_from_jobs_large_enough_to_time(tmp_path: Path):
+    from core.measured import last_rate, record
+
+    assert last_rate(tmp_path, "embed efficientnet-lite0") is None  # nothing measured: no estimate
+    record(tmp_path, "embed efficientnet-lite0", 50, 0.5)
+    assert last_rate(tmp_path, "embed efficientnet-lite0") is None  # too small to say anything
+    record(tmp_path, "embed efficientnet-lite0", 6000, 40.0)
+    rate = last_rate(tmp_path, "embed efficientnet-lite0")
+    assert rate.per_second == 150 and rate.estimate(3000) == "about 20 s for 3,000 images (the last job here ran at 150 per second)"
