@@ -104,7 +104,8 @@ for column, version in zip(columns, (a, b)):
         if not runs:
             st.caption("No runs on this version.")
             continue
-        st.dataframe(pd.DataFrame([{"run": r.run_id, "started by": "automatic" if r.automatic else "you", "kind": r.summary.get("kind"), "best": r.summary.get("best_model"), "accuracy": r.summary.get("cv_accuracy")} for r in runs]), hide_index=True, width="stretch")
+        st.dataframe(pd.DataFrame([{"run": r.run_id, "started by": "automatic" if r.automatic else "you", "kind": r.summary.get("kind"), "best": r.summary.get("best_model"), "accuracy": r.summary.get("cv_accuracy")} for r in runs]), hide_index=True, width="stretch",
+                     column_config={"run": st.column_config.TextColumn(width="medium"), "accuracy": st.column_config.NumberColumn("accuracy*", format="%.4f", help="Held out, against this version's own labels: not comparable across versions (see 'Did the fixes help?' below).")})
         best = next((r for r in runs if (r.path / "confusion.json").exists()), None)
         if best:
             confusion = load_json(best, "confusion.json")
@@ -143,7 +144,7 @@ def did_it_help() -> None:
         st.caption("No version has its quick heads yet.")
     else:
         points = main.assign(label=lambda f: f["reference"])
-        x = alt.X("version:O", scale=alt.Scale(domain=fair.versions), title="version")
+        x = alt.X("version:O", scale=alt.Scale(domain=fair.versions), title="version", axis=alt.Axis(labelAngle=0, labelExpr="'v' + datum.label"))
         y = alt.Y("accuracy:Q", scale=alt.Scale(zero=False), title="held-out accuracy")
         colour = alt.Color("label:N", title="scored against")
         tooltip = ["version", "reference", alt.Tooltip("accuracy:Q", format=".4f"), alt.Tooltip("low:Q", format=".4f"), alt.Tooltip("high:Q", format=".4f"), "n", "run"]
@@ -158,10 +159,14 @@ def did_it_help() -> None:
         )
         if fair.first_to_last:
             d = fair.first_to_last
-            st.markdown(f"v{d['from']} → v{d['to']}: **{100 * d['difference']:+.2f} points** against {fair.reference} (95% bootstrap interval {100 * d['low']:+.2f} to {100 * d['high']:+.2f}) on the same {d['n']:,} samples.")
-        shown = main.pivot_table(index="version", columns="reference", values=["accuracy", "n"], aggfunc="first")
-        shown.columns = [f"{what} vs {reference}" for what, reference in shown.columns]
-        st.dataframe(shown.round(4), width="stretch")
+            verdict = "the fixes helped" if d["low"] > 0 else "the fixes made it worse" if d["high"] < 0 else "no change this test can tell apart from chance yet"
+            st.markdown(f"v{d['from']} → v{d['to']}: **{100 * d['difference']:+.2f} points** against {fair.reference} (95% bootstrap interval {100 * d['low']:+.2f} to {100 * d['high']:+.2f}) on the same {d['n']:,} samples: {verdict}.")
+        shown = pd.DataFrame({"version": [f"v{v}" for v in fair.versions]})
+        for reference, points in main.groupby("reference", sort=False):
+            by_version = points.set_index("version")
+            shown[f"vs {reference}"] = [f"{by_version.at[v, 'accuracy']:.4f} ({by_version.at[v, 'low']:.4f}–{by_version.at[v, 'high']:.4f})" if v in by_version.index else "no point yet" for v in fair.versions]
+            shown[f"n ({reference})"] = [f"{int(by_version.at[v, 'n']):,}" if v in by_version.index else "" for v in fair.versions]
+        st.dataframe(shown, hide_index=True, width="stretch")
     if fair.missing:
         from components.jobs import current_job
 

@@ -177,11 +177,12 @@ def measured_speed(runs: list[RunInfo], family: str) -> str | None:
     Pages quote this instead of a promised figure: it is what this machine
     measured, on this data, the last time.
     """
-    run = next((r for r in runs if r.summary.get("kind") == family), None)
+    # Runs someone started: the automatic quick heads are a lighter recipe of the same family.
+    run = next((r for r in runs if r.summary.get("kind") == family and not r.automatic), None)
     if run is None:
         return None
     s = run.summary
-    when = f"v{s.get('version')}, {s.get('n_labelled', 0):,} labelled samples"
+    when = f"{run.recipe()[1]}, v{s.get('version')}, {s.get('n_labelled', 0):,} labelled samples"
     if s.get("seconds_per_epoch"):
         return f"{s['seconds_per_epoch']:.1f} s per epoch, {s['seconds']:.0f} s in all ({when})"
     return f"{s['seconds']:.0f} s ({when})"
