@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
@@ -14,7 +15,7 @@ from components.data_cache import (
     servable_thumbnails,
     version_rows,
 )
-from components.gallery import plain, thumbnail_grid
+from components.gallery import labelled_thumbnails, plain
 from components.scatter3d import publish_map, scatter3d
 from components.sidebar import open_current_version, refresh_scores, show_head_moved, show_version, stale_edit_message, workspace
 from core.embed import EmbedderConfig, embed_dataset, list_embeddings, preferred_embedding
@@ -22,16 +23,25 @@ from core.errors import ConflictError, UserError
 from core.mapping import (
     COLOUR_BY,
     categorical_colours,
+    confidence_warning,
+    confidently_right,
     continuous_colours,
     default_message,
+    edit_targets,
     label_mix,
     resolve_label,
     selection_changes,
 )
+from core.measured import last_rate
 from core.project import ProjectionConfig, project_dataset
 from core.runs import find_run, load_samples
 from core.tables import UNDEFINED
 from core.workspace import DatasetPaths
+
+# Sized so that on a 1440x900 window the header, the whole map and the first rows of the selection's
+# thumbnails (in the column beside the map) are in view together: judging a lasso means seeing both.
+MAP_HEIGHT = 560
+THUMBNAILS = 30  # of a selection, a few per label (core.mapping.thumbnail_sample)
 
 table, name, version = open_current_version()
 rows = version_rows(table, version)
@@ -41,7 +51,8 @@ st.title("Map")
 embeddings = list_embeddings(workspace(), name)
 default_key = preferred_embedding(workspace(), name)
 if not embeddings:
-    st.info("These images have no embeddings yet. Embedding runs EfficientNet-Lite0 (ImageNet-pretrained) over every image: about 200 images per second here.")
+    rate = last_rate(workspace(), f"embed {EmbedderConfig().kind}")
+    st.info("These images have no embeddings yet. Embedding runs EfficientNet-Lite0 (ImageNet-pretrained) over every image" + (f": {rate.estimate(len(rows))}." if rate else "."))
     if st.button("Embed the images", type="primary"):
         bar = st.progress(0.0, text="embedding...")
         report = embed_dataset(workspace(), name, EmbedderConfig(), version=version, progress=lambda done, total: bar.progress(done / max(total, 1), text=f"embedding {done:,} of {total:,}"))
@@ -52,7 +63,7 @@ if not embeddings:
 
 keys = [m["key"] for m in embeddings]
 descriptions = {m["key"]: m.get("description", m["key"]) for m in embeddings}
-left, middle, right = st.columns([3, 1, 2])
+left, middle, right, far = st.columns([3, 1, 2, 3])
 chosen_key = left.selectbox(
     "Embedding", keys, index=keys.index(default_key) if default_key in keys else 0, format_func=lambda k: f"{descriptions[k]} ({k})",
     help="What the map is made of: the pretrained backbone, a model trained here (trained-...), or a triplet encoder (triplet-...).",
@@ -60,7 +71,8 @@ chosen_key = left.selectbox(
 dims = middle.radio("View", (3, 2), format_func=lambda d: f"{d}D", horizontal=True, help="PaCMAP to 3D (rotate it) or 2D.")
 projection = cached_projection(workspace(), table, name, chosen_key, dims, version)
 if projection is None:
-    st.info(f"No {dims}D map of this embedding for these images yet. PaCMAP takes about 2 s per 10,000 images here.")
+    rate = last_rate(workspace(), f"project {ProjectionConfig().method} {dims}d")
+    st.info(f"No {dims}D map of this embedding for these images yet" + (f". PaCMAP: {rate.estimate(len(rows))}." if rate else "."))
     if st.button(f"Project to {dims}D with PaCMAP", type="primary"):
         bar = st.progress(0.0, text="projecting...")
         started = time.perf_counter()
@@ -91,14 +103,15 @@ elif colour_by == "label-issue score":
 else:
     colouring = continuous_colours(scores["confidence"].to_numpy())
 # The same elements above the map on every run: a changed count would make Streamlit remount the
-# map (re-fetching and rebuilding 100k points) instead of updating its colours.
+# map (re-fetching and rebuilding 100k points) instead of updating its colours. Whatever varies
+# (where the scores come from, the selection) goes under the map or beside it.
 if run is not None:
-    st.caption(f"Scores from run {run.run_id} ({run.summary.get('best_model')}).")
+    scores_note = f"Scores from run {run.run_id} ({run.summary.get('best_model')})."
 else:
-    st.caption(f"No scores for v{version} yet{': coloured by given label' if needs_scores else ''}. They follow each commit once the images are embedded, or train on the Train page.")
+    scores_note = f"No scores for v{version} yet{': coloured by given label' if needs_scores else ''}. They follow each commit once the images are embedded, or train on the Train page."
 
 legend_names = [entry["name"] for entry in colouring.palette]
-hidden_names = st.multiselect("Hide", legend_names if colouring.categorical else [], key=f"hide-{colour_by}", disabled=not colouring.categorical, help="Hidden points are not drawn and cannot be lassoed (for colourings by a label).")
+hidden_names = far.multiselect("Hide", legend_names if colouring.categorical else [], key=f"hide-{colour_by}", disabled=not colouring.categorical, help="Hidden points are not drawn and cannot be lassoed (for colourings by a label).")
 hidden = [legend_names.index(n) for n in hidden_names]
 label_names = list(dict.fromkeys([*classes, UNDEFINED, *frame["label"].unique()]))
 label_code_of = {label: i for i, label in enumerate(label_names)}
@@ -111,17 +124,20 @@ servable_thumbnails(table, paths.thumbs, version)
 
 @st.fragment
 def map_and_selection() -> None:
-    """The map with its selection panel reruns on its own: a lasso never reruns the whole page."""
+    """The map with its selection panel beside it reruns on its own: a lasso never reruns the whole page."""
     selection_key = f"selection:{name}"
     wanted = st.session_state.get(selection_key)  # sample ids the user had selected (survives reloads)
     pushed = None
     if wanted is not None and st.session_state.get(f"{selection_key}:push"):
         position = pd.Index(published.sample_ids).get_indexer(np.asarray(wanted["sample_ids"]))
         pushed = {"token": st.session_state[f"{selection_key}:push"], "indices": [int(i) for i in position[position >= 0]]}
-    state = scatter3d(
-        published, dims=dims, colour_codes=colouring.codes, palette=colouring.palette, label_codes=label_codes, label_names=label_names,
-        hidden=hidden, selection=pushed, key=f"map-{name}",
-    )
+    map_column, panel = st.columns([9, 8], gap="medium")  # side by side: the lasso and what it caught in view together
+    with map_column:
+        state = scatter3d(
+            published, dims=dims, colour_codes=colouring.codes, palette=colouring.palette, label_codes=label_codes, label_names=label_names,
+            hidden=hidden, selection=pushed, key=f"map-{name}", height=MAP_HEIGHT,
+        )
+        st.caption(scores_note)
     if state and state.get("token") != st.session_state.get(f"{selection_key}:js"):
         # A new lasso in the browser (the component keeps its last state across reruns: act on it once).
         st.session_state[f"{selection_key}:js"] = state.get("token")
@@ -130,52 +146,83 @@ def map_and_selection() -> None:
         st.session_state[selection_key] = wanted
         st.session_state.pop(f"{selection_key}:push", None)
     selected_ids = np.asarray((wanted or {}).get("sample_ids", []), dtype=np.int64)
-    legend = pd.DataFrame(colouring.palette)[["name", "count"]]
-    legend_column, panel = st.columns([1, 3])
-    legend_column.dataframe(legend, hide_index=True, width="stretch", height=min(36 * (len(legend) + 1), 420))
     with panel:
-        show_selection(selected_ids)
+        show_selection(selected_ids, (wanted or {}).get("token"))
 
 
-def show_selection(selected_ids: np.ndarray) -> None:
-    st.markdown(f"**{len(selected_ids):,} selected**", help="Lasso: press L or the Lasso button, then draw. Shift adds to the selection, Alt or Ctrl subtracts.")
+def left_out_of_edit(token: str | None) -> dict:
+    """What the user left out of the edit of this selection: labels, and samples by id. A new selection starts empty."""
+    kept = st.session_state.get(f"map-left-out:{name}")
+    if kept is None or kept["token"] != token:
+        kept = st.session_state[f"map-left-out:{name}"] = {"token": token, "labels": set(), "ids": set()}
+    return kept
+
+
+def show_selection(selected_ids: np.ndarray, token: str | None) -> None:
+    st.markdown(f"**{len(selected_ids):,} selected**", help="Lasso: press L or the Lasso button, then draw; Escape leaves lasso mode. Shift adds to the selection, Alt or Ctrl subtracts.")
     st.session_state["map-selected-count"] = len(selected_ids)
     if not len(selected_ids):
-        st.caption("Draw a lasso around a cluster to see its thumbnails and relabel it.")
+        st.caption("Press L (or the Lasso button), then draw around a cluster to see its thumbnails and relabel it.")
         return
     chosen = frame.loc[selected_ids]
-    mix = label_mix(chosen["label"].to_numpy())
-    st.dataframe(mix, hide_index=True, width="stretch", height=min(36 * (len(mix) + 1), 250))
-    thumbnail_grid(paths.thumbs, chosen)
+    labels = chosen["label"].to_numpy()
+    mix = label_mix(labels)
+    left_out = left_out_of_edit(token)
+    options = mix["label"].tolist()
+    count_of = dict(zip(mix["label"], mix["count"]))
+    # Keyed by the labels present: after a commit the mix changes and the pills start again from what
+    # the user left out, which is kept per selection (a label left out stays out).
+    options_digest = hashlib.blake2b("\0".join(options).encode(), digest_size=6).hexdigest()
+    included = st.pills(
+        "Labels in the edit (click one to leave it out)", options, selection_mode="multi", default=[o for o in options if o not in left_out["labels"]],
+        format_func=lambda option: plain(f"{option} · {count_of[option]:,}"), key=f"map-include:{token}:{options_digest}",
+        help="The label mix of the selection, most common first. The edit applies only to samples whose label is highlighted.", wrap=True,
+    )
+    left_out["labels"] = (left_out["labels"] - set(options)) | (set(options) - set(included))
+    labelled_thumbnails(paths.thumbs, chosen, limit=THUMBNAILS, width=70, key="map-thumbnails")
 
     action = st.radio("Action", ("relabel", "exclude", "include"), horizontal=True, key="map-action", help="Exclude keeps the samples in the table with weight 0: never trained on, easy to include again.")
     label, new_class = None, False
     if action == "relabel":
         choice_column, new_column = st.columns(2)
-        options = [*classes, UNDEFINED]
-        majority = next((label for label in mix["label"] if label in classes), options[0])  # the usual fix: the cluster's own majority
-        picked = choice_column.selectbox("Label", options, index=options.index(majority), key=f"map-label-{majority}", help="An existing class, exactly as listed.")
+        label_options = [*classes, UNDEFINED]
+        majority = next((label for label in mix["label"] if label in classes), label_options[0])  # the usual fix: the cluster's own majority
+        picked = choice_column.selectbox("Label", label_options, index=label_options.index(majority), key=f"map-label-{majority}", help="An existing class, exactly as listed.")
         typed = new_column.text_input("or a new class", key="map-new-label", help="Creates this class with the commit.")
         label, new_class = (typed.strip(), True) if typed.strip() else (picked, False)
-    prefilled = default_message(len(chosen), action, label)
-    if st.session_state.get("map-message-default") != prefilled:  # a new selection or action: a new suggestion
+    targets = edit_targets(selected_ids, labels, chosen["weight"].to_numpy(), action=action, label=label, include=included, leave_out=sorted(left_out["ids"]))
+    if action == "relabel":
+        warn_confidently_right(chosen, targets, label, left_out)
+    describe_edit(chosen, targets, action, label, set(included), left_out["ids"])
+    if left_out["ids"] and st.button("Put the samples the model is sure of back in the edit", key="map-put-back"):
+        left_out["ids"] = set()
+        st.rerun(scope="fragment")
+
+    # The same edit of the same selection is committed once: after a commit the button stays off (and
+    # says so) until the selection, the action, the label or what is left out changes.
+    signature = [token, action, label, sorted(left_out["labels"]), sorted(left_out["ids"])]
+    committed = st.session_state.get(f"map-committed:{name}")
+    done = committed is not None and committed["signature"] == signature and committed["version"] == version
+    prefilled = default_message(len(targets), action, label)
+    if not done and st.session_state.get("map-message-default") != prefilled:  # a new selection or action: a new suggestion
         st.session_state["map-message-default"] = st.session_state["map-message"] = prefilled
-    message = st.text_input("Commit message", key="map-message")
+    message = st.text_input("Commit message", key="map-message")  # after a commit: the message it was committed with
     conflict = st.session_state.get(f"map-conflict:{name}")
     if conflict:
-        st.error(f"This data set changed since you loaded it (it is now at v{conflict}; you were editing v{version}). Nothing was written. Reload to see the new version: your selection of {len(selected_ids):,} samples is kept.")
-        if st.button("Reload", key="map-reload"):
+        st.error(stale_edit_message(table, version))
+        if st.button(f"Reload v{table.head_version()}", key="map-reload"):
             del st.session_state[f"map-conflict:{name}"]
             st.session_state[f"selection:{name}:push"] = f"reload-{time.time()}"
-            st.session_state["version"] = conflict
-            st.session_state["version_follows_head"] = True
+            show_version(table.head_version())
             st.rerun(scope="app")
         return
-    if st.button("Commit as a new version", type="primary", key="map-commit"):
+    if done:
+        st.success(f"Committed as v{version}: {plain(committed['message'])}", icon=":material/check:")
+    if st.button("Commit as a new version", type="primary", key="map-commit", disabled=done or not len(targets)):
         try:
             if action == "relabel":
                 label, new_class = resolve_label(label, classes, create=new_class)
-            changes = selection_changes(selected_ids, action, label, new_class=new_class)
+            changes = selection_changes(targets, action, label, new_class=new_class)
             new_version = table.commit(changes, parent=version, message=message)
         except ConflictError:
             st.session_state[f"map-conflict:{name}"] = table.head_version()
@@ -183,10 +230,46 @@ def show_selection(selected_ids: np.ndarray) -> None:
         except UserError as error:
             st.error(str(error))
             return
+        st.session_state[f"map-committed:{name}"] = {"signature": signature, "version": new_version, "message": message}
         show_head_moved(new_version)
         st.session_state[f"selection:{name}:push"] = f"commit-{new_version}"
         st.toast(f"Committed v{new_version}: {plain(message)}")
         st.rerun(scope="app")
+
+
+def warn_confidently_right(chosen: pd.DataFrame, targets: np.ndarray, label: str, left_out: dict) -> None:
+    """Before a relabel: which of the samples it changes the latest model confidently thinks are already right; one click leaves them out."""
+    if scores is not None and len(targets) and {"predicted_label", "confidence"} <= set(scores.columns):
+        predicted, confidence = scores.loc[targets, "predicted_label"], scores.loc[targets, "confidence"]
+        sure = targets[confidently_right(chosen.loc[targets, "label"].to_numpy(), predicted.to_numpy(), confidence.to_numpy(), label)]
+        if len(sure):
+            st.warning(plain(confidence_warning(predicted.loc[sure].to_numpy())), icon=":material/warning:")
+            captions = chosen.loc[sure, "label"].astype(str) + " " + confidence.loc[sure].map("{:.2f}".format)
+            labelled_thumbnails(paths.thumbs, chosen.loc[sure], limit=12, width=70, captions=captions, key="map-confident-thumbnails")
+            if st.button(f"Leave these {len(sure):,} out of the edit", key="map-leave-out-confident"):
+                left_out["ids"] |= {int(i) for i in sure}
+                st.rerun(scope="fragment")
+
+
+def describe_edit(chosen: pd.DataFrame, targets: np.ndarray, action: str, label: str | None, included: set, left_out_ids: set) -> None:
+    """One line: how many of the selection the edit changes, and why the others are not (the reasons add up)."""
+    reasons = []
+    out = chosen.loc[~chosen["label"].isin(included), "label"].value_counts()
+    if len(out):
+        reasons.append("leaves out " + ", ".join(f"{plain(name)} ({count:,})" for name, count in out.items()))
+    kept_in = chosen["label"].isin(included).to_numpy()
+    if action == "relabel":
+        already = kept_in & (chosen["label"] == label).to_numpy()
+        what = f"already {plain(label)}"
+    else:
+        already = kept_in & ((chosen["weight"] <= 0) == (action == "exclude")).to_numpy()
+        what = f"already {action}d"
+    if already.any():
+        reasons.append(f"{int(already.sum()):,} {what}")
+    sure = int((kept_in & ~already & chosen.index.isin(list(left_out_ids))).sum())
+    if sure:
+        reasons.append(f"{sure:,} the model is sure of left out")
+    st.caption(f"The edit changes **{len(targets):,}** of {len(chosen):,}" + (f": {'; '.join(reasons)}." if reasons else "."))
 
 
 map_and_selection()

@@ -22,6 +22,33 @@ def thumbnail_grid(thumbs_dir: Path, samples: pd.DataFrame, limit: int = 40, cap
         st.caption(f"showing {limit} of {len(samples):,}")
 
 
+def labelled_thumbnails(
+    thumbs_dir: Path, samples: pd.DataFrame, *, limit: int = 40, seed: int = 0, width: int = 56, captions: pd.Series | None = None, key: str | None = None
+) -> None:
+    """Thumbnails of ``samples`` (needs content_hash and label) that show every label among them.
+
+    ``core.mapping.thumbnail_sample`` picks which: a few per label, undefined
+    and the rarest labels first, so a lasso that is mostly one class still
+    shows the few samples that are not. Each is captioned with its label, or
+    with ``captions`` (a Series on the same index) when given.
+    """
+    from core.mapping import thumbnail_sample  # core is the logic; this only draws
+
+    shown = samples.iloc[thumbnail_sample(samples["label"].to_numpy(), limit=limit, seed=seed)]
+    texts = (captions.loc[shown.index] if captions is not None else shown["label"]).astype(str)
+    pictures = []
+    for content_hash, caption in zip(shown["content_hash"], texts):
+        path = Path(thumbs_dir) / content_hash[:2] / f"{content_hash}.jpg"
+        if path.exists():
+            pictures.append((str(path), caption[:16]))
+    with st.container(key=key):
+        if pictures:
+            st.image([p for p, _ in pictures], width=width, caption=[c for _, c in pictures])  # captions are text, never HTML
+        if len(samples) > len(shown):
+            labels = samples["label"].nunique()
+            st.caption(f"showing {len(shown)} of {len(samples):,}: " + ("every label, the rarest and undefined first" if labels <= len(shown) else f"{len(shown)} of its {labels:,} labels, the rarest first"))
+
+
 def send_to_map(name: str, sample_ids, origin: str) -> None:
     """Make these samples the Map page's selection and open it."""
     import time

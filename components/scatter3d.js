@@ -57,28 +57,68 @@ function create(parentElement) {
   clearButton.textContent = "Clear selection";
   const resetButton = element("button", "map-button", toolbar);
   resetButton.textContent = "Reset view";
-  const status = element("span", "map-status", toolbar);
+  const legendButton = element("button", "map-button active", toolbar);
+  legendButton.textContent = "Legend";
   const stage = element("div", "map-stage", root);
   const overlay = element("canvas", "map-overlay", stage);
+  const legend = element("div", "map-legend", stage);
+  const status = element("span", "map-status", stage);  // on the map, not in the toolbar: one toolbar row in a narrow column
   const tooltip = element("div", "map-tooltip", stage);
   const tipImage = element("img", "", tooltip);
   const tipText = element("div", "", tooltip);
   tooltip.style.display = "none";
   const view = {
-    root, toolbar, modeButton, clearButton, resetButton, status, stage, overlay, tooltip, tipImage, tipText,
+    root, toolbar, modeButton, clearButton, resetButton, legendButton, status, stage, overlay, legend, tooltip, tipImage, tipText,
     mode: "rotate", selected: new Set(), selectionToken: null, lastPushed: null, mapUrl: null, data: null,
     setStateValue: null, three: null, points: null, ids: null, thumbs: null, codes: null, palette: [], hidden: new Set(),
   };
   modeButton.onclick = () => setMode(view, view.mode === "rotate" ? "lasso" : "rotate");
   clearButton.onclick = () => { view.selected.clear(); applySelection(view); sendSelection(view, null); };
   resetButton.onclick = () => resetCamera(view);
-  root.tabIndex = 0;
-  root.addEventListener("keydown", (event) => {
-    if (event.key === "l" || event.key === "L") setMode(view, view.mode === "rotate" ? "lasso" : "rotate");
-    if (event.key === "Escape") setMode(view, "rotate");
+  // The legend lets the pointer through; when the pointer is over it, it fades so the points under it
+  // can be seen while hovering or drawing a lasso there.
+  stage.addEventListener("pointermove", (event) => {
+    const box = legend.getBoundingClientRect();
+    const over = event.clientX >= box.left && event.clientX <= box.right && event.clientY >= box.top && event.clientY <= box.bottom;
+    legend.classList.toggle("faded", over);
   });
+  stage.addEventListener("pointerleave", () => legend.classList.remove("faded"));
+  legendButton.onclick = () => {
+    const shown = legend.style.display === "none";
+    legend.style.display = shown ? "" : "none";
+    legendButton.classList.toggle("active", shown);
+  };
+  // L and Escape work from the moment the page opens, not only once the map has focus (a user presses
+  // L first, then draws). So they are heard on the document, but only while nothing that takes typing
+  // has focus: an "l" typed into a label or commit message must stay in that field.
+  const onKey = (event) => {
+    if (!root.isConnected) {  // the page was left: Streamlit removed the map without telling us
+      document.removeEventListener("keydown", onKey);
+      if (views.get(parentElement) === view) views.delete(parentElement);
+      return;
+    }
+    if (event.defaultPrevented || event.ctrlKey || event.metaKey || event.altKey || takesTyping(event)) return;
+    if (event.key === "l" || event.key === "L") {
+      setMode(view, view.mode === "rotate" ? "lasso" : "rotate");
+      event.preventDefault();
+    } else if (event.key === "Escape" && view.mode === "lasso") {
+      if (view.cancelLasso) view.cancelLasso();
+      setMode(view, "rotate");
+    }
+  };
+  document.addEventListener("keydown", onKey);
   setMode(view, "rotate");
   return view;
+}
+
+function takesTyping(event) {
+  // The element the key goes to, also inside a shadow root (where event.target is only the host).
+  const target = (event.composedPath && event.composedPath()[0]) || event.target;
+  if (!target || !target.tagName) return false;
+  if (target.isContentEditable || target.tagName === "TEXTAREA" || target.tagName === "SELECT") return true;
+  if (target.tagName === "INPUT") return !["checkbox", "radio", "button", "submit", "reset", "range", "color", "file"].includes(target.type);
+  const role = target.getAttribute && target.getAttribute("role");
+  return role === "textbox" || role === "combobox" || role === "searchbox";
 }
 
 function setMode(view, mode) {
@@ -138,8 +178,9 @@ async function buildScene(view, data) {
   view.dims = data.dims;
   view.controls.enableRotate = data.dims === 3;
   view.codes = null;
+  view.frame = framing(view.points, n);
+  resize(view);  // first: the camera's aspect decides how far back a reset view stands
   if (!restoreCamera(view)) resetCamera(view);
-  resize(view);
 }
 
 function cameraKey(view) {
@@ -163,9 +204,30 @@ function restoreCamera(view) {
   return true;
 }
 
+function framing(points, n) {
+  // Where the points lie, seen down the z axis: the middle and half-extents of the 0.5th..99.5th
+  // percentiles of x and y (a few far stragglers must not shrink everything) and the depth in front.
+  const step = Math.max(1, Math.floor(n / 20000));  // a sample is plenty to find percentiles
+  const xs = [], ys = [], zs = [];
+  for (let i = 0; i < n; i += step) { xs.push(points[3 * i]); ys.push(points[3 * i + 1]); zs.push(points[3 * i + 2]); }
+  const range = (values) => {
+    values.sort((a, b) => a - b);
+    const at = (q) => values[Math.min(values.length - 1, Math.max(0, Math.round(q * (values.length - 1))))];
+    return values.length ? [at(0.005), at(0.995)] : [-1, 1];
+  };
+  const [x0, x1] = range(xs), [y0, y1] = range(ys), [, z1] = range(zs);
+  const cx = (x0 + x1) / 2, cy = (y0 + y1) / 2;
+  return { cx, cy, hx: Math.max((x1 - x0) / 2, 0.05), hy: Math.max((y1 - y0) / 2, 0.05), front: Math.max(z1, 0) };
+}
+
 function resetCamera(view) {
-  view.camera.position.set(0, 0, 2.4);
-  view.controls.target.set(0, 0, 0);
+  // The whole cloud in view and centred, whatever the map's shape: a map beside the selection panel
+  // is narrower than tall, and then the width is what would cut clusters off.
+  const f = view.frame || { cx: 0, cy: 0, hx: 1, hy: 1, front: 0 };
+  const halfHeight = Math.tan((view.camera.fov * Math.PI) / 360), aspect = view.camera.aspect || 1;
+  const distance = 1.08 * Math.max(f.hy / halfHeight, f.hx / (halfHeight * aspect));
+  view.camera.position.set(f.cx, f.cy, f.front + distance);
+  view.controls.target.set(f.cx, f.cy, 0);
   view.controls.update();
   saveCamera(view);
   render(view);
@@ -204,8 +266,28 @@ function recolour(view, data) {
   view.codes = codes;
   view.palette = data.palette;
   view.hidden = hidden;
+  drawLegend(view);
   view.recolours = (view.recolours || 0) + 1;
   view.root.dataset.colours = String(view.recolours);  // tests and benchmarks wait on this
+}
+
+function drawLegend(view) {
+  // One row per palette entry: swatch, name, count; hidden entries dimmed. Names are user text: textContent only.
+  const legend = view.legend;
+  legend.replaceChildren();
+  const limit = 24;  // beyond this the list would cover the map; the Hide box lists them all
+  view.palette.slice(0, limit).forEach((entry, code) => {
+    const row = element("div", "map-legend-row", legend);
+    if (view.hidden.has(code)) row.classList.add("hidden");
+    const swatch = element("span", "map-legend-swatch", row);
+    swatch.style.background = entry.color;
+    const name = element("span", "map-legend-name", row);
+    name.textContent = entry.name;
+    name.title = entry.name;
+    element("span", "map-legend-count", row).textContent = Number(entry.count || 0).toLocaleString();
+  });
+  if (view.palette.length > limit) element("div", "map-legend-more", legend).textContent = `+ ${view.palette.length - limit} more`;
+  view.root.dataset.legend = String(Math.min(view.palette.length, limit));
 }
 
 function applySelection(view) {
@@ -255,25 +337,28 @@ function insidePolygon(x, y, polygon) {
 }
 
 function attachLasso(view) {
-  const canvas = view.overlay, context = canvas.getContext("2d");
+  // The overlay canvas only catches the pointer; the lasso line is an SVG polygon on top of it. (Drawn
+  // on the canvas itself, the line sometimes stayed on screen after release in headless Chromium's
+  // software GL, though the canvas had been cleared: an SVG element has no such flush to lose.)
+  const canvas = view.overlay;
+  const SVG = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("class", "map-lasso");
+  const outline = document.createElementNS(SVG, "polygon");
+  svg.appendChild(outline);
+  view.stage.insertBefore(svg, canvas.nextSibling);
   let polygon = null, operation = "replace";
   const point = (event) => {
     const box = canvas.getBoundingClientRect();
     return [event.clientX - box.left, event.clientY - box.top];
   };
   const draw = () => {
-    context.clearRect(0, 0, canvas.width, canvas.height);
-    if (!polygon || polygon.length < 2) return;
-    context.strokeStyle = operation === "subtract" ? "#ff6b6b" : "#ffd43b";
-    context.fillStyle = operation === "subtract" ? "rgba(255,107,107,0.12)" : "rgba(255,212,59,0.12)";
-    context.lineWidth = 2;
-    context.beginPath();
-    context.moveTo(polygon[0][0], polygon[0][1]);
-    for (const [x, y] of polygon.slice(1)) context.lineTo(x, y);
-    context.closePath();
-    context.fill();
-    context.stroke();
+    const drawn = polygon && polygon.length >= 2;
+    svg.style.display = drawn ? "block" : "none";
+    svg.classList.toggle("subtract", operation === "subtract");
+    outline.setAttribute("points", drawn ? polygon.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" ") : "");
   };
+  view.cancelLasso = () => { polygon = null; draw(); };
   canvas.addEventListener("pointerdown", (event) => {
     if (view.mode !== "lasso") return;
     operation = event.shiftKey ? "add" : (event.altKey || event.ctrlKey || event.metaKey) ? "subtract" : "replace";
@@ -286,7 +371,7 @@ function attachLasso(view) {
     draw();
   });
   canvas.addEventListener("pointerup", (event) => {
-    if (!polygon) return;
+    if (!polygon) return;  // nothing drawn, or Escape cancelled it
     const releasedAt = Date.now();
     const shape = polygon;
     polygon = null;
@@ -349,7 +434,7 @@ function attachHover(view) {
 }
 
 async function update(view, data) {
-  view.stage.style.height = `${data.height || 620}px`;
+  view.stage.style.height = `${data.height || 560}px`;
   if (view.mapUrl !== data.map_url) {
     view.root.dataset.ready = "";
     view.status.textContent = "loading the map...";

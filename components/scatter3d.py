@@ -115,7 +115,7 @@ def scatter3d(
     hidden: list[int],
     selection: dict | None,
     key: str,
-    height: int = 620,
+    height: int = 560,
 ) -> dict | None:
     """Mount the map. Returns the browser's selection state {token, indices, released_at} or None."""
     result = _component(

@@ -99,3 +99,30 @@ def lasso(page, cx: float, cy: float, radius: float, modifier: str | None = None
     page.mouse.up()
     if modifier:
         page.keyboard.up(modifier)
+
+
+def click_a_cell_with_samples(page, chart) -> int:
+    """Click a confusion-matrix cell that holds samples, found as a user finds it: by pointing at cells
+    and reading the chart's tooltip (given, predicted, count). Returns the cell's count.
+
+    Where such a cell lies depends on the data and the layout, so no fixed position would do.
+    """
+    import numpy as np
+
+    chart.scroll_into_view_if_needed()
+    box = chart.bounding_box()
+    tooltip = page.locator("#vg-tooltip-element")
+    for fy in np.linspace(0.04, 0.9, 30):
+        for fx in np.linspace(0.2, 0.98, 16):
+            x, y = box["x"] + box["width"] * fx, box["y"] + box["height"] * fy
+            page.mouse.move(x, y)
+            page.wait_for_timeout(40)
+            if not tooltip.count() or not tooltip.is_visible():
+                continue
+            cells = tooltip.locator("td").all_inner_texts()  # key, value, key, value, ...
+            facts = dict(zip(cells[::2], cells[1::2]))
+            if facts.get("count", "0").replace(",", "") not in ("", "0"):
+                page.mouse.click(x, y)
+                page.get_by_text(f"{facts['count']} samples labelled").first.wait_for(timeout=30_000)
+                return int(facts["count"].replace(",", ""))
+    raise AssertionError("no confusion-matrix cell under the pointer showed a count above 0")

@@ -1,4 +1,4 @@
-"""The 3D map in a real browser: load, rotate, hover, lasso, relabel to a new class, commit."""
+"""The 3D map in a real browser: load, rotate, hover, lasso, relabel to a new class, commit; a mixed lasso on a 1440x900 screen."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import pytest
 
 from core.embed import EmbedderConfig, embed_dataset
 from core.ingest import import_dataset
+from core.mapping import CONFIDENT
 from core.project import ProjectionConfig, project_dataset
+from core.runs import find_run, load_samples
+from core.tables import UNDEFINED, ChangeSet
+from core.train.config import TrainConfig
+from core.train.pipeline import train_heads
 from core.workspace import open_table
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, lasso, needs_chromium, running_app, screenshot, wait_for_version
 from tests.conftest import write_fashion_folders
@@ -111,10 +116,127 @@ def test_two_tabs_the_second_commit_is_refused_and_keeps_its_selection(mapped: P
         tabs[0].get_by_role("button", name="Commit as a new version").click()
         wait_for_version(mapped, "fashion", 2)
         tabs[1].get_by_role("button", name="Commit as a new version").click()
-        tabs[1].get_by_text("This data set changed since you loaded it").wait_for(timeout=20_000)
+        tabs[1].get_by_text("This data set changed since this page showed it").wait_for(timeout=20_000)
         screenshot(tabs[1], "map-conflict")
         assert open_table(mapped, "fashion").head_version() == 2  # the second commit wrote nothing
         tabs[1].get_by_role("button", name="Reload").click()
         expect(tabs[1].locator(".map-root")).to_have_attribute("data-selected", str(counts[1]), timeout=30_000)
         tabs[1].get_by_text(f"{counts[1]:,} selected", exact=True).wait_for(timeout=20_000)  # the selection survived
         browser.close()
+
+
+@pytest.fixture
+def mixed(tmp_path: Path, workspace: Path) -> Path:
+    """200 images where a quarter are not labelled yet (v2), so every region of the map holds several labels; scores from k-NN on v2."""
+    import_dataset(write_fashion_folders(tmp_path / "fashion", 20), "fashion", workspace)
+    table = open_table(workspace, "fashion")
+    table.commit(ChangeSet.relabel(table.read(1)["sample_id"].to_numpy()[::4], UNDEFINED), parent=1, message="a quarter not labelled yet")
+    embed_dataset(workspace, "fashion", EmbedderConfig(kind="pixels", resolution=16))
+    project_dataset(workspace, "fashion", "pixels-16px", ProjectionConfig(dims=3))
+    train_heads(workspace, "fashion", TrainConfig(embedding="pixels-16px", heads=("knn",)), version=2)
+    return workspace
+
+
+def test_a_mixed_lasso_on_a_laptop_screen_shows_every_label_and_edits_only_what_is_left_in(mixed: Path, tmp_path: Path):
+    from playwright.sync_api import expect, sync_playwright
+
+    with running_app(mixed, tmp_path / "streamlit.log") as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{url}/map?dataset=fashion")
+        root = page.locator(".map-root")
+        expect(root).to_have_attribute("data-ready", "1", timeout=60_000)
+
+        # L works right away, before any click on the map; Escape leaves lasso mode.
+        page.keyboard.press("l")
+        expect(root).to_have_attribute("data-mode", "lasso")
+        expect(page.get_by_role("button", name="Lasso: on (L)")).to_be_visible()
+        page.keyboard.press("Escape")
+        expect(root).to_have_attribute("data-mode", "rotate")
+        page.keyboard.press("L")
+        expect(root).to_have_attribute("data-mode", "lasso")
+
+        # The legend lies on the map: a swatch, name and count per class, undefined and excluded.
+        expect(root).to_have_attribute("data-legend", "12")
+        legend = page.locator(".map-legend")
+        expect(legend).to_be_visible()
+        expect(legend.locator(".map-legend-row")).to_have_count(12)
+        expect(legend).to_contain_text("undefined")
+        swatches = legend.locator(".map-legend-swatch").evaluate_all("nodes => nodes.map(n => getComputedStyle(n).backgroundColor)")
+        assert len(set(swatches)) == 12, swatches  # one distinct colour each
+        screenshot(page, "map-mixed-loaded")
+
+        # A lasso over most of the cloud: several labels, undefined among them.
+        stage = page.locator(".map-stage").bounding_box()
+        lasso(page, stage["x"] + stage["width"] / 2, stage["y"] + stage["height"] / 2, min(stage["width"], stage["height"]) * 0.3)
+        selected = int(root.get_attribute("data-selected"))
+        page.get_by_text(f"{selected:,} selected", exact=True).wait_for(timeout=20_000)
+        pills = page.get_by_role("toolbar", name="Labels in the edit").get_by_role("button")
+        expect(pills.first).to_be_visible(timeout=20_000)
+        mix = {}  # label -> count, most common first, as the page lists them ("bag · 4")
+        for text in pills.all_inner_texts():
+            label, count = text.rsplit(" · ", 1)
+            mix[label] = int(count.replace(",", ""))
+        assert sum(mix.values()) == selected and len(mix) >= 4 and UNDEFINED in mix, mix
+        captions = page.locator(".st-key-map-thumbnails [data-testid=stImageCaption]")
+        expect(captions.first).to_be_visible()
+        assert set(captions.all_inner_texts()) == set(mix), (captions.all_inner_texts(), mix)  # every label has a thumbnail
+
+        # The map and the thumbnails are in view together, side by side, at 1440x900.
+        first_thumbnail = page.locator(".st-key-map-thumbnails img").first.bounding_box()
+        stage = page.locator(".map-stage").bounding_box()
+        assert stage["y"] + stage["height"] <= 900 and first_thumbnail["y"] + first_thumbnail["height"] <= 900, (stage, first_thumbnail)
+        assert first_thumbnail["x"] > stage["x"] + stage["width"]
+        screenshot(page, "map-mixed-selected")
+
+        # Leave one label out of the edit; the relabel goes to the cluster's majority class.
+        target = next(label for label in mix if label != UNDEFINED)
+        left_out = next(label for label in reversed(mix) if label not in (UNDEFINED, target))
+        message = page.get_by_role("textbox", name="Commit message")
+        expect(message).to_have_value(f"lasso: {selected - mix[target]:,} samples -> {target}", timeout=20_000)
+        pills.filter(has_text=f"{left_out} · ").click()
+        expected = selected - mix[target] - mix[left_out]
+        expect(message).to_have_value(f"lasso: {expected:,} samples -> {target}", timeout=20_000)
+
+        # The model (k-NN on v2) is sure some of them are right already: the page says how many, shows them, one click leaves them out.
+        warning = page.get_by_text("the model confidently thinks", exact=False).first
+        expect(warning).to_be_visible(timeout=20_000)
+        sure = int(warning.inner_text().split(" of these")[0].replace(",", ""))
+        assert 0 < sure <= expected
+        expect(page.locator(".st-key-map-confident-thumbnails img").first).to_be_visible()
+        warning.scroll_into_view_if_needed()
+        screenshot(page, "map-mixed-confident")
+        page.get_by_role("button", name=f"Leave these {sure:,} out of the edit").click()
+        expected -= sure
+        expect(message).to_have_value(f"lasso: {expected:,} samples -> {target}", timeout=20_000)
+
+        # Keys typed into a text box stay there: "l" does not toggle the lasso.
+        message.click()
+        message.press("End")
+        message.press_sequentially(", all looked at")
+        expect(root).to_have_attribute("data-mode", "lasso")
+        message.press("Enter")
+        expect(message).to_have_value(f"lasso: {expected:,} samples -> {target}, all looked at")
+
+        commit = page.get_by_role("button", name="Commit as a new version")
+        commit.scroll_into_view_if_needed()
+        screenshot(page, "map-mixed-before-commit")
+        commit.click()
+        wait_for_version(mixed, "fashion", 3)
+        page.get_by_text("Committed as v3").wait_for(timeout=30_000)
+        expect(commit).to_be_disabled()  # the same change cannot be committed twice
+        expect(message).to_have_value(f"lasso: {expected:,} samples -> {target}, all looked at")  # what was committed, not a new suggestion
+        screenshot(page, "map-mixed-committed")
+        browser.close()
+    assert not errors, errors
+
+    table = open_table(mixed, "fashion")
+    before, after = table.read(2).set_index("sample_id"), table.read(3).set_index("sample_id")
+    changed = before.index[before["label"] != after["label"]]
+    assert len(changed) == expected and (after.loc[changed, "label"] == target).all()
+    assert not (before.loc[changed, "label"] == left_out).any()  # the label left out of the edit is untouched
+    scores = load_samples(find_run(mixed, "fashion", version=2, with_samples=True)).set_index("sample_id").loc[changed]
+    assert not ((scores["predicted_label"] == before.loc[changed, "label"]) & (scores["confidence"] >= CONFIDENT)).any()  # nor the ones the model was sure of
+    assert table.history()[-1].message == f"lasso: {expected:,} samples -> {target}, all looked at"

@@ -1,4 +1,4 @@
-"""Logic behind the Map, Review and Compare pages: colours, exact label choice, review commits, reverts."""
+"""Logic behind the Map, Review and Compare pages: colours, what a selection shows and edits, exact label choice, review commits, reverts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,23 @@ import pytest
 
 from core.errors import UserError
 from core.ingest import import_dataset
-from core.mapping import RAMP, categorical_colours, continuous_colours, default_message, label_mix, resolve_label, selection_changes
+from core.mapping import (
+    CLASS_COLOURS,
+    CONFIDENT,
+    EXCLUDED_COLOUR,
+    RAMP,
+    UNDEFINED_COLOUR,
+    categorical_colours,
+    confidence_warning,
+    confidently_right,
+    continuous_colours,
+    default_message,
+    edit_targets,
+    label_mix,
+    resolve_label,
+    selection_changes,
+    thumbnail_sample,
+)
 from core.review import Decision, filter_review, load_kept, queue_changes, queue_precision, record_kept, review_changes, review_frame, still_valid
 from core.runs import list_runs
 from core.tables import UNDEFINED, ChangeSet, revert_changes
@@ -60,6 +76,144 @@ def test_selection_actions_become_change_sets_with_a_prefilled_message():
     assert default_message(412, "relabel", "sneaker") == "lasso: 412 samples -> sneaker"
     assert default_message(1, "exclude") == "lasso: exclude 1 sample"
     assert label_mix(["a", "b", "a"]).to_dict("list") == {"label": ["a", "b"], "count": [2, 1], "share": [0.667, 0.333]}
+
+
+# --------------------------------------------------------------------------- colours a person can tell apart
+# CIE L*a*b* (D65) and CIEDE2000 (Sharma, Wu & Dalal, "The CIEDE2000 color-difference formula",
+# Color Research & Application 30(1), 2005), written out here so the test checks the palette
+# against an independent formula, not against the code that picked it.
+
+
+def lab(hex_colour: str) -> np.ndarray:
+    rgb = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)]) / 255
+    return lab_of_linear(np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4))
+
+
+def lab_of_linear(linear: np.ndarray) -> np.ndarray:
+    xyz = np.array([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]) @ linear
+    t = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(t > (6 / 29) ** 3, np.cbrt(t), t / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def delta_e(lab1, lab2) -> float:
+    (l1, a1, b1), (l2, a2, b2) = lab1, lab2
+    c_mean = (np.hypot(a1, b1) + np.hypot(a2, b2)) / 2
+    g = 0.5 * (1 - np.sqrt(c_mean**7 / (c_mean**7 + 25**7)))
+    a1, a2 = (1 + g) * a1, (1 + g) * a2
+    c1, c2 = np.hypot(a1, b1), np.hypot(a2, b2)
+    h1 = np.degrees(np.arctan2(b1, a1)) % 360 if c1 else 0.0
+    h2 = np.degrees(np.arctan2(b2, a2)) % 360 if c2 else 0.0
+    dh = 0.0 if c1 * c2 == 0 else (h2 - h1 + 180) % 360 - 180
+    d_hue = 2 * np.sqrt(c1 * c2) * np.sin(np.radians(dh / 2))
+    l_mean, c_mean = (l1 + l2) / 2, (c1 + c2) / 2
+    if c1 * c2 == 0:
+        h_mean = h1 + h2
+    elif abs(h1 - h2) <= 180:
+        h_mean = (h1 + h2) / 2
+    else:
+        h_mean = (h1 + h2 + 360) / 2 if h1 + h2 < 360 else (h1 + h2 - 360) / 2
+    t = 1 - 0.17 * np.cos(np.radians(h_mean - 30)) + 0.24 * np.cos(np.radians(2 * h_mean)) + 0.32 * np.cos(np.radians(3 * h_mean + 6)) - 0.20 * np.cos(np.radians(4 * h_mean - 63))
+    s_l = 1 + 0.015 * (l_mean - 50) ** 2 / np.sqrt(20 + (l_mean - 50) ** 2)
+    s_c, s_h = 1 + 0.045 * c_mean, 1 + 0.015 * c_mean * t
+    r_t = -np.sin(np.radians(60 * np.exp(-(((h_mean - 275) / 25) ** 2)))) * 2 * np.sqrt(c_mean**7 / (c_mean**7 + 25**7))
+    return float(np.sqrt(((l2 - l1) / s_l) ** 2 + ((c2 - c1) / s_c) ** 2 + (d_hue / s_h) ** 2 + r_t * ((c2 - c1) / s_c) * (d_hue / s_h)))
+
+
+# Complete dichromacy (severity 1.0) in linear RGB: Machado, Oliveira & Fernandes, "A physiologically-based
+# model for simulation of color vision deficiency", IEEE TVCG 15(6), 2009.
+DICHROMACY = {
+    "protanopia": np.array([[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216], [-0.003882, -0.048116, 1.051998]]),
+    "deuteranopia": np.array([[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413], [-0.011820, 0.042940, 0.968881]]),
+    "tritanopia": np.array([[1.255528, -0.076749, -0.178779], [-0.078411, 0.930809, 0.147602], [0.004733, 0.691367, 0.303900]]),
+}
+
+
+def lab_as_seen(hex_colour: str, matrix: np.ndarray) -> np.ndarray:
+    rgb = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)]) / 255
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    return lab_of_linear(np.clip(matrix @ linear, 0, 1))
+
+
+def test_the_delta_e_of_these_tests_matches_the_published_test_pairs():
+    assert delta_e((50, 2.6772, -79.7751), (50, 0, -82.7485)) == pytest.approx(2.0425, abs=1e-4)  # Sharma et al., pair 1
+    assert delta_e((60.2574, -34.0099, 36.2677), (60.4626, -34.1751, 39.4387)) == pytest.approx(1.2644, abs=1e-4)  # pair 7
+    assert delta_e((2.0776, 0.0795, -1.1350), (0.9033, -0.0636, -0.5514)) == pytest.approx(0.9082, abs=1e-4)  # pair 34
+
+
+def test_twenty_class_colours_are_told_apart_on_the_dark_map_also_with_colour_blindness():
+    from itertools import combinations
+
+    assert len(CLASS_COLOURS) == 20 and len({c.lower() for c in CLASS_COLOURS}) == 20
+    # Every pair clearly different to normal vision (CIEDE2000 ~2 is "just noticeable", 10 "clearly different").
+    closest = min((delta_e(lab(a), lab(b)), a, b) for a, b in combinations(CLASS_COLOURS, 2))
+    assert closest[0] > 10, closest
+    # Never mistaken for the undefined or excluded grey, nor lost in the map's background.
+    for other in (UNDEFINED_COLOUR, EXCLUDED_COLOUR, "#0e1117"):
+        nearest = min((delta_e(lab(c), lab(other)), c) for c in CLASS_COLOURS)
+        assert nearest[0] > 15, (other, nearest)
+    assert delta_e(lab(UNDEFINED_COLOUR), lab(EXCLUDED_COLOUR)) > 10 and delta_e(lab(EXCLUDED_COLOUR), lab("#0e1117")) > 5
+    # The first 10 (a 10-class data set such as the demo) stay apart for readers without red, green or blue cones.
+    for name, matrix in DICHROMACY.items():
+        closest = min((delta_e(lab_as_seen(a, matrix), lab_as_seen(b, matrix)), a, b) for a, b in combinations(CLASS_COLOURS[:10], 2))
+        assert closest[0] > 8, (name, closest)
+
+
+# --------------------------------------------------------------------------- what a selection shows and edits
+
+
+def test_the_thumbnails_of_a_selection_show_every_label_rarest_and_undefined_first():
+    # The reported lasso: 598 points, 364 bags; it used to show 40 bags.
+    labels = np.array(["bag"] * 364 + [UNDEFINED] * 182 + ["pullover"] * 9 + ["shirt"] * 9 + ["trouser"] * 9 + ["t-shirt"] * 8 + ["coat"] * 17, dtype=object)
+    labels = labels[np.random.default_rng(0).permutation(len(labels))]
+    shown = thumbnail_sample(labels, limit=40, seed=0)
+    assert len(shown) == 40 and len(set(shown.tolist())) == 40
+    counts = pd.Series(labels[shown]).value_counts()
+    assert set(counts.index) == set(labels)  # every label is seen
+    assert counts.max() - counts.min() <= 1  # an equal share: 40 / 7 labels
+    assert [labels[shown][0], *pd.unique(labels[shown])[1:3]] == [UNDEFINED, "t-shirt", "pullover"]  # undefined, then the rarest (ties by name)
+    assert np.array_equal(shown, thumbnail_sample(labels, limit=40, seed=0))  # the same selection shows the same thumbnails
+    # Labels that run out leave their share to the others; fewer samples than the limit shows them all.
+    few = np.array(["a"] * 100 + ["b"] * 2, dtype=object)
+    assert pd.Series(few[thumbnail_sample(few, limit=10)]).value_counts().to_dict() == {"a": 8, "b": 2}
+    assert sorted(thumbnail_sample(few[:5], limit=10).tolist()) == [0, 1, 2, 3, 4]
+    # More labels than thumbnails: one each for undefined and the rarest ones.
+    many = np.array([f"c{i:02d}" for i in range(30) for _ in range(i + 1)] + [UNDEFINED], dtype=object)
+    assert many[thumbnail_sample(many, limit=5)].tolist() == [UNDEFINED, "c00", "c01", "c02", "c03"]
+    assert len(thumbnail_sample(np.array([], dtype=object))) == 0 and len(thumbnail_sample(few, limit=0)) == 0
+
+
+def test_an_edit_changes_only_the_labels_left_in_and_what_it_would_actually_change():
+    ids = np.array([10, 11, 12, 13, 14, 15, 16])
+    labels = np.array(["bag", "bag", UNDEFINED, "shirt", "shirt", "trouser", UNDEFINED], dtype=object)
+    weights = np.array([1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0])
+    # Relabel to bag: the bags need no change; "only the undefined and the shirts" leaves the trouser alone.
+    assert edit_targets(ids, labels, weights, action="relabel", label="bag").tolist() == [12, 13, 14, 15, 16]
+    assert edit_targets(ids, labels, weights, action="relabel", label="bag", include=[UNDEFINED, "shirt"]).tolist() == [12, 13, 14, 16]
+    assert edit_targets(ids, labels, weights, action="relabel", label="bag", include=[UNDEFINED, "shirt"], leave_out=[13, 99]).tolist() == [12, 14, 16]
+    assert edit_targets(ids, labels, weights, action="relabel", label="bag", include=[]).tolist() == []
+    # Exclude only what is still in training, include only what is excluded.
+    assert edit_targets(ids, labels, weights, action="exclude", include=["shirt"]).tolist() == [13]
+    assert edit_targets(ids, labels, weights, action="include").tolist() == [14]
+    with pytest.raises(ValueError):
+        edit_targets(ids, labels, weights, action="delete")
+    # The prefilled message counts what the commit changes.
+    targets = edit_targets(ids, labels, weights, action="relabel", label="bag", include=[UNDEFINED, "shirt"])
+    assert default_message(len(targets), "relabel", "bag") == "lasso: 4 samples -> bag"
+
+
+def test_a_relabel_warns_about_samples_the_model_confidently_thinks_are_right():
+    labels = np.array(["shirt", "shirt", "trouser", UNDEFINED, "bag", "shirt", "coat"], dtype=object)
+    predicted = np.array(["shirt", "shirt", "trouser", "bag", "bag", "bag", None], dtype=object)
+    confidence = np.array([0.95, 0.79, CONFIDENT, 0.99, 0.99, 0.99, np.nan])
+    flagged = confidently_right(labels, predicted, confidence, "bag")
+    # sample 0 and 2: predicted = label and sure; 1 not sure enough; 3 undefined; 4 already bag; 5 the model agrees with the edit; 6 no prediction
+    assert flagged.tolist() == [True, False, True, False, False, False, False]
+    assert confidently_right(labels, predicted, confidence, "shirt").tolist() == [False, False, True, False, True, False, False]
+    assert confidently_right(labels, predicted, confidence, "bag", threshold=0.7).tolist() == [True, True, True, False, False, False, False]
+    assert confidence_warning(predicted[flagged]) == "2 of these the model confidently thinks are already right (predicted shirt ×1, trouser ×1 with confidence ≥ 0.8)"
+    assert confidence_warning(["shirt"] * 9 + ["trouser"] * 2).startswith("11 of these the model confidently thinks are already right (predicted shirt ×9, trouser ×2")
+    assert confidence_warning(["shirt"]).startswith("1 of these the model confidently thinks is already right")
 
 
 def scored_frame() -> tuple[pd.DataFrame, pd.DataFrame]:
