@@ -139,6 +139,9 @@ def versions_tab(table: LabelTable, version: int) -> None:
             "message": st.column_config.TextColumn(width="medium"),
         },
     )
+    # A table cell cuts long text off: the version the sidebar shows is spelled out in full below it.
+    shown = table.version_info(version)
+    st.markdown(f"**v{version}** · {plain(shown.message)}  \n{plain(shown.describe())}")
     head = table.head_version()
     if version == head:
         if head > 1:
