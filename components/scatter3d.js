@@ -469,5 +469,9 @@ export default function (component) {
     views.set(parentElement, view);
   }
   view.setStateValue = setStateValue;
-  view.chain = (view.chain || Promise.resolve()).then(() => update(view, data));
+  // Updates run one after another; one that fails says so and never blocks the ones after it.
+  view.chain = (view.chain || Promise.resolve()).then(() => update(view, data)).catch((error) => {
+    view.status.textContent = `The map could not update: ${error.message}`;
+    view.root.dataset.error = String(error.message);
+  });
 }
