@@ -196,15 +196,18 @@ def queue_mode() -> None:
         sample_id = int(row["sample_id"])
         st.session_state[f"queue-current:{name}"] = sample_id
         shown = (sample_id, version, str(row["label"]), str(row["predicted_label"]))
+        # The buttons come first, right under the progress line, in a plain row: nothing above them
+        # changes size while the page draws. Inside the image's columns they moved while the picture
+        # and the columns laid out, and a click aimed at them could land on the image (the lost click).
+        with st.container(horizontal=True, key="queue-actions"):
+            st.button(f"Accept '{plain(row['predicted_label'])}'", shortcut="a", type="primary", key="queue-accept", on_click=decide, args=(*shown[:1], "accept", *shown[1:]))
+            st.button("Keep the label", shortcut="k", key="queue-keep", on_click=decide, args=(*shown[:1], "keep", *shown[1:]))
+            st.button("Exclude", shortcut="x", key="queue-exclude", on_click=decide, args=(*shown[:1], "exclude", *shown[1:]))
+        st.caption("Keyboard: A accept · K keep (recorded at once; it does not come back) · X exclude")
         image_column, facts = st.columns([1, 2])
         image_column.image(str(thumbnail_path(paths.thumbs, row["content_hash"])), width=320)
         facts.markdown(f"**#{sample_id}**  \ngiven label: **{plain(row['label'])}**  \npredicted: **{plain(row['predicted_label'])}** (confidence {row['confidence']:.2f})")
         facts.caption(f"issue score {row['issue_score']:.3f} · loss {row['loss']:.3f} · margin {row['margin']:.3f}")
-        a, b, c = facts.columns(3)
-        a.button(f"Accept '{plain(row['predicted_label'])}'", shortcut="a", type="primary", key="queue-accept", on_click=decide, args=(*shown[:1], "accept", *shown[1:]))
-        b.button("Keep the label", shortcut="k", key="queue-keep", on_click=decide, args=(*shown[:1], "keep", *shown[1:]))
-        c.button("Exclude", shortcut="x", key="queue-exclude", on_click=decide, args=(*shown[:1], "exclude", *shown[1:]))
-        facts.caption("Keyboard: A accept · K keep (recorded at once; it does not come back) · X exclude")
     else:
         st.success("Every flagged sample is decided.")
     if not pending or show_conflict():
