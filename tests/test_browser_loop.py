@@ -3,6 +3,7 @@ confusion matrix, review, compare. Screenshots of every page land in test-artifa
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -89,7 +90,10 @@ def test_the_whole_loop_in_chromium(tmp_path: Path, workspace: Path):
             page.goto(f"{url}/review?dataset=fashion")
             page.get_by_text("Review queue").click(timeout=60_000)
             expect(page.get_by_text("updating scores")).to_have_count(0, timeout=180_000)  # no background redraw mid-click
-            page.get_by_role("button", name="Accept").first.click(timeout=30_000)
+            page.get_by_text("Keyboard: A accept").wait_for(timeout=60_000)  # the queue is drawn, not the table still
+            # Exactly the queue's button: a bare "Accept" also matches the table's "Tick 'accept' on every row"
+            # button, which is still on screen while the queue draws (that was the lost click).
+            page.get_by_role("button", name=re.compile(r"^Accept '")).click(timeout=30_000)
             page.get_by_text("1 decision(s) waiting").wait_for(timeout=30_000)  # the click counted (no keyboard fallback)
             page.get_by_role("button", name="Commit 1 decision(s) as a new version").click(timeout=30_000)
             wait_for_version(workspace, "fashion", 3)

@@ -84,7 +84,7 @@ def test_every_edit_applies_only_to_what_its_tab_showed(flipped: Path, tmp_path:
             first = shown_sample(one)
             assert shown_sample(two) == first
             shown_label = label_of(workspace, first, 2)
-            one.get_by_role("button", name="Accept").first.click()
+            one.get_by_role("button", name=re.compile(r"^Accept '")).click()
             one.get_by_text("1 decision(s) waiting").wait_for(timeout=30_000)
             one.get_by_role("button", name=re.compile(r"^Commit 1 decision")).click()
             wait_for_version(workspace, "fashion", 3)
