@@ -49,8 +49,11 @@ st.session_state[f"review-pin:{name}"] = None if chosen == newest.run_id else ch
 run = by_id[chosen]
 if chosen != newest.run_id:
     st.caption(f"Pinned to this run; the newest on v{version} is {newest.run_id}.")
-if run.version != version:
-    st.warning(f"These scores come from a run on v{run.version}; labels shown are those of v{version}. Train on v{version} for fresh scores (they also follow each commit by themselves).")
+
+
+def warn_if_scores_are_older() -> None:
+    if run.version != version:
+        st.warning(f"These scores come from a run on v{run.version}; labels shown are those of v{version}. Train on v{version} for fresh scores (they also follow each commit by themselves).")
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -230,5 +233,9 @@ def queue_mode() -> None:
 mode = st.segmented_control("Mode", ["Table", "Review queue"], default="Table", help="The queue shows one flagged sample at a time.")
 if mode == "Review queue":
     queue_mode()
+    # Under the item, not above it: the warning comes and goes as background runs finish after each
+    # commit, and above the item it would move the A/K/X buttons while the reviewer aims at them.
+    warn_if_scores_are_older()
 else:
+    warn_if_scores_are_older()
     table_mode()
