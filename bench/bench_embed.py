@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.embed import EmbedderConfig, _torch_feature_model, embed_dataset, load_embedder  # noqa: E402
+from core.embed import EmbedderConfig, torch_feature_model, embed_dataset, load_embedder  # noqa: E402
 from core.images import load_square  # noqa: E402
 from core.ingest import import_dataset  # noqa: E402
 
@@ -79,7 +79,7 @@ def main() -> None:
     gflops = matmul_gflops()
     print(f"fp32 matmul 2048x2048 (torch):         {gflops:8.1f} GFLOP/s")
 
-    module, _, _ = _torch_feature_model(EmbedderConfig())
+    module, _, _ = torch_feature_model(EmbedderConfig())
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
@@ -103,10 +103,10 @@ def main() -> None:
         try:
             import onnxruntime as ort
 
-            from core.embed import _export_onnx, _probe_images
+            from core.embed.runtimes import export_onnx, probe_images
 
             onnx_path = Path(models) / "m.onnx"
-            _export_onnx(module, _probe_images(224), onnx_path)
+            export_onnx(module, probe_images(224), onnx_path)
             session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
             line("model only, ONNX Runtime (batch 64)", rate(lambda: session.run(None, {"images": uint8_batch}), 64), eager)
         except ImportError:

@@ -33,6 +33,11 @@ def resolve_workspace(workspace: str | os.PathLike | None) -> Path:
     return Path(workspace).expanduser() if workspace else default_workspace()
 
 
+def models_dir(workspace: str | os.PathLike | None) -> Path:
+    """Exported models (ONNX, OpenVINO caches) every data set of the workspace shares."""
+    return resolve_workspace(workspace) / ".models"
+
+
 def check_dataset_name(name: str) -> str:
     if not _NAME_PATTERN.match(name or "") or name in (".", ".."):
         raise UserError(
@@ -63,6 +68,10 @@ class DatasetPaths:
     def thumbs(self) -> Path:
         return self.root / "thumbs"
 
+    def thumbnail(self, content_hash: str) -> Path:
+        """The thumbnail of the image with this content hash (a UserError for anything that is not a hash)."""
+        return thumbnail_path(self.thumbs, content_hash)
+
     def import_report(self, version: int) -> Path:
         """The report of the import that created ``version`` (1 for the first import)."""
         return self.root / "imports" / f"v{version:05d}.json"
@@ -80,8 +89,47 @@ class DatasetPaths:
     def exports(self) -> Path:
         return self.root / "exports"
 
+    def export_file(self, version: int, suffix: str) -> Path:
+        """Where an export of ``version`` goes unless the user says otherwise (suffix "" for a folder)."""
+        return self.exports / f"{self.name}-v{version}{suffix}"
+
+    def predictions(self, run_id: str) -> Path:
+        """Where predicting a folder with run ``run_id`` writes its CSV unless the user says otherwise."""
+        return self.exports / f"predictions-{run_id}.csv"
+
+    @property
+    def runs(self) -> Path:
+        """Finished training runs, one folder each (``core.runs``)."""
+        return self.root / "runs"
+
+    def run(self, run_id: str) -> Path:
+        return self.runs / run_id
+
+    @property
+    def embeddings(self) -> Path:
+        """Embedding caches, one folder per embedding key (``core.embed``)."""
+        return self.root / "embeddings"
+
+    def embedding(self, key: str) -> Path:
+        """The cache folder of embedding ``key``; a key that could leave the folder is refused."""
+        if not key or "/" in key or "\\" in key or key.startswith("."):
+            raise UserError(f"'{key}' is not an embedding key: keys are names like efficientnet-lite0 (see `python -m core embeddings {self.name}`).")
+        return self.embeddings / key
+
+    @property
+    def projections(self) -> Path:
+        """Cached 2D/3D maps, one folder per embedding key (``core.project``)."""
+        return self.root / "projections"
+
     def exists(self) -> bool:
         return (self.labels / "_delta_log").is_dir()
+
+
+def thumbnail_path(thumbs_dir: str | os.PathLike, content_hash: str) -> Path:
+    """Where the thumbnail of an image with this content hash lives (hash-named: no path tricks)."""
+    if not content_hash or any(ch not in "0123456789abcdef" for ch in content_hash):
+        raise UserError(f"'{content_hash}' is not a content hash.")
+    return Path(thumbs_dir) / content_hash[:2] / f"{content_hash}.jpg"
 
 
 def list_datasets(workspace: str | os.PathLike | None) -> list[str]:

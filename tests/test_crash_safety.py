@@ -214,11 +214,11 @@ def test_a_killed_import_lists_nothing_half_made_and_the_next_import_cleans_up(t
 
 
 def _embed(workspace: str, ready) -> None:
-    import core.embed
+    import core.embed.cache
     from core.embed import EmbedderConfig, embed_dataset
 
-    core.embed._CHUNK_SIZE = 100  # small cache files, so a kill lands between several of them
-    load_embedder = core.embed.load_embedder
+    core.embed.cache.CHUNK_SIZE = 100  # small cache files, so a kill lands between several of them
+    load_embedder = core.embed.cache.load_embedder
 
     def slow_model(*args, **kwargs):  # a pixel "model" as slow as a real one, so kills land mid-run
         embedder = load_embedder(*args, **kwargs)
@@ -230,7 +230,7 @@ def _embed(workspace: str, ready) -> None:
 
         return dataclasses.replace(embedder, embed_batch=embed_batch)
 
-    core.embed.load_embedder = slow_model
+    core.embed.cache.load_embedder = slow_model
     ready.set()
     embed_dataset(workspace, "big", EmbedderConfig(kind="pixels", resolution=24, batch_size=50))
 
@@ -292,11 +292,11 @@ def test_a_killed_embedding_keeps_whole_chunks_and_the_rerun_resumes(big_dataset
 def _train(workspace: str, embedding: str, ready) -> None:
     from joblib.externals.loky import get_reusable_executor
 
-    from core.train.config import TrainConfig
+    from core.train.heads import HeadsSettings
     from core.train.pipeline import train
 
     ready.set()
-    train(workspace, "big", TrainConfig(heads=("knn", "logreg", "mlp"), embedding=embedding))
+    train(workspace, "big", HeadsSettings(heads=("knn", "logreg", "mlp"), embedding=embedding))
     # A multiprocessing child joins its children on exit, and joblib's reusable workers wait for more work.
     get_reusable_executor().shutdown(wait=True)
 
@@ -305,7 +305,7 @@ def _train(workspace: str, embedding: str, ready) -> None:
 def test_a_killed_training_run_never_lists_as_finished_and_the_next_run_cleans_up(big_dataset: Path):
     from core.embed import EmbedderConfig, embed_dataset
     from core.runs import list_runs
-    from core.train.config import TrainConfig
+    from core.train.heads import HeadsSettings
     from core.train.pipeline import train
 
     workspace = big_dataset
@@ -327,7 +327,7 @@ def test_a_killed_training_run_never_lists_as_finished_and_the_next_run_cleans_u
     assert killed_mid_run >= 3
     assert list(runs_dir.glob(".staging-*")), "the kills should leave staging folders behind"
 
-    run = train(workspace, "big", TrainConfig(heads=("knn", "logreg"), embedding=embedding))
+    run = train(workspace, "big", HeadsSettings(heads=("knn", "logreg"), embedding=embedding))
     assert [r.run_id for r in list_runs(workspace, "big")] == [run.run_id]
     assert not list(runs_dir.glob(".staging-*"))  # the killed runs' leftovers are gone
     print(f"killed training runs (a whole run takes {duration:.1f} s here): {killed_mid_run}/4 killed mid-run listed nothing; the next run finished and cleaned up")

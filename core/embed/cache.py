@@ -1,0 +1,277 @@
+"""The embedding cache of a data set: vectors keyed by (embedder key, image content hash).
+
+Relabelling never re-embeds, adding images embeds only the new ones, and an
+interrupted run resumes: every chunk is written whole and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from core.embed.config import EmbedderConfig, Progress, ShouldStop, base_key, input_resolution, safe_key
+from core.embed.files import EmbeddedBatch, embed_paths
+from core.embed.runtimes import embedder_key, load_embedder
+from core.errors import Cancelled, UserError
+from core.measured import record as record_rate
+from core.workspace import DatasetPaths, models_dir, open_table
+
+CHUNK_SIZE = 4096  # vectors per cache file: a kill loses at most this much work
+MAX_CHUNKS = 16  # more files than this are merged into one (rare: merging rewrites the whole cache)
+
+
+class EmbeddingCache:
+    """Vectors of one embedder for one data set, keyed by image content hash.
+
+    Stored as Parquet files (``content_hash``, ``vector``) under
+    ``<data set>/embeddings/<embedder key>/``, each written whole and renamed
+    into place, so a crash loses at most the chunk being written.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    @property
+    def meta_path(self) -> Path:
+        return self.folder / "meta.json"
+
+    def meta(self) -> dict | None:
+        try:
+            return json.loads(self.meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def write_meta(self, meta: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.meta_path.with_name(f".meta.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        os.replace(tmp, self.meta_path)
+
+    def chunks(self) -> list[Path]:
+        return sorted(self.folder.glob("chunk-*.parquet")) if self.folder.is_dir() else []
+
+    def load(self) -> tuple[pd.Index, np.ndarray]:
+        """(content hashes, vectors). Damaged chunk files are skipped: their images get embedded again."""
+        hashes: list[np.ndarray] = []
+        vectors: list[np.ndarray] = []
+        for chunk in self.chunks():
+            try:
+                table = pq.read_table(chunk)
+                column = table.column("vector").combine_chunks()
+                dim = column.type.list_size
+                vectors.append(column.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False))
+                hashes.append(table.column("content_hash").to_numpy(zero_copy_only=False))
+            except (OSError, pa.ArrowException, KeyError, AttributeError, ValueError):
+                continue
+        if not hashes:
+            return pd.Index([], dtype=object), np.zeros((0, 0), dtype=np.float32)
+        index = pd.Index(np.concatenate(hashes))
+        matrix = np.concatenate(vectors)
+        keep = ~index.duplicated()
+        return index[keep], matrix[keep]
+
+    def hashes(self) -> pd.Index:
+        """The content hashes in the cache, without reading any vector (cheap at 100k images)."""
+        found = []
+        for chunk in self.chunks():
+            try:
+                found.append(pq.read_table(chunk, columns=["content_hash"]).column("content_hash").to_numpy(zero_copy_only=False))
+            except (OSError, pa.ArrowException, KeyError, ValueError):
+                continue
+        index = pd.Index(np.concatenate(found)) if found else pd.Index([], dtype=object)
+        return index[~index.duplicated()]
+
+    def append(self, content_hashes: Sequence[str], vectors: np.ndarray) -> None:
+        if not len(content_hashes):
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        dim = vectors.shape[1]
+        table = pa.table(
+            {
+                "content_hash": pa.array(list(content_hashes), pa.string()),
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()), dim),
+            }
+        )
+        name = f"chunk-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = self.folder / f".{name}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, self.folder / name)
+
+    def compact(self, max_chunks: int = MAX_CHUNKS) -> None:
+        """Merge the chunk files into one if there are more than ``max_chunks`` (the new file is written first)."""
+        chunks = self.chunks()
+        if len(chunks) <= max(1, max_chunks):
+            return
+        hashes, vectors = self.load()
+        self.append(list(hashes), vectors)
+        newest = self.chunks()[-1]
+        for chunk in chunks:
+            if chunk != newest:
+                chunk.unlink(missing_ok=True)
+
+
+def embedding_cache(workspace: str | os.PathLike | None, name: str, key: str) -> EmbeddingCache:
+    return EmbeddingCache(DatasetPaths(workspace, name).embedding(safe_key(key)))
+
+
+@dataclass
+class EmbedReport:
+    key: str
+    description: str
+    n_images: int  # distinct images (content) in the version
+    n_cached: int  # of those, already in the cache
+    n_computed: int
+    failures: pd.DataFrame  # sample_id, path, reason
+    seconds: float
+    warnings: list[str]
+
+    def describe(self) -> str:
+        text = f"{self.description}: {self.n_images} images, {self.n_cached} from the cache, {self.n_computed} embedded"
+        if self.n_computed and self.seconds:
+            text += f" in {self.seconds:.1f} s ({self.n_computed / self.seconds:.0f} images/s)"
+        if len(self.failures):
+            text += f"; {len(self.failures)} could not be embedded"
+        return text
+
+
+def embed_dataset(
+    workspace: str | os.PathLike | None,
+    name: str,
+    config: EmbedderConfig = EmbedderConfig(),
+    *,
+    version: int | None = None,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+) -> EmbedReport:
+    """Embed the images of ``version`` that the cache does not have yet."""
+    started = time.perf_counter()
+    rows = open_table(workspace, name).read(version)
+    distinct = rows.drop_duplicates("content_hash")
+
+    def still_to_do(key: str) -> tuple[EmbeddingCache, pd.DataFrame]:
+        cache = embedding_cache(workspace, name, key)
+        known, _ = cache.load()
+        return cache, distinct[~distinct["content_hash"].isin(known)]
+
+    cache, todo = still_to_do(embedder_key(config))
+    if todo.empty:  # everything cached: no model is even loaded
+        meta = cache.meta() or {}
+        return EmbedReport(cache.folder.name, meta.get("description", cache.folder.name), len(distinct), len(distinct), 0, pd.DataFrame(columns=["sample_id", "path", "reason"]), round(time.perf_counter() - started, 3), meta.get("warnings", []))
+    embedder = load_embedder(config, models_dir(workspace))
+    if embedder.key != cache.folder.name:  # the fast runtime fell back to another precision
+        cache, todo = still_to_do(embedder.key)
+    cache.write_meta({"key": embedder.key, "description": embedder.description, "dim": embedder.dim, "config": asdict(config), "warnings": embedder.warnings})
+    hashes = todo["content_hash"].tolist()
+    buffer: list[EmbeddedBatch] = []
+
+    def flush() -> None:
+        if buffer:
+            indices = np.concatenate([b.indices for b in buffer])
+            cache.append([hashes[i] for i in indices], np.concatenate([b.vectors for b in buffer]))
+            buffer.clear()
+
+    def keep(batch: EmbeddedBatch) -> None:
+        buffer.append(batch)
+        if sum(len(b.indices) for b in buffer) >= CHUNK_SIZE:
+            flush()
+
+    try:
+        _, failures = embed_paths(
+            embedder,
+            todo["path"].tolist(),
+            hashes,
+            batch_size=config.batch_size,
+            progress=progress,
+            should_stop=should_stop,
+            on_batch=keep,
+        )
+    except Cancelled as stop:
+        flush()  # what was done is kept: the next run resumes from here
+        raise Cancelled(f"{stop} Everything embedded so far is kept in the cache; run again to resume.") from None
+    flush()
+    cache.compact()
+    record_rate(workspace, f"embed {config.kind}", len(todo), time.perf_counter() - started)
+    failed = todo.iloc[[i for i, _ in failures]]
+    failure_frame = pd.DataFrame({"sample_id": failed["sample_id"].to_numpy(), "path": failed["path"].to_numpy(), "reason": [r for _, r in failures]})
+    return EmbedReport(
+        key=embedder.key,
+        description=embedder.description,
+        n_images=len(distinct),
+        n_cached=len(distinct) - len(todo),
+        n_computed=len(todo) - len(failures),
+        failures=failure_frame,
+        seconds=round(time.perf_counter() - started, 3),
+        warnings=embedder.warnings,
+    )
+
+
+@dataclass
+class Embeddings:
+    key: str
+    sample_ids: np.ndarray  # int64, the rows of the version that have a vector
+    labels: np.ndarray  # their labels in that version
+    content_hashes: np.ndarray
+    vectors: np.ndarray  # float32
+    missing: int  # rows of the version without a vector (not embedded yet, or failed)
+
+
+def load_embeddings(
+    workspace: str | os.PathLike | None, name: str, key: str, version: int | None = None, *, with_vectors: bool = True, rows: pd.DataFrame | None = None
+) -> Embeddings:
+    """The cached vectors of the rows of ``version``; never computes anything.
+
+    ``with_vectors=False`` reads only which rows have a vector (``vectors`` is then N x 0);
+    ``rows`` are the version's rows when the caller has them already (saves reading the table).
+    """
+    rows = open_table(workspace, name).read(version) if rows is None else rows
+    cache = embedding_cache(workspace, name, key)
+    if cache.meta() is None:
+        raise UserError(f"'{name}' has no embeddings '{key}' yet. Run `python -m core embed {name}` first.")
+    if with_vectors:
+        index, matrix = cache.load()
+    else:
+        index = cache.hashes()
+        matrix = np.zeros((len(index), 0), dtype=np.float32)
+    positions = index.get_indexer(rows["content_hash"])
+    have = positions >= 0
+    return Embeddings(
+        key=key,
+        sample_ids=rows["sample_id"].to_numpy()[have],
+        labels=rows["label"].to_numpy(dtype=object)[have],
+        content_hashes=rows["content_hash"].to_numpy(dtype=object)[have],
+        vectors=matrix[positions[have]] if have.any() else np.zeros((0, matrix.shape[1] if matrix.size else 0), np.float32),
+        missing=int((~have).sum()),
+    )
+
+
+def list_embeddings(workspace: str | os.PathLike | None, name: str) -> list[dict]:
+    """Meta data of every embedding cached for a data set."""
+    root = DatasetPaths(workspace, name).embeddings
+    found = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        meta = EmbeddingCache(folder).meta()
+        if meta:
+            found.append(meta)
+    return found
+
+
+def preferred_embedding(workspace: str | os.PathLike | None, name: str) -> str | None:
+    """The cached embedding pages should start from: the default embedder's (in whatever precision
+    it was made), else the first cached one, else None. Loads no model and no runtime."""
+    keys = [meta["key"] for meta in list_embeddings(workspace, name)]
+    return next((k for k in keys if is_default_embedding(k)), keys[0] if keys else None)
+
+
+def is_default_embedding(key: str) -> bool:
+    """Whether ``key`` was made by the default embedder (any runtime precision)."""
+    return key.startswith(base_key(EmbedderConfig(), input_resolution(EmbedderConfig())) + "-")

@@ -1,0 +1,79 @@
+"""Every kind of embedder, by name: one module each, one registry.
+
+A kind says which settings it accepts (``validate``), the input size it
+wants (``resolution``) and how to build its model (``feature_model``: a
+torch module from uint8 N x S x S x 3 images to features, with its
+normalisation inside, so every runtime feeds it raw pixels). A kind that
+needs no torch model (``pixels``) builds its :class:`core.embed.Embedder`
+itself. Adding a kind: write its module and add it to ``KINDS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from core.errors import UserError
+
+
+class EmbedderKind:
+    name: str
+    uses_torch: bool = True  # False: ``embedder`` builds it, no runtime or export is involved
+    default_resolution: int = 224
+
+    def validate(self, config) -> None:
+        """Raise a UserError for settings this kind does not take (arch, weights)."""
+
+    def resolution(self, config) -> int:
+        return self.default_resolution
+
+    def feature_model(self, config):
+        """(torch module uint8 NHWC -> features, description, notes for the user)."""
+        raise NotImplementedError
+
+    def embedder(self, config):
+        raise NotImplementedError
+
+
+def normalised(features, mean: Sequence[float], std: Sequence[float]):
+    """``features`` behind its input normalisation, taking uint8 N x S x S x 3 images."""
+    import torch
+
+    class FeatureModel(torch.nn.Module):
+        # Normalisation lives inside the model so every runtime gets raw uint8 pixels.
+        def __init__(self):
+            super().__init__()
+            self.features = features
+            std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+            mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+            self.register_buffer("scale", 1.0 / (255.0 * std_t))
+            self.register_buffer("shift", -mean_t / std_t)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            x = images.permute(0, 3, 1, 2).float() * self.scale + self.shift
+            return self.features(x).flatten(1)
+
+    return FeatureModel().eval()
+
+
+def first_line(exc: BaseException) -> str:
+    """The line of an error message that says what went wrong (skipping a bare "...:" heading)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):  # torch: "Error(s) in loading state_dict for ResNet:" then the keys
+        lines = lines[1:]
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def _registry() -> dict[str, EmbedderKind]:
+    from core.embed.kinds import efficientnet_lite0, open_clip_models, pixels, torchvision_models
+
+    return {kind.name: kind for kind in (efficientnet_lite0.KIND, open_clip_models.KIND, torchvision_models.KIND, pixels.KIND)}
+
+
+KINDS: dict[str, EmbedderKind] = _registry()
+
+
+def get_kind(name: str) -> EmbedderKind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise UserError(f"Unknown embedder '{name}': use one of {', '.join(KINDS)}.") from None

@@ -1,0 +1,31 @@
+"""Raw pixels, resized and flattened: a baseline every model should beat, and a fast stand-in in tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.embed.kinds import EmbedderKind
+from core.errors import UserError
+
+
+class Pixels(EmbedderKind):
+    name = "pixels"
+    uses_torch = False
+    default_resolution = 32
+
+    def validate(self, config) -> None:
+        if config.weights:
+            raise UserError("The pixels embedder takes no weights file.")
+
+    def embedder(self, config):
+        from core.embed.config import Embedder, input_resolution
+
+        resolution = input_resolution(config)
+
+        def embed_batch(images: np.ndarray) -> np.ndarray:
+            return images.reshape(len(images), -1).astype(np.float32) / 255.0
+
+        return Embedder(f"pixels-{resolution}px", f"raw pixels at {resolution}x{resolution}", resolution, resolution * resolution * 3, "numpy", embed_batch)
+
+
+KIND = Pixels()
