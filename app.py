@@ -6,6 +6,7 @@ The workspace is tables/ unless LABELLOOP_WORKSPACE says otherwise.
 
 import streamlit as st
 
+from components.errors import user_errors_shown
 from components.sidebar import pick_dataset, refresh_status
 
 st.set_page_config(page_title="LabelLoop", page_icon=":material/label:", layout="wide")
@@ -20,7 +21,8 @@ navigation = st.navigation(
     ],
 )
 st.sidebar.title("LabelLoop")
-pick_dataset()
-with st.sidebar:
-    refresh_status()
-navigation.run()
+with user_errors_shown():
+    pick_dataset()
+    with st.sidebar:
+        refresh_status()
+    navigation.run()

@@ -7,14 +7,21 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from components.data_cache import version_rows
 from components.charts import confusion_chart
+from components.data_cache import version_rows
 from components.gallery import plain, thumbnail_grid
-from components.sidebar import open_current_version, show_head_moved, show_version, stale_edit_message, workspace
+from components.session import keys
+from components.sidebar import (
+    open_current_version,
+    show_head_moved,
+    show_version,
+    stale_edit_message,
+    workspace,
+)
 from core.errors import ConflictError, UserError
 from core.fair_accuracy import accuracy_per_version
 from core.runs import list_runs, load_json
-from core.tables import revert_changes
+from core.tables import LabelTable, revert_changes
 from core.workspace import DatasetPaths
 
 table, name, current = open_current_version()
@@ -36,11 +43,12 @@ if a == b:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def cached_diff(table_path: str, a: int, b: int, head: int):
-    return table.diff(a, b)
+def cached_diff(table_path: str, a: int, b: int):
+    # Two versions never change, so (table, a, b) is the whole input.
+    return LabelTable(table_path).diff(a, b)
 
 
-diff = cached_diff(str(table.path), a, b, table.head_version())
+diff = cached_diff(str(table.path), a, b)
 kinds = diff.samples[[c for c in ("relabelled", "excluded", "included", "reweighted", "split_changed", "added", "removed") if c in diff.samples]].sum()
 st.write(" · ".join(f"**{int(n):,}** {kind.replace('_', ' ')}" for kind, n in kinds.items() if n) or "No sample differs between these versions.")
 
@@ -75,17 +83,17 @@ if picked:
     revert, left_alone = revert_changes(moved, version_rows(table, current))
     if left_alone:
         st.caption(f"{left_alone:,} of them no longer carry '{plain(picked['new'])}' in v{current} (changed again since): a revert leaves them alone.")
-    if st.session_state.get(f"compare-conflict:{name}") is not None:
+    if st.session_state.get(keys(name).compare_conflict) is not None:
         st.error(stale_edit_message(table, current))
         if st.button(f"Reload v{table.head_version()}", key="compare-reload"):
-            del st.session_state[f"compare-conflict:{name}"]
+            del st.session_state[keys(name).compare_conflict]
             show_version(table.head_version())
             st.rerun()
     elif len(revert.updates) and st.button(f"Revert these {len(revert.updates):,} to '{plain(picked['old'])}' as a new version on v{current}", key=f"revert-{a}-{b}-{picked['old']}-{picked['new']}"):
         try:
             new_version = table.commit(revert, parent=current, message=f"revert {len(revert.updates)} samples {picked['new']} -> {picked['old']} (as in v{a})")
         except ConflictError:
-            st.session_state[f"compare-conflict:{name}"] = table.head_version()
+            st.session_state[keys(name).compare_conflict] = table.head_version()
             st.rerun()
         except UserError as error:
             st.error(str(error))
@@ -104,7 +112,7 @@ for column, version in zip(columns, (a, b)):
         if not runs:
             st.caption("No runs on this version.")
             continue
-        st.dataframe(pd.DataFrame([{"run": r.run_id, "started by": "automatic" if r.automatic else "you", "kind": r.summary.get("kind"), "best": r.summary.get("best_model"), "accuracy": r.summary.get("cv_accuracy")} for r in runs]), hide_index=True, width="stretch",
+        st.dataframe(pd.DataFrame([{"run": r.run_id, "started by": "automatic" if r.automatic else "you", "kind": r.summary.kind, "best": r.summary.best_model, "accuracy": r.summary.held_out_accuracy} for r in runs]), hide_index=True, width="stretch",
                      column_config={"run": st.column_config.TextColumn(width="medium"), "accuracy": st.column_config.NumberColumn("accuracy*", format="%.4f", help="Held out, against this version's own labels: not comparable across versions (see 'Did the fixes help?' below).")})
         best = next((r for r in runs if (r.path / "confusion.json").exists()), None)
         if best:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import io
+from dataclasses import dataclass
 
 import pandas as pd
 import streamlit as st
 
 from components.data_cache import version_rows
 from components.gallery import plain
+from components.jobs import Job, follow_job, running, start_job
+from components.session import IMPORTED, choose_dataset, current_dataset, owner
 from components.sidebar import current_table, pick_version, show_head_moved, workspace
 from core.demo import DEMO_NAME, build_demo, demo_score
 from core.errors import UserError
-from core.exchange import default_export_path, export_version
+from core.exchange import default_export_path, export_version, table_bytes
 from core.ingest import (
     LAYOUTS,
     ImportReport,
@@ -38,19 +40,7 @@ def cached_class_matrix(table_path: str, versions: tuple[int, ...], committed_at
 @st.cache_data(max_entries=8, show_spinner=False)
 def cached_export(table_path: str, version: int, committed_at: float, fmt: str) -> bytes:
     # Serialising 100k rows takes a moment: do it once per version, not on every rerun.
-    rows = LabelTable(table_path).read(version)
-    if fmt == "csv":
-        return rows.to_csv(index=False).encode()
-    buffer = io.BytesIO()
-    rows.to_parquet(buffer, index=False)
-    return buffer.getvalue()
-
-
-def progress_callback(bar, text: str):
-    def update(done: int, total: int) -> None:
-        bar.progress(done / max(total, 1), text=f"{text}: {done:,} of {total:,}")
-
-    return update
+    return table_bytes(LabelTable(table_path).read(version), fmt)
 
 
 def show_import_report(report: ImportReport, *, summary: bool = True) -> None:
@@ -67,7 +57,9 @@ def show_import_report(report: ImportReport, *, summary: bool = True) -> None:
 
 
 def import_form(existing: str | None) -> None:
-    """Import a folder or manifest as a new data set, or add images to the current one."""
+    """Import a folder or manifest as a new data set, or add images to the current one (in the background)."""
+    if running(import_job()):
+        return  # its progress is at the top of the page
     with st.form("import"):
         source = st.text_input("Folder or manifest", placeholder="/data/flowers  or  /data/labels.csv", help="A folder of class sub-folders, a flat folder (all undefined), or a CSV/Parquet manifest with path,label[,split].")
         add = existing is not None and st.checkbox(f"Add the new images to '{existing}' (as a new version)")
@@ -76,37 +68,66 @@ def import_form(existing: str | None) -> None:
         submitted = st.form_submit_button("Import", type="primary")
     if not submitted:
         return
-    bar = st.progress(0.0, text="finding images")
-    try:
-        if add:
-            table = current_table()
-            version, report = add_images(source, existing, workspace(), parent=table.head_version(), layout=layout, progress=progress_callback(bar, "checking images"))
-            show_head_moved(version)
-            st.success(f"Version {version} of '{existing}': {report.describe()}")
-        else:
-            _, report = import_dataset(source, name.strip(), workspace(), layout=layout, progress=progress_callback(bar, "checking images"))
-            st.session_state["dataset"] = name.strip()
-            show_head_moved(1)
-            st.success(f"Created '{name.strip()}': {report.describe()}")
-        show_import_report(report, summary=False)
-        st.button("Open it")
-    except UserError as exc:
-        st.error(str(exc))
-    finally:
-        bar.empty()
+    if add:
+        parent = current_table().head_version()
+
+        def work(job: Job) -> Imported:
+            version, report = add_images(source, existing, workspace(), parent=parent, layout=layout, progress=progress_of(job))
+            return Imported(existing, version, f"Version {version} of '{existing}': {report.describe()}", report)
+    else:
+        new_name = name.strip()
+
+        def work(job: Job) -> Imported:
+            _, report = import_dataset(source, new_name, workspace(), layout=layout, progress=progress_of(job))
+            return Imported(new_name, 1, f"Created '{new_name}': {report.describe()}", report)
+
+    start_job(import_job(), "importing", work)
+    st.rerun()
+
+
+@dataclass
+class Imported:
+    name: str
+    version: int
+    message: str
+    report: ImportReport | None
+
+
+def import_job() -> str:
+    """Imports belong to the session that started them: only it moves to the new data set."""
+    return f"import:{owner()}"
+
+
+def progress_of(job: Job):
+    return lambda done, total: job.progress(f"checking images, {done:,} of {total:,}", done / max(total, 1))
+
+
+def follow_import() -> None:
+    """The running import's progress, or its outcome once (after moving this session to the new data)."""
+    finished = follow_job(import_job())
+    if finished is not None:
+        imported: Imported = finished.result
+        choose_dataset(imported.name)
+        show_head_moved(imported.version)
+        st.session_state[IMPORTED] = imported
+        st.rerun()  # the sidebar picks the new data set up
+    imported = st.session_state.pop(IMPORTED, None)
+    if imported is not None:
+        st.success(imported.message)
+        if imported.report is not None:
+            show_import_report(imported.report, summary=False)
 
 
 def empty_workspace() -> None:
     st.title("LabelLoop")
     st.write(f"No data sets in `{workspace()}` yet. Build the demo, or import your own images.")
-    if st.button(f"Build the demo data set ({DEMO_NAME}: 6,000 Fashion-MNIST images with known label problems)", type="primary"):
-        bar = st.progress(0.0, text="writing demo images")
-        try:
-            build_demo(workspace(), progress=progress_callback(bar, "checking images"))
-            st.session_state["dataset"] = DEMO_NAME
-            st.rerun()
-        except UserError as exc:
-            st.error(str(exc))
+    if not running(import_job()) and st.button(f"Build the demo data set ({DEMO_NAME}: 6,000 Fashion-MNIST images with known label problems)", type="primary"):
+        def work(job: Job) -> Imported:
+            table, report = build_demo(workspace(), progress=progress_of(job))
+            return Imported(DEMO_NAME, table.head_version(), f"Built the demo data set '{DEMO_NAME}': {report.describe()}", None)
+
+        start_job(import_job(), "building the demo data set", work)
+        st.rerun()
     st.subheader("Import images")
     import_form(existing=None)
 
@@ -184,7 +205,7 @@ def export_tab(table: LabelTable, name: str, version: int) -> None:
     left.download_button("Download CSV", cached_export(str(table.path), version, stamp, "csv"), file_name=f"{name}-v{version}.csv", mime="text/csv")
     right.download_button("Download Parquet", cached_export(str(table.path), version, stamp, "parquet"), file_name=f"{name}-v{version}.parquet")
     with st.form("export-imagefolder"):
-        default = default_export_path(DatasetPaths(workspace(), name).root, version, "imagefolder")
+        default = default_export_path(DatasetPaths(workspace(), name), version, "imagefolder")
         out = st.text_input("ImageFolder export: folder to create on this machine", value=str(default))
         if st.form_submit_button("Export ImageFolder tree"):
             try:
@@ -207,11 +228,12 @@ def demo_panel(name: str, version: int) -> None:
 
 
 def main() -> None:
+    follow_import()
     table = current_table()
     if table is None:
         empty_workspace()
         return
-    name = st.session_state["dataset"]
+    name = current_dataset()
     version = pick_version(table)
     info = table.version_info(version)
     rows = version_rows(table, version)
@@ -242,7 +264,4 @@ def main() -> None:
         export_tab(table, name, version)
 
 
-try:
-    main()
-except UserError as exc:
-    st.error(str(exc))
+main()

@@ -16,9 +16,28 @@ from components.data_cache import (
     version_rows,
 )
 from components.gallery import labelled_thumbnails, plain
+from components.jobs import follow_job, running, start_job
 from components.scatter3d import publish_map, scatter3d
-from components.sidebar import open_current_version, refresh_scores, show_head_moved, show_version, stale_edit_message, workspace
-from core.embed import EmbedderConfig, embed_dataset, list_embeddings, preferred_embedding
+from components.session import (
+    MAP_MESSAGE,
+    MAP_MESSAGE_DEFAULT,
+    MAP_SELECTED_COUNT,
+    keys,
+)
+from components.sidebar import (
+    open_current_version,
+    refresh_scores,
+    show_head_moved,
+    show_version,
+    stale_edit_message,
+    workspace,
+)
+from core.embed import (
+    EmbedderConfig,
+    embed_dataset,
+    list_embeddings,
+    preferred_embedding,
+)
 from core.errors import ConflictError, UserError
 from core.mapping import (
     COLOUR_BY,
@@ -51,34 +70,48 @@ st.title("Map")
 embeddings = list_embeddings(workspace(), name)
 default_key = preferred_embedding(workspace(), name)
 if not embeddings:
-    rate = last_rate(workspace(), f"embed {EmbedderConfig().kind}")
-    st.info("These images have no embeddings yet. Embedding runs EfficientNet-Lite0 (ImageNet-pretrained) over every image" + (f": {rate.estimate(len(rows))}." if rate else "."))
-    if st.button("Embed the images", type="primary"):
-        bar = st.progress(0.0, text="embedding...")
-        report = embed_dataset(workspace(), name, EmbedderConfig(), version=version, progress=lambda done, total: bar.progress(done / max(total, 1), text=f"embedding {done:,} of {total:,}"))
-        st.success(report.describe())
-        refresh_scores(name, version)  # first scores (and the first point of the accuracy line) without asking
-        st.rerun()
+    embed_key = f"embed:{name}"
+    failed = follow_job(embed_key)
+    if failed is not None:  # it ended without caching a vector: every image failed
+        st.warning(failed.result.describe())
+    if not running(embed_key):
+        rate = last_rate(workspace(), f"embed {EmbedderConfig().kind}")
+        st.info("These images have no embeddings yet. Embedding runs EfficientNet-Lite0 (ImageNet-pretrained) over every image" + (f": {rate.estimate(len(rows))}." if rate else "."))
+        if st.button("Embed the images", type="primary"):
+            start_job(embed_key, "embedding", lambda job: embed_dataset(
+                workspace(), name, EmbedderConfig(), version=version, should_stop=job.should_stop,
+                progress=lambda done, total: job.progress(f"{done:,} of {total:,} images", done / max(total, 1)),
+            ))
+            st.rerun()
     st.stop()
+embedded = follow_job(f"embed:{name}")  # the embedding job's end, seen once: its report, and the first scores
+if embedded is not None:
+    st.success(embedded.result.describe())
+    refresh_scores(name, version)  # first scores (and the first point of the accuracy line) without asking
 
-keys = [m["key"] for m in embeddings]
+embedding_keys = [m["key"] for m in embeddings]
 descriptions = {m["key"]: m.get("description", m["key"]) for m in embeddings}
 left, middle, right, far = st.columns([3, 1, 2, 3])
 chosen_key = left.selectbox(
-    "Embedding", keys, index=keys.index(default_key) if default_key in keys else 0, format_func=lambda k: f"{descriptions[k]} ({k})",
+    "Embedding", embedding_keys, index=embedding_keys.index(default_key) if default_key in embedding_keys else 0, format_func=lambda k: f"{descriptions[k]} ({k})",
     help="What the map is made of: the pretrained backbone, a model trained here (trained-...), or a triplet encoder (triplet-...).",
 )
 dims = middle.radio("View", (3, 2), format_func=lambda d: f"{d}D", horizontal=True, help="PaCMAP to 3D (rotate it) or 2D.")
 projection = cached_projection(workspace(), table, name, chosen_key, dims, version)
+project_key = f"project:{name}:{chosen_key}:{dims}d"
+if follow_job(project_key) is not None:
+    forget_projection()
+    projection = cached_projection(workspace(), table, name, chosen_key, dims, version)
 if projection is None:
-    rate = last_rate(workspace(), f"project {ProjectionConfig().method} {dims}d")
-    st.info(f"No {dims}D map of this embedding for these images yet" + (f". PaCMAP: {rate.estimate(len(rows))}." if rate else "."))
-    if st.button(f"Project to {dims}D with PaCMAP", type="primary"):
-        bar = st.progress(0.0, text="projecting...")
-        started = time.perf_counter()
-        project_dataset(workspace(), name, chosen_key, ProjectionConfig(dims=dims), version=version, progress=lambda done, total: bar.progress(done / total, text="projecting with PaCMAP..."))
-        forget_projection()
-        st.rerun()
+    if not running(project_key):
+        rate = last_rate(workspace(), f"project {ProjectionConfig().method} {dims}d")
+        st.info(f"No {dims}D map of this embedding for these images yet" + (f". PaCMAP: {rate.estimate(len(rows))}." if rate else "."))
+        if st.button(f"Project to {dims}D with PaCMAP", type="primary"):
+            start_job(project_key, f"projecting to {dims}D with PaCMAP", lambda job: project_dataset(
+                workspace(), name, chosen_key, ProjectionConfig(dims=dims), version=version,
+                progress=lambda done, total: job.progress("optimising the layout", done / max(total, 1)),
+            ))
+            st.rerun()
     st.stop()
 
 # ---------------------------------------------------------------- colours
@@ -106,7 +139,7 @@ else:
 # map (re-fetching and rebuilding 100k points) instead of updating its colours. Whatever varies
 # (where the scores come from, the selection) goes under the map or beside it.
 if run is not None:
-    scores_note = f"Scores from run {run.run_id} ({run.summary.get('best_model')})."
+    scores_note = f"Scores from run {run.run_id} ({run.summary.best_model})."
 else:
     scores_note = f"No scores for v{version} yet{': coloured by given label' if needs_scores else ''}. They follow each commit once the images are embedded, or train on the Train page."
 
@@ -125,12 +158,12 @@ servable_thumbnails(table, paths.thumbs, version)
 @st.fragment
 def map_and_selection() -> None:
     """The map with its selection panel beside it reruns on its own: a lasso never reruns the whole page."""
-    selection_key = f"selection:{name}"
+    selection_key = keys(name).selection
     wanted = st.session_state.get(selection_key)  # sample ids the user had selected (survives reloads)
     pushed = None
-    if wanted is not None and st.session_state.get(f"{selection_key}:push"):
+    if wanted is not None and st.session_state.get(keys(name).selection_push):
         position = pd.Index(published.sample_ids).get_indexer(np.asarray(wanted["sample_ids"]))
-        pushed = {"token": st.session_state[f"{selection_key}:push"], "indices": [int(i) for i in position[position >= 0]]}
+        pushed = {"token": st.session_state[keys(name).selection_push], "indices": [int(i) for i in position[position >= 0]]}
     map_column, panel = st.columns([9, 8], gap="medium")  # side by side: the lasso and what it caught in view together
     with map_column:
         state = scatter3d(
@@ -138,13 +171,13 @@ def map_and_selection() -> None:
             hidden=hidden, selection=pushed, key=f"map-{name}", height=MAP_HEIGHT,
         )
         st.caption(scores_note)
-    if state and state.get("token") != st.session_state.get(f"{selection_key}:js"):
+    if state and state.get("token") != st.session_state.get(keys(name).selection_js):
         # A new lasso in the browser (the component keeps its last state across reruns: act on it once).
-        st.session_state[f"{selection_key}:js"] = state.get("token")
+        st.session_state[keys(name).selection_js] = state.get("token")
         indices = np.asarray(state.get("indices") or [], dtype=np.int64)
         wanted = {"token": state["token"], "sample_ids": published.sample_ids[indices].tolist()}
         st.session_state[selection_key] = wanted
-        st.session_state.pop(f"{selection_key}:push", None)
+        st.session_state.pop(keys(name).selection_push, None)
     selected_ids = np.asarray((wanted or {}).get("sample_ids", []), dtype=np.int64)
     with panel:
         show_selection(selected_ids, (wanted or {}).get("token"))
@@ -152,15 +185,15 @@ def map_and_selection() -> None:
 
 def left_out_of_edit(token: str | None) -> dict:
     """What the user left out of the edit of this selection: labels, and samples by id. A new selection starts empty."""
-    kept = st.session_state.get(f"map-left-out:{name}")
+    kept = st.session_state.get(keys(name).map_left_out)
     if kept is None or kept["token"] != token:
-        kept = st.session_state[f"map-left-out:{name}"] = {"token": token, "labels": set(), "ids": set()}
+        kept = st.session_state[keys(name).map_left_out] = {"token": token, "labels": set(), "ids": set()}
     return kept
 
 
 def show_selection(selected_ids: np.ndarray, token: str | None) -> None:
     st.markdown(f"**{len(selected_ids):,} selected**", help="Lasso: press L or the Lasso button, then draw; Escape leaves lasso mode. Shift adds to the selection, Alt or Ctrl subtracts.")
-    st.session_state["map-selected-count"] = len(selected_ids)
+    st.session_state[MAP_SELECTED_COUNT] = len(selected_ids)
     if not len(selected_ids):
         st.caption("Press L (or the Lasso button), then draw around a cluster to see its thumbnails and relabel it.")
         return
@@ -201,18 +234,18 @@ def show_selection(selected_ids: np.ndarray, token: str | None) -> None:
     # The same edit of the same selection is committed once: after a commit the button stays off (and
     # says so) until the selection, the action, the label or what is left out changes.
     signature = [token, action, label, sorted(left_out["labels"]), sorted(left_out["ids"])]
-    committed = st.session_state.get(f"map-committed:{name}")
+    committed = st.session_state.get(keys(name).map_committed)
     done = committed is not None and committed["signature"] == signature and committed["version"] == version
     prefilled = default_message(len(targets), action, label)
-    if not done and st.session_state.get("map-message-default") != prefilled:  # a new selection or action: a new suggestion
-        st.session_state["map-message-default"] = st.session_state["map-message"] = prefilled
-    message = st.text_input("Commit message", key="map-message")  # after a commit: the message it was committed with
-    conflict = st.session_state.get(f"map-conflict:{name}")
+    if not done and st.session_state.get(MAP_MESSAGE_DEFAULT) != prefilled:  # a new selection or action: a new suggestion
+        st.session_state[MAP_MESSAGE_DEFAULT] = st.session_state[MAP_MESSAGE] = prefilled
+    message = st.text_input("Commit message", key=MAP_MESSAGE)  # after a commit: the message it was committed with
+    conflict = st.session_state.get(keys(name).map_conflict)
     if conflict:
         st.error(stale_edit_message(table, version))
         if st.button(f"Reload v{table.head_version()}", key="map-reload"):
-            del st.session_state[f"map-conflict:{name}"]
-            st.session_state[f"selection:{name}:push"] = f"reload-{time.time()}"
+            del st.session_state[keys(name).map_conflict]
+            st.session_state[keys(name).selection_push] = f"reload-{time.time()}"
             show_version(table.head_version())
             st.rerun(scope="app")
         return
@@ -225,14 +258,14 @@ def show_selection(selected_ids: np.ndarray, token: str | None) -> None:
             changes = selection_changes(targets, action, label, new_class=new_class)
             new_version = table.commit(changes, parent=version, message=message)
         except ConflictError:
-            st.session_state[f"map-conflict:{name}"] = table.head_version()
+            st.session_state[keys(name).map_conflict] = table.head_version()
             st.rerun(scope="fragment")
         except UserError as error:
             st.error(str(error))
             return
-        st.session_state[f"map-committed:{name}"] = {"signature": signature, "version": new_version, "message": message}
+        st.session_state[keys(name).map_committed] = {"signature": signature, "version": new_version, "message": message}
         show_head_moved(new_version)
-        st.session_state[f"selection:{name}:push"] = f"commit-{new_version}"
+        st.session_state[keys(name).selection_push] = f"commit-{new_version}"
         st.toast(f"Committed v{new_version}: {plain(message)}")
         st.rerun(scope="app")
 

@@ -12,10 +12,26 @@ import streamlit as st
 from components.data_cache import servable_thumbnails, version_rows
 from components.gallery import plain
 from components.scatter3d import thumbnail_url
-from components.sidebar import open_current_version, show_head_moved, show_version, stale_edit_message, workspace
+from components.session import keys
+from components.sidebar import (
+    open_current_version,
+    show_head_moved,
+    show_version,
+    stale_edit_message,
+    workspace,
+)
 from core.errors import ConflictError, UserError
-from core.review import Decision, filter_review, load_kept, queue_changes, queue_precision, record_kept, review_changes, review_frame, still_valid
-from core.ingest import thumbnail_path
+from core.review import (
+    Decision,
+    filter_review,
+    load_kept,
+    queue_changes,
+    queue_precision,
+    record_kept,
+    review_changes,
+    review_frame,
+    still_valid,
+)
 from core.runs import list_runs
 from core.tables import UNDEFINED, ChangeSet
 from core.workspace import DatasetPaths
@@ -38,14 +54,14 @@ run_ids = [r.run_id for r in runs]
 by_id = {r.run_id: r for r in runs}
 # The page follows the newest run on this version (a background run after a commit included) unless
 # the user picked one: then it stays on that run until they pick the newest again.
-pinned = st.session_state.get(f"review-pin:{name}")
+pinned = st.session_state.get(keys(name).review_pin)
 default = pinned if pinned in run_ids else newest.run_id
 chosen = st.selectbox(
     "Scores from run", run_ids, index=run_ids.index(default),
-    format_func=lambda i: f"{i} · v{by_id[i].version} · {by_id[i].summary.get('best_model')}" + (" · automatic, after a commit" if by_id[i].automatic else "") + (" (newest)" if i == newest.run_id else ""),
+    format_func=lambda i: f"{i} · v{by_id[i].version} · {by_id[i].summary.best_model}" + (" · automatic, after a commit" if by_id[i].automatic else "") + (" (newest)" if i == newest.run_id else ""),
     help="Follows the newest run on this version unless you pick another one.",
 )
-st.session_state[f"review-pin:{name}"] = None if chosen == newest.run_id else chosen
+st.session_state[keys(name).review_pin] = None if chosen == newest.run_id else chosen
 run = by_id[chosen]
 if chosen != newest.run_id:
     st.caption(f"Pinned to this run; the newest on v{version} is {newest.run_id}.")
@@ -70,7 +86,7 @@ def commit(changes: ChangeSet, message: str) -> bool:
     try:
         new_version = table.commit(changes, parent=version, message=message)
     except ConflictError:
-        st.session_state[f"review-conflict:{name}"] = table.head_version()
+        st.session_state[keys(name).review_conflict] = table.head_version()
         return False
     except UserError as error:
         st.error(str(error))
@@ -82,12 +98,12 @@ def commit(changes: ChangeSet, message: str) -> bool:
 
 def show_conflict() -> bool:
     """The refused-commit message with a Reload that keeps the user's work; True while it is shown."""
-    head = st.session_state.get(f"review-conflict:{name}")
+    head = st.session_state.get(keys(name).review_conflict)
     if head is None:
         return False
     st.error(stale_edit_message(table, version))
     if st.button(f"Reload v{table.head_version()}", key="review-reload"):
-        del st.session_state[f"review-conflict:{name}"]
+        del st.session_state[keys(name).review_conflict]
         show_version(table.head_version())
         st.rerun()
     return True
@@ -159,7 +175,7 @@ def table_mode() -> None:
         try:
             image_column.image(original, width=320)
         except Exception:  # the file moved or broke since import: the thumbnail still shows what it was
-            image_column.image(str(thumbnail_path(paths.thumbs, row["content_hash"])), width=320)
+            image_column.image(str(paths.thumbnail(row["content_hash"])), width=320)
             image_column.caption(f"{plain(original)} cannot be read now; showing the thumbnail.")
         facts.markdown(f"**#{closer}** · given **{plain(row['label'])}** · predicted **{plain(row['predicted_label'])}**")
         facts.caption(plain(original))
@@ -169,12 +185,12 @@ def table_mode() -> None:
 def queue_mode() -> None:
     # Decisions belong to the data set, not to a run or a version: they survive a new run, a commit and a
     # reload; each one carries the version, label and prediction the reviewer saw.
-    pending: dict[int, Decision] = st.session_state.setdefault(f"queue-decisions:{name}", {})
-    tally = st.session_state.setdefault(f"queue-tally:{name}", {"changed": 0, "kept": 0})
+    pending: dict[int, Decision] = st.session_state.setdefault(keys(name).queue_decisions, {})
+    tally = st.session_state.setdefault(keys(name).queue_tally, {"changed": 0, "kept": 0})
     queue = filter_review(frame, flagged_only=True)
     todo = queue[~queue["sample_id"].isin(list(pending))]
     # The item on screen stays on screen until the reviewer decides it, whatever reruns in between.
-    current = st.session_state.get(f"queue-current:{name}")
+    current = st.session_state.get(keys(name).queue_current)
     if current in set(todo["sample_id"]):
         todo = pd.concat([todo[todo["sample_id"] == current], todo[todo["sample_id"] != current]])
     decided = len(pending) + tally["kept"]
@@ -192,12 +208,12 @@ def queue_mode() -> None:
             tally["kept"] += 1
         else:
             pending[sample_id] = Decision(sample_id, action, shown_version, shown_label, predicted)
-        st.session_state.pop(f"queue-current:{name}", None)
+        st.session_state.pop(keys(name).queue_current, None)
 
     if len(todo):
         row = todo.iloc[0]
         sample_id = int(row["sample_id"])
-        st.session_state[f"queue-current:{name}"] = sample_id
+        st.session_state[keys(name).queue_current] = sample_id
         shown = (sample_id, version, str(row["label"]), str(row["predicted_label"]))
         # The buttons come first, right under the progress line, in a plain row: nothing above them
         # changes size while the page draws. Inside the image's columns they moved while the picture
@@ -208,7 +224,7 @@ def queue_mode() -> None:
             st.button("Exclude", shortcut="x", key="queue-exclude", on_click=decide, args=(*shown[:1], "exclude", *shown[1:]))
         st.caption("Keyboard: A accept · K keep (recorded at once; it does not come back) · X exclude")
         image_column, facts = st.columns([1, 2])
-        image_column.image(str(thumbnail_path(paths.thumbs, row["content_hash"])), width=320)
+        image_column.image(str(paths.thumbnail(row["content_hash"])), width=320)
         facts.markdown(f"**#{sample_id}**  \ngiven label: **{plain(row['label'])}**  \npredicted: **{plain(row['predicted_label'])}** (confidence {row['confidence']:.2f})")
         facts.caption(f"issue score {row['issue_score']:.3f} · loss {row['loss']:.3f} · margin {row['margin']:.3f}")
     else:

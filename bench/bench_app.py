@@ -55,8 +55,8 @@ def build(workspace: Path, n: int) -> None:
     from core.embed import EmbedderConfig, embed_dataset
     from core.ingest import import_dataset
     from core.project import ProjectionConfig, project_dataset
-    from core.train.config import TrainConfig
-    from core.train.pipeline import train_heads
+    from core.train.heads import HeadsSettings
+    from core.train.pipeline import train
     from core.workspace import list_datasets
 
     if "big" in list_datasets(workspace):
@@ -75,7 +75,7 @@ def build(workspace: Path, n: int) -> None:
     project_dataset(workspace, "big", "pixels-8px", ProjectionConfig(dims=3))
     print(f"PaCMAP 3D: {time.perf_counter() - started:.0f} s")
     started = time.perf_counter()
-    train_heads(workspace, "big", TrainConfig(embedding="pixels-8px", heads=("knn", "logreg")))
+    train(workspace, "big", HeadsSettings(embedding="pixels-8px", heads=("knn", "logreg")))
     print(f"quick heads (k-NN + logistic regression, 5 folds) on {n:,}: {time.perf_counter() - started:.0f} s")
 
 

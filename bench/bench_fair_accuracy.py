@@ -56,7 +56,7 @@ def main() -> None:
         recipe = quick_heads_recipe(workspace, name)
         started = time.perf_counter()
         run = train(workspace, name, config, version=1, trigger="after commit")
-        print(f"quick heads on v1: {time.perf_counter() - started:.1f} s (best: {run.summary['best_model']})")
+        print(f"quick heads on v1: {time.perf_counter() - started:.1f} s (best: {run.summary.best_model})")
         for _ in range(args.rounds):
             version = table.head_version()
             rows = table.read(version).set_index("sample_id")
@@ -67,7 +67,7 @@ def main() -> None:
             print(f"v{version}: {len(flagged)} flagged, {len(wrong)} of them truly wrong; fixing the top {len(fix)}")
             new = table.commit(ChangeSet(updates=pd.DataFrame({"sample_id": fix, "label": true_label[fix].to_numpy()})), parent=version, message=f"fix {len(fix)} flips")
             run = train(workspace, name, config, version=new, trigger="after commit")
-        own = {r.version: r.summary["cv_accuracy"] for r in list_runs(workspace, name) if r.recipe()[0] == recipe}
+        own = {r.version: r.summary.held_out_accuracy for r in list_runs(workspace, name) if r.recipe()[0] == recipe}
         fair = accuracy_per_version(workspace, name, main_recipe=recipe, truth=truth)
         print("\nversion  own labels (naive)  " + "  ".join(f"vs {ref:<28}" for ref in fair.line["reference"].unique()))
         for version in fair.versions:

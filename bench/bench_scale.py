@@ -75,10 +75,10 @@ def step_lasso(workspace: Path, source: Path) -> str:
 
 
 def step_heads(workspace: Path, source: Path) -> str:
-    from core.train.config import TrainConfig
-    from core.train.pipeline import train_heads
+    from core.train.heads import HeadsSettings
+    from core.train.pipeline import train
 
-    run = train_heads(workspace, "big", TrainConfig(embedding=EMBEDDING, heads=("knn", "logreg")))
+    run = train(workspace, "big", HeadsSettings(embedding=EMBEDDING, heads=("knn", "logreg")))
     return run.describe()
 
 

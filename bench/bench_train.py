@@ -1,11 +1,11 @@
-"""The seed-000 pipeline on the demo data set, and how well it finds the demo's flipped labels.
+"""The heads recipe on the demo data set, and how well it finds the demo's flipped labels.
 Prints figures; asserts nothing.
 
     .venv/bin/python bench/bench_train.py
 
 Builds the demo (6,000 Fashion-MNIST images, 30% undefined, 8% of the
 labelled ones flipped) in a scratch workspace, embeds it with the default
-embedder, runs `train` with the default (seed-000) settings, and prints:
+embedder, runs `train` with the heads family's default settings, and prints:
 wall time and CV accuracy per head, the whole CV + retrain time, and the
 precision / recall / F1 of the top-k flagged samples (k = how many
 cleanlab's find_label_issues flags by default) for cleanlab alone, k-NN
@@ -29,8 +29,10 @@ from core.demo import build_demo, load_demo_truth  # noqa: E402
 from core.embed import EmbedderConfig, embed_dataset  # noqa: E402
 from core.issues import precision_recall_f1  # noqa: E402
 from core.runs import load_json, load_samples  # noqa: E402
-from core.train.config import TrainConfig  # noqa: E402
-from core.train.pipeline import train, train_heads, train_resnet_run  # noqa: E402
+from core.train.heads import HeadsSettings  # noqa: E402
+from core.train.frozen import FrozenBackboneSettings  # noqa: E402
+from core.train.resnet import ResnetScratchSettings  # noqa: E402
+from core.train.pipeline import train  # noqa: E402
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -53,10 +55,10 @@ def main() -> None:
         report = embed_dataset(workspace, "fashion-demo", EmbedderConfig())
         print(f"embedding: {report.describe()} ({time.perf_counter() - started:.1f} s)")
         started = time.perf_counter()
-        run = train_heads(workspace, "fashion-demo", TrainConfig())
+        run = train(workspace, "fashion-demo", HeadsSettings())
         total = time.perf_counter() - started
         cv = load_json(run, "cv.json")
-        print(f"seed-000 pipeline on {run.summary['n_labelled']:,} labelled demo images, {cv['folds']} folds, {report.key}:")
+        print(f"heads recipe on {run.summary.n_labelled:,} labelled demo images, {cv['folds']} folds, {report.key}:")
         for head, values in cv["heads"].items():
             extra = f", retrain {values['retrain_seconds']:.1f} s" if "retrain_seconds" in values else ""
             print(f"  {head:<7} CV accuracy {values['mean']:.4f} ± {values['std']:.4f}   {values['seconds']:6.1f} s{extra}")
@@ -78,27 +80,27 @@ def main() -> None:
             print(f"  {name:<28} precision {precision:.3f}  recall {recall:.3f}  F1 {f1:.3f}")
 
         started = time.perf_counter()
-        run = train(workspace, "fashion-demo", TrainConfig.seed_004())
-        print(f"frozen EfficientNet-Lite0 + seed-004 head, {run.summary['best_epoch']} best of 15 epochs on cached features: "
-              f"validation accuracy {run.summary['cv_accuracy']:.4f}, {run.summary['seconds_per_epoch']:.2f} s per epoch, whole run {time.perf_counter() - started:.1f} s")
+        run = train(workspace, "fashion-demo", FrozenBackboneSettings())
+        print(f"frozen EfficientNet-Lite0 + the frozen-backbone head, {run.summary.best_epoch} best of 15 epochs on cached features: "
+              f"validation accuracy {run.summary.held_out_accuracy:.4f}, {run.summary.seconds_per_epoch:.2f} s per epoch, whole run {time.perf_counter() - started:.1f} s")
         if args.frozen_image_epochs:
             epochs = args.frozen_image_epochs
             started = time.perf_counter()
-            run = train(workspace, "fashion-demo", TrainConfig.seed_004(epochs=epochs, augmentation="randaugment", unfreeze_from=1))
-            print(f"frozen EfficientNet-Lite0 at 224 px with RandAugment, unfreezing from epoch 1, {epochs} epoch(s): validation accuracy {run.summary['cv_accuracy']:.4f}, "
-                  f"{run.summary['seconds_per_epoch']:.1f} s per epoch, whole run {time.perf_counter() - started:.0f} s")
+            run = train(workspace, "fashion-demo", FrozenBackboneSettings(epochs=epochs, augmentation="randaugment", unfreeze_from=1))
+            print(f"frozen EfficientNet-Lite0 at 224 px with RandAugment, unfreezing from epoch 1, {epochs} epoch(s): validation accuracy {run.summary.held_out_accuracy:.4f}, "
+                  f"{run.summary.seconds_per_epoch:.1f} s per epoch, whole run {time.perf_counter() - started:.0f} s")
 
         if args.resnet_epochs:
             started = time.perf_counter()
-            run = train_resnet_run(workspace, "fashion-demo", TrainConfig.seed_001(epochs=args.resnet_epochs))
+            run = train(workspace, "fashion-demo", ResnetScratchSettings(epochs=args.resnet_epochs))
             curves = run.path / "curves.parquet"
             import pandas as pd
 
             table = pd.read_parquet(curves)
-            print(f"ResNet-18 from scratch (seed 001 settings, 128 px, batch 16), {args.resnet_epochs} epochs on {run.summary['n_labelled']:,} labelled demo images:")
+            print(f"ResNet-18 from scratch (its recipe: 128 px, batch 16), {args.resnet_epochs} epochs on {run.summary.n_labelled:,} labelled demo images:")
             for row in table.itertuples():
                 print(f"  epoch {row.epoch}: train loss {row.train_loss:.3f}, train acc {row.train_accuracy:.3f}, val acc {row.val_accuracy:.3f}, lr {row.learning_rate:.2e}")
-            print(f"  {run.summary['seconds_per_epoch']:.1f} s per epoch; best validation accuracy {run.summary['cv_accuracy']:.4f} at epoch {run.summary['best_epoch']}; whole run {time.perf_counter() - started:.0f} s")
+            print(f"  {run.summary.seconds_per_epoch:.1f} s per epoch; best validation accuracy {run.summary.held_out_accuracy:.4f} at epoch {run.summary.best_epoch}; whole run {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -7,13 +7,15 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.workspace import thumbnail_path
+
 
 def thumbnail_grid(thumbs_dir: Path, samples: pd.DataFrame, limit: int = 40, caption_column: str = "label", width: int = 72) -> None:
     """Up to ``limit`` thumbnails of ``samples`` (needs content_hash and ``caption_column``)."""
     shown = samples.head(limit)
     pictures = []
     for content_hash, caption in zip(shown["content_hash"], shown[caption_column]):
-        path = Path(thumbs_dir) / content_hash[:2] / f"{content_hash}.jpg"
+        path = thumbnail_path(thumbs_dir, content_hash)
         if path.exists():
             pictures.append((str(path), str(caption)[:16]))
     if pictures:
@@ -38,7 +40,7 @@ def labelled_thumbnails(
     texts = (captions.loc[shown.index] if captions is not None else shown["label"]).astype(str)
     pictures = []
     for content_hash, caption in zip(shown["content_hash"], texts):
-        path = Path(thumbs_dir) / content_hash[:2] / f"{content_hash}.jpg"
+        path = thumbnail_path(thumbs_dir, content_hash)
         if path.exists():
             pictures.append((str(path), caption[:16]))
     with st.container(key=key):
@@ -47,15 +49,6 @@ def labelled_thumbnails(
         if len(samples) > len(shown):
             labels = samples["label"].nunique()
             st.caption(f"showing {len(shown)} of {len(samples):,}: " + ("every label, the rarest and undefined first" if labels <= len(shown) else f"{len(shown)} of its {labels:,} labels, the rarest first"))
-
-
-def send_to_map(name: str, sample_ids, origin: str) -> None:
-    """Make these samples the Map page's selection and open it."""
-    import time
-
-    st.session_state[f"selection:{name}"] = {"token": f"{origin}-{time.time()}", "sample_ids": [int(i) for i in sample_ids]}
-    st.session_state[f"selection:{name}:push"] = f"{origin}-{time.time()}"
-    st.switch_page("app_pages/map.py")
 
 
 def plain(text) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import streamlit as st
 
+from components.session import FINISHED_JOBS_SEEN
 from core.errors import Cancelled, UserError
 
 
@@ -60,6 +61,11 @@ def current_job(key: str) -> Job | None:
     return _registry().get(key)
 
 
+def running(key: str) -> bool:
+    job = current_job(key)
+    return job is not None and job.running
+
+
 def start_job(key: str, description: str, work: Callable[[Job], object], *, background: bool = False) -> Job:
     """Run ``work(job)`` in a thread unless a job with this key is already running.
 
@@ -91,3 +97,35 @@ def start_job(key: str, description: str, work: Callable[[Job], object], *, back
 
     threading.Thread(target=run, name=f"job-{key}", daemon=True).start()
     return job
+
+
+def follow_job(key: str) -> Job | None:
+    """Show the job ``key`` where this is called, and return it once, the first time this session sees it finished.
+
+    While it runs: its progress and a Cancel button, redrawn every second, and the whole page reruns
+    once when it ends. Its end is this session's to see once: a failed or cancelled job shows its
+    message, a finished one is returned (to a single page run, which shows its result).
+    """
+    job = current_job(key)
+    if job is None:
+        return None
+    if job.running:
+        st.fragment(_job_progress, run_every=1.0)(key)
+        return None
+    seen = st.session_state.setdefault(FINISHED_JOBS_SEEN, set())
+    if (key, job.started) in seen:
+        return None
+    seen.add((key, job.started))
+    if job.error:
+        (st.warning if job.cancelled else st.error)(job.error)
+        return None
+    return job
+
+
+def _job_progress(key: str) -> None:
+    job = current_job(key)
+    if job is None or not job.running:
+        st.rerun(scope="app")  # it ended: the page draws what it made
+    st.progress(job.fraction, text=f"{job.description}: {job.stage}")
+    if st.button("Cancel", key=f"cancel-{key}"):
+        job.stop_requested.set()

@@ -23,7 +23,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import UserError
-from core.ingest import thumbnail_path
+from core.workspace import thumbnail_path
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 MAPS = STATIC / "maps"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from components.session import choose_dataset, current_dataset, keys
 from core.runs import list_runs, recipe_identity
 from core.tables import LabelTable
 from core.workspace import list_datasets, open_table, resolve_workspace
@@ -23,16 +24,16 @@ def pick_dataset() -> str | None:
     if not names:
         st.sidebar.info("No data sets yet: build the demo or import images.")
         return None
-    wanted = st.session_state.get("dataset") or st.query_params.get("dataset")
+    wanted = current_dataset() or st.query_params.get("dataset")
     index = names.index(wanted) if wanted in names else 0
     name = st.sidebar.selectbox("Data set", names, index=index, help=f"Data sets in {workspace()}")
-    st.session_state["dataset"] = name
+    choose_dataset(name)
     st.query_params["dataset"] = name
     return name
 
 
 def current_table() -> LabelTable | None:
-    name = st.session_state.get("dataset")
+    name = current_dataset()
     return open_table(workspace(), name) if name else None
 
 
@@ -48,16 +49,16 @@ def pick_version(table: LabelTable) -> int:
     head = history[-1].version
     versions = [info.version for info in reversed(history)]
     labels = {info.version: f"v{info.version} · {info.message[:48]}" for info in history}
-    name = st.session_state.get("dataset")
-    chosen = st.session_state.get(f"version:{name}")
+    name = current_dataset()
+    chosen = st.session_state.get(keys(name).version)
     if chosen not in versions:
         chosen = head  # first look at this data set: the latest version
     version = st.sidebar.selectbox("Version", versions, index=versions.index(chosen), format_func=labels.get, help="Every edit is a new version; pick one to inspect, compare, restore or export.")
     if version != chosen:  # the user picked another version on purpose
-        st.session_state[f"picked-old:{name}"] = version != head
-    st.session_state[f"version:{name}"] = version
+        st.session_state[keys(name).picked_old] = version != head
+    st.session_state[keys(name).version] = version
     if version != head:
-        if st.session_state.get(f"picked-old:{name}"):
+        if st.session_state.get(keys(name).picked_old):
             st.sidebar.caption(f"Viewing an old version; the latest is v{head}. Edits need the latest version.")
         else:
             st.sidebar.warning(f"v{head} was committed elsewhere (another tab or user) while you were on v{version}. This page still shows v{version}.")
@@ -69,15 +70,15 @@ def pick_version(table: LabelTable) -> int:
 
 def show_version(version: int) -> None:
     """Make ``version`` the one this session shows (it stays put until the user or this session moves it)."""
-    name = st.session_state.get("dataset")
-    st.session_state[f"version:{name}"] = version
-    st.session_state[f"picked-old:{name}"] = False
+    name = current_dataset()
+    st.session_state[keys(name).version] = version
+    st.session_state[keys(name).picked_old] = False
 
 
 def stale_edit_message(table: LabelTable, shown: int) -> str:
     """Why an edit made on version ``shown`` was refused, and what to do: the same words on every page."""
     head = table.head_version()
-    if st.session_state.get(f"picked-old:{st.session_state.get('dataset')}"):
+    if st.session_state.get(keys(current_dataset()).picked_old):
         return f"You are viewing v{shown}, an old version (the latest is v{head}); nothing was written. Edits go on the latest version: pick v{head} in the sidebar (or restore v{shown} on the Data page first)."
     return f"This data set changed since this page showed it: v{head} was committed elsewhere while you were on v{shown}. Nothing was written. Reload to see v{head}; what you selected or decided stays, to commit again on v{head}."
 
@@ -85,7 +86,7 @@ def stale_edit_message(table: LabelTable, shown: int) -> str:
 def show_head_moved(new_version: int) -> None:
     """After this session's own commit: look at the new head, and start refreshing its scores in the background."""
     show_version(new_version)
-    name = st.session_state.get("dataset")
+    name = current_dataset()
     if name:
         refresh_scores(name, new_version)
 
@@ -111,7 +112,10 @@ def refresh_scores(name: str, version: int) -> None:
         time.sleep(1.0)  # let the page redraw the commit first; the retrain competes for the same 2 cores
         from threadpoolctl import threadpool_limits
 
-        from core.train.pipeline import quick_heads_config, train  # imports torch: never on the page's own time
+        from core.train.pipeline import (  # imports torch: never on the page's own time
+            quick_heads_config,
+            train,
+        )
 
         # One BLAS thread: beside the page and the browser on a small machine, two spinning BLAS threads
         # made a 160-sample logistic regression 2.5x slower (21 s against 8.5 s, measured here under load).
@@ -129,7 +133,7 @@ def refresh_scores(name: str, version: int) -> None:
                 config = quick_heads_config(workspace(), name)
                 if config is None:
                     continue  # nothing embedded yet: there is nothing quick to retrain
-                if any(run.recipe()[0] == recipe_identity(config.to_dict()) for run in list_runs(workspace(), name, next_version)):
+                if any(run.recipe()[0] == recipe_identity(config) for run in list_runs(workspace(), name, next_version)):
                     continue  # this version already has its quick heads (same settings, same numbers)
                 result = train(workspace(), name, config, version=next_version, progress=job.progress, should_stop=job.should_stop, trigger="after commit")
 
@@ -145,7 +149,7 @@ def refresh_status() -> None:
     """A small "updating..." line while the quick heads retrain (polled only while they run)."""
     from components.jobs import current_job
 
-    name = st.session_state.get("dataset")
+    name = current_dataset()
     job = current_job(f"quick:{name}") if name else None
     if job is None:
         return
@@ -172,4 +176,4 @@ def open_current_version() -> tuple[LabelTable, str, int]:
     if table is None:
         st.info("No data set yet: open the Data page to build the demo or import images.")
         st.stop()
-    return table, st.session_state["dataset"], pick_version(table)
+    return table, current_dataset(), pick_version(table)

@@ -149,7 +149,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     table = open_table(args.workspace, args.name)
     version = args.version or table.head_version()
-    out = args.out or default_export_path(DatasetPaths(args.workspace, args.name).root, version, args.format)
+    out = args.out or default_export_path(DatasetPaths(args.workspace, args.name), version, args.format)
     path, description = export_version(table, version, args.format, out)
     print(f"exported version {version} of '{args.name}' as {args.format}: {description} -> {path}")
 
@@ -188,7 +188,7 @@ def cmd_embeddings(args: argparse.Namespace) -> None:
 
     rows = []
     for meta in list_embeddings(args.workspace, args.name):
-        cache = EmbeddingCache(DatasetPaths(args.workspace, args.name).root / "embeddings" / meta["key"])
+        cache = EmbeddingCache(DatasetPaths(args.workspace, args.name).embedding(meta["key"]))
         rows.append({"key": meta["key"], "dims": meta["dim"], "vectors": len(cache.load()[0]), "description": meta["description"]})
     _print_table(pd.DataFrame(rows, columns=["key", "dims", "vectors", "description"]))
 
@@ -222,49 +222,19 @@ def cmd_project(args: argparse.Namespace) -> None:
         print(f"warning: {projection.missing} samples have no embedding and are not on the map; run `embed {args.name}` to add them")
 
 
-def _numbers(text: str, kind, what: str) -> tuple:
-    try:
-        return tuple(kind(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise UserError(f"{what} takes comma-separated numbers, not '{text}'.") from None
-
-
 def cmd_train(args: argparse.Namespace) -> None:
-    from dataclasses import replace
-
-    from core.train.config import TrainConfig
     from core.train.pipeline import train
+    from core.train.registry import FAMILIES, default_settings
 
-    # Each family starts from its seed's settings; options given on the command line override them.
-    base = TrainConfig.for_family(args.family)
-    given = {
-        "heads": tuple(h.strip() for h in args.heads.split(",") if h.strip()) if args.heads else None,
-        "embedding": args.embedding,
-        "folds": args.folds,
-        "seed": args.seed,
-        "epochs": args.epochs,
-        "final_epochs": args.final_epochs,
-        "batch_size": args.batch_size,
-        "learning_rate": args.lr,
-        "optimizer": args.optimizer,
-        "weight_decay": args.weight_decay,
-        "patience": args.patience,
-        "hidden_units": _numbers(args.hidden, int, "--hidden") if args.hidden else None,
-        "dropout": _numbers(args.dropout, float, "--dropout") if args.dropout else None,
-        "validation_split": args.validation_split,
-        "class_weighting": args.class_weighting,
-        "augmentation": args.augmentation,
-        "softmax_patience": args.softmax_patience,
-        "knn_k": args.knn_k,
-        "logreg_c": args.logreg_c,
-        "backbone": args.backbone,
-        "backbone_arch": args.backbone_arch,
-        "backbone_weights": args.backbone_weights,
-        "image_size": args.image_size,
-        "unfreeze_from": args.unfreeze_from,
-    }
-    config = replace(base, **{k: v for k, v in given.items() if v is not None})
-    config.validate()
+    # The family's recipe, with the options given on the command line; an option the family does not read is refused.
+    every = {info.name: info for family in FAMILIES.values() for info in family.settings_class.settings()}
+    given = {name: info.parse(getattr(args, name)) for name, info in every.items() if getattr(args, name) is not None}
+    reads = {info.name for info in FAMILIES[args.family].settings_class.settings()}
+    foreign = [every[name].flag for name in given if name not in reads]
+    if foreign:
+        raise UserError(f"{', '.join(foreign)}: not a setting of the {args.family} family. Its settings: {', '.join(sorted(i.flag for i in FAMILIES[args.family].settings_class.settings()))}.")
+    settings = default_settings(args.family, **given)
+    settings.validate()
     from tqdm import tqdm
 
     bar = None
@@ -277,32 +247,22 @@ def cmd_train(args: argparse.Namespace) -> None:
         bar.update(max(0, round(fraction * 100) - bar.n))
 
     try:
-        run = train(args.workspace, args.name, config, version=args.version, progress=progress)
+        run = train(args.workspace, args.name, settings, version=args.version, progress=progress)
     finally:
         if bar is not None:
             bar.close()
-    cv = run.summary["cv"]
-    measure = f"CV accuracy, {run.summary['folds']} folds" if run.summary["folds"] else "validation accuracy"
-    if cv:
-        print(f"run {run.run_id} on version {run.version}: " + ", ".join(f"{head} {acc:.4f}" for head, acc in cv.items()) + f" ({measure})")
-    else:
-        print(f"run {run.run_id} on version {run.version}")
-    if config.family == "triplet":
-        print(f"encoder output saved as embedding 'triplet-{run.run_id}'; 10-NN accuracy of the labels {run.summary['knn_input']:.4f} in the input embedding -> {run.summary['knn_encoded']:.4f} in the encoder's space (in-sample)")
-    elif config.family == "frozen-backbone":
-        trained = "; fine-tuned features saved as embedding 'trained-" + run.run_id + "'" if (run.path / "model" / "backbone.safetensors").exists() else ""
-        print(f"best epoch {run.summary['best_epoch']} of {config.epochs} ({run.summary['seconds_per_epoch']:.2f} s per epoch){trained}; model in {run.path / 'model'}")
-    elif config.family == "resnet18-scratch":
-        print(f"best epoch {run.summary['best_epoch']} of {config.epochs} ({run.summary['seconds_per_epoch']:.1f} s per epoch); features saved as embedding 'trained-{run.run_id}'; model in {run.path / 'model'}")
-    else:
-        print(f"best: {run.summary['best_model']}, retrained on all {run.summary['n_labelled']} labelled samples; model in {run.path / 'model'}")
+    s = run.summary
+    measure = f"CV accuracy, {s.folds} folds" if s.folds else "validation accuracy"
+    accuracies = ", ".join(f"{model} {accuracy:.4f}" for model, accuracy in s.accuracy_by_model.items())
+    print(f"run {run.run_id} on version {run.version}" + (f": {accuracies} ({measure})" if accuracies else ""))
+    print(FAMILIES[args.family].describe(run))
 
 
 def cmd_runs(args: argparse.Namespace) -> None:
     from core.runs import list_runs
 
     rows = [
-        {"run": r.run_id, "version": r.version, "best": r.summary["best_model"], "accuracy": round(r.summary["cv_accuracy"], 4) if r.summary.get("cv_accuracy") is not None else "-", "labelled": r.summary["n_labelled"], "seconds": r.summary["seconds"]}
+        {"run": r.run_id, "version": r.version, "best": r.summary.best_model, "accuracy": round(r.summary.held_out_accuracy, 4) if r.summary.held_out_accuracy is not None else "-", "labelled": r.summary.n_labelled, "seconds": r.summary.seconds}
         for r in list_runs(args.workspace, args.name, args.version)
     ]
     _print_table(pd.DataFrame(rows, columns=["run", "version", "best", "accuracy", "labelled", "seconds"]))
@@ -383,12 +343,42 @@ def cmd_predict(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- parser
 
 
+def _add_setting_flags(parser: argparse.ArgumentParser, families: dict) -> None:
+    """One option per training setting of any family, with its default in each family that reads it."""
+    seen: dict[str, list] = {}
+    for family in families.values():
+        for info in family.settings_class.settings():
+            seen.setdefault(info.name, []).append((family.name, info))
+    for name, uses in seen.items():
+        info = uses[0][1]
+        defaults = ", ".join(f"{family} {_shown(i)}" for family, i in uses)
+        choices = f" ({', '.join(map(str, info.choices))})" if info.choices else ""
+        listing = " comma-separated" if info.is_tuple else ""
+        text = f"{info.label}{listing}{choices}. {info.help} Default: {defaults}".replace("%", "%%")
+        parser.add_argument(info.flag, *info.aliases, dest=name, metavar=name.upper() if not info.choices or info.is_tuple else None,
+                            choices=info.choices if info.choices and not info.is_tuple else None, help=text)
+
+
+def _shown(info) -> str:
+    if info.default is None:
+        return info.none or "none"
+    return ",".join(map(str, info.default)) if info.is_tuple else str(info.default)
+
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="Versioned image label tables: import, edit, compare, export.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workspace", help="folder holding the data sets (default: tables/ in the project, or $LABELLOOP_WORKSPACE)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_table_commands(sub, common)
+    _add_model_commands(sub, common)
+    return parser
+
+
+def _add_table_commands(sub, common: argparse.ArgumentParser) -> None:
+    """The commands on label tables: build, import, inspect, change, export."""
     p = sub.add_parser("demo", parents=[common], help="build the Fashion-MNIST demo data set")
     p.add_argument("--name", default=None, help="data set name (default: fashion-demo)")
     p.add_argument("--if-missing", action="store_true", help="do nothing if the workspace already has a data set")
@@ -449,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output file or folder (default: <data set>/exports/<name>-v<N>[.csv|.parquet])")
     p.set_defaults(func=cmd_export)
 
+
+def _add_model_commands(sub, common: argparse.ArgumentParser) -> None:
+    """The commands on models: embed, map, train, measure, predict."""
     from core.embed import EMBEDDER_KINDS, PRECISIONS, RUNTIMES
     from core.project import METHODS, ProjectionConfig
 
@@ -481,37 +474,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, help="version to map (default: the latest)")
     p.set_defaults(func=cmd_project)
 
-    from core.train.config import AUGMENTATIONS, BACKBONES, CLASS_WEIGHTINGS, FAMILIES, HEADS, OPTIMIZERS, TrainConfig
+    from core.train.registry import FAMILIES
 
-    defaults = TrainConfig()
-    p = sub.add_parser("train", parents=[common], help="train: heads on embeddings (CV + selection), ResNet-18 from scratch, a frozen pretrained backbone + head, or a triplet encoder")
+    p = sub.add_parser("train", parents=[common], help="train a model family on a version: " + "; ".join(f"{f.name}: {f.title}" for f in FAMILIES.values()))
     p.add_argument("name")
-    p.add_argument("--family", default="heads", choices=FAMILIES, help="heads: seed-000 heads on embeddings; resnet18-scratch: seed 001; frozen-backbone: seed 004; triplet: seed-002 encoder (defaults change with the family)")
+    p.add_argument("--family", default="heads", choices=list(FAMILIES), help="what to train (default heads); each family starts from its own recipe, and takes only its own settings")
     p.add_argument("--version", type=int, help="version to train on (default: the latest)")
-    p.add_argument("--embedding", help="heads: embedding key (default: the default embedder's)")
-    p.add_argument("--heads", help=f"heads: candidates, comma-separated, of {', '.join(HEADS)} (default {','.join(defaults.heads)})")
-    p.add_argument("--folds", type=int, help="heads: CV folds (default: max(2, min(5, smallest class)))")
-    p.add_argument("--seed", type=int, help=f"default {defaults.seed}")
-    p.add_argument("--epochs", type=int, help=f"MLP epochs per fold at most (default {defaults.epochs}); resnet: epochs (default 10)")
-    p.add_argument("--final-epochs", type=int, help=f"MLP epochs for the final model at most (default {defaults.final_epochs})")
-    p.add_argument("--batch-size", type=int, help="default 32 (heads), 16 (resnet)")
-    p.add_argument("--lr", type=float, help="learning rate: default 1e-3 (MLP), 5e-4 (resnet)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help="MLP optimiser (default adam)")
-    p.add_argument("--weight-decay", type=float, help="default 1e-4 (MLP), 5e-4 (resnet)")
-    p.add_argument("--patience", type=int, help=f"MLP early-stopping patience in epochs (default {defaults.patience})")
-    p.add_argument("--hidden", help="MLP hidden units per layer (default 256,128)")
-    p.add_argument("--dropout", help="dropout per hidden layer (default 0.3,0.2)")
-    p.add_argument("--validation-split", type=float, help=f"share held out for early stopping / validation (default {defaults.validation_split})")
-    p.add_argument("--class-weighting", choices=CLASS_WEIGHTINGS, help="heads: default balanced")
-    p.add_argument("--augmentation", choices=AUGMENTATIONS, help="resnet: default seed-001; frozen-backbone: default none (randaugment or seed-001 run every image through the backbone each epoch)")
-    p.add_argument("--backbone", choices=BACKBONES, help="frozen-backbone: default efficientnet-lite0 (ships offline); torchvision / open_clip need --backbone-arch and a local --backbone-weights")
-    p.add_argument("--backbone-arch", help="frozen-backbone: architecture of a torchvision or open_clip backbone")
-    p.add_argument("--backbone-weights", help="frozen-backbone: local weights file of the backbone")
-    p.add_argument("--image-size", type=int, help="frozen-backbone: input size (default: the backbone's own)")
-    p.add_argument("--unfreeze-from", type=int, help="frozen-backbone: from this epoch unfreeze one more tenth of the backbone per epoch (default 0: never)")
-    p.add_argument("--softmax-patience", type=int, help=f"softmax head early-stopping patience (default {defaults.softmax_patience})")
-    p.add_argument("--knn-k", type=int, help=f"default {defaults.knn_k}")
-    p.add_argument("--logreg-c", type=float, help=f"default {defaults.logreg_c}")
+    _add_setting_flags(p, FAMILIES)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("runs", parents=[common], help="list the training runs of a data set")
@@ -539,8 +508,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="CSV to write (never overwritten)")
     p.add_argument("--probabilities", action="store_true", help="add one probability column per class")
     p.set_defaults(func=cmd_predict)
-    return parser
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -11,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from core.errors import UserError
-from core.tables import EDITABLE_COLUMNS, UNDEFINED, ChangeSet, LabelTable
+from core.tables import EDITABLE_COLUMNS, ChangeSet, LabelTable, trainable_mask
+from core.workspace import DatasetPaths
 
 EXPORT_FORMATS = ("csv", "parquet", "imagefolder")
 
@@ -49,9 +51,22 @@ def _class_folder_name(label: str) -> str:
     return "_" + name if name.startswith(".") or not name else name
 
 
-def default_export_path(dataset_root: Path, version: int, fmt: str) -> Path:
-    suffix = {"csv": ".csv", "parquet": ".parquet", "imagefolder": ""}[fmt]
-    return dataset_root / "exports" / f"{dataset_root.name}-v{version}{suffix}"
+EXPORT_SUFFIXES = {"csv": ".csv", "parquet": ".parquet", "imagefolder": ""}
+
+
+def default_export_path(paths: DatasetPaths, version: int, fmt: str) -> Path:
+    return paths.export_file(version, EXPORT_SUFFIXES[fmt])
+
+
+def table_bytes(frame: pd.DataFrame, fmt: str) -> bytes:
+    """Every row and column of ``frame`` as a CSV or Parquet file's bytes (what a download hands over)."""
+    if fmt == "csv":
+        return frame.to_csv(index=False).encode()
+    if fmt == "parquet":
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        return buffer.getvalue()
+    raise UserError(f"Unknown table format '{fmt}': use csv or parquet.")
 
 
 def export_version(table: LabelTable, version: int, fmt: str, out: str | os.PathLike) -> tuple[Path, str]:
@@ -71,11 +86,8 @@ def export_version(table: LabelTable, version: int, fmt: str, out: str | os.Path
     frame = table.read(version)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        if fmt == "csv":
-            frame.to_csv(tmp, index=False)
-            description = f"{len(frame)} rows"
-        elif fmt == "parquet":
-            frame.to_parquet(tmp, index=False)
+        if fmt in ("csv", "parquet"):
+            tmp.write_bytes(table_bytes(frame, fmt))
             description = f"{len(frame)} rows"
         else:
             description = _export_imagefolder(frame, tmp)
@@ -87,7 +99,7 @@ def export_version(table: LabelTable, version: int, fmt: str, out: str | os.Path
 
 
 def _export_imagefolder(frame: pd.DataFrame, folder: Path) -> str:
-    trainable = frame[(frame["label"] != UNDEFINED) & (frame["weight"] > 0)]
+    trainable = frame[trainable_mask(frame)]
     folder_names = {label: _class_folder_name(label) for label in trainable["label"].unique()}
     if len(set(folder_names.values())) < len(folder_names):
         raise UserError("Two class names map to the same folder name once unsafe characters are replaced; rename one of them first.")

@@ -31,7 +31,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from core.runs import RunInfo, held_out, list_runs
-from core.tables import UNDEFINED
+from core.tables import trainable_mask
 
 LINE_COLUMNS = ("version", "recipe", "recipe_name", "automatic", "run", "reference", "n", "correct", "accuracy", "low", "high")
 
@@ -39,7 +39,7 @@ LINE_COLUMNS = ("version", "recipe", "recipe_name", "automatic", "run", "referen
 def reference_labels(rows: pd.DataFrame, *, test_split_only: bool = False) -> pd.Series:
     """sample_id -> label for the samples a reference labelling counts: labelled, not excluded
     (and in the ``test`` split, if ``test_split_only``)."""
-    usable = (rows["label"] != UNDEFINED).to_numpy() & (rows["weight"] > 0).to_numpy()
+    usable = trainable_mask(rows)
     if test_split_only:
         usable &= (rows["split"].astype(str) == "test").to_numpy()
     return pd.Series(rows["label"].to_numpy()[usable], index=rows["sample_id"].to_numpy()[usable], name="reference")

@@ -31,9 +31,22 @@ import pandas as pd
 from PIL import Image
 
 from core.errors import StorageError, UserError
-from core.images import ImageProblem, content_hash, decode, read_bytes, to_rgb, worker_pool
+from core.images import (
+    ImageProblem,
+    content_hash,
+    decode,
+    read_bytes,
+    to_rgb,
+    worker_pool,
+)
 from core.tables import SPLITS, UNDEFINED, ChangeSet, LabelTable, check_class_name
-from core.workspace import DatasetPaths, check_dataset_name, remove_abandoned_staging, staging_folder
+from core.workspace import (
+    DatasetPaths,
+    check_dataset_name,
+    remove_abandoned_staging,
+    staging_folder,
+    thumbnail_path,
+)
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
@@ -305,13 +318,6 @@ def _discover_manifest(manifest: Path) -> Discovery:
 
 
 # --------------------------------------------------------------------------- checking files
-
-
-def thumbnail_path(thumbs_dir: str | os.PathLike, content_hash: str) -> Path:
-    """Where the thumbnail of an image with this content hash lives (hash-named: no path tricks)."""
-    if not content_hash or any(ch not in "0123456789abcdef" for ch in content_hash):
-        raise UserError(f"'{content_hash}' is not a content hash.")
-    return Path(thumbs_dir) / content_hash[:2] / f"{content_hash}.jpg"
 
 
 def check_image(path: str, thumbs_dir: str | None, thumbnail_size: int = THUMBNAIL_SIZE) -> dict:

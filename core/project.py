@@ -216,7 +216,7 @@ def _set_digest(content_hashes: np.ndarray) -> str:
 
 
 def _cache_path(workspace, name: str, embedding_key: str, config: ProjectionConfig, distinct: np.ndarray) -> Path:
-    return DatasetPaths(workspace, name).root / "projections" / embedding_key / f"{config.key()}-{_set_digest(distinct)}.parquet"
+    return DatasetPaths(workspace, name).projections / embedding_key / f"{config.key()}-{_set_digest(distinct)}.parquet"
 
 
 def project_dataset(

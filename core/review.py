@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import UserError
-from core.tables import UNDEFINED, ChangeSet
+from core.tables import UNDEFINED, ChangeSet, trainable_mask
 
 REVIEW_COLUMNS = ("sample_id", "content_hash", "label", "weight", "predicted_label", "confidence", "given_confidence", "margin", "loss", "issue_score", "flagged")
 
@@ -34,7 +34,7 @@ def review_frame(samples: pd.DataFrame, rows: pd.DataFrame, kept: pd.DataFrame |
     scores = samples.drop(columns=[c for c in ("label", "probabilities") if c in samples.columns])
     frame = rows[["sample_id", "content_hash", "label", "weight"]].merge(scores, on="sample_id", how="inner")
     flagged = frame["flagged"].fillna(False).astype(bool).to_numpy(copy=True) if "flagged" in frame else np.zeros(len(frame), dtype=bool)
-    flagged &= (frame["label"] != UNDEFINED).to_numpy() & (frame["weight"] > 0).to_numpy()
+    flagged &= trainable_mask(frame)
     flagged &= (frame["label"] != frame["predicted_label"]).to_numpy()
     if kept is not None and len(kept):
         pairs = pd.MultiIndex.from_frame(kept[["sample_id", "label"]])

@@ -13,19 +13,16 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
 from core.errors import UserError
 from core.workspace import DatasetPaths, remove_abandoned_staging, staging_folder
-
-
-def _runs_dir(workspace, name: str) -> Path:
-    return DatasetPaths(workspace, name).root / "runs"
 
 
 def _write_json(path: Path, data) -> None:
@@ -44,20 +41,114 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+@dataclass(frozen=True)
+class RunSummary:
+    """What a finished run says about itself: its ``run.json``, written and read only here."""
+
+    dataset: str
+    version: int
+    kind: str  # the model family (core.train.registry)
+    best_model: str  # the model kept: a head's name, or the family's
+    held_out_accuracy: float | None  # of best_model, against the version's own labels (out of fold or validation)
+    accuracy_by_model: dict[str, float]  # every candidate's held-out accuracy (heads: mean over folds)
+    folds: int  # 0: one validation split instead of cross-validation
+    n_labelled: int
+    n_samples: int
+    not_embedded: int  # samples left out because they have no embedding or cannot be read
+    embedding: str | None  # the embedding trained on (None: the images themselves)
+    train_seconds: float
+    best_epoch: int | None = None
+    seconds_per_epoch: float | None = None
+    note: str = ""  # what the accuracy measures, where it is not plain cross-validation
+    figures: dict = field(default_factory=dict)  # family-specific measurements (the triplet encoder's 10-NN accuracies)
+    # Set by RunBuilder.finish:
+    run_id: str = ""
+    trigger: str = "user"
+    seconds: float = 0.0
+    finished: str = ""
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> RunSummary:
+        """A summary from a run.json, this format or the untyped one runs wrote before."""
+        data = dict(data)
+        renamed = {"cv_accuracy": "held_out_accuracy", "cv": "accuracy_by_model"}
+        for old, new in renamed.items():
+            if old in data:
+                data.setdefault(new, data.pop(old))
+        figures = dict(data.get("figures") or {})
+        for old in ("knn_input", "knn_encoded"):
+            if old in data:
+                figures[old] = data.pop(old)
+        data["figures"] = figures
+        names = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in names}
+        data.setdefault("accuracy_by_model", {})
+        data.setdefault("held_out_accuracy", None)
+        data.setdefault("embedding", None)
+        data.setdefault("not_embedded", 0)
+        data.setdefault("train_seconds", data.get("seconds", 0.0))
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A saved model's ``model/model_config.json``: what predict needs to rebuild it.
+
+    The file is flat JSON (``architecture``'s keys sit beside the others), as the
+    downloaded model zip has always had it.
+    """
+
+    model_type: str  # a head ("knn", "logreg", "mlp", "softmax") or a family's model ("resnet18-scratch", ...)
+    label_names: list[str]
+    format: str  # how the weight files are laid out, in words
+    embedding: str | None = None  # the embedding the model reads (None: it reads images)
+    input_dim: int | None = None
+    architecture: dict = field(default_factory=dict)  # family-specific: hidden units, dropout, backbone, input size, ...
+
+    FILENAME: ClassVar[str] = "model_config.json"
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.label_names)
+
+    def write(self, model_dir: Path) -> None:
+        common = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "architecture"}
+        _write_json(Path(model_dir) / self.FILENAME, {**common, "n_classes": self.n_classes, **self.architecture})
+
+    @classmethod
+    def read(cls, model_dir: str | os.PathLike) -> ModelConfig:
+        """The config of a model folder written by a run, or a UserError saying it is not one."""
+        path = Path(model_dir) / cls.FILENAME
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            common = {f.name: data.pop(f.name) for f in fields(cls) if f.name in data and f.name != "architecture"}
+            data.pop("n_classes", None)
+            return cls(**common, architecture=data)
+        except (OSError, ValueError, TypeError) as exc:
+            raise UserError(f"{model_dir} is not a model folder written by this app (no readable {cls.FILENAME}).") from exc
+
+
 class RunBuilder:
     """Collects a run's files in a staging folder; :meth:`finish` publishes them at once."""
 
     def __init__(self, workspace, name: str, label: str, *, trigger: str = "user"):
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         self.run_id = f"{stamp}-{label}-{uuid.uuid4().hex[:6]}"
-        runs_dir = _runs_dir(workspace, name)
+        runs_dir = DatasetPaths(workspace, name).runs
         self.final = runs_dir / self.run_id
         runs_dir.mkdir(parents=True, exist_ok=True)
         remove_abandoned_staging(runs_dir)
         self.path = staging_folder(runs_dir, self.run_id)
-        (self.path / "model").mkdir()
+        self.model_dir.mkdir()
         self.started = time.time()
         self.trigger = trigger
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
 
     def json(self, filename: str, data) -> None:
         _write_json(self.path / filename, data)
@@ -65,9 +156,15 @@ class RunBuilder:
     def table(self, filename: str, frame: pd.DataFrame) -> None:
         frame.to_parquet(self.path / filename, index=False)
 
-    def finish(self, summary: dict) -> Path:
-        summary = {**summary, "run_id": self.run_id, "trigger": self.trigger, "status": "finished", "seconds": round(time.time() - self.started, 2), "finished": datetime.now(timezone.utc).isoformat()}
-        _write_json(self.path / "run.json", summary)
+    def weights(self, filename: str, module) -> None:
+        """A torch module's state dict as safetensors in the model folder (never a pickle)."""
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(self.model_dir / filename))
+
+    def finish(self, summary: RunSummary) -> Path:
+        summary = replace(summary, run_id=self.run_id, trigger=self.trigger, seconds=round(time.time() - self.started, 2), finished=datetime.now(timezone.utc).isoformat())
+        _write_json(self.path / "run.json", {**summary.to_json(), "status": "finished"})
         os.rename(self.path, self.final)
         return self.final
 
@@ -79,52 +176,69 @@ class RunBuilder:
 class RunInfo:
     run_id: str
     path: Path
-    summary: dict
+    summary: RunSummary
+
+    @classmethod
+    def open(cls, folder: Path) -> RunInfo:
+        """A finished run's folder; a UserError if its run.json cannot be read."""
+        try:
+            data = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+            return cls(folder.name, folder, RunSummary.from_json(data))
+        except (OSError, ValueError, TypeError) as exc:
+            raise UserError(f"{folder} is not a finished run (its run.json cannot be read: {exc}).") from exc
 
     @property
     def version(self) -> int:
-        return int(self.summary["version"])
+        return int(self.summary.version)
 
     @property
     def automatic(self) -> bool:
         """True for the quick heads the app retrains by itself after a commit (nobody pressed Start)."""
-        return self.summary.get("trigger", "user") != "user"
+        return self.summary.trigger != "user"
+
+    def settings(self):
+        """The settings this run trained with (its config.json), as its family's settings class."""
+        from core.train.registry import settings_from_dict
+
+        config = load_json(self, "config.json") if (self.path / "config.json").exists() else {"family": self.summary.kind}
+        return settings_from_dict(config)
+
+    def model_config(self) -> ModelConfig | None:
+        return ModelConfig.read(self.path / "model") if (self.path / "model" / ModelConfig.FILENAME).exists() else None
 
     def recipe(self) -> tuple[str, str]:
         """(identity, readable name) of the settings this run trained with.
 
-        Two runs share an identity only if every setting in their ``config.json``
-        (family, heads, embedding, seed, folds, ...) is the same: the condition
-        for comparing their numbers across versions.
+        Two runs share an identity only if every setting their family read
+        (heads, embedding, seed, folds, ...) is the same: the condition for
+        comparing their numbers across versions.
         """
-        config = load_json(self, "config.json") if (self.path / "config.json").exists() else {"family": self.summary.get("kind")}
-        identity = recipe_identity(config)
-        family = config.get("family") or self.summary.get("kind")
-        if family == "heads":
-            name = "heads " + "+".join(HEAD_NAMES.get(h, h) for h in config.get("heads", ()))
+        settings = self.settings()
+        if settings.family == "heads":
+            name = "heads " + "+".join(HEAD_NAMES.get(h, h) for h in settings.heads)
         else:
-            name = str(family)
-        return identity, name
+            name = settings.family
+        return recipe_identity(settings), name
 
     def describe(self) -> str:
         s = self.summary
-        accuracy = f"accuracy {s['cv_accuracy']:.4f}" if s.get("cv_accuracy") is not None else "no held-out accuracy"
-        return f"{self.run_id}: v{s['version']}, {s['best_model']} {accuracy} ({s['n_labelled']} labelled, {s['seconds']:.0f} s)"
+        accuracy = f"accuracy {s.held_out_accuracy:.4f}" if s.held_out_accuracy is not None else "no held-out accuracy"
+        return f"{self.run_id}: v{s.version}, {s.best_model} {accuracy} ({s.n_labelled} labelled, {s.seconds:.0f} s)"
 
 
 def list_runs(workspace, name: str, version: int | None = None) -> list[RunInfo]:
     """Finished runs of a data set (optionally of one version), newest first."""
-    root = _runs_dir(workspace, name)
+    root = DatasetPaths(workspace, name).runs
     runs = []
     for folder in sorted(root.iterdir(), reverse=True) if root.is_dir() else []:
         if folder.name.startswith(".") or not (folder / "run.json").exists():
             continue
         try:
-            summary = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-        except ValueError:
-            continue
-        if version is None or summary.get("version") == version:
-            runs.append(RunInfo(folder.name, folder, summary))
+            run = RunInfo.open(folder)
+        except UserError:
+            continue  # a damaged run.json: the run is not listed rather than breaking every page
+        if version is None or run.version == version:
+            runs.append(run)
     return runs
 
 
@@ -135,7 +249,7 @@ def find_run(workspace, name: str, run_id: str | None = None, version: int | Non
         for run in list_runs(workspace, name):
             if run.run_id == run_id:
                 if with_samples and not (run.path / "samples.parquet").exists():
-                    raise UserError(f"Run '{run_id}' ({run.summary.get('kind')}) has no per-sample scores; pick a run of heads or ResNet-18.")
+                    raise UserError(f"Run '{run_id}' ({run.summary.kind}) has no per-sample scores; pick a run of heads or ResNet-18.")
                 return run
         raise UserError(f"No finished run '{run_id}' in '{name}'. See `python -m core runs {name}`.")
     if not runs:
@@ -144,9 +258,10 @@ def find_run(workspace, name: str, run_id: str | None = None, version: int | Non
     return runs[0]
 
 
-def recipe_identity(config: dict) -> str:
-    """A short digest of a run's complete settings (its ``config.json``): equal settings, equal identity."""
-    return hashlib.blake2b(json.dumps(config, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
+def recipe_identity(settings) -> str:
+    """A short digest of a family's complete settings: equal settings, equal identity (whatever format
+    the run's config.json was written in)."""
+    return hashlib.blake2b(json.dumps(settings.to_dict(), sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
 
 
 HEAD_NAMES = {"knn": "k-NN", "logreg": "logistic regression", "mlp": "MLP", "softmax": "softmax"}
@@ -178,11 +293,11 @@ def measured_speed(runs: list[RunInfo], family: str) -> str | None:
     measured, on this data, the last time.
     """
     # Runs someone started: the automatic quick heads are a lighter recipe of the same family.
-    run = next((r for r in runs if r.summary.get("kind") == family and not r.automatic), None)
+    run = next((r for r in runs if r.summary.kind == family and not r.automatic), None)
     if run is None:
         return None
     s = run.summary
-    when = f"{run.recipe()[1]}, v{s.get('version')}, {s.get('n_labelled', 0):,} labelled samples"
-    if s.get("seconds_per_epoch"):
-        return f"{s['seconds_per_epoch']:.1f} s per epoch, {s['seconds']:.0f} s in all ({when})"
-    return f"{s['seconds']:.0f} s ({when})"
+    when = f"{run.recipe()[1]}, v{s.version}, {s.n_labelled:,} labelled samples"
+    if s.seconds_per_epoch:
+        return f"{s.seconds_per_epoch:.1f} s per epoch, {s.seconds:.0f} s in all ({when})"
+    return f"{s.seconds:.0f} s ({when})"

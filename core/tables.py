@@ -89,6 +89,11 @@ _LOCK_TIMEOUT_S = 60.0
 # --------------------------------------------------------------------------- classes
 
 
+def trainable_mask(rows: pd.DataFrame) -> np.ndarray:
+    """Which rows a model may learn from: a defined label and a weight above 0 (not excluded)."""
+    return (rows["label"] != UNDEFINED).to_numpy() & (rows["weight"] > 0).to_numpy()
+
+
 def check_class_name(name: object) -> str:
     """Return ``name`` stripped if it can be a class name, else raise :class:`UserError`."""
     if not isinstance(name, str) or not name.strip():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,17 @@ def run_app() -> AppTest:
     return app
 
 
+def run_until(app: AppTest, done, timeout: float = 120) -> AppTest:
+    """Rerun the page (as its once-a-second poll does) until ``done(app)``: imports run in the background."""
+    deadline = time.time() + timeout
+    while not done(app):
+        assert time.time() < deadline, "the background job did not finish"
+        time.sleep(0.5)
+        app.run()
+        assert not app.exception, app.exception
+    return app
+
+
 def test_an_empty_workspace_offers_the_demo_and_an_import(workspace: Path, class_folders: Path):
     app = run_app()
     assert "No data sets" in app.markdown[0].value
@@ -30,8 +42,10 @@ def test_an_empty_workspace_offers_the_demo_and_an_import(workspace: Path, class
     app.text_input[1].input("animals")
     app.button(key="FormSubmitter:import-Import").click().run()
     assert not app.exception, app.exception
-    assert "Created 'animals'" in app.success[0].value
+    run_until(app, lambda a: a.success)
+    assert app.success[0].value.startswith("Created 'animals': ")
     assert list_datasets(workspace) == ["animals"]
+    assert app.title[0].value == "animals"  # the session moved to the new data set
 
 
 def test_a_bad_import_path_shows_the_error_and_creates_nothing(workspace: Path):
@@ -39,6 +53,7 @@ def test_a_bad_import_path_shows_the_error_and_creates_nothing(workspace: Path):
     app.text_input[0].input("/no/such/folder")
     app.text_input[1].input("ghost")
     app.button(key="FormSubmitter:import-Import").click().run()
+    run_until(app, lambda a: a.error)
     assert "does not exist" in app.error[0].value
     assert list_datasets(workspace) == []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -12,13 +13,14 @@ from core.embed import EmbedderConfig, embed_dataset
 from core.ingest import import_dataset
 from core.runs import list_runs, load_samples
 from core.tables import ChangeSet
-from core.train.config import TrainConfig
-from core.train.pipeline import train_heads
+from core.train.heads import HeadsSettings
+from core.train.pipeline import train
 from core.workspace import open_table
 from tests.conftest import REPO, write_fashion_folders
+from tests.test_app import run_until
 
 APP = str(REPO / "app.py")
-QUICK = TrainConfig(embedding="pixels-16px", heads=("knn", "logreg"))
+QUICK = HeadsSettings(embedding="pixels-16px", heads=("knn", "logreg"))
 
 
 def page(name: str) -> AppTest:
@@ -49,9 +51,13 @@ def test_the_map_page_offers_projection_then_draws(fashion: Path):
     assert any("No 3D map" in i.value for i in app.info)
     app.button[0].click().run()
     assert not app.exception, app.exception
+    run_until(app, lambda a: any("selected" in m.value for m in a.markdown))  # PaCMAP runs in the background
     assert not app.info or not any("No 3D map" in i.value for i in app.info)
     assert any("selected" in m.value for m in app.markdown)  # the selection panel under the map
-    assert (REPO / "static" / "maps").is_dir()
+    # The map the browser loads: one point per sample of this data set, complete (thumbs.bin is written last).
+    ids = sorted(open_table(fashion, "fashion").read()["sample_id"])
+    drawn = [f for f in (REPO / "static" / "maps").iterdir() if (f / "thumbs.bin").exists() and sorted(np.fromfile(f / "ids.bin", dtype=np.int32)) == ids]
+    assert drawn and np.fromfile(drawn[0] / "points.bin", dtype=np.float32).shape == (3 * len(ids),)
 
 
 def test_training_from_the_page_runs_in_the_background_and_shows_the_results(fashion: Path):
@@ -73,7 +79,7 @@ def test_training_from_the_page_runs_in_the_background_and_shows_the_results(fas
 
 
 def test_the_review_queue_accepts_a_prediction_and_commits_it(fashion: Path):
-    run = train_heads(fashion, "fashion", QUICK)
+    run = train(fashion, "fashion", QUICK)
     flagged = load_samples(run).query("flagged").sort_values(["issue_score", "loss"], ascending=False)
     first = flagged.iloc[0]
     app = page("review")
@@ -95,6 +101,30 @@ def test_the_compare_page_shows_what_changed(fashion: Path):
     rows = table.read(1)
     table.commit(ChangeSet.relabel(rows.loc[rows["label"] == "bag", "sample_id"][:3], "coat"), parent=1, message="three bags are coats")
     app = page("compare")
-    assert any("3" in m.value and "relabelled" in m.value for m in app.markdown)
+    assert "**3** relabelled" in [m.value for m in app.markdown]
     counts = app.dataframe[0].value
     assert counts.loc["coat", "change"] == 3 and counts.loc["bag", "change"] == -3
+
+
+def test_the_train_form_shows_only_the_settings_a_family_reads(fashion: Path):
+    app = page("train")
+
+    def labels() -> set[str]:
+        return {w.label for w in [*app.number_input, *app.selectbox, *app.text_input, *app.multiselect]}
+
+    assert {"Heads", "Embedding", "MLP hidden units", "Folds (0: automatic)", "Optimizer"} <= labels()
+    next(s for s in app.selectbox if s.label == "Model family").set_value("resnet18-scratch").run()
+    assert not app.exception, app.exception
+    shown = labels()
+    assert {"Optimizer", "Augmentation", "Epochs", "Validation split"} <= shown  # ResNet-18 reads its optimizer now
+    assert not {"Heads", "Embedding", "MLP hidden units", "Class weighting"} & shown
+    next(s for s in app.selectbox if s.label == "Model family").set_value("triplet").run()
+    assert "Validation split" not in labels() and {"Output dimensions", "Margin"} <= labels()
+
+
+def test_a_user_error_on_a_page_is_an_error_box_not_a_traceback(fashion: Path):
+    run = train(fashion, "fashion", QUICK)
+    (run.path / "model" / "model_config.json").write_text("{damaged")  # a run folder damaged on disk
+    app = page("train")  # page() asserts there is no exception
+    assert any("is not a model folder written by this app" in e.value for e in app.error)
+    assert any("Runs on version 1" in m.value for m in app.markdown)  # what came before the error still shows

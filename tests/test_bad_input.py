@@ -41,7 +41,7 @@ CLASSES = ["cat", "dog", "owl"]
 def template(tmp_path_factory) -> Path:
     from core.embed import EmbedderConfig, embed_dataset
     from core.ingest import import_dataset
-    from core.train.config import TrainConfig
+    from core.train.heads import HeadsSettings
     from core.train.pipeline import train
 
     root = tmp_path_factory.mktemp("template")
@@ -54,7 +54,7 @@ def template(tmp_path_factory) -> Path:
     table.commit(ChangeSet.relabel([1, 2], "dog"), parent=1, message="two cats are dogs")
     table.commit(ChangeSet.set_weight([3], 0.0), parent=2, message="exclude a blurry one")
     embedding = embed_dataset(workspace, "base", EmbedderConfig(kind="pixels", resolution=16)).key
-    run = train(workspace, "base", TrainConfig(heads=("knn", "logreg"), embedding=embedding))
+    run = train(workspace, "base", HeadsSettings(heads=("knn", "logreg"), embedding=embedding))
     (root / "meta.json").write_text(json.dumps({"embedding": embedding, "run": run.run_id}))
     return root
 
@@ -159,11 +159,11 @@ def apply_file(ctx: Ctx, text: str, new_classes=()) -> int:
 
 
 def train_with(ctx: Ctx, **settings) -> str:
-    from core.train.config import TrainConfig
+    from core.train.heads import HeadsSettings
     from core.train.pipeline import train
 
     settings.setdefault("embedding", ctx.embedding)
-    return error_of(lambda: train(ctx.workspace, "base", TrainConfig(**settings)))
+    return error_of(lambda: train(ctx.workspace, "base", HeadsSettings(**settings)))
 
 
 def embed_with(ctx: Ctx, **settings) -> str:
@@ -490,12 +490,12 @@ CASES = [
     Case("disk nearly full: commit", lambda c: nearly_full_disk(c, commit_on_full_disk), r"could not write version 4.*no space left.*nothing was committed.*free some disk space"),
     Case("disk nearly full: import", lambda c: nearly_full_disk(c, import_on_full_disk), r"no space left.*free some disk space"),
     # ----- settings
-    Case("settings: zero epochs", lambda c: train_with(c, epochs=0), r"invalid training setting: epochs must be 1"),
-    Case("settings: negative learning rate", lambda c: train_with(c, learning_rate=-0.1), r"learning rate must be above 0"),
-    Case("settings: unknown optimizer", lambda c: train_with(c, optimizer="adamax"), r"optimizer 'adamax' is not one of"),
-    Case("settings: unknown head", lambda c: train_with(c, heads=("knn", "svm")), r"heads must be a selection"),
+    Case("settings: zero epochs", lambda c: train_with(c, epochs=0), r"invalid training setting for heads: epochs per fold must be 1 to 10,000, not 0"),
+    Case("settings: negative learning rate", lambda c: train_with(c, learning_rate=-0.1), r"learning rate must be 1e-07 to 10, not -0.1"),
+    Case("settings: unknown optimizer", lambda c: train_with(c, optimizer="adamax"), r"optimizer: 'adamax' is not one of sgd, adam, adamw, rmsprop"),
+    Case("settings: unknown head", lambda c: train_with(c, heads=("knn", "svm")), r"heads: 'svm' is not one of knn, logreg, mlp, softmax"),
     Case("settings: validation split of 1.5", lambda c: train_with(c, validation_split=1.5), r"validation split must be"),
-    Case("settings: dropout of 1", lambda c: train_with(c, dropout=(1.0, 0.2)), r"dropout"),
+    Case("settings: dropout of 1", lambda c: train_with(c, mlp_dropout=(1.0, 0.2)), r"mlp dropout must be 0 to 0.95, not 1.0"),
     Case("settings: embedding that was never computed", lambda c: train_with(c, embedding="efficientnet-lite0-nope"), r"python -m core embed|no cached|not embedded|embedding"),
     Case("settings: version that does not exist", lambda c: error_of(lambda: _train_version(c, 42)), r"version 42 does not exist"),
     Case("settings: a single class to train on", lambda c: _single_class(c), r"class"),
@@ -566,10 +566,10 @@ def _undefined_folder(ctx: Ctx) -> str:
 
 
 def _train_version(ctx: Ctx, version: int):
-    from core.train.config import TrainConfig
+    from core.train.heads import HeadsSettings
     from core.train.pipeline import train
 
-    return train(ctx.workspace, "base", TrainConfig(heads=("knn",), embedding=ctx.embedding), version=version)
+    return train(ctx.workspace, "base", HeadsSettings(heads=("knn",), embedding=ctx.embedding), version=version)
 
 
 def _single_class(ctx: Ctx) -> str:

@@ -71,7 +71,7 @@ def test_the_whole_loop_in_chromium(tmp_path: Path, workspace: Path):
             page.get_by_text("Version 2 of 2").wait_for(timeout=60_000)
             screenshot(page, "loop-2-data")
 
-            # Train: the seed-000 heads, live, then the confusion matrix; a cell lists its samples.
+            # Train: the heads recipe, live, then the confusion matrix; a cell lists its samples.
             page.goto(f"{url}/train?dataset=fashion")
             page.get_by_role("button", name="Start training").click(timeout=60_000)
             page.get_by_text("Confusion matrix").first.wait_for(timeout=240_000)

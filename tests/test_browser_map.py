@@ -12,8 +12,8 @@ from core.mapping import CONFIDENT
 from core.project import ProjectionConfig, project_dataset
 from core.runs import find_run, load_samples
 from core.tables import UNDEFINED, ChangeSet
-from core.train.config import TrainConfig
-from core.train.pipeline import train_heads
+from core.train.heads import HeadsSettings
+from core.train.pipeline import train
 from core.workspace import open_table
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, lasso, needs_chromium, running_app, screenshot, wait_for_version
 from tests.conftest import write_fashion_folders
@@ -133,7 +133,7 @@ def mixed(tmp_path: Path, workspace: Path) -> Path:
     table.commit(ChangeSet.relabel(table.read(1)["sample_id"].to_numpy()[::4], UNDEFINED), parent=1, message="a quarter not labelled yet")
     embed_dataset(workspace, "fashion", EmbedderConfig(kind="pixels", resolution=16))
     project_dataset(workspace, "fashion", "pixels-16px", ProjectionConfig(dims=3))
-    train_heads(workspace, "fashion", TrainConfig(embedding="pixels-16px", heads=("knn",)), version=2)
+    train(workspace, "fashion", HeadsSettings(embedding="pixels-16px", heads=("knn",)), version=2)
     return workspace
 
 

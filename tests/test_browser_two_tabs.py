@@ -21,8 +21,8 @@ from core.mapping import default_message
 from core.project import ProjectionConfig, project_dataset
 from core.runs import list_runs
 from core.tables import ChangeSet
-from core.train.config import TrainConfig
-from core.train.pipeline import train_heads
+from core.train.heads import HeadsSettings
+from core.train.pipeline import train
 from core.workspace import open_table
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, click_a_cell_with_samples, lasso, needs_chromium, running_app, screenshot, wait_for_version
 from tests.conftest import write_fashion_folders
@@ -43,7 +43,7 @@ def flipped(tmp_path: Path, workspace: Path) -> Path:
     table.commit(ChangeSet(updates=pd.DataFrame({"sample_id": chosen["sample_id"].to_numpy(), "label": wrong})), parent=1, message="24 flips")
     embed_dataset(workspace, "fashion", EmbedderConfig(kind="pixels", resolution=16))
     project_dataset(workspace, "fashion", "pixels-16px", ProjectionConfig(dims=3))
-    train_heads(workspace, "fashion", TrainConfig(heads=("knn", "logreg"), embedding="pixels-16px"), version=2)
+    train(workspace, "fashion", HeadsSettings(heads=("knn", "logreg"), embedding="pixels-16px"), version=2)
     return workspace
 
 

@@ -189,8 +189,11 @@ def test_train_runs_issues_and_predict_from_the_command_line(tmp_path: Path, wor
     "args, match",
     [
         (["train", "animals", "--embedding", "pixels-8px"], "has no embeddings 'pixels-8px' yet"),
-        (["train", "animals", "--heads", "svm"], "heads must be"),
-        (["train", "animals", "--hidden", "a,b"], "comma-separated numbers"),
+        (["train", "animals", "--heads", "svm"], "Heads: 'svm' is not one of knn, logreg, mlp, softmax"),
+        (["train", "animals", "--mlp-hidden", "a,b"], "--mlp-hidden takes comma-separated numbers"),
+        # A setting the family does not read is refused, not silently ignored (ResNet-18 has no heads, no embedding).
+        (["train", "animals", "--family", "resnet18-scratch", "--heads", "knn", "--embedding", "x"], "--heads, --embedding: not a setting of the resnet18-scratch family"),
+        (["train", "animals", "--family", "triplet", "--validation-split", "0.2"], "--validation-split: not a setting of the triplet family"),
         (["issues", "animals"], "no finished training run"),
         (["predict", "no-such-run", "/tmp", "--out", "/tmp/x.csv"], "No run 'no-such-run'"),
     ],
@@ -244,4 +247,4 @@ def test_frozen_backbone_from_the_command_line(tmp_path: Path, workspace: Path):
     assert predicted.returncode == 0, predicted.stderr
     assert len(pd.read_csv(tmp_path / "p.csv")) == 60
     bad = cli(workspace, "train", "f", "--family", "frozen-backbone", "--unfreeze-from", "9", "--epochs", "3")
-    assert "unfreeze_from must be" in one_error_line(bad)
+    assert "unfreeze from epoch must be 0 (never) to the number of epochs (3)" in one_error_line(bad)

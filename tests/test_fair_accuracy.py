@@ -14,8 +14,8 @@ from core.fair_accuracy import accuracy_per_version, paired_difference, referenc
 from core.ingest import import_dataset
 from core.runs import recipe_identity
 from core.tables import UNDEFINED, ChangeSet
-from core.train.config import TrainConfig
-from core.train.pipeline import QUICK_HEADS, train_heads
+from core.train.heads import HeadsSettings
+from core.train.pipeline import QUICK_HEADS, train
 from tests.conftest import write_fashion_folders
 
 
@@ -56,12 +56,12 @@ def test_fixing_flipped_labels_raises_the_line_against_the_reference_and_the_tru
     table.commit(ChangeSet(updates=pd.DataFrame({"sample_id": most, "label": true_of[most].to_numpy()})), parent=3, message="fix 90%")
 
     embed_dataset(workspace, "f", EmbedderConfig(kind="pixels", resolution=16))
-    quick = TrainConfig(heads=QUICK_HEADS, embedding="pixels-16px")
+    quick = HeadsSettings(heads=QUICK_HEADS, embedding="pixels-16px")
     for version in (2, 3, 4):
-        train_heads(workspace, "f", quick, version=version, trigger="after commit")
-    train_heads(workspace, "f", TrainConfig(heads=("knn",), embedding="pixels-16px"), version=4)  # another recipe
+        train(workspace, "f", quick, version=version, trigger="after commit")
+    train(workspace, "f", HeadsSettings(heads=("knn",), embedding="pixels-16px"), version=4)  # another recipe
 
-    fair = accuracy_per_version(workspace, "f", main_recipe=recipe_identity(quick.to_dict()), truth=truth)
+    fair = accuracy_per_version(workspace, "f", main_recipe=recipe_identity(quick), truth=truth)
     assert fair.reference == "labels of v4" and fair.missing == [1]
     against_reference = fair.main()
     against_truth = fair.main("true labels")

@@ -1,4 +1,4 @@
-"""Seed 004: a new head on a frozen pretrained backbone, optionally unfrozen gradually; predict with it."""
+"""The frozen-backbone family: a new head on a frozen pretrained backbone, optionally unfrozen gradually; predict with it."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from core.ingest import import_dataset
 from core.predict import predict_folder
 from core.runs import list_runs, load_json, load_samples
 from core.tables import UNDEFINED, ChangeSet
-from core.train.config import TrainConfig
-from core.train.frozen import FrozenSettings, parameter_groups, train_frozen
+from core.train.frozen import FrozenBackboneSettings, parameter_groups, train_frozen
 from core.train.pipeline import train
 from core.workspace import open_table
 from tests.conftest import write_fashion_folders
@@ -34,19 +33,19 @@ def fashion(tmp_path: Path, workspace: Path) -> Path:
     return workspace
 
 
-def test_the_seed_004_head_trains_on_cached_backbone_features_and_predicts_new_images(fashion: Path, tmp_path: Path):
-    config = TrainConfig.seed_004(epochs=12, **SMALL)
-    assert (config.hidden_units, config.dropout, config.optimizer, config.learning_rate, config.weight_decay) == ((512,), (0.5, 0.5), "adamw", 5e-4, 1e-4)
+def test_the_frozen_backbone_head_trains_on_cached_backbone_features_and_predicts_new_images(fashion: Path, tmp_path: Path):
+    config = FrozenBackboneSettings(epochs=12, **SMALL)
+    assert (config.head_hidden, config.head_dropout, config.optimizer, config.learning_rate, config.weight_decay) == (512, (0.5, 0.5), "adamw", 5e-4, 1e-4)
     run = train(fashion, "fashion", config)
     assert [r.run_id for r in list_runs(fashion, "fashion", version=2)] == [run.run_id]
     # Features once: the backbone's vectors went into the shared embedding cache, no trained embedding appears.
     keys = [m["key"] for m in list_embeddings(fashion, "fashion")]
-    assert run.summary["embedding"] in keys and not any(k.startswith("trained-") for k in keys)
+    assert run.summary.embedding in keys and not any(k.startswith("trained-") for k in keys)
     curves = pd.read_parquet(run.path / "curves.parquet")
     assert curves["epoch"].tolist() == list(range(1, 13))
     lr = curves["learning_rate"].to_numpy()
     assert lr[0] == pytest.approx(5e-4) and np.all(np.diff(lr) < 0)  # cosine annealing down from the seed's rate
-    assert run.summary["cv_accuracy"] > 0.4  # 10 classes: chance is 0.1
+    assert run.summary.held_out_accuracy > 0.4  # 10 classes: chance is 0.1
 
     samples = load_samples(run)
     assert len(samples) == 200 and set(samples["role"]) == {"train", "validation", "not trained on"}
@@ -65,7 +64,7 @@ def test_the_seed_004_head_trains_on_cached_backbone_features_and_predicts_new_i
 
 
 def test_k_fold_gives_every_labelled_sample_an_out_of_fold_score(fashion: Path):
-    run = train(fashion, "fashion", TrainConfig.seed_004(epochs=4, folds=3, **SMALL))
+    run = train(fashion, "fashion", FrozenBackboneSettings(epochs=4, folds=3, **SMALL))
     samples = load_samples(run)
     labelled = samples[samples["label"] != UNDEFINED]
     assert set(labelled["fold"]) == {0, 1, 2} and (labelled["role"] == "out of fold").all()
@@ -75,7 +74,7 @@ def test_k_fold_gives_every_labelled_sample_an_out_of_fold_score(fashion: Path):
 
 
 def test_gradual_unfreezing_trains_the_backbone_from_the_output_end(fashion: Path, tmp_path: Path):
-    config = TrainConfig.seed_004(epochs=3, unfreeze_from=2, augmentation="randaugment", batch_size=16, **SMALL)
+    config = FrozenBackboneSettings(epochs=3, unfreeze_from=2, augmentation="randaugment", batch_size=16, **SMALL)
     run = train(fashion, "fashion", config)
     curves = pd.read_parquet(run.path / "curves.parquet")
     assert curves["unfrozen_groups"].tolist() == [0, 1, 2]
@@ -88,15 +87,15 @@ def test_gradual_unfreezing_trains_the_backbone_from_the_output_end(fashion: Pat
 
 
 def test_unfreezing_changes_only_the_unfrozen_groups():
-    from core.embed import EmbedderConfig, _torch_feature_model
+    from core.embed import EmbedderConfig, torch_feature_model
 
-    backbone = _torch_feature_model(EmbedderConfig())[0]
+    backbone = torch_feature_model(EmbedderConfig())[0]
     before = [p.detach().clone() for p in backbone.parameters()]
     groups = parameter_groups(backbone)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (24, 32, 32, 3), dtype=np.uint8)
     y = np.arange(24) % 3
-    settings = FrozenSettings(epochs=2, batch_size=8, augmentation="none", unfreeze_from=2)
+    settings = FrozenBackboneSettings(epochs=2, batch_size=8, augmentation="none", unfreeze_from=2)
     result = train_frozen(images, y, 3, np.arange(18), np.arange(18, 24), backbone, settings)
     assert result.backbone_trained
     changed = {id(p) for p, old in zip(result.model.backbone.parameters(), before) if not torch.equal(p.detach(), old)}
@@ -105,12 +104,12 @@ def test_unfreezing_changes_only_the_unfrozen_groups():
 
 
 def test_bad_frozen_backbone_settings_are_refused_clearly(fashion: Path):
-    with pytest.raises(UserError, match="one hidden layer and two dropouts"):
-        TrainConfig.seed_004(hidden_units=(256, 128)).validate()
-    with pytest.raises(UserError, match="unfreeze_from must be"):
-        TrainConfig.seed_004(epochs=3, unfreeze_from=5).validate()
+    with pytest.raises(UserError, match="two dropouts"):
+        FrozenBackboneSettings(head_dropout=(0.5,)).validate()
+    with pytest.raises(UserError, match="unfreeze from epoch must be"):
+        FrozenBackboneSettings(epochs=3, unfreeze_from=5).validate()
     with pytest.raises(UserError, match="does not exist"):
-        TrainConfig.seed_004(backbone="torchvision", backbone_arch="resnet18", backbone_weights="/nowhere/r18.pth").validate()
+        FrozenBackboneSettings(backbone="torchvision", backbone_arch="resnet18", backbone_weights="/nowhere/r18.pth").validate()
 
 
 def test_any_backbone_with_a_local_weights_file_can_be_the_frozen_backbone(fashion: Path, tmp_path: Path):
@@ -119,7 +118,7 @@ def test_any_backbone_with_a_local_weights_file_can_be_the_frozen_backbone(fashi
     weights = tmp_path / "my-resnet18.pth"
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
-    config = TrainConfig.seed_004(epochs=2, backbone="torchvision", backbone_arch="resnet18", backbone_weights=str(weights), image_size=32)
+    config = FrozenBackboneSettings(epochs=2, backbone="torchvision", backbone_arch="resnet18", backbone_weights=str(weights), image_size=32)
     run = train(fashion, "fashion", config)
     model_config = json.loads((run.path / "model" / "model_config.json").read_text())
     assert model_config["input_dim"] == 512 and model_config["backbone"]["weights"] == str(weights)

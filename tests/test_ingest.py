@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from core.errors import UserError
-from core.ingest import add_images, check_image, import_dataset, load_import_report, thumbnail_path
+from core.ingest import add_images, check_image, import_dataset, load_import_report
 from core.tables import UNDEFINED
-from core.workspace import DatasetPaths, list_datasets
+from core.workspace import DatasetPaths, list_datasets, thumbnail_path
 from tests.conftest import draw_image
 
 

@@ -30,8 +30,8 @@ from core.mapping import (
 from core.review import Decision, filter_review, load_kept, queue_changes, queue_precision, record_kept, review_changes, review_frame, still_valid
 from core.runs import list_runs
 from core.tables import UNDEFINED, ChangeSet, revert_changes
-from core.train.config import TrainConfig
-from core.train.pipeline import quick_heads_config, quick_heads_recipe, train_heads
+from core.train.heads import HeadsSettings
+from core.train.pipeline import quick_heads_config, quick_heads_recipe, train
 from tests.conftest import write_fashion_folders
 
 CLASSES = ["T-shirt/top", "Trouser", "Shirt"]
@@ -309,9 +309,9 @@ def test_reverting_a_label_flow_cell_and_the_quick_heads_recipe(tmp_path: Path, 
     assert quick_heads_config(workspace, "f") is None  # nothing embedded: nothing quick to retrain
     embed_dataset(workspace, "f", EmbedderConfig(kind="pixels", resolution=8))
     assert quick_heads_config(workspace, "f") is None  # no default embedding and no run says which to use
-    train_heads(workspace, "f", TrainConfig(embedding="pixels-8px", heads=("knn",)), version=1)
+    train(workspace, "f", HeadsSettings(embedding="pixels-8px", heads=("knn",)), version=1)
     quick = quick_heads_config(workspace, "f")
     assert quick.heads == ("knn", "logreg") and quick.embedding == "pixels-8px"
-    run = train_heads(workspace, "f", quick, version=2, trigger="after commit")
+    run = train(workspace, "f", quick, version=2, trigger="after commit")
     assert run.automatic and run.recipe()[0] == quick_heads_recipe(workspace, "f")
     assert not list_runs(workspace, "f", 1)[0].automatic and list_runs(workspace, "f", 1)[0].recipe()[0] != run.recipe()[0]

@@ -1,4 +1,4 @@
-"""Seed 001: ResNet-18 from scratch on real images, its run, and its features as an embedding source."""
+"""The resnet18-scratch family: ResNet-18 from scratch on real images, its run, and its features as an embedding source."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from core.errors import Cancelled
 from core.ingest import import_dataset
 from core.project import project_dataset
 from core.runs import list_runs, load_json, load_samples
-from core.train.config import TrainConfig
-from core.train.pipeline import train_resnet_run
+from core.train.resnet import ResnetScratchSettings
+from core.train.pipeline import train
 from tests.conftest import write_fashion_folders
 
 
@@ -26,12 +26,12 @@ def fashion(tmp_path: Path, workspace: Path) -> Path:
 
 
 def test_resnet18_trains_from_scratch_and_its_features_become_an_embedding(fashion: Path):
-    run = train_resnet_run(fashion, "fashion", TrainConfig.seed_001(epochs=2, validation_split=0.25))
+    run = train(fashion, "fashion", ResnetScratchSettings(epochs=2, validation_split=0.25))
     curves = pd.read_parquet(run.path / "curves.parquet")
     assert curves["epoch"].tolist() == [1, 2]
     assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate"} <= set(curves.columns)
     assert curves["learning_rate"].iloc[0] == pytest.approx(5e-4)  # AdamW at the seed's rate, then cosine
-    assert run.summary["best_epoch"] in (1, 2) and run.summary["seconds_per_epoch"] > 0
+    assert run.summary.best_epoch in (1, 2) and run.summary.seconds_per_epoch > 0
     samples = load_samples(run)
     assert len(samples) == 80 and set(samples["role"]) == {"train", "validation"}
     assert samples["issue_score"].notna().all()
@@ -57,6 +57,6 @@ def test_resnet18_trains_from_scratch_and_its_features_become_an_embedding(fashi
 
 def test_a_cancelled_resnet_run_leaves_nothing(fashion: Path):
     with pytest.raises(Cancelled):
-        train_resnet_run(fashion, "fashion", TrainConfig.seed_001(epochs=2), progress=lambda s, f: None, should_stop=lambda: True)
+        train(fashion, "fashion", ResnetScratchSettings(epochs=2), progress=lambda s, f: None, should_stop=lambda: True)
     assert list_runs(fashion, "fashion") == []
     assert not any(m["key"].startswith("trained-") for m in list_embeddings(fashion, "fashion"))

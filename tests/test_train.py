@@ -1,4 +1,4 @@
-"""Training heads on embeddings: the seed-000 recipe, runs on disk, label-issue scores, bad input."""
+"""Training heads on embeddings: the heads recipe, runs on disk, label-issue scores, bad input."""
 
 from __future__ import annotations
 
@@ -16,14 +16,16 @@ from core.ingest import import_dataset
 from core.issues import knn_disagreement, precision_recall_f1, sample_metrics
 from core.runs import list_runs, load_json, load_samples
 from core.tables import UNDEFINED, ChangeSet
-from core.train.config import TrainConfig
-from core.train.heads import LogisticHead, MlpTraining, class_weights, fit_mlps, mlp_predict_proba, sequential_mlp
-from core.train.pipeline import train_heads
+from core.train.heads import HeadsSettings
+from core.train.registry import settings_from_dict
+from core.train.common import class_weights
+from core.train.head_models import LogisticHead, MlpTraining, fit_mlps, mlp_predict_proba, sequential_mlp
+from core.train.pipeline import train
 from core.workspace import open_table
 from tests.conftest import write_fashion_folders
 
 PIXELS = EmbedderConfig(kind="pixels", resolution=16)
-QUICK = TrainConfig(embedding="pixels-16px", epochs=30, final_epochs=30, patience=5)
+QUICK = HeadsSettings(embedding="pixels-16px", epochs=30, final_epochs=30, patience=5)
 
 
 @pytest.fixture
@@ -38,13 +40,13 @@ def fashion(tmp_path: Path, workspace: Path) -> Path:
 
 def test_a_run_cross_validates_every_head_keeps_the_best_and_stores_everything(fashion: Path):
     stages = []
-    run = train_heads(fashion, "fashion", QUICK, progress=lambda stage, fraction: stages.append((stage, fraction)))
+    run = train(fashion, "fashion", QUICK, progress=lambda stage, fraction: stages.append((stage, fraction)))
     assert run.version == 2 and [r.run_id for r in list_runs(fashion, "fashion", version=2)] == [run.run_id]
     cv = load_json(run, "cv.json")
     assert set(cv["heads"]) == {"knn", "logreg", "mlp"} and cv["folds"] == 5
     for head in cv["heads"].values():
         assert len(head["fold_accuracy"]) == 5 and head["mean"] > 0.5  # real photos: far above chance (0.1)
-    assert cv["best"] == max(cv["heads"], key=lambda h: cv["heads"][h]["mean"]) == run.summary["best_model"]
+    assert cv["best"] == max(cv["heads"], key=lambda h: cv["heads"][h]["mean"]) == run.summary.best_model
     assert stages[0][1] == 0.0 and any("retraining" in s for s, _ in stages)
 
     samples = load_samples(run)
@@ -73,7 +75,7 @@ def test_flipped_labels_rise_to_the_top(fashion: Path):
     classes = table.classes()
     wrong = [rng.choice([c for c in classes if c != label]) for label in victims["label"]]
     version = table.commit(ChangeSet(updates=pd.DataFrame({"sample_id": victims["sample_id"], "label": wrong})), parent=2, message="flip 28")
-    run = train_heads(fashion, "fashion", QUICK, version=version)
+    run = train(fashion, "fashion", QUICK, version=version)
     samples = load_samples(run).set_index("sample_id")
     ranked = samples[samples["trained_on"]].sort_values("issue_score", ascending=False)
     found_in_top_56 = ranked.index[:56].isin(victims["sample_id"]).sum()
@@ -100,21 +102,21 @@ def test_untrainable_versions_get_a_clear_error_and_no_run(fashion: Path, setup:
         changes = ChangeSet.relabel(rows["sample_id"], UNDEFINED)
     version = table.commit(changes, parent=2, message=setup)
     with pytest.raises(UserError, match=match):
-        train_heads(fashion, "fashion", QUICK, version=version)
+        train(fashion, "fashion", QUICK, version=version)
     assert list_runs(fashion, "fashion") == []
 
 
 def test_no_embeddings_says_which_command_makes_them(tmp_path: Path, workspace: Path):
     import_dataset(write_fashion_folders(tmp_path / "f", 3), "bare", workspace)
     with pytest.raises(UserError, match="python -m core embed bare"):
-        train_heads(workspace, "bare", TrainConfig())
+        train(workspace, "bare", HeadsSettings())
     with pytest.raises(UserError, match="versions 1 to 1"):
-        train_heads(workspace, "bare", TrainConfig(), version=7)
+        train(workspace, "bare", HeadsSettings(), version=7)
 
 
 def test_a_cancelled_run_leaves_nothing_listed(fashion: Path):
     with pytest.raises(Cancelled):
-        train_heads(fashion, "fashion", QUICK, progress=lambda stage, fraction: None, should_stop=lambda: True)
+        train(fashion, "fashion", QUICK, progress=lambda stage, fraction: None, should_stop=lambda: True)
     assert list_runs(fashion, "fashion") == []
     assert not any((fashion / "fashion" / "runs").iterdir())  # no staging folder left either
 
@@ -123,15 +125,15 @@ def test_folds_follow_the_smallest_class(fashion: Path):
     table = open_table(fashion, "fashion")
     bags = table.read().query("label == 'bag'")["sample_id"]
     version = table.commit(ChangeSet.relabel(bags.iloc[3:], UNDEFINED), parent=2, message="three bags")
-    run = train_heads(fashion, "fashion", TrainConfig(embedding="pixels-16px", heads=("knn",)), version=version)
+    run = train(fashion, "fashion", HeadsSettings(embedding="pixels-16px", heads=("knn",)), version=version)
     assert load_json(run, "cv.json")["folds"] == 3  # max(2, min(5, 3))
     with pytest.raises(UserError, match="4 folds need at least 4 samples per class"):
-        train_heads(fashion, "fashion", TrainConfig(embedding="pixels-16px", heads=("knn",), folds=4), version=version)
+        train(fashion, "fashion", HeadsSettings(embedding="pixels-16px", heads=("knn",), folds=4), version=version)
 
 
 def test_saved_models_load_without_pickle_and_reproduce_predictions(fashion: Path):
     for heads in (("mlp",), ("logreg",), ("knn",)):
-        run = train_heads(fashion, "fashion", TrainConfig(embedding="pixels-16px", heads=heads, epochs=20, final_epochs=20, patience=5))
+        run = train(fashion, "fashion", HeadsSettings(embedding="pixels-16px", heads=heads, epochs=20, final_epochs=20, patience=5))
         samples = load_samples(run)
         unlabelled = samples[~samples["trained_on"]]
         from core.embed import load_embeddings
@@ -152,7 +154,7 @@ def test_saved_models_load_without_pickle_and_reproduce_predictions(fashion: Pat
             if heads == ("logreg",):
                 got = LogisticHead.from_arrays(arrays).predict_proba(vectors)
             else:
-                from core.train.heads import KnnHead
+                from core.train.head_models import KnnHead
 
                 got = KnnHead.from_arrays(arrays).predict_proba(vectors)
         assert np.allclose(got, expected, atol=1e-5), heads
@@ -219,28 +221,29 @@ def test_precision_recall_f1():
 @pytest.mark.parametrize(
     "config, match",
     [
-        (TrainConfig(heads=("svm",)), "heads must be"),
-        (TrainConfig(optimizer="lion"), "optimizer"),
-        (TrainConfig(hidden_units=(64,), dropout=(0.1, 0.2)), "one dropout"),
-        (TrainConfig(learning_rate=0), "learning rate"),
-        (TrainConfig(folds=1), "folds"),
-        (TrainConfig(validation_split=0.9), "validation split"),
+        (HeadsSettings(heads=("svm",)), "Heads: 'svm' is not one of"),
+        (HeadsSettings(optimizer="lion"), "Optimizer: 'lion' is not one of sgd, adam"),
+        (HeadsSettings(mlp_hidden=(64,), mlp_dropout=(0.1, 0.2)), "one MLP dropout per hidden layer"),
+        (HeadsSettings(heads=("knn", "knn")), "at most once"),
+        (HeadsSettings(learning_rate=0), "Learning rate must be"),
+        (HeadsSettings(folds=1), "Folds must be 2 to 20"),
+        (HeadsSettings(validation_split=0.9), "Validation split must be"),
     ],
 )
-def test_bad_settings_are_refused(config: TrainConfig, match: str):
+def test_bad_settings_are_refused(config, match: str):
     with pytest.raises(UserError, match=match):
         config.validate()
 
 
-def test_config_round_trips_through_json():
-    config = TrainConfig(heads=("mlp",), hidden_units=(64, 32), dropout=(0.1, 0.1))
-    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+def test_settings_round_trip_through_json():
+    config = HeadsSettings(heads=("mlp",), mlp_hidden=(64, 32), mlp_dropout=(0.1, 0.1))
+    assert settings_from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
 def test_predict_a_folder_of_new_images(fashion: Path, tmp_path: Path):
     from core.predict import predict_folder
 
-    run = train_heads(fashion, "fashion", TrainConfig(embedding="pixels-16px", heads=("logreg",)))
+    run = train(fashion, "fashion", HeadsSettings(embedding="pixels-16px", heads=("logreg",)))
     new = write_fashion_folders(tmp_path / "new", 3, offset=200)  # images the model never saw
     (new / "bag" / "broken.png").write_bytes(b"nope")
     out, rows, skipped = predict_folder(run.run_id, new, tmp_path / "preds.csv", fashion, probabilities=True)
@@ -256,7 +259,7 @@ def test_predict_a_folder_of_new_images(fashion: Path, tmp_path: Path):
 def test_a_model_from_another_data_set_is_refused(fashion: Path, tmp_path: Path):
     from core.predict import predict_folder
 
-    run = train_heads(fashion, "fashion", TrainConfig(embedding="pixels-16px", heads=("knn",)))
+    run = train(fashion, "fashion", HeadsSettings(embedding="pixels-16px", heads=("knn",)))
     config_path = run.path / "model" / "model_config.json"
     config = json.loads(config_path.read_text())
     config["label_names"] = [f"other-{name}" for name in config["label_names"]]  # as if trained elsewhere
@@ -265,17 +268,17 @@ def test_a_model_from_another_data_set_is_refused(fashion: Path, tmp_path: Path)
         predict_folder(str(run.path), write_fashion_folders(tmp_path / "new", 1), tmp_path / "p.csv", fashion)
 
 
-def test_the_seed_002_softmax_head_is_a_linear_model_with_its_own_patience(fashion: Path):
+def test_the_softmax_head_is_a_linear_model_with_its_own_patience(fashion: Path):
     from core.embed import load_embeddings
     from core.predict import load_model
 
-    run = train_heads(fashion, "fashion", TrainConfig(embedding="pixels-16px", heads=("softmax",), epochs=40, final_epochs=40, softmax_patience=8))
+    run = train(fashion, "fashion", HeadsSettings(embedding="pixels-16px", heads=("softmax",), epochs=40, final_epochs=40, softmax_patience=8))
     cv = load_json(run, "cv.json")
     assert cv["best"] == "softmax" and cv["heads"]["softmax"]["mean"] > 0.5
     curves = pd.read_parquet(run.path / "curves.parquet")
     assert set(curves.loc[curves["stage"] == "cv", "fold"]) == set(range(5)) and (curves["stage"] == "final").any()
     predict, model_config = load_model(run.path / "model")
-    assert model_config["hidden_units"] == [] and model_config["model_type"] == "softmax"
+    assert model_config.architecture["hidden_units"] == [] and model_config.model_type == "softmax"
     samples = load_samples(run)
     unlabelled = samples[~samples["trained_on"]]
     embeddings = load_embeddings(fashion, "fashion", "pixels-16px", 2)

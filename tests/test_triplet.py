@@ -1,4 +1,4 @@
-"""Seed 002: the triplet-loss encoder pulls classes apart and becomes an embedding source."""
+"""The triplet family: the triplet-loss encoder pulls classes apart and becomes an embedding source."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from core.errors import Cancelled, UserError
 from core.ingest import import_dataset
 from core.project import knn_accuracy, project_dataset
 from core.runs import find_run, list_runs
-from core.train.config import TrainConfig
-from core.train.pipeline import train_triplet_run
+from core.train.triplet import TripletSettings
+from core.train.pipeline import train
 from tests.conftest import write_fashion_folders
 
 
@@ -24,13 +24,13 @@ def fashion(tmp_path: Path, workspace: Path) -> Path:
 
 
 def test_the_triplet_encoder_pulls_classes_apart_and_feeds_the_map(fashion: Path):
-    run = train_triplet_run(fashion, "fashion", TrainConfig.seed_002_triplet(embedding="pixels-16px", epochs=15))
-    assert run.summary["knn_encoded"] > run.summary["knn_input"]  # same labels, tighter classes
+    run = train(fashion, "fashion", TripletSettings(embedding="pixels-16px", epochs=15))
+    assert run.summary.figures["knn_encoded"] > run.summary.figures["knn_input"]  # same labels, tighter classes
     key = f"triplet-{run.run_id}"
     assert key in [m["key"] for m in list_embeddings(fashion, "fashion")]
     encoded = load_embeddings(fashion, "fashion", key)
     assert encoded.vectors.shape == (200, 64)
-    assert knn_accuracy(encoded.vectors, encoded.labels) == pytest.approx(run.summary["knn_encoded"], abs=1e-9)
+    assert knn_accuracy(encoded.vectors, encoded.labels) == pytest.approx(run.summary.figures["knn_encoded"], abs=1e-9)
     assert project_dataset(fashion, "fashion", key).coords.shape == (200, 3)
     with pytest.raises(UserError, match="no per-sample scores"):
         find_run(fashion, "fashion", run.run_id, with_samples=True)
@@ -38,11 +38,11 @@ def test_the_triplet_encoder_pulls_classes_apart_and_feeds_the_map(fashion: Path
 
 def test_a_cancelled_triplet_run_leaves_nothing(fashion: Path):
     with pytest.raises(Cancelled):
-        train_triplet_run(fashion, "fashion", TrainConfig.seed_002_triplet(embedding="pixels-16px"), should_stop=lambda: True)
+        train(fashion, "fashion", TripletSettings(embedding="pixels-16px"), should_stop=lambda: True)
     assert list_runs(fashion, "fashion") == []
     assert not any(m["key"].startswith("triplet-") for m in list_embeddings(fashion, "fashion"))
 
 
-def test_the_triplet_encoder_needs_hidden_and_output_sizes():
-    with pytest.raises(UserError, match="hidden, output dims"):
-        TrainConfig.seed_002_triplet(hidden_units=(64,), dropout=(0.0,)).validate()
+def test_the_triplet_encoder_refuses_an_empty_output():
+    with pytest.raises(UserError, match="Output dimensions must be 2 to 4,096"):
+        TripletSettings(output_dims=0).validate()

@@ -1,9 +1,9 @@
-"""Seed 004: a pretrained backbone kept frozen, with a new classification head.
+"""The frozen-backbone family: a pretrained backbone kept frozen, with a new classification head.
 
 The head is Dropout(0.5), Linear(features, 512), ReLU, Dropout(0.5),
 Linear(512, classes), trained with AdamW (lr 5e-4, weight decay 1e-4) and
 cosine annealing over the epochs; the checkpoint with the best validation
-accuracy is kept.
+accuracy is kept: the recipe this project started from for pretrained models.
 
 Two ways to train, chosen by the settings, with the same result where both apply:
 
@@ -11,7 +11,7 @@ Two ways to train, chosen by the settings, with the same result where both apply
   an image to the same vector every epoch, so the vectors come from the data
   set's embedding cache (the same backbone, computed once, shared with the
   map) and only the head trains. Seconds instead of hours on a CPU.
-* **Images every epoch** (RandAugment or the seed-001 augmentation, or
+* **Images every epoch** (RandAugment or the crop-flip-jitter augmentation, or
   gradual unfreezing): every batch goes through the backbone. With
   ``unfreeze_from = E`` the backbone's parameters are split into ten groups
   in definition order (input to output) and from epoch E on one more group,
@@ -24,12 +24,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from core.errors import Cancelled
-from core.train.heads import make_optimizer, validation_scores
+from core.runs import ModelConfig, RunInfo
+from core.train.common import augmentation, class_weights, inner_split, load_weights, make_optimizer, validation_scores
+from core.train.family import Family, FamilyResult, PublishedEmbedding, TrainingJob
+from core.train.settings import CLASS_WEIGHTINGS, IMAGE_AUGMENTATIONS, OPTIMIZERS, FamilySettings, setting
+
+BACKBONES = ("efficientnet-lite0", "torchvision", "open_clip")
 
 UNFREEZE_GROUPS = 10
 
@@ -59,36 +65,52 @@ class BackboneClassifier(torch.nn.Module):
 
 
 @dataclass(frozen=True)
-class FrozenSettings:
-    epochs: int = 10
-    batch_size: int = 32
-    learning_rate: float = 5e-4
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"
-    hidden: int = 512
-    dropout: tuple[float, float] = (0.5, 0.5)
-    augmentation: str = "none"  # none | randaugment | seed-001
-    unfreeze_from: int = 0  # 0: the backbone never trains
-    balanced: bool = False
-    seed: int = 42
+class FrozenBackboneSettings(FamilySettings):
+    family = "frozen-backbone"
+
+    backbone: str = setting("efficientnet-lite0", "Backbone", "EfficientNet-Lite0 ships with the app; torchvision and open_clip need a local weights file.", choices=BACKBONES)
+    backbone_arch: str | None = setting(None, "Architecture", "torchvision: e.g. resnet50; open_clip: e.g. ViT-B-32.", none="none (EfficientNet-Lite0)")
+    backbone_weights: str | None = setting(None, "Weights file", "A checkpoint on this machine; nothing is downloaded.", none="none")
+    image_size: int | None = setting(None, "Image size", "Smaller is faster on a CPU.", minimum=16, maximum=1024, none="the backbone's own")
+    unfreeze_from: int = setting(0, "Unfreeze from epoch", "From this epoch one more tenth of the backbone trains each epoch, at a tenth of the rate; 0: never.", minimum=0, maximum=10_000)
+    folds: int | None = setting(None, "Folds", "k-fold gives every labelled sample an out-of-fold score (k times the cost).", minimum=2, maximum=20, none="one validation split")
+    epochs: int = setting(15, "Epochs", "The best epoch by validation accuracy is kept.", minimum=1, maximum=10_000)
+    batch_size: int = setting(32, "Batch size", "", minimum=1, maximum=65_536)
+    learning_rate: float = setting(5e-4, "Learning rate", "Of the head; cosine annealing over the epochs.", minimum=1e-7, maximum=10.0, aliases=("--lr",))
+    optimizer: str = setting("adamw", "Optimizer", "SGD uses momentum 0.9.", choices=OPTIMIZERS)
+    weight_decay: float = setting(1e-4, "Weight decay", "", minimum=0.0, maximum=1.0)
+    head_hidden: int = setting(512, "Head hidden units", "The head's one hidden layer.", minimum=1, maximum=65_536)
+    head_dropout: tuple[float, ...] = setting((0.5, 0.5), "Head dropout", "Two: before the hidden layer and before the output.", minimum=0.0, maximum=0.95)
+    validation_split: float = setting(0.1, "Validation split", "Share of each training set held out to pick the best epoch.", minimum=0.02, maximum=0.5)
+    augmentation: str = setting("none", "Augmentation", "Anything but none runs every image through the backbone each epoch (slow on a CPU).", choices=IMAGE_AUGMENTATIONS)
+    class_weighting: str = setting("none", "Class weighting", "balanced: each class weighs the same in the loss.", choices=CLASS_WEIGHTINGS)
+    issue_neighbours: int = setting(10, "Label-issue neighbours", "Neighbours whose labels the label-issue score compares with.", minimum=1, maximum=1000)
 
     @property
     def needs_images(self) -> bool:
         return self.augmentation != "none" or self.unfreeze_from > 0
 
+    def check(self) -> None:
+        if len(self.head_dropout) != 2:
+            self.refuse(f"the head takes two dropouts (before the hidden layer and before the output), not {self.head_dropout}.")
+        if self.unfreeze_from > self.epochs:
+            self.refuse(f"unfreeze from epoch must be 0 (never) to the number of epochs ({self.epochs}), not {self.unfreeze_from}.")
+        self.backbone_config().validate()
 
-def image_transform(augmentation: str, size: int):
-    """A transform on uint8 C x H x W tensors; the backbone normalises by itself."""
-    from torchvision.transforms import v2
+    def backbone_config(self):
+        """The embedder that is this family's frozen backbone."""
+        from core.embed import EmbedderConfig
 
-    if augmentation == "randaugment":
-        return v2.RandAugment()
-    if augmentation == "seed-001":
-        return v2.Compose([
-            v2.RandomResizedCrop(size, scale=(0.8, 1.0), antialias=True), v2.RandomHorizontalFlip(), v2.RandomRotation(10),
-            v2.RandomAffine(degrees=0, shear=8, scale=(0.85, 1.15)), v2.ColorJitter(0.15, 0.15, 0.15),
-        ])
-    return None
+        return EmbedderConfig(kind=self.backbone, arch=self.backbone_arch, weights=self.backbone_weights, resolution=self.image_size)
+
+    @classmethod
+    def upgrade(cls, data: dict) -> dict:
+        data = super().upgrade(data)
+        if "hidden_units" in data:
+            data.setdefault("head_hidden", data.pop("hidden_units")[0])
+        if "dropout" in data:
+            data.setdefault("head_dropout", data.pop("dropout"))
+        return data
 
 
 def parameter_groups(backbone: torch.nn.Module, groups: int = UNFREEZE_GROUPS) -> list[list[torch.nn.Parameter]]:
@@ -123,7 +145,7 @@ def train_frozen(
     train: np.ndarray,
     val: np.ndarray,
     backbone: torch.nn.Module | None,
-    settings: FrozenSettings,
+    settings: FrozenBackboneSettings,
     *,
     class_weight: np.ndarray | None = None,
     on_epoch: Callable[[dict], None] | None = None,
@@ -136,14 +158,14 @@ def train_frozen(
     torch.manual_seed(settings.seed)
     order_rng = np.random.default_rng(settings.seed)
     d_in = data.shape[1] if backbone is None else _feature_dim(backbone, data[:1])
-    model = BackboneClassifier(backbone, build_head(d_in, settings.hidden, n_classes, settings.dropout))
+    model = BackboneClassifier(backbone, build_head(d_in, settings.head_hidden, n_classes, tuple(settings.head_dropout)))
     if backbone is not None:
         for parameter in backbone.parameters():
             parameter.requires_grad_(False)
     optimizer = make_optimizer(settings.optimizer, model.head.parameters(), settings.learning_rate, settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs)
     groups = parameter_groups(backbone) if backbone is not None and settings.unfreeze_from > 0 else []
-    transform = image_transform(settings.augmentation, data.shape[1]) if backbone is not None else None
+    transform = augmentation(settings.augmentation, data.shape[1]) if backbone is not None else None
     forward = model if backbone is not None else model.head
     weight = torch.from_numpy(class_weight.astype(np.float32)) if class_weight is not None else None
     labels = torch.from_numpy(y.astype(np.int64))
@@ -204,3 +226,136 @@ def predict_frozen(model: BackboneClassifier, data: np.ndarray, indices: np.ndar
             out.append(torch.softmax(forward(torch.from_numpy(np.ascontiguousarray(data[chosen]))), 1).numpy())
     n_classes = model.head[-1].out_features
     return np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
+
+
+def _training_inputs(job: TrainingJob, backbone_config, key: str) -> tuple[np.ndarray, object, int]:
+    """(what the head trains on, the rows of the version it covers, how many samples are left out).
+
+    uint8 images when every epoch goes through the backbone; else the backbone's features, which never
+    change, from the embedding cache (computed once, shared with the map).
+    """
+    from core.embed import embed_dataset, input_resolution
+
+    if job.settings.needs_images:
+        images, readable = job.images(input_resolution(backbone_config))
+        kept = np.flatnonzero(readable)
+        return images[kept], job.rows.iloc[kept], int((~readable).sum())
+    embed_dataset(
+        job.workspace, job.name, backbone_config, version=job.version, should_stop=job.should_stop,
+        progress=lambda done, total: job.report(f"embedding with the backbone: {done:,} of {total:,}", 0.1 * done / max(total, 1)),
+    )
+    embeddings = job.embeddings(key)
+    return embeddings.vectors, job.rows_of(embeddings.sample_ids), embeddings.missing
+
+
+class FrozenBackbone(Family):
+    name = "frozen-backbone"
+    title = "Frozen pretrained backbone + new head"
+    help = "A pretrained backbone kept frozen with a new head (Dropout, 512, ReLU, Dropout). Fast on cached features; augmentation or unfreezing go through the images every epoch (slow on a CPU)."
+    settings_class = FrozenBackboneSettings
+    model_types = ("frozen-backbone",)
+    run_label = "frozen"
+
+    def fit(self, job: TrainingJob) -> FamilyResult:
+        from sklearn.model_selection import StratifiedKFold
+
+        from core.embed import embedder_key, torch_feature_model
+
+        settings: FrozenBackboneSettings = job.settings
+        backbone_config = settings.backbone_config()
+        key = embedder_key(backbone_config)
+        inputs, frame, missing = _training_inputs(job, backbone_config, key)
+        data = job.labelled(frame, folds=settings.folds)
+        labelled, codes, n_classes = data.labelled, data.codes, data.n_classes
+        features = not settings.needs_images
+
+        def fit(train: np.ndarray, val: np.ndarray, stage: str, share: tuple[float, float]) -> FrozenResult:
+            def on_epoch(row: dict) -> None:
+                job.curve({"stage": stage, **row})
+                job.report(f"{stage}: epoch {row['epoch']} of {settings.epochs}, val acc {row['val_accuracy']:.3f}", share[0] + (share[1] - share[0]) * row["epoch"] / settings.epochs)
+
+            weights = class_weights(codes[train], n_classes) if settings.class_weighting == "balanced" else None
+            backbone = torch_feature_model(backbone_config)[0] if settings.needs_images else None
+            return train_frozen(inputs, codes, n_classes, train, val, backbone, settings, class_weight=weights, on_epoch=on_epoch, should_stop=job.should_stop)
+
+        probabilities = np.zeros((len(data.frame), n_classes), dtype=np.float32)
+        role = np.full(len(data.frame), "not trained on", dtype=object)
+        fold_column = np.full(len(data.frame), -1, dtype=np.int64)
+        k = settings.folds or 0
+        if k:
+            accuracies = []
+            for number, (train_part, test_part) in enumerate(StratifiedKFold(n_splits=k, shuffle=True, random_state=settings.seed).split(labelled, codes[labelled])):
+                train, test = labelled[train_part], labelled[test_part]
+                inner_train, inner_val = inner_split(train, codes, settings.validation_split, settings.seed)
+                result = fit(inner_train, inner_val, f"fold {number + 1}", (0.1 + 0.7 * number / (k + 1), 0.1 + 0.7 * (number + 1) / (k + 1)))
+                probabilities[test] = predict_frozen(result.model, inputs, test, features=features)
+                accuracies.append(float((probabilities[test].argmax(1) == codes[test]).mean()))
+                fold_column[test] = number
+            role[labelled], evaluated = "out of fold", labelled
+        train, val = inner_split(labelled, codes, settings.validation_split, settings.seed)
+        final = fit(train, val, "final", (0.1 + 0.7 * k / (k + 1), 0.85))
+        unscored = np.setdiff1d(np.arange(len(data.frame)), labelled) if k else np.arange(len(data.frame))
+        job.report("scoring every sample", 0.88)
+        probabilities[unscored] = predict_frozen(final.model, inputs, unscored, features=features)
+        if not k:
+            role[train], role[val], evaluated = "train", "validation", val
+            accuracies = [final.best_accuracy]
+        if features:
+            vectors = inputs
+        else:
+            with torch.inference_mode():
+                vectors = np.concatenate([final.model.backbone(torch.from_numpy(inputs[s : s + 64])).numpy() for s in range(0, len(inputs), 64)])
+        job.write_samples(data, probabilities, vectors, trained_on=np.isin(np.arange(len(data.frame)), train), role=role, fold=fold_column)
+        job.write_evaluation(codes[evaluated], probabilities[evaluated].argmax(1), data.label_names, "predicted label (out of fold)" if k else "predicted label (validation set)")
+        accuracy = float(np.mean(accuracies))
+        job.write_cv(k, {self.name: accuracies}, {}, self.name)
+        job.builder.weights("head.safetensors", final.model.head)
+        if final.backbone_trained:
+            job.builder.weights("backbone.safetensors", final.model.backbone)
+        model = ModelConfig(
+            self.name, data.label_names,
+            "head.safetensors: torch.nn.Sequential(Dropout, Linear, ReLU, Dropout, Linear) state dict" + ("; backbone.safetensors: the unfrozen backbone" if final.backbone_trained else "; the backbone is the unchanged pretrained one"),
+            embedding=key, input_dim=int(final.model.head[1].in_features),
+            architecture={
+                "hidden": settings.head_hidden, "dropout": list(settings.head_dropout), "backbone_trained": final.backbone_trained, "best_cv_accuracy": accuracy, "best_epoch": final.best_epoch,
+                "backbone": {"kind": backbone_config.kind, "arch": backbone_config.arch, "weights": backbone_config.weights, "resolution": backbone_config.resolution},
+            },
+        )
+        published = None
+        if final.backbone_trained:
+            published = PublishedEmbedding("trained-{run_id}", f"{backbone_config.kind} fine-tuned here (run {{run_id}})", frame["content_hash"].to_numpy(), vectors, "trained")
+        return FamilyResult(
+            best_model=self.name, held_out_accuracy=accuracy, accuracy_by_model={self.name: round(accuracy, 4)}, folds=k,
+            n_labelled=len(labelled), n_samples=len(job.rows), not_embedded=missing, model=model, embedding=key,
+            best_epoch=final.best_epoch, seconds_per_epoch=round(final.seconds_per_epoch, 3),
+            note="accuracy is out of fold" if k else "accuracy is on the held-out validation split; per-sample scores of training samples are in-sample",
+            published=published,
+        )
+
+    def classifier(self, run_dir: Path, model: ModelConfig, models_dir: Path):
+        from core.embed import Embedder, EmbedderConfig, input_resolution, load_embedder, torch_feature_model
+
+        backbone_config = EmbedderConfig(**model.architecture["backbone"])
+        head = load_weights(build_head(model.input_dim, model.architecture["hidden"], model.n_classes, tuple(model.architecture["dropout"])), run_dir / "model" / "head.safetensors").eval()
+        if model.architecture.get("backbone_trained"):
+            backbone = load_weights(torch_feature_model(backbone_config)[0], run_dir / "model" / "backbone.safetensors").eval()
+            features = lambda images: backbone(torch.from_numpy(np.ascontiguousarray(images)))  # noqa: E731
+            resolution = input_resolution(backbone_config)
+        else:  # the unchanged pretrained backbone: the fast runtime the embeddings came from
+            embedder = load_embedder(backbone_config, models_dir)
+            features = lambda images: torch.from_numpy(embedder.embed_batch(images))  # noqa: E731
+            resolution = embedder.resolution
+
+        def classify(images: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return torch.softmax(head(features(images)), 1).numpy()
+
+        return Embedder(f"run-{run_dir.name}", f"{backbone_config.kind} with a trained head", resolution, model.n_classes, "torch", classify)
+
+    def describe(self, run: RunInfo) -> str:
+        s = run.summary
+        trained = f"; fine-tuned features saved as embedding 'trained-{run.run_id}'" if (run.path / "model" / "backbone.safetensors").exists() else ""
+        return f"best epoch {s.best_epoch} ({s.seconds_per_epoch:.2f} s per epoch){trained}; model in {run.path / 'model'}"
+
+
+FAMILY = FrozenBackbone()

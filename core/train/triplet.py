@@ -1,4 +1,4 @@
-"""Seed 002: a triplet-loss encoder on embeddings, trained on the current labels.
+"""The triplet family: a triplet-loss encoder on embeddings, trained on the current labels.
 
 A small network (in -> hidden -> out, unit-length output) learns to put
 samples of one class close together and samples of other classes at least
@@ -12,27 +12,42 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from core.errors import Cancelled
+from core.errors import Cancelled, UserError
+from core.runs import ModelConfig, RunInfo
+from core.train.common import make_optimizer
+from core.train.family import Family, FamilyResult, PublishedEmbedding, TrainingJob
+from core.train.settings import OPTIMIZERS, FamilySettings, setting
 
 
 @dataclass(frozen=True)
-class TripletSettings:
-    hidden: int = 256
-    out_dim: int = 64
-    margin: float = 0.2
-    epochs: int = 30
-    batch_size: int = 128  # triplets per step
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    seed: int = 42
+class TripletSettings(FamilySettings):
+    family = "triplet"
+
+    embedding: str | None = setting(None, "Embedding", "The vectors the encoder reads.", none="the default embedder's")
+    encoder_hidden: int = setting(256, "Hidden units", "The encoder's one hidden layer.", minimum=1, maximum=65_536)
+    output_dims: int = setting(64, "Output dimensions", "Size of the new embedding.", minimum=2, maximum=4096)
+    margin: float = setting(0.2, "Margin", "How much further another class must be than the sample's own (unit-length outputs).", minimum=0.01, maximum=2.0)
+    epochs: int = setting(30, "Epochs", "One triplet per labelled sample each epoch.", minimum=1, maximum=10_000)
+    batch_size: int = setting(128, "Batch size", "Triplets per step.", minimum=1, maximum=65_536)
+    learning_rate: float = setting(1e-3, "Learning rate", "", minimum=1e-7, maximum=10.0, aliases=("--lr",))
+    optimizer: str = setting("adam", "Optimizer", "SGD uses momentum 0.9.", choices=OPTIMIZERS)
+    weight_decay: float = setting(1e-4, "Weight decay", "", minimum=0.0, maximum=1.0)
+
+    @classmethod
+    def upgrade(cls, data: dict) -> dict:
+        data = super().upgrade(data)
+        if "hidden_units" in data:
+            data["encoder_hidden"], data["output_dims"] = data.pop("hidden_units")
+        return data
 
 
 def build_encoder(d_in: int, settings: TripletSettings) -> torch.nn.Module:
-    return torch.nn.Sequential(torch.nn.Linear(d_in, settings.hidden), torch.nn.ReLU(), torch.nn.Linear(settings.hidden, settings.out_dim))
+    return torch.nn.Sequential(torch.nn.Linear(d_in, settings.encoder_hidden), torch.nn.ReLU(), torch.nn.Linear(settings.encoder_hidden, settings.output_dims))
 
 
 def encode(encoder: torch.nn.Module, X: np.ndarray) -> np.ndarray:
@@ -58,7 +73,7 @@ def train_triplet_encoder(
     generator = np.random.default_rng(settings.seed)
     torch.manual_seed(settings.seed)
     encoder = build_encoder(X.shape[1], settings)
-    optimizer = torch.optim.Adam(encoder.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    optimizer = make_optimizer(settings.optimizer, encoder.parameters(), settings.learning_rate, settings.weight_decay)
     loss_fn = torch.nn.TripletMarginLoss(margin=settings.margin)
     X_t = torch.from_numpy(np.asarray(X, dtype=np.float32))
     members = {c: np.flatnonzero(y == c) for c in np.unique(y)}
@@ -95,3 +110,49 @@ def train_triplet_encoder(
         if on_epoch:
             on_epoch(row)
     return encoder.eval(), curves
+
+
+class Triplet(Family):
+    name = "triplet"
+    title = "Triplet-loss encoder"
+    help = "A triplet-loss encoder on the embeddings; its output becomes a new embedding whose map pulls the classes apart. It classifies nothing by itself."
+    settings_class = TripletSettings
+    model_types = ("triplet-encoder",)
+    run_label = "triplet"
+
+    def fit(self, job: TrainingJob) -> FamilyResult:
+        from core.project import knn_accuracy
+
+        embeddings, data = job.embedded()
+        settings: TripletSettings = job.settings
+        key = settings.embedding
+
+        def on_epoch(row: dict) -> None:
+            job.curve({"stage": "triplet", **row})
+            job.report(f"epoch {row['epoch']} of {settings.epochs}: loss {row['train_loss']:.4f}", row["epoch"] / settings.epochs)
+
+        encoder, _ = train_triplet_encoder(embeddings.vectors[data.labelled], data.y, settings, on_epoch=on_epoch, should_stop=job.should_stop)
+        encoded = encode(encoder, embeddings.vectors)
+        job.builder.weights("model.safetensors", encoder)
+        model = ModelConfig(
+            "triplet-encoder", data.label_names, "torch.nn.Sequential(Linear, ReLU, Linear) state dict; outputs are L2-normalised",
+            embedding=key, input_dim=int(embeddings.vectors.shape[1]), architecture={"hidden": settings.encoder_hidden, "output_dim": settings.output_dims},
+        )
+        return FamilyResult(
+            best_model="triplet-encoder", held_out_accuracy=None, accuracy_by_model={}, folds=0, n_labelled=len(data.labelled), n_samples=len(data.frame),
+            not_embedded=embeddings.missing, model=model, embedding=key,
+            figures={"knn_input": knn_accuracy(embeddings.vectors[data.labelled], data.y), "knn_encoded": knn_accuracy(encoded[data.labelled], data.y)},
+            note="10-NN accuracies are in-sample: the encoder was trained on these labels",
+            published=PublishedEmbedding("triplet-{run_id}", f"triplet encoder trained here (run {{run_id}}) on '{key}'", embeddings.content_hashes, encoded, "triplet"),
+        )
+
+    def classifier(self, run_dir: Path, model: ModelConfig, models_dir: Path):
+        raise UserError("A triplet-encoder run is an embedding, not a classifier: train heads on its embedding (`train NAME --embedding triplet-<run>`) and predict with that run.")
+
+    def describe(self, run: RunInfo) -> str:
+        figures = run.summary.figures
+        return (f"encoder output saved as embedding 'triplet-{run.run_id}'; 10-NN accuracy of the labels {figures['knn_input']:.4f} in the input embedding "
+                f"-> {figures['knn_encoded']:.4f} in the encoder's space (in-sample)")
+
+
+FAMILY = Triplet()

@@ -1,0 +1,79 @@
+"""Pieces of training every family uses: class weights, optimisers, validation scores, inner splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """1/count per class, normalised to sum to the number of classes (0 for an absent class)."""
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    weights = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+    return (weights * n_classes / weights.sum()).astype(np.float32)
+
+
+def validation_scores(probabilities: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of class probabilities against labels; (0, 0) for no samples."""
+    if not len(y):
+        return 0.0, 0.0
+    accuracy = float((probabilities.argmax(1) == y).mean())
+    loss = float(-np.log(np.maximum(probabilities[np.arange(len(y)), y], 1e-12)).mean())
+    return accuracy, loss
+
+
+def make_optimizer(name: str, parameters, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+def inner_split(indices: np.ndarray, y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out ``share`` of ``indices`` (rows of ``y``) for early stopping, stratified when every class allows it."""
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(y[indices])
+    n_classes = int((counts > 0).sum())
+    n_val = max(1, round(share * len(indices)))
+    stratify = None
+    if counts[counts > 0].min() >= 2 and len(indices) - n_classes >= n_classes:
+        # Small sets: hold out at least one sample of every class rather than give up stratifying.
+        n_val, stratify = max(n_val, n_classes), y[indices]
+    train, val = train_test_split(indices, test_size=n_val, stratify=stratify, random_state=seed)
+    return np.sort(train), np.sort(val)
+
+
+def augmentation(name: str, size: int):
+    """The random transform of augmentation ``name`` (``core.train.settings.IMAGE_AUGMENTATIONS``) on
+    uint8 C x H x W tensors, giving ``size`` x ``size``; None for "none"."""
+    from torchvision.transforms import v2
+
+    if name == "randaugment":
+        return v2.Compose([v2.RandAugment(), v2.CenterCrop(size)])
+    if name == "crop-flip-jitter":
+        return v2.Compose([
+            v2.RandomResizedCrop(size, scale=(0.8, 1.0), antialias=True), v2.RandomHorizontalFlip(), v2.RandomRotation(10),
+            v2.RandomAffine(degrees=0, shear=8, scale=(0.85, 1.15)), v2.ColorJitter(0.15, 0.15, 0.15),
+        ])
+    return None
+
+
+def load_weights(module: torch.nn.Module, path) -> torch.nn.Module:
+    """``module`` with the safetensors state dict at ``path``, or a UserError saying the run folder is damaged."""
+    from safetensors.torch import load_file
+
+    from core.errors import UserError
+
+    try:
+        state = load_file(path)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"Cannot read the model weights {path} ({str(exc).splitlines()[0][:200]}); the run folder is damaged. Train again.") from exc
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"The weights in {path} do not match its model_config.json ({str(exc).splitlines()[0][:200]}).") from exc
+    return module
