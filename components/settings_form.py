@@ -54,7 +54,7 @@ def _widget(where, info: SettingInfo):
     if info.choices:
         return where.selectbox(info.label, info.choices, index=info.choices.index(info.default), help=info.help)
     if info.kind is str:
-        text = where.text_input(info.label + (f" (empty: {info.none})" if info.optional else ""), info.default or "", help=info.help)
+        text = where.text_input(info.label, info.default or "", placeholder=info.none or None, help=info.help)
         return text.strip() or None
     if info.optional:
         number = where.number_input(f"{info.label} (0: {info.none})", 0, int(info.maximum), 0, help=info.help)

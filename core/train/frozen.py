@@ -69,9 +69,9 @@ class FrozenBackboneSettings(FamilySettings):
     family = "frozen-backbone"
 
     backbone: str = setting("efficientnet-lite0", "Backbone", "EfficientNet-Lite0 ships with the app; torchvision and open_clip need a local weights file.", choices=BACKBONES)
-    backbone_arch: str | None = setting(None, "Architecture", "torchvision: e.g. resnet50; open_clip: e.g. ViT-B-32.", none="none (EfficientNet-Lite0)")
-    backbone_weights: str | None = setting(None, "Weights file", "A checkpoint on this machine; nothing is downloaded.", none="none")
-    image_size: int | None = setting(None, "Image size", "Smaller is faster on a CPU.", minimum=16, maximum=1024, none="the backbone's own")
+    backbone_arch: str | None = setting(None, "Architecture", "torchvision: e.g. resnet50; open_clip: e.g. ViT-B-32. Empty for EfficientNet-Lite0.", none="EfficientNet-Lite0")
+    backbone_weights: str | None = setting(None, "Weights file", "A checkpoint on this machine; nothing is downloaded.", none="no file")
+    image_size: int | None = setting(None, "Image size", "Smaller is faster on a CPU; 0: the backbone's own input size.", minimum=16, maximum=1024, none="its own")
     unfreeze_from: int = setting(0, "Unfreeze from epoch", "From this epoch one more tenth of the backbone trains each epoch, at a tenth of the rate; 0: never.", minimum=0, maximum=10_000)
     folds: int | None = setting(None, "Folds", "k-fold gives every labelled sample an out-of-fold score (k times the cost).", minimum=2, maximum=20, none="one validation split")
     epochs: int = setting(15, "Epochs", "The best epoch by validation accuracy is kept.", minimum=1, maximum=10_000)

@@ -94,7 +94,8 @@ class FamilySettings:
     def settings(cls) -> list[SettingInfo]:
         hints = typing.get_type_hints(cls)
         out = []
-        for f in fields(cls):
+        # The family's own settings first, the seed every family shares last.
+        for f in sorted(fields(cls), key=lambda f: f.name == "seed"):
             kind, is_tuple, optional = _describe_type(hints[f.name])
             m = f.metadata
             out.append(SettingInfo(
