@@ -77,3 +77,20 @@ def load_weights(module: torch.nn.Module, path) -> torch.nn.Module:
     except RuntimeError as exc:
         raise UserError(f"The weights in {path} do not match its model_config.json ({str(exc).splitlines()[0][:200]}).") from exc
     return module
+
+
+class BestEpoch:
+    """The weights of the epoch with the best validation accuracy so far (the first of equals), to end a training with."""
+
+    def __init__(self) -> None:
+        self.accuracy, self.epoch, self._state = -1.0, 0, None
+
+    def offer(self, model: torch.nn.Module, epoch: int, accuracy: float) -> None:
+        if accuracy > self.accuracy:
+            self.accuracy, self.epoch = accuracy, epoch
+            self._state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def restore(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` with the best epoch's weights, in evaluation mode."""
+        model.load_state_dict(self._state)
+        return model.eval()

@@ -31,7 +31,7 @@ import torch
 
 from core.errors import Cancelled
 from core.runs import ModelConfig, RunInfo
-from core.train.common import augmentation, class_weights, inner_split, load_weights, make_optimizer, validation_scores
+from core.train.common import BestEpoch, augmentation, class_weights, inner_split, load_weights, make_optimizer, validation_scores
 from core.train.family import Family, FamilyResult, PublishedEmbedding, TrainingJob
 from core.train.settings import CLASS_WEIGHTINGS, IMAGE_AUGMENTATIONS, OPTIMIZERS, FamilySettings, setting
 
@@ -169,7 +169,7 @@ def train_frozen(
     forward = model if backbone is not None else model.head
     weight = torch.from_numpy(class_weight.astype(np.float32)) if class_weight is not None else None
     labels = torch.from_numpy(y.astype(np.int64))
-    best_state, best_accuracy, best_epoch, unfrozen = None, -1.0, 0, 0
+    best, unfrozen = BestEpoch(), 0
     curves: list[dict] = []
     started = time.perf_counter()
     for epoch in range(1, settings.epochs + 1):
@@ -201,13 +201,10 @@ def train_frozen(
         val_accuracy, val_loss = validation_scores(probabilities, y[val])
         row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1), "val_loss": val_loss, "val_accuracy": val_accuracy, "learning_rate": learning_rate, "unfrozen_groups": unfrozen}
         curves.append(row)
-        if val_accuracy > best_accuracy:
-            best_accuracy, best_epoch = val_accuracy, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        best.offer(model, epoch, val_accuracy)
         if on_epoch:
             on_epoch(row)
-    model.load_state_dict(best_state)
-    return FrozenResult(model.eval(), best_epoch, best_accuracy, curves, (time.perf_counter() - started) / settings.epochs, bool(unfrozen))
+    return FrozenResult(best.restore(model), best.epoch, best.accuracy, curves, (time.perf_counter() - started) / settings.epochs, bool(unfrozen))
 
 
 def _feature_dim(backbone: torch.nn.Module, sample: np.ndarray) -> int:

@@ -23,7 +23,7 @@ import torch
 
 from core.errors import Cancelled
 from core.runs import ModelConfig, RunInfo
-from core.train.common import augmentation, inner_split, load_weights, make_optimizer, validation_scores
+from core.train.common import BestEpoch, augmentation, inner_split, load_weights, make_optimizer, validation_scores
 from core.train.family import Family, FamilyResult, PublishedEmbedding, TrainingJob
 from core.train.settings import IMAGE_AUGMENTATIONS, OPTIMIZERS, FamilySettings, setting
 
@@ -105,7 +105,7 @@ def train_resnet(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=10, T_mult=2)
     train_transform, eval_transform = _transforms(settings.augmentation)
     labels = torch.from_numpy(y.astype(np.int64))
-    best_state, best_accuracy, best_epoch = None, -1.0, 0
+    best = BestEpoch()
     curves: list[dict] = []
     started = time.perf_counter()
     for epoch in range(1, settings.epochs + 1):
@@ -133,13 +133,10 @@ def train_resnet(
         val_accuracy, val_loss = validation_scores(probabilities, y[val])
         row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1), "val_loss": val_loss, "val_accuracy": val_accuracy, "learning_rate": learning_rate}
         curves.append(row)
-        if val_accuracy > best_accuracy:
-            best_accuracy, best_epoch = val_accuracy, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        best.offer(model, epoch, val_accuracy)
         if on_epoch:
             on_epoch(row)
-    model.load_state_dict(best_state)
-    return ResnetResult(model.eval(), best_epoch, best_accuracy, curves, (time.perf_counter() - started) / max(settings.epochs, 1))
+    return ResnetResult(best.restore(model), best.epoch, best.accuracy, curves, (time.perf_counter() - started) / max(settings.epochs, 1))
 
 
 def predict(model: torch.nn.Module, images: np.ndarray, indices: np.ndarray, transform=None, with_features: bool = False):
