@@ -19,6 +19,8 @@ def settings_form(settings_class: type[FamilySettings], key: str, embeddings: li
         # A multiple choice gets a row of its own: in a quarter of the form its chips were cut off.
         for info in [i for i in infos if i.is_tuple and i.choices]:
             values[info.name] = tuple(st.multiselect(info.label, info.choices, default=list(info.default), help=info.help))
+        if not embeddings and any(i.name == "embedding" for i in infos):  # above the grid: inside a cell it broke the rows
+            st.warning("No embeddings yet: make them on the Map page (Embed the images), then train.")
         columns = st.columns(COLUMNS)
         placed = 0
         for info in infos:
@@ -27,8 +29,6 @@ def settings_form(settings_class: type[FamilySettings], key: str, embeddings: li
             where = columns[placed % COLUMNS]
             placed += 1
             if info.name == "embedding":
-                if not embeddings:
-                    where.warning("No embeddings yet: make them on the Map page (Embed).")
                 options = embeddings or [default_embedding or "none yet"]
                 values[info.name] = where.selectbox(info.label, options, index=options.index(default_embedding) if default_embedding in options else 0, help=info.help)
             elif info.is_tuple:
