@@ -1,10 +1,17 @@
 """Versioned label tables.
 
 A label table is a Delta Lake table (Parquet data files plus a transaction
-log) with one row per sample. Every commit writes a complete new snapshot, so
-any version can be read back exactly, by this module or by any Delta reader
-(Polars ``read_delta``, Spark, DuckDB's delta extension) or Parquet reader
-pointed at that version's files.
+log) with one row per sample. Any version can be read back exactly, by this
+module or by any Delta reader (Polars ``read_delta``, Spark, DuckDB's delta
+extension) or Parquet reader pointed at that version's files.
+
+Layout: each data file holds the rows of one range of :data:`IDS_PER_FILE`
+sample ids. A commit removes the files that hold a changed row and adds their
+rewritten rows (Delta's own add/remove actions); every other file is shared
+with the parent version. So a commit costs what it touches, not the size of
+the table, and a diff reads only the files two versions do not share. Tables
+written by earlier releases (one snapshot file per version) keep working:
+the first commit that touches such a file rewrites it into this layout.
 
 Rules the app keeps on top of Delta:
 
@@ -30,6 +37,8 @@ import json
 import os
 import re
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,9 +47,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import polars as pl
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, write_deltalake
-from deltalake.exceptions import DeltaError
+import pyarrow.parquet as pq
+from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties
+from deltalake import Schema as DeltaSchema
+from deltalake.exceptions import CommitFailedError, DeltaError
+from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
 from core.errors import ConflictError, StorageError, UserError
 
@@ -77,10 +90,17 @@ _TABLE_CONFIGURATION = {
     "delta.logRetentionDuration": "interval 36500 days",
     "delta.enableExpiredLogCleanup": "false",
     "delta.deletedFileRetentionDuration": "interval 36500 days",
-    # Opening the table replays the log since the last checkpoint; checkpoint
-    # often so that stays short however long the history grows.
-    "delta.checkpointInterval": "20",
+    # Opening the table replays the log since the last checkpoint, so a
+    # checkpoint now and then keeps that short however long the history grows.
+    # Not often: a checkpoint lists every data file and (with the retention
+    # above) every file ever removed, so at a million rows each is ~0.5 MB,
+    # while replaying 100 small commits takes milliseconds.
+    "delta.checkpointInterval": "100",
 }
+IDS_PER_FILE = 1024
+"""Sample ids per data file. A commit rewrites every file that holds a changed
+row, so this bounds what a small edit costs (about 35 KB per touched file)
+against how many files a full read opens (about 1,000 at a million rows)."""
 _MAX_CLASS_NAME = 100
 _LOG_ENTRY = re.compile(r"^\d{20}\.json$")
 _LOCK_TIMEOUT_S = 60.0
@@ -192,10 +212,18 @@ class Diff:
         }
 
 
+_DIFF_COLUMNS = ("sample_id", "path", "label", "weight", "split")
+
+
 def compare_snapshots(old: pd.DataFrame, new: pd.DataFrame, a: int = 0, b: int = 0, old_classes: Sequence[str] = (), new_classes: Sequence[str] = ()) -> Diff:
     """The :class:`Diff` between two snapshots (DataFrames in :data:`SCHEMA`)."""
-    keep = ["sample_id", "path", "label", "weight", "split"]
-    merged = old[keep].merge(new[keep], on="sample_id", how="outer", suffixes=("_old", "_new"), indicator=True)
+    keep = list(_DIFF_COLUMNS)
+    if len(old) == len(new) and np.array_equal(old["sample_id"].to_numpy(), new["sample_id"].to_numpy()):
+        # The same samples in the same order (any edit but an add or a remove): no join needed.
+        merged = pd.concat([old[keep].add_suffix("_old").reset_index(drop=True), new[keep[1:]].add_suffix("_new").reset_index(drop=True)], axis=1)
+        merged = merged.rename(columns={"sample_id_old": "sample_id"}).assign(_merge="both")
+    else:
+        merged = old[keep].merge(new[keep], on="sample_id", how="outer", suffixes=("_old", "_new"), indicator=True)
     added = (merged["_merge"] == "right_only").to_numpy()
     removed = (merged["_merge"] == "left_only").to_numpy()
     both = ~(added | removed)
@@ -270,6 +298,8 @@ class VersionInfo:
     classes: tuple[str, ...]
     n_samples: int
     summary: dict
+    next_id: int | None = None
+    """The id the next added sample gets; ids of removed samples are never given again (None: written by an earlier release)."""
 
     def describe(self) -> str:
         if self.kind == "import":
@@ -280,19 +310,95 @@ class VersionInfo:
 # --------------------------------------------------------------------------- the table
 
 
-def _to_frame(delta: DeltaTable, what: str = "the label table") -> pd.DataFrame:
-    try:
-        table = delta.to_pyarrow_table()
-    except Exception as exc:  # a data file deleted or damaged behind the app's back
-        raise UserError(
-            f"The data files of {what} are missing or damaged ({type(exc).__name__}: {str(exc)[:200]}). "
-            "Restore the data set folder from a backup; other versions may still be readable."
-        ) from exc
-    return table.to_pandas().sort_values("sample_id", ignore_index=True)[COLUMNS]
-
-
 def to_arrow(frame: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(frame[COLUMNS], schema=SCHEMA, preserve_index=False)
+
+
+_DELTA_SCHEMA = DeltaSchema.from_arrow(SCHEMA)
+_WRITE_THREADS = min(8, os.cpu_count() or 1)
+
+
+def _empty_rows(columns: Sequence[str] = COLUMNS) -> pd.DataFrame:
+    return pa.Table.from_pylist([], schema=pa.schema([SCHEMA.field(c) for c in columns])).to_pandas()
+
+
+@dataclass(frozen=True)
+class DataFiles:
+    """The data files of one version, ordered by sample id.
+
+    ``files`` has one row per file: ``path`` (relative to the table folder),
+    ``size`` (bytes), ``rows``, and ``first_id`` / ``last_id``, the range of
+    sample ids it holds. Ranges never overlap: a file's rewritten rows go to
+    files within its own range, and added samples get ids above every other.
+    """
+
+    files: pd.DataFrame
+
+    @classmethod
+    def of(cls, delta: DeltaTable, table_path: Path) -> DataFiles:
+        actions = pa.table(delta.get_add_actions(flatten=True))
+        names = actions.column_names
+
+        def column(name: str) -> np.ndarray:
+            if name not in names:
+                return np.full(actions.num_rows, np.nan)
+            return actions[name].to_numpy(zero_copy_only=False).astype(float)
+
+        files = pd.DataFrame(
+            {
+                "path": actions["path"].to_pylist(),
+                "size": actions["size_bytes"].to_numpy(zero_copy_only=False).astype(np.int64),
+                "rows": column("num_records"),
+                "first_id": column("min.sample_id"),
+                "last_id": column("max.sample_id"),
+            }
+        )
+        for i in np.flatnonzero(files[["rows", "first_id", "last_id"]].isna().any(axis=1).to_numpy()):
+            # A writer that kept no statistics: read them from the file itself.
+            ids = pq.read_table(table_path / files.at[i, "path"], columns=["sample_id"])["sample_id"].to_numpy()
+            files.loc[i, ["rows", "first_id", "last_id"]] = [len(ids), ids.min() if len(ids) else 0, ids.max() if len(ids) else -1]
+        files = files.astype({"rows": np.int64, "first_id": np.int64, "last_id": np.int64})
+        return cls(files.sort_values("first_id", ignore_index=True))
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.files["rows"].sum())
+
+    def next_id(self) -> int:
+        """One above every sample id in these files."""
+        return int(self.files["last_id"].max()) + 1 if len(self.files) else 1
+
+    def holding(self, sample_ids: np.ndarray) -> DataFiles:
+        """The files that hold (or would hold) any of ``sample_ids``."""
+        first = self.files["first_id"].to_numpy()
+        last = self.files["last_id"].to_numpy()
+        if len(first) == 0 or len(sample_ids) == 0:
+            return DataFiles(self.files.iloc[:0])
+        if np.any(first[1:] <= last[:-1]):  # overlapping ranges (not written by this module): read them all
+            return self
+        index = np.searchsorted(first, sample_ids, side="right") - 1
+        inside = (index >= 0) & (sample_ids <= last[np.clip(index, 0, None)])
+        return DataFiles(self.files.iloc[np.unique(index[inside])].reset_index(drop=True))
+
+    def without(self, other: DataFiles) -> DataFiles:
+        """These files minus the ones ``other`` shares."""
+        return DataFiles(self.files[~self.files["path"].isin(other.files["path"])].reset_index(drop=True))
+
+    def add_actions(self) -> list[AddAction]:
+        now = int(time.time() * 1000)
+        return [
+            AddAction(row.path, int(row.size), {}, now, True, _file_stats(int(row.rows), int(row.first_id), int(row.last_id)))
+            for row in self.files.itertuples()
+        ]
+
+    def remove_actions(self) -> list[RemoveAction]:
+        now = int(time.time() * 1000)
+        return [RemoveAction(path, True, now, int(size), {}) for path, size in zip(self.files["path"], self.files["size"])]
+
+
+def _file_stats(rows: int, first_id: int, last_id: int) -> str:
+    """Delta's per-file statistics: readers skip files by the sample_id range."""
+    return json.dumps({"numRecords": rows, "minValues": {"sample_id": first_id}, "maxValues": {"sample_id": last_id}, "nullCount": {"sample_id": 0}})
 
 
 class LabelTable:
@@ -329,12 +435,14 @@ class LabelTable:
             frame.insert(0, "sample_id", np.arange(1, len(frame) + 1, dtype=np.int64))
         frame = _fill_defaults(frame)
         _validate_snapshot(frame, class_list)
-        meta = {"message": message, "kind": "import", "parent": None, "classes": class_list, "summary": {}}
+        meta = {"message": message, "kind": "import", "parent": None, "classes": class_list, "summary": {}, "n_samples": len(frame), "next_id": int(frame["sample_id"].max()) + 1 if len(frame) else 1}
         with _write_errors_explained(path, "version 1"):
             path.mkdir(parents=True, exist_ok=True)
-            write_deltalake(
+            written = _write_data_files(path, frame)
+            create_table_with_add_actions(
                 str(path),
-                to_arrow(frame.sort_values("sample_id")),
+                _DELTA_SCHEMA,
+                written.add_actions(),
                 mode="error",
                 name=path.parent.name or None,
                 configuration=_TABLE_CONFIGURATION,
@@ -353,6 +461,33 @@ class LabelTable:
                 "Its log may be damaged: restore the folder from a backup, or re-import the images."
             ) from exc
 
+    def data_files(self, version: int | None = None) -> DataFiles:
+        """The data files that make up ``version`` (default: the head)."""
+        version = self._check_version(version)
+        return self._files_of(self._delta(version), version)
+
+    def _files_of(self, delta: DeltaTable, version: int) -> DataFiles:
+        try:
+            return DataFiles.of(delta, self.path)
+        except (OSError, pa.ArrowException) as exc:
+            raise _damaged(f"version {version} of {self.path}", exc) from exc
+
+    def _read_files(self, files: DataFiles, what: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """The rows of ``files``, sorted by sample_id."""
+        columns = list(columns or COLUMNS)
+        if "sample_id" not in columns:
+            columns.insert(0, "sample_id")
+        if files.files.empty:
+            return _empty_rows(columns)
+        try:
+            # Polars opens many small files in parallel, several times faster than a pyarrow dataset.
+            frame = pl.read_parquet([str(self.path / name) for name in files.files["path"]], columns=columns).to_pandas()
+        except Exception as exc:  # a data file deleted or damaged behind the app's back
+            raise _damaged(what, exc) from exc
+        if not frame["sample_id"].is_monotonic_increasing:
+            frame = frame.sort_values("sample_id", ignore_index=True)
+        return frame
+
     def head_version(self) -> int:
         # A version exists once its log entry does: a directory listing is
         # enough, and far cheaper than loading the table state.
@@ -370,10 +505,11 @@ class LabelTable:
             raise UserError(f"Version {version} does not exist: this table has versions 1 to {head}.")
         return int(version)
 
-    def read(self, version: int | None = None) -> pd.DataFrame:
-        """The rows of ``version`` (default: the head), sorted by sample_id."""
+    def read(self, version: int | None = None, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """The rows of ``version`` (default: the head), sorted by sample_id; all columns unless ``columns`` are named (sample_id always comes)."""
         version = self._check_version(version)
-        return _to_frame(self._delta(version), f"version {version} of {self.path}")
+        what = f"version {version} of {self.path}"
+        return self._read_files(self.data_files(version), what, columns)
 
     def history(self) -> list[VersionInfo]:
         """Every version, oldest first."""
@@ -409,8 +545,10 @@ class LabelTable:
             kind=meta.get("kind", "commit"),
             parent=meta.get("parent"),
             classes=tuple(meta.get("classes", ())),
-            n_samples=int(commit.get("operationMetrics", {}).get("num_added_rows", 0)),
+            # Earlier releases wrote a full snapshot per version, so its row count is the version's size.
+            n_samples=int(meta.get("n_samples", commit.get("operationMetrics", {}).get("num_added_rows", 0))),
             summary=meta.get("summary", {}),
+            next_id=meta.get("next_id"),
         )
 
     def classes(self, version: int | None = None) -> list[str]:
@@ -418,7 +556,7 @@ class LabelTable:
 
     def class_counts(self, version: int | None = None) -> pd.DataFrame:
         """Per class (every class of the version, then ``undefined``): samples, excluded, trainable."""
-        frame = self.read(version)
+        frame = self.read(version, columns=["label", "weight"])
         classes = self.classes(version) + [UNDEFINED]
         excluded = frame["weight"] == 0
         total = frame["label"].value_counts().reindex(classes, fill_value=0)
@@ -437,7 +575,11 @@ class LabelTable:
 
     def diff(self, a: int, b: int) -> Diff:
         a, b = self._check_version(a), self._check_version(b)
-        return compare_snapshots(self.read(a), self.read(b), a, b, self.classes(a), self.classes(b))
+        files_a, files_b = self.data_files(a), self.data_files(b)
+        # A file both versions share holds the same rows in both: only the others can differ.
+        old = self._read_files(files_a.without(files_b), f"version {a} of {self.path}", _DIFF_COLUMNS)
+        new = self._read_files(files_b.without(files_a), f"version {b} of {self.path}", _DIFF_COLUMNS)
+        return compare_snapshots(old, new, a, b, self.classes(a), self.classes(b))
 
     def parquet_files(self, version: int | None = None) -> list[str]:
         """The Parquet files that make up ``version``, for plain Parquet readers."""
@@ -448,21 +590,32 @@ class LabelTable:
     def commit(self, changes: ChangeSet, *, parent: int, message: str) -> int:
         """Apply ``changes`` to version ``parent`` and write them as a new version.
 
-        Raises :class:`ConflictError` if ``parent`` is no longer the head, and
-        :class:`UserError` if the change set is invalid or changes nothing.
-        Returns the new version number.
+        Reads and rewrites only the data files that hold a changed or removed
+        sample; added samples go to new files. Raises :class:`ConflictError`
+        if ``parent`` is no longer the head, and :class:`UserError` if the
+        change set is invalid or changes nothing. Returns the new version number.
         """
         message = _check_message(message)
         with self._lock():
             self._check_parent(parent)
             head = self._delta(parent)  # loaded once: read from it and write through it
-            old = _to_frame(head)
+            files = self._files_of(head, parent)
+            touched = files.holding(_touched_ids(changes))
+            old = self._read_files(touched, f"version {parent} of {self.path}")
             old_classes = self.classes(parent)
-            new, new_classes = apply_changes(old, old_classes, changes)
-            return self._write(head, old, old_classes, new, new_classes, parent=parent, message=message, kind="commit")
+            labels_elsewhere = None
+            if changes.removed_classes:  # whether a class is still in use depends on every row
+                labels_elsewhere = self._read_files(files.without(touched), f"version {parent} of {self.path}", ["label"])["label"]
+            next_id = self._next_id(parent, files)
+            new, new_classes = apply_changes(old, old_classes, changes, next_id=next_id, labels_elsewhere=labels_elsewhere)
+            next_id = max(next_id, int(new["sample_id"].max()) + 1 if len(new) else 1)
+            return self._write(head, touched, old, old_classes, new, new_classes, parent=parent, message=message, kind="commit", next_id=next_id)
 
     def restore(self, version: int, *, parent: int, message: str | None = None) -> int:
-        """Write a new version equal to ``version``. History is never rewritten."""
+        """Write a new version equal to ``version``. History is never rewritten.
+
+        Writes no data: the new version is made of ``version``'s own files.
+        """
         version = self._check_version(version)
         message = _check_message(message or f"restore version {version}")
         with self._lock():
@@ -470,16 +623,25 @@ class LabelTable:
             if version == parent:
                 raise UserError(f"Version {version} is already the latest; pick an older version to restore.")
             head = self._delta(parent)
+            files_now, files_then = self._files_of(head, parent), self.data_files(version)
+            leaving, returning = files_now.without(files_then), files_then.without(files_now)
             return self._write(
                 head,
-                _to_frame(head),
+                leaving,
+                self._read_files(leaving, f"version {parent} of {self.path}", _DIFF_COLUMNS),
                 self.classes(parent),
-                self.read(version),
+                self._read_files(returning, f"version {version} of {self.path}", _DIFF_COLUMNS),
                 self.classes(version),
                 parent=parent,
                 message=message,
                 kind="restore",
+                next_id=self._next_id(parent, files_now),
+                reuse=returning,
             )
+
+    def _next_id(self, version: int, files: DataFiles) -> int:
+        """The id the next sample added on top of ``version`` gets."""
+        return max(self.version_info(version).next_id or 1, files.next_id())
 
     def _check_parent(self, parent: int) -> None:
         head = self.head_version()
@@ -492,20 +654,46 @@ class LabelTable:
                 head=head,
             )
 
-    def _write(self, head: DeltaTable, old: pd.DataFrame, old_classes: list[str], new: pd.DataFrame, new_classes: list[str], *, parent: int, message: str, kind: str) -> int:
+    def _write(
+        self,
+        head: DeltaTable,
+        replaced: DataFiles,
+        old: pd.DataFrame,
+        old_classes: list[str],
+        new: pd.DataFrame,
+        new_classes: list[str],
+        *,
+        parent: int,
+        message: str,
+        kind: str,
+        next_id: int,
+        reuse: DataFiles | None = None,
+    ) -> int:
+        """Commit version ``parent + 1``: the files ``replaced`` (holding ``old``) give way to ``new``.
+
+        ``new`` is written to new data files unless ``reuse`` names existing
+        files that already hold exactly those rows (a restore).
+        """
         diff = compare_snapshots(old, new, parent, parent + 1, old_classes, new_classes)
         if diff.is_empty():
             raise UserError(f"Nothing to commit: the change leaves version {parent} as it is.")
-        meta = {"message": message, "kind": kind, "parent": parent, "classes": new_classes, "summary": diff.summary()}
+        n_samples = self.version_info(parent).n_samples - len(old) + len(new)
+        meta = {"message": message, "kind": kind, "parent": parent, "classes": new_classes, "summary": diff.summary(), "n_samples": n_samples, "next_id": next_id}
         try:
             with _write_errors_explained(self.path, f"version {parent + 1}"):
-                write_deltalake(
-                    head,
-                    to_arrow(new),
-                    mode="overwrite",
-                    commit_properties=CommitProperties(custom_metadata={_METADATA_KEY: meta}, max_commit_retries=0),
-                    post_commithook_properties=PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False),
-                )
+                # Data files first, the log entry last: a crash in between leaves
+                # only files no version refers to.
+                added = reuse if reuse is not None else _write_data_files(self.path, new)
+                try:
+                    head.create_write_transaction(
+                        [*replaced.remove_actions(), *added.add_actions()],
+                        mode="append",
+                        schema=_DELTA_SCHEMA,
+                        commit_properties=CommitProperties(custom_metadata={_METADATA_KEY: meta}, max_commit_retries=0),
+                        post_commithook_properties=PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False),
+                    )
+                except CommitFailedError as exc:  # version parent + 1 exists already
+                    raise self._conflict(parent) from exc
         except StorageError:
             # The log entry went in and only the checkpoint after it failed: the version is
             # committed (a checkpoint only speeds up reading; a later commit writes one).
@@ -513,13 +701,17 @@ class LabelTable:
                 raise
         new_version = self.head_version()
         if new_version != parent + 1:  # only possible if something bypassed the lock
-            raise ConflictError(
-                f"Another writer committed while this commit held the lock (head is now {new_version}). "
-                "Check the history before committing again.",
-                parent=parent,
-                head=new_version,
-            )
+            raise self._conflict(parent)
         return new_version
+
+    def _conflict(self, parent: int) -> ConflictError:
+        head = self.head_version()
+        return ConflictError(
+            f"Another writer committed version {parent + 1} while this commit was being written (head is now {head}). "
+            "Nothing of this commit was written. Check the history before committing again.",
+            parent=parent,
+            head=head,
+        )
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
@@ -564,11 +756,64 @@ def _write_errors_explained(path: Path, what: str) -> Iterator[None]:
         raise StorageError(f"Could not write {what} of the label table at {path}: {reason}. Nothing was committed; the existing versions are unchanged. {hint}, then try again.", reason=reason) from exc
 
 
+def _damaged(what: str, exc: BaseException) -> UserError:
+    return UserError(
+        f"The data files of {what} are missing or damaged ({type(exc).__name__}: {str(exc)[:200]}). "
+        "Restore the data set folder from a backup; other versions may still be readable."
+    )
+
+
+def _write_data_files(table_path: Path, rows: pd.DataFrame) -> DataFiles:
+    """Write ``rows`` as new data files, one per range of :data:`IDS_PER_FILE` sample ids."""
+    table = to_arrow(rows.sort_values("sample_id"))
+    ids = table["sample_id"].to_numpy()
+    if len(ids) == 0:
+        return DataFiles(pd.DataFrame({"path": [], "size": [], "rows": [], "first_id": [], "last_id": []}))
+    bucket = (ids - 1) // IDS_PER_FILE
+    starts = np.r_[0, np.flatnonzero(np.diff(bucket)) + 1]
+    ends = np.r_[starts[1:], len(ids)]
+
+    def write(span: tuple[int, int]) -> dict:
+        start, end = span
+        name = f"part-{uuid.uuid4()}.zstd.parquet"
+        pq.write_table(table.slice(start, end - start), table_path / name, compression="zstd", write_statistics=["sample_id"])
+        return {"path": name, "size": (table_path / name).stat().st_size, "rows": end - start, "first_id": int(ids[start]), "last_id": int(ids[end - 1])}
+
+    spans = list(zip(starts.tolist(), ends.tolist()))
+    if len(spans) < 8:  # starting threads costs more than a few small files take
+        return DataFiles(pd.DataFrame([write(span) for span in spans]))
+    with ThreadPoolExecutor(_WRITE_THREADS) as pool:  # Parquet encoding releases the GIL
+        return DataFiles(pd.DataFrame(list(pool.map(write, spans))))
+
+
+def _touched_ids(changes: ChangeSet) -> np.ndarray:
+    """The sample ids a change set edits or removes (ids that are not whole numbers are left to validation)."""
+    parts = [np.asarray(list(changes.removed_ids or ()), dtype=np.int64)]
+    if changes.updates is not None and "sample_id" in changes.updates.columns:
+        ids = pd.to_numeric(changes.updates["sample_id"], errors="coerce").dropna()
+        parts.append(ids[ids % 1 == 0].to_numpy(dtype=np.int64))
+    return np.unique(np.concatenate(parts))
+
+
 # --------------------------------------------------------------------------- applying changes
 
 
-def apply_changes(old: pd.DataFrame, old_classes: Sequence[str], changes: ChangeSet) -> tuple[pd.DataFrame, list[str]]:
-    """Return (new snapshot, new class list) after ``changes``; raise :class:`UserError` on bad input."""
+def apply_changes(
+    old: pd.DataFrame,
+    old_classes: Sequence[str],
+    changes: ChangeSet,
+    *,
+    next_id: int | None = None,
+    labels_elsewhere: pd.Series | None = None,
+) -> tuple[pd.DataFrame, list[str]]:
+    """Return (new rows, new class list) after ``changes``; raise :class:`UserError` on bad input.
+
+    ``old`` may be part of a version: the rows that hold every sample the
+    changes edit or remove. Then ``next_id`` is the id the first added sample
+    gets (default: one above ``old``'s largest), and ``labels_elsewhere`` the
+    labels of the version's other rows, needed only to refuse removing a
+    class still in use.
+    """
     classes = list(old_classes)
     for name in changes.new_classes:
         name = check_class_name(name)
@@ -586,7 +831,8 @@ def apply_changes(old: pd.DataFrame, old_classes: Sequence[str], changes: Change
 
     if changes.added is not None and len(changes.added):
         added = _fill_defaults(changes.added.drop(columns=["sample_id"], errors="ignore").copy())
-        next_id = int(old["sample_id"].max()) + 1 if len(old) else 1
+        if next_id is None:
+            next_id = int(old["sample_id"].max()) + 1 if len(old) else 1
         added.insert(0, "sample_id", np.arange(next_id, next_id + len(added), dtype=np.int64))
         frame = pd.concat([frame.reset_index(drop=True), added[COLUMNS]], ignore_index=True)
 
@@ -594,6 +840,8 @@ def apply_changes(old: pd.DataFrame, old_classes: Sequence[str], changes: Change
         if name not in classes:
             raise UserError(f"Cannot remove class '{name}': it is not a class of this table.")
         in_use = int((frame["label"] == name).sum())
+        if labels_elsewhere is not None:
+            in_use += int((labels_elsewhere == name).sum())
         if in_use:
             raise UserError(f"Cannot remove class '{name}': {in_use} samples still have it. Relabel them first.")
         classes.remove(name)

@@ -112,7 +112,7 @@ def test_a_committing_process_killed_at_random_moments_never_damages_the_table(t
     context, rng = _context(), random.Random(7)
     last_head, killed_before_first_commit = 1, 0
     for trial in range(1, KILL_TRIALS + 1):
-        _run_and_kill(context, _commit_forever, (str(path),), kill_after=rng.uniform(0.0, 0.25))
+        _run_and_kill(context, _commit_forever, (str(path),), kill_after=rng.uniform(0.0, 0.4))
         table = LabelTable(path)  # opens: no torn log entry or checkpoint stops it
         head = table.head_version()
         assert head >= last_head
@@ -123,7 +123,9 @@ def test_a_committing_process_killed_at_random_moments_never_damages_the_table(t
             fresh = LabelTable(path)
             assert {v: _fingerprint(fresh.read(v)) for v in fingerprints} == fingerprints
         last_head = head
-    assert killed_before_first_commit < KILL_TRIALS // 2, "most kills should land after a commit started"
+    # Every kill lands inside a commit (the worker commits as soon as it is ready); a
+    # commit takes about 0.1 s, so most kills should come after at least one finished.
+    assert killed_before_first_commit < KILL_TRIALS // 2, "most kills should land after a first commit finished"
     # The table still takes commits: no lock or half-written file is left in the way.
     table = LabelTable(path)
     assert table.commit(ChangeSet.set_weight([1], 0.0), parent=last_head, message="after the kills") == last_head + 1

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from core.errors import ConflictError, UserError
-from core.tables import UNDEFINED, ChangeSet, LabelTable, check_class_name
+from core.tables import IDS_PER_FILE, UNDEFINED, ChangeSet, LabelTable, check_class_name
 from tests.conftest import make_rows
 
 
@@ -255,3 +255,139 @@ def test_a_deleted_data_file_is_reported_and_other_versions_still_read(small_tab
     with pytest.raises(UserError, match="missing or damaged"):
         small_table.read(v2)
     assert len(small_table.read(1)) == 50
+
+
+# --------------------------------------------------------------------------- layout: a commit costs what it touches
+
+N_FILES = 6
+
+
+@pytest.fixture
+def multi_file_table(tmp_path) -> LabelTable:
+    """A table of six data files (IDS_PER_FILE sample ids each), classes a, b, c."""
+    return LabelTable.create(tmp_path / "big" / "labels", make_rows(N_FILES * IDS_PER_FILE, ["a", "b", "c"]), ["a", "b", "c"])
+
+
+def _file_set(table: LabelTable, version: int) -> set[str]:
+    return set(table.data_files(version).files["path"])
+
+
+def test_a_commit_rewrites_only_the_data_files_holding_a_changed_row(multi_file_table: LabelTable):
+    table = multi_file_table
+    assert len(_file_set(table, 1)) == N_FILES
+    # Two ids in the second file, one in the fifth.
+    ids = [IDS_PER_FILE + 5, IDS_PER_FILE + 700, 4 * IDS_PER_FILE + 1]
+    before = table.read(1)
+    v2 = table.commit(ChangeSet.set_weight(ids, 0.0), parent=1, message="exclude three")
+    shared = _file_set(table, 1) & _file_set(table, v2)
+    assert len(shared) == N_FILES - 2 and len(_file_set(table, v2)) == N_FILES
+    after = table.read(v2)
+    assert after["sample_id"].tolist() == before["sample_id"].tolist()
+    changed = after["sample_id"].isin(ids).to_numpy()
+    assert (after.loc[changed, "weight"] == 0).all()
+    assert after.loc[~changed].reset_index(drop=True).equals(before.loc[~changed].reset_index(drop=True))
+    assert table.version_info(v2).n_samples == N_FILES * IDS_PER_FILE
+
+
+def test_added_samples_go_to_new_files_and_removed_ones_leave_only_their_file(multi_file_table: LabelTable):
+    table = multi_file_table
+    n = N_FILES * IDS_PER_FILE
+    v2 = table.commit(ChangeSet(added=pd.DataFrame({"path": [f"/new/{i}.png" for i in range(3)]})), parent=1, message="add three")
+    assert _file_set(table, 1) <= _file_set(table, v2) and len(_file_set(table, v2)) == N_FILES + 1
+    assert table.read(v2)["sample_id"].tolist()[-3:] == [n + 1, n + 2, n + 3]
+    v3 = table.commit(ChangeSet(removed_ids=[2, n + 2]), parent=v2, message="remove two")
+    rows = table.read(v3)
+    assert len(rows) == n + 1 and not rows["sample_id"].isin([2, n + 2]).any()
+    assert len(_file_set(table, v2) - _file_set(table, v3)) == 2
+    assert [table.version_info(v).n_samples for v in (1, v2, v3)] == [n, n + 3, n + 1]
+    # Ids are never reused, even after the largest one was removed.
+    v4 = table.commit(ChangeSet(removed_ids=[n + 3]), parent=v3, message="remove the last")
+    v5 = table.commit(ChangeSet(added=pd.DataFrame({"path": ["/new/again.png"]})), parent=v4, message="add one")
+    assert table.read(v5)["sample_id"].max() == n + 4
+
+
+def test_a_class_still_used_in_an_untouched_file_cannot_be_removed(multi_file_table: LabelTable):
+    table = multi_file_table
+    rows = table.read(1)
+    last_file = rows["sample_id"] > (N_FILES - 1) * IDS_PER_FILE
+    # Relabel every 'c' outside the last file; 'c' is still used there.
+    elsewhere = rows.loc[~last_file & (rows["label"] == "c"), "sample_id"]
+    v2 = table.commit(ChangeSet.relabel(elsewhere, "a"), parent=1, message="c -> a, but not in the last file")
+    with pytest.raises(UserError, match=r"Cannot remove class 'c': \d+ samples still have it"):
+        table.commit(ChangeSet(removed_classes=["c"]), parent=v2, message="drop c")
+    remaining = table.read(v2).query("label == 'c'")["sample_id"]
+    v3 = table.commit(ChangeSet.relabel(remaining, "b"), parent=v2, message="the rest of c -> b")
+    v4 = table.commit(ChangeSet(removed_classes=["c"]), parent=v3, message="drop c")
+    assert table.classes(v4) == ["a", "b"]
+
+
+def test_restore_writes_no_data_and_diff_reads_only_files_the_versions_do_not_share(multi_file_table: LabelTable, monkeypatch):
+    table = multi_file_table
+    v2 = table.commit(ChangeSet.relabel([1, 2], "c"), parent=1, message="two to c")
+    v3 = table.commit(ChangeSet.relabel([3 * IDS_PER_FILE + 1], "b"), parent=v2, message="one to b")
+    files_on_disk = {p.name for p in table.path.glob("*.parquet")}
+    v4 = table.restore(1, parent=v3)
+    assert {p.name for p in table.path.glob("*.parquet")} == files_on_disk
+    assert _file_set(table, v4) == _file_set(table, 1)
+    assert table.read(v4).equals(table.read(1))
+    assert table.version_info(v4).kind == "restore"
+
+    read_files: list[int] = []
+    original = LabelTable._read_files
+    monkeypatch.setattr(LabelTable, "_read_files", lambda self, files, *a, **k: read_files.append(len(files.files)) or original(self, files, *a, **k))
+    diff = table.diff(1, v3)
+    assert read_files == [2, 2]  # the first and the fourth file, once per version
+    expected = table.read(1).merge(table.read(v3), on="sample_id")
+    expected = expected[expected["label_x"] != expected["label_y"]]["sample_id"].tolist()
+    assert diff.samples.loc[diff.samples["relabelled"], "sample_id"].tolist() == expected
+
+
+def test_a_multi_file_version_is_readable_by_polars_and_duckdb(multi_file_table: LabelTable):
+    table = multi_file_table
+    v2 = table.commit(ChangeSet.set_weight([7, 3 * IDS_PER_FILE + 9], 0.0), parent=1, message="exclude two")
+    ours = table.read(v2)
+    theirs = pl.read_delta(str(table.path), version=v2 - 1).sort("sample_id").to_pandas()
+    assert theirs["sample_id"].tolist() == ours["sample_id"].tolist()
+    assert theirs["weight"].tolist() == ours["weight"].tolist()
+    files = table.parquet_files(v2)
+    assert duckdb.sql(f"select count(*), sum(weight = 0) from read_parquet({files})").fetchall()[0] == (len(ours), 2)
+
+
+def test_a_writer_that_bypasses_the_lock_loses_to_the_commit_already_made(multi_file_table: LabelTable, monkeypatch):
+    table = multi_file_table
+    table.commit(ChangeSet.set_weight([1], 0.0), parent=1, message="first")
+    # As if a second writer had checked the head just before the first committed.
+    monkeypatch.setattr(LabelTable, "_check_parent", lambda self, parent: None)
+    before = {p.name for p in (table.path / "_delta_log").iterdir()}
+    with pytest.raises(ConflictError, match="Another writer committed version 2"):
+        table.commit(ChangeSet.set_weight([2], 0.0), parent=1, message="stale")
+    assert table.head_version() == 2 and table.version_info(2).message == "first"
+    assert {p.name for p in (table.path / "_delta_log").iterdir()} == before
+
+
+def test_a_table_written_by_an_earlier_release_keeps_working(tmp_path):
+    """Earlier releases wrote each version as one full snapshot with write_deltalake."""
+    import pyarrow as pa
+    from deltalake import CommitProperties, write_deltalake
+
+    from core.tables import SCHEMA, _TABLE_CONFIGURATION
+
+    path = tmp_path / "old" / "labels"
+    rows = make_rows(3 * IDS_PER_FILE, ["a", "b"])
+    rows.insert(0, "sample_id", np.arange(1, len(rows) + 1))
+    rows["weight"], rows["split"] = 1.0, "none"
+    for column in ("width", "height", "mode", "file_size", "content_hash"):
+        rows[column] = None
+    meta = {"message": "import", "kind": "import", "parent": None, "classes": ["a", "b"], "summary": {}}
+    path.mkdir(parents=True)
+    write_deltalake(str(path), pa.Table.from_pandas(rows[SCHEMA.names], schema=SCHEMA, preserve_index=False), configuration=_TABLE_CONFIGURATION,
+                    commit_properties=CommitProperties(custom_metadata={"labelloop": meta}))
+    table = LabelTable(path)
+    assert table.version_info(1).n_samples == len(rows) and len(_file_set(table, 1)) == 1
+    v2 = table.commit(ChangeSet.relabel([5], "b"), parent=1, message="one to b")
+    assert len(_file_set(table, v2)) == 3  # the snapshot, rewritten in this release's layout
+    v3 = table.commit(ChangeSet.relabel([2 * IDS_PER_FILE + 5], "a"), parent=v2, message="one to a")
+    assert len(_file_set(table, v2) & _file_set(table, v3)) == 2
+    assert table.diff(1, v3).counts()["relabelled"] == int(rows.loc[4, "label"] != "b") + int(rows.loc[2 * IDS_PER_FILE + 4, "label"] != "a")
+    v4 = table.restore(1, parent=v3)
+    assert table.read(v4).equals(table.read(1)) and table.version_info(v4).n_samples == len(rows)
