@@ -290,7 +290,7 @@ def test_heads_on_principal_components_save_the_reduction_with_the_model(fashion
     from core.embed import load_embeddings
     from core.predict import predict_folder
     from core.runs import ModelConfig
-    from core.train.head_models import PcaReduction
+    from core.reduction import PcaReduction
     from core.train.heads import load_head
 
     embeddings = load_embeddings(fashion, "fashion", "pixels-16px", 2)

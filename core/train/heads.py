@@ -30,7 +30,8 @@ from core.errors import UserError
 from core.runs import ModelConfig
 from core.train.common import inner_split
 from core.train.family import Family, FamilyResult, LabelledData, TrainingJob
-from core.train.head_models import KnnHead, LogisticHead, MlpTraining, PcaReduction, fit_many, fit_mlps, mlp_predict_proba, sequential_mlp
+from core.reduction import PcaReduction
+from core.train.head_models import KnnHead, LogisticHead, MlpTraining, fit_many, fit_mlps, mlp_predict_proba, sequential_mlp
 from core.train.settings import CLASS_WEIGHTINGS, OPTIMIZERS, FamilySettings, setting
 
 HEADS = ("knn", "logreg", "mlp", "softmax")
