@@ -52,7 +52,7 @@ from core.mapping import (
     selection_changes,
 )
 from core.measured import last_rate
-from core.project import ProjectionConfig, project_dataset
+from core.project import ProjectionConfig, has_map, project_dataset
 from core.runs import find_run, load_samples
 from core.tables import UNDEFINED
 from core.workspace import DatasetPaths
@@ -102,16 +102,29 @@ project_key = f"project:{name}:{chosen_key}:{dims}d"
 if follow_job(project_key) is not None:
     forget_projection()
     projection = cached_projection(workspace(), table, name, chosen_key, dims, version)
+
+
+def start_projecting(*, refit: bool) -> None:
+    """Fit the map (the first time, or when asked to refit), or place the images added since on it."""
+    start_job(project_key, f"{'refitting' if refit else 'projecting'} to {dims}D with PaCMAP", lambda job: project_dataset(
+        workspace(), name, chosen_key, ProjectionConfig(dims=dims), version=version, refit=refit,
+        progress=lambda done, total: job.progress("optimising the layout", done / max(total, 1)),
+    ))
+    st.rerun()
+
+
 if projection is None:
     if not running(project_key):
-        rate = last_rate(workspace(), f"project {ProjectionConfig().method} {dims}d")
-        st.info(f"No {dims}D map of this embedding for these images yet" + (f". PaCMAP: {rate.estimate(len(rows))}." if rate else "."))
-        if st.button(f"Project to {dims}D with PaCMAP", type="primary"):
-            start_job(project_key, f"projecting to {dims}D with PaCMAP", lambda job: project_dataset(
-                workspace(), name, chosen_key, ProjectionConfig(dims=dims), version=version,
-                progress=lambda done, total: job.progress("optimising the layout", done / max(total, 1)),
-            ))
-            st.rerun()
+        if has_map(workspace(), name, chosen_key, ProjectionConfig(dims=dims)):
+            st.info(f"Some images of v{version} are not on the {dims}D map yet (added since it was fitted). They are placed by their "
+                    "nearest fitted images; the map itself does not move. Refit it later to fit them too.")
+            if st.button("Place them on the map", type="primary"):
+                start_projecting(refit=False)
+        else:
+            rate = last_rate(workspace(), f"project {ProjectionConfig().method} {dims}d")
+            st.info(f"No {dims}D map of this embedding yet" + (f". PaCMAP: {rate.estimate(len(rows))}." if rate else "."))
+            if st.button(f"Project to {dims}D with PaCMAP", type="primary"):
+                start_projecting(refit=False)
     st.stop()
 
 # ---------------------------------------------------------------- colours
@@ -171,6 +184,11 @@ def map_and_selection() -> None:
             hidden=hidden, selection=pushed, key=f"map-{name}", height=MAP_HEIGHT,
         )
         st.caption(scores_note)
+        about, refit = st.columns([5, 1], vertical_alignment="center")
+        about.caption(f"{projection.describe()}.")
+        if refit.button("Refit", help="Fit the map again on every image of this version (as at most 200,000 of them: the rest are placed). "
+                        "Adding images never refits the map by itself: points stay where you learnt them.", disabled=running(project_key)):
+            start_projecting(refit=True)
     if state and state.get("token") != st.session_state.get(keys(name).selection_js):
         # A new lasso in the browser (the component keeps its last state across reruns: act on it once).
         st.session_state[keys(name).selection_js] = state.get("token")

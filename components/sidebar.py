@@ -9,7 +9,6 @@ from pathlib import Path
 import streamlit as st
 
 from components.session import choose_dataset, current_dataset, keys
-from core.runs import list_runs, recipe_identity
 from core.tables import LabelTable
 from core.workspace import list_datasets, open_table, resolve_workspace
 
@@ -113,8 +112,8 @@ def refresh_scores(name: str, version: int) -> None:
         from threadpoolctl import threadpool_limits
 
         from core.train.pipeline import (  # imports torch: never on the page's own time
-            quick_heads_config,
-            train,
+            quick_heads_estimate,
+            refresh_quick_heads,
         )
 
         # One BLAS thread: beside the page and the browser on a small machine, two spinning BLAS threads
@@ -129,13 +128,9 @@ def refresh_scores(name: str, version: int) -> None:
                         return result
                     next_version = max(waiting)
                     waiting.discard(next_version)
-                job.description = f"updating scores for v{next_version}"
-                config = quick_heads_config(workspace(), name)
-                if config is None:
-                    continue  # nothing embedded yet: there is nothing quick to retrain
-                if any(run.recipe()[0] == recipe_identity(config) for run in list_runs(workspace(), name, next_version)):
-                    continue  # this version already has its quick heads (same settings, same numbers)
-                result = train(workspace(), name, config, version=next_version, progress=job.progress, should_stop=job.should_stop, trigger="after commit")
+                estimate = quick_heads_estimate(workspace(), name, next_version)
+                job.description = f"updating scores for v{next_version}" + (f" ({estimate})" if estimate else "")
+                result = refresh_quick_heads(workspace(), name, next_version, progress=job.progress, should_stop=job.should_stop) or result
 
     with queue["lock"]:
         queue["pending"].setdefault(name, set()).add(version)

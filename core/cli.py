@@ -214,9 +214,9 @@ def cmd_project(args: argparse.Namespace) -> None:
         iterations = tuple(int(part) for part in args.iterations.split(","))
     except ValueError:
         raise UserError(f"--iterations takes three whole numbers like 100,100,100, not '{args.iterations}'.") from None
-    config = ProjectionConfig(method=args.method, dims=args.dims, n_neighbors=args.neighbors, iterations=iterations, pca_dims=args.pca, perplexity=args.perplexity, seed=args.seed)
+    config = ProjectionConfig(method=args.method, dims=args.dims, n_neighbors=args.neighbors, iterations=iterations, pca_dims=args.pca, perplexity=args.perplexity, seed=args.seed, fit_points=args.fit_points)
     with progress_bar("projecting", unit="step") as progress:
-        projection = project_dataset(args.workspace, args.name, key, config, version=args.version, progress=progress)
+        projection = project_dataset(args.workspace, args.name, key, config, version=args.version, progress=progress, refit=args.refit)
     print(f"'{args.name}' {key}: {projection.describe()}")
     if projection.missing:
         print(f"warning: {projection.missing} samples have no embedding and are not on the map; run `embed {args.name}` to add them")
@@ -471,6 +471,8 @@ def _add_model_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--pca", type=int, default=ProjectionConfig().pca_dims, help="PCA dimensions before projecting, 0 = none (default %(default)s)")
     p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fit-points", type=int, default=ProjectionConfig().fit_points, help="fit on at most this many images, stratified by label; the rest are placed on the map (default %(default)s)")
+    p.add_argument("--refit", action="store_true", help="fit the map again on this version (otherwise images added since the fit are placed on it)")
     p.add_argument("--version", type=int, help="version to map (default: the latest)")
     p.set_defaults(func=cmd_project)
 

@@ -11,7 +11,6 @@ the map keeps the neighbourhoods the model sees.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,16 +18,18 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.embed import load_embeddings
+from core.embed import embedding_cache, load_embeddings
 from core.errors import UserError
 from core.measured import record as record_rate
+from core.neighbours import nearest_neighbours
+from core.reduction import PcaReduction
 from core.tables import UNDEFINED
 from core.workspace import DatasetPaths
 
@@ -37,6 +38,9 @@ METHODS = ("pacmap", "tsne", "pca")
 # with; the map falls back to PCA and says so.
 MIN_POINTS_FOR_NEIGHBOUR_METHODS = 20
 Progress = Callable[[int, int], None]
+PLACEMENT_NEIGHBOURS = 10  # fitted points whose mean position places an image the fit did not see
+_PCA_FIT_ROWS = 50_000  # rows the reduction before PaCMAP is fitted on
+_PLACEMENT_TRIAL = 5_000  # images placed both ways when a fit leaves some out, to choose between the ways
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class ProjectionConfig:
     pca_dims: int = 100
     perplexity: float = 30.0  # t-SNE only
     seed: int = 0
+    fit_points: int = 200_000  # the method is fitted on at most this many images (stratified by label); the rest are placed
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -71,14 +76,16 @@ class ProjectionConfig:
             raise UserError(f"pca_dims must be 0 (no reduction) or at least 2, not {self.pca_dims}.")
         if not 1 <= self.perplexity <= 500:
             raise UserError(f"perplexity {self.perplexity} is out of range: use 1 to 500.")
+        if not 100 <= self.fit_points <= 5_000_000:
+            raise UserError(f"fit_points {self.fit_points} is out of range: fit on 100 to 5,000,000 images.")
 
     def key(self) -> str:
         if self.method == "pca":
-            return f"pca-{self.dims}d"
+            return f"pca-{self.dims}d-fit{self.fit_points}"
         if self.method == "tsne":
-            return f"tsne-{self.dims}d-p{self.perplexity:g}-pca{self.pca_dims}-s{self.seed}"
+            return f"tsne-{self.dims}d-p{self.perplexity:g}-pca{self.pca_dims}-s{self.seed}-fit{self.fit_points}"
         phases = "-".join(str(i) for i in self.iterations)
-        return f"pacmap-{self.dims}d-n{self.n_neighbors}-it{phases}-pca{self.pca_dims}-s{self.seed}"
+        return f"pacmap-{self.dims}d-n{self.n_neighbors}-it{phases}-pca{self.pca_dims}-s{self.seed}-fit{self.fit_points}"
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -96,8 +103,20 @@ def _pca(vectors: np.ndarray, dims: int, seed: int) -> np.ndarray:
     return out
 
 
-def project_vectors(vectors: np.ndarray, config: ProjectionConfig) -> tuple[np.ndarray, str, str]:
-    """(coordinates float32 n x dims, method used, note). Pure: same input, same output."""
+@dataclass
+class FittedMap:
+    """A map fitted on some points, with what it takes to place more points on it."""
+
+    coords: np.ndarray  # float32, one row per fitted point
+    method_used: str
+    note: str
+    reduction: PcaReduction | None  # applied to the vectors before fitting (None: the vectors as they are)
+    reduced: np.ndarray  # the fitted points' (reduced) vectors: neighbour placement searches them
+    reducer: object | None = None  # the fitted PaCMAP instance while it is in memory (its transform)
+
+
+def fit_map(vectors: np.ndarray, config: ProjectionConfig) -> FittedMap:
+    """Fit ``config``'s method on ``vectors``. Pure: same input, same output."""
     config.validate()
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) == 0:
@@ -107,20 +126,21 @@ def project_vectors(vectors: np.ndarray, config: ProjectionConfig) -> tuple[np.n
         raise UserError(f"{bad} embedding(s) contain NaN or infinite values; re-embed the data set (the cache may be damaged).")
     n = len(vectors)
     if config.method == "pca":
-        return _pca(vectors, config.dims, config.seed), "pca", ""
+        return FittedMap(_pca(vectors, config.dims, config.seed), "pca", "", None, vectors)
     if n < MIN_POINTS_FOR_NEIGHBOUR_METHODS:
         note = f"{config.method} needs at least {MIN_POINTS_FOR_NEIGHBOUR_METHODS} images; with {n} this map uses PCA."
-        return _pca(vectors, config.dims, config.seed), "pca", note
-    reduced = vectors
+        return FittedMap(_pca(vectors, config.dims, config.seed), "pca", note, None, vectors)
+    reduction, reduced = None, vectors
     if config.pca_dims and vectors.shape[1] > config.pca_dims:
-        reduced = _pca(vectors, min(config.pca_dims, n - 1), config.seed)
+        reduction = PcaReduction().fit(vectors, min(config.pca_dims, n - 1), config.seed, max_rows=_PCA_FIT_ROWS)
+        reduced = reduction.transform(vectors)
     if config.method == "tsne":
         from sklearn.manifold import TSNE
 
         perplexity = min(config.perplexity, (n - 1) / 3)
         coords = TSNE(n_components=config.dims, perplexity=perplexity, init="pca", random_state=config.seed).fit_transform(reduced)
         note = f"perplexity lowered to {perplexity:.1f} for {n} images" if perplexity < config.perplexity else ""
-        return coords.astype(np.float32), "tsne", note
+        return FittedMap(coords.astype(np.float32), "tsne", note, reduction, reduced)
     import pacmap
 
     logging.getLogger("pacmap").setLevel(logging.ERROR)  # it warns on every seeded or 3D run
@@ -135,7 +155,51 @@ def project_vectors(vectors: np.ndarray, config: ProjectionConfig) -> tuple[np.n
     coords = reducer.fit_transform(reduced, init="pca").astype(np.float32)
     if not np.isfinite(coords).all():
         raise UserError("PaCMAP produced non-finite coordinates; try more neighbours, another seed, or method pca.")
-    return coords, "pacmap", (f"n_neighbors lowered to {neighbours} for {n} images" if neighbours < config.n_neighbors else "")
+    note = f"n_neighbors lowered to {neighbours} for {n} images" if neighbours < config.n_neighbors else ""
+    return FittedMap(coords, "pacmap", note, reduction, reduced, reducer)
+
+
+def project_vectors(vectors: np.ndarray, config: ProjectionConfig) -> tuple[np.ndarray, str, str]:
+    """(coordinates float32 n x dims, method used, note) of a map fitted on every vector."""
+    fitted = fit_map(vectors, config)
+    return fitted.coords, fitted.method_used, fitted.note
+
+
+def place_by_neighbours(fitted: FittedMap, vectors: np.ndarray, k: int = PLACEMENT_NEIGHBOURS, exclude_self: bool = False) -> np.ndarray:
+    """Map positions for new ``vectors``: the mean position of their ``k`` most similar fitted points.
+
+    ``exclude_self`` treats ``vectors`` as the fitted points themselves (row i
+    is fitted point i) and leaves each out of its own placement: how well a
+    point would be placed had it not been fitted.
+    """
+    reduced = fitted.reduction.transform(vectors) if fitted.reduction is not None else np.asarray(vectors, np.float32)
+    k = max(1, min(k, len(fitted.reduced) - (1 if exclude_self else 0)))
+    found = nearest_neighbours(fitted.reduced, None if exclude_self else reduced, k)
+    return fitted.coords[found].mean(axis=1).astype(np.float32)
+
+
+def place_by_transform(fitted: FittedMap, vectors: np.ndarray) -> np.ndarray | None:
+    """PaCMAP's own ``transform`` of new ``vectors`` onto the fitted map (None when the fit has none)."""
+    if fitted.reducer is None:
+        return None
+    reduced = fitted.reduction.transform(vectors) if fitted.reduction is not None else np.asarray(vectors, np.float32)
+    coords = np.asarray(fitted.reducer.transform(reduced, basis=fitted.reduced), dtype=np.float32)
+    return coords if np.isfinite(coords).all() else None
+
+
+def placement_accuracy(fitted: FittedMap, placed: np.ndarray, placed_labels: np.ndarray, fitted_labels: np.ndarray, k: int = 10) -> float | None:
+    """How often the majority label of a placed point's ``k`` nearest fitted points (on the map) is its own label."""
+    from sklearn.neighbors import NearestNeighbors
+
+    use = (placed_labels != UNDEFINED)
+    base = fitted_labels != UNDEFINED
+    if use.sum() == 0 or base.sum() < k:
+        return None
+    codes, names = pd.factorize(np.concatenate([fitted_labels[base], placed_labels[use]]))
+    base_codes, query_codes = codes[: base.sum()], codes[base.sum():]
+    found = NearestNeighbors(n_neighbors=k).fit(fitted.coords[base]).kneighbors(placed[use], return_distance=False)
+    votes = np.stack([np.bincount(row, minlength=len(names)) for row in base_codes[found]])
+    return round(float((votes.argmax(axis=1) == query_codes).mean()), 4)
 
 
 def knn_accuracy(points: np.ndarray, labels: np.ndarray, k: int = 10, max_queries: int = 5000, seed: int = 0) -> float:
@@ -188,9 +252,12 @@ class Projection:
     method_used: str
     note: str
     quality: dict
-    seconds: float  # time it took to compute (when it was computed)
-    computed_now: bool  # False when it came from the cache
+    seconds: float  # time the fit took (when it was made)
+    computed_now: bool  # False when everything came from the cache
     missing: int  # rows of the version without an embedding (not on the map)
+    n_fitted: int = 0  # distinct images the method was fitted on
+    n_placed: int = 0  # distinct images placed on the fitted map (see quality["placement"])
+    fitted_at: str = ""  # when the fit was made (UTC, ISO 8601)
 
     def frame(self) -> pd.DataFrame:
         columns = {"sample_id": self.sample_ids, "x": self.coords[:, 0], "y": self.coords[:, 1]}
@@ -203,20 +270,86 @@ class Projection:
         text += f" (computed in {self.seconds:.1f} s)" if self.computed_now else " (from the cache)"
         if self.quality.get("knn_map") is not None:
             text += f"; {self.quality['k']}-NN accuracy {self.quality['knn_map']:.3f} on the map vs {self.quality['knn_embedding']:.3f} in the embedding"
+        if self.n_placed:
+            text += f". {describe_placement(self.n_fitted, self.n_placed, self.quality.get('placement', {}))}"
         if self.note:
             text += f". {self.note}"
         return text
 
 
-def _set_digest(content_hashes: np.ndarray) -> str:
-    digest = hashlib.blake2b(digest_size=8)
-    for value in np.sort(content_hashes.astype(str)):
-        digest.update(value.encode())
-    return digest.hexdigest()
+def describe_placement(n_fitted: int, n_placed: int, placement: dict) -> str:
+    """E.g. 'Fitted on 200,000 images; 800,000 placed by their 10 nearest fitted images (10-NN accuracy 0.81; PaCMAP's transform 0.78)'."""
+    text = f"Fitted on {n_fitted:,} images; {n_placed:,} placed"
+    used = placement.get("used", "neighbours")
+    text += " by PaCMAP's transform" if used == "transform" else f" by their {PLACEMENT_NEIGHBOURS} nearest fitted images"
+    measured = [f"{name} {placement[name]:.3f}" for name in ("neighbours", "transform") if placement.get(name) is not None]
+    if measured:
+        text += f" (10-NN accuracy of placed images: {', '.join(measured)})"
+    return text
 
 
-def _cache_path(workspace, name: str, embedding_key: str, config: ProjectionConfig, distinct: np.ndarray) -> Path:
-    return DatasetPaths(workspace, name).projections / embedding_key / f"{config.key()}-{_set_digest(distinct)}.parquet"
+def _fit_sample(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Indices of at most ``limit`` points, each label (undefined included) in proportion to its count."""
+    if len(labels) <= limit:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    codes, names = pd.factorize(labels)
+    chosen = []
+    for code in range(len(names)):
+        members = np.flatnonzero(codes == code)
+        take = max(1, int(round(limit * len(members) / len(labels))))
+        chosen.append(rng.choice(members, size=min(take, len(members)), replace=False))
+    picked = np.sort(np.concatenate(chosen))
+    return picked[np.sort(rng.choice(len(picked), size=min(limit, len(picked)), replace=False))]
+
+
+class _MapCache:
+    """The fits of one (embedding, settings) pair: ``<fit id>.parquet`` holds every image the fit placed
+    (``fitted`` says which it was fitted on), ``<fit id>.reduction.npz`` the PCA it searched in, and
+    ``<fit id>.added.parquet`` the images placed on it later. The newest fit is the current one."""
+
+    def __init__(self, workspace, name: str, embedding_key: str, config: ProjectionConfig):
+        self.folder = DatasetPaths(workspace, name).projections / embedding_key / config.key()
+
+    def current(self) -> str | None:
+        fits = sorted(p.name[: -len(".parquet")] for p in self.folder.glob("fit-*.parquet") if p.name.count(".") == 1) if self.folder.is_dir() else []
+        return fits[-1] if fits else None
+
+    def read(self, fit_id: str) -> tuple[pd.DataFrame, dict]:
+        """(positions indexed by content hash, with a ``fitted`` column; the fit's metadata)."""
+        table = pq.read_table(self.folder / f"{fit_id}.parquet")
+        meta = json.loads(table.schema.metadata[b"labelloop"])
+        frame = table.to_pandas().set_index("content_hash")
+        added = self.folder / f"{fit_id}.added.parquet"
+        if added.exists():
+            frame = pd.concat([frame, pq.read_table(added).to_pandas().set_index("content_hash").assign(fitted=False)])
+        return frame, meta
+
+    def write(self, fit_id: str, suffix: str, table: pa.Table) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{fit_id}{suffix}"
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+
+    def drop(self, fit_id: str) -> None:
+        for path in self.folder.glob(f"{fit_id}*"):
+            path.unlink(missing_ok=True)
+
+
+def _positions_table(hashes: np.ndarray, coords: np.ndarray, fitted: np.ndarray | None = None, meta: dict | None = None) -> pa.Table:
+    columns = {"content_hash": hashes.astype(str), "x": coords[:, 0], "y": coords[:, 1]}
+    if coords.shape[1] == 3:
+        columns["z"] = coords[:, 2]
+    if fitted is not None:
+        columns["fitted"] = fitted
+    table = pa.table(columns)
+    return table.replace_schema_metadata({"labelloop": json.dumps(meta)}) if meta is not None else table
+
+
+def has_map(workspace, name: str, embedding_key: str, config: ProjectionConfig = ProjectionConfig()) -> bool:
+    """Whether these settings have a fitted map (new images are then placed on it, not refitted)."""
+    return _MapCache(workspace, name, embedding_key, config).current() is not None
 
 
 def project_dataset(
@@ -229,55 +362,143 @@ def project_dataset(
     progress: Progress | None = None,
     compute: bool = True,
     rows: pd.DataFrame | None = None,
+    refit: bool = False,
 ) -> Projection | None:
-    """The map of ``version``: from the cache if this set of images was projected
-    with these settings before, else computed (unless ``compute`` is False, then None).
-    ``rows``: the version's rows if the caller has them (the table is then not read again).
+    """The map of ``version``.
+
+    The first map of an embedding with these settings is fitted on at most
+    ``config.fit_points`` of the version's distinct images (stratified by
+    label); the others are placed on it by PaCMAP's transform or by their
+    nearest fitted images, whichever placed a trial set better. Later images
+    (added since) are placed by their nearest fitted images: adding images
+    never refits. ``refit`` fits a new map on the version as it is now.
+    With ``compute`` False nothing is computed: None unless every image of
+    the version is on the current map. ``rows``: the version's rows if the
+    caller has them (the table is then not read again).
     """
     config.validate()
-    # Which rows have a vector decides the cache file; the vectors themselves are read only to compute.
+    # Which rows have a vector decides what is on the map; the vectors themselves are read only to compute.
     embeddings = load_embeddings(workspace, name, embedding_key, version, with_vectors=False, rows=rows)
-    distinct_hashes, first = np.unique(embeddings.content_hashes.astype(str), return_index=True)
-    path = _cache_path(workspace, name, embedding_key, config, distinct_hashes)
-
-    if path.exists():
+    hashes = embeddings.content_hashes.astype(str)
+    cache = _MapCache(workspace, name, embedding_key, config)
+    fit_id = None if refit else cache.current()
+    known, meta = None, None
+    if fit_id is not None:
         try:
-            table = pq.read_table(path)
-            meta = json.loads(table.schema.metadata[b"labelloop"])
-            stored = table.to_pandas().set_index("content_hash")
-            coords = stored.loc[embeddings.content_hashes.astype(str), [c for c in ("x", "y", "z") if c in stored.columns]].to_numpy(np.float32)
-            return Projection(embedding_key, config, embeddings.sample_ids, coords, meta["method_used"], meta["note"], meta["quality"], meta["seconds"], False, embeddings.missing)
+            known, meta = cache.read(fit_id)
         except (OSError, KeyError, ValueError, pa.ArrowException):
-            path.unlink(missing_ok=True)  # a damaged cache file is recomputed, never trusted
+            cache.drop(fit_id)  # a damaged cache file is refitted, never trusted
+            fit_id = None
+    if known is not None:
+        unplaced = np.setdiff1d(np.unique(hashes), known.index.to_numpy(dtype=str))
+        if len(unplaced) == 0:
+            return _projection(embedding_key, config, embeddings, known, meta, computed_now=False)
+        if not compute:
+            return None
+        _place_added(workspace, name, embedding_key, cache, fit_id, meta, known, unplaced)
+        known, meta = cache.read(fit_id)
+        return _projection(embedding_key, config, embeddings, known, meta, computed_now=True)
     if not compute:
         return None
+    fit_id, known, meta = _fit(workspace, name, embedding_key, config, cache, version, progress)
+    return _projection(embedding_key, config, embeddings, known, meta, computed_now=True)
 
+
+def _projection(embedding_key: str, config: ProjectionConfig, embeddings, known: pd.DataFrame, meta: dict, *, computed_now: bool) -> Projection:
+    hashes = embeddings.content_hashes.astype(str)
+    coords = known.loc[hashes, [c for c in ("x", "y", "z") if c in known.columns]].to_numpy(np.float32)
+    on_map = known.loc[np.unique(hashes), "fitted"].to_numpy(dtype=bool)
+    return Projection(
+        embedding_key, config, embeddings.sample_ids, coords, meta["method_used"], meta["note"], meta["quality"], meta["seconds"], computed_now,
+        embeddings.missing, n_fitted=int(on_map.sum()), n_placed=int((~on_map).sum()), fitted_at=meta.get("fitted_at", ""),
+    )
+
+
+def _fit(workspace, name: str, embedding_key: str, config: ProjectionConfig, cache: _MapCache, version: int | None, progress: Progress | None):
     started = time.perf_counter()
-    steps = 3
+    steps = 4
     if progress:
         progress(0, steps)
     embeddings = load_embeddings(workspace, name, embedding_key, version)
     distinct_hashes, first = np.unique(embeddings.content_hashes.astype(str), return_index=True)
     vectors = embeddings.vectors[first]
     labels = embeddings.labels[first]
-    coords, method_used, note = project_vectors(vectors, config)
+    del embeddings
+    sample = _fit_sample(labels, config.fit_points, config.seed)
+    in_sample = np.zeros(len(distinct_hashes), dtype=bool)
+    in_sample[sample] = True
+    fitted = fit_map(vectors[sample], config)
     if progress:
         progress(2, steps)
-    quality = projection_quality(vectors, coords, labels, seed=config.seed)
+    coords = np.zeros((len(distinct_hashes), config.dims), dtype=np.float32)
+    coords[sample] = fitted.coords
+    placement = _place_rest(fitted, vectors, labels, in_sample, coords, config.seed)
+    if progress:
+        progress(3, steps)
+    quality = projection_quality(vectors[sample], fitted.coords, labels[sample], seed=config.seed)
     quality["version"] = version
+    quality["placement"] = placement
     seconds = round(time.perf_counter() - started, 3)
     record_rate(workspace, f"project {config.method} {config.dims}d", len(distinct_hashes), seconds)
-    columns = {"content_hash": distinct_hashes, "x": coords[:, 0], "y": coords[:, 1]}
-    if config.dims == 3:
-        columns["z"] = coords[:, 2]
-    meta = {"config": asdict(config), "method_used": method_used, "note": note, "quality": quality, "seconds": seconds, "embedding_key": embedding_key}
-    table = pa.table(columns).replace_schema_metadata({"labelloop": json.dumps(meta)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    meta = {
+        "config": asdict(config), "method_used": fitted.method_used, "note": fitted.note, "quality": quality, "seconds": seconds,
+        "embedding_key": embedding_key, "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    fit_id = f"fit-{time.time_ns():020d}-{uuid.uuid4().hex[:6]}"
+    if fitted.reduction is not None:
+        cache.folder.mkdir(parents=True, exist_ok=True)
+        np.savez(cache.folder / f"{fit_id}.reduction.npz", **fitted.reduction.arrays())
+    # Written last: the positions file is what makes a fit exist.
+    cache.write(fit_id, ".parquet", _positions_table(distinct_hashes, coords, in_sample, meta))
     if progress:
         progress(steps, steps)
-    lookup = pd.Series(np.arange(len(distinct_hashes)), index=distinct_hashes)
-    per_row = coords[lookup.loc[embeddings.content_hashes.astype(str)].to_numpy()]
-    return Projection(embedding_key, config, embeddings.sample_ids, per_row, method_used, note, quality, seconds, True, embeddings.missing)
+    known, meta = cache.read(fit_id)
+    return fit_id, known, meta
+
+
+def _place_rest(fitted: FittedMap, vectors: np.ndarray, labels: np.ndarray, in_sample: np.ndarray, coords: np.ndarray, seed: int) -> dict:
+    """Place the points the fit left out (filling ``coords``); return how each way placed a trial set."""
+    rest = np.flatnonzero(~in_sample)
+    fitted_labels = labels[in_sample]
+    if len(rest) == 0 and len(fitted.coords) < 2:
+        return {"used": "neighbours", "neighbours": None, "transform": None, "measured_on": "nothing: too few images"}
+    if len(rest) == 0:
+        # Nothing to place now; how images added later will be placed, measured on the fitted ones themselves.
+        trial = np.random.default_rng(seed).choice(len(fitted.coords), size=min(_PLACEMENT_TRIAL, len(fitted.coords)), replace=False)
+        left_out = place_by_neighbours(fitted, vectors[in_sample], exclude_self=True)[trial]
+        return {"used": "neighbours", "neighbours": placement_accuracy(fitted, left_out, fitted_labels[trial], fitted_labels), "transform": None, "measured_on": "fitted images, each left out of its own placement"}
+    trial = np.sort(np.random.default_rng(seed).choice(rest, size=min(_PLACEMENT_TRIAL, len(rest)), replace=False))
+    by_neighbours = place_by_neighbours(fitted, vectors[trial])
+    by_transform = place_by_transform(fitted, vectors[trial])
+    scores = {
+        "neighbours": placement_accuracy(fitted, by_neighbours, labels[trial], fitted_labels),
+        "transform": None if by_transform is None else placement_accuracy(fitted, by_transform, labels[trial], fitted_labels),
+    }
+    used = "transform" if scores["transform"] is not None and (scores["neighbours"] is None or scores["transform"] > scores["neighbours"]) else "neighbours"
+    coords[trial] = by_transform if used == "transform" else by_neighbours
+    others = np.setdiff1d(rest, trial)
+    for start in range(0, len(others), 100_000):  # bounded memory for the reduced copies
+        block = others[start : start + 100_000]
+        coords[block] = place_by_transform(fitted, vectors[block]) if used == "transform" else place_by_neighbours(fitted, vectors[block])
+    return {"used": used, **scores, "measured_on": f"{len(trial):,} images the fit left out"}
+
+
+def _place_added(workspace, name: str, embedding_key: str, cache: _MapCache, fit_id: str, meta: dict, known: pd.DataFrame, unplaced: np.ndarray) -> None:
+    """Place images added since the fit by their nearest fitted images, and remember them."""
+    fitted_hashes = known.index[known["fitted"].to_numpy(dtype=bool)].to_numpy(dtype=str)
+    # The fitted images' vectors as they were fitted: an image removed from this version is still in the cache.
+    cached_index, matrix = embedding_cache(workspace, name, embedding_key).load()
+    positions = cached_index.get_indexer(fitted_hashes)
+    if (positions < 0).any():
+        raise UserError("Some images this map was fitted on are no longer in the embedding cache; refit the map.")
+    reduction_file = cache.folder / f"{fit_id}.reduction.npz"
+    reduction = PcaReduction.from_arrays(dict(np.load(reduction_file, allow_pickle=False))) if reduction_file.exists() else None
+    base = matrix[positions]
+    fitted = FittedMap(known.loc[fitted_hashes, [c for c in ("x", "y", "z") if c in known.columns]].to_numpy(np.float32), meta["method_used"], "", reduction, reduction.transform(base) if reduction else base)
+    new_vectors = matrix[cached_index.get_indexer(unplaced)]
+    coords = place_by_neighbours(fitted, new_vectors)
+    added_path = cache.folder / f"{fit_id}.added.parquet"
+    table = _positions_table(unplaced, coords)
+    if added_path.exists():
+        table = pa.concat_tables([pq.read_table(added_path), table])
+    cache.write(fit_id, ".added.parquet", table)

@@ -60,6 +60,25 @@ def test_the_map_page_offers_projection_then_draws(fashion: Path):
     assert drawn and np.fromfile(drawn[0] / "points.bin", dtype=np.float32).shape == (3 * len(ids),)
 
 
+def test_added_images_are_placed_on_the_map_and_refitting_is_a_button(fashion: Path, tmp_path: Path):
+    from core.ingest import add_images
+    from core.project import ProjectionConfig, project_dataset
+
+    project_dataset(fashion, "fashion", "pixels-16px")
+    add_images(write_fashion_folders(tmp_path / "more", 2, offset=50), "fashion", fashion)  # version 2: 20 more images
+    embed_dataset(fashion, "fashion", EmbedderConfig(kind="pixels", resolution=16))
+    app = page("map")
+    assert any("not on the 3D map yet" in i.value for i in app.info)
+    assert not any("No 3D map" in i.value for i in app.info)  # the map exists: no refit is offered as the way on
+    app.button[0].click().run()  # "Place them on the map"
+    run_until(app, lambda a: any("selected" in m.value for m in a.markdown))
+    assert any("Fitted on 100 images; 20 placed by their 10 nearest fitted images" in c.value for c in app.caption)
+    refit = next(b for b in app.button if b.label == "Refit")
+    refit.click().run()
+    run_until(app, lambda a: any("map of 120 images" in c.value and "placed" not in c.value for c in a.caption))
+    assert project_dataset(fashion, "fashion", "pixels-16px", ProjectionConfig(), compute=False).n_fitted == 120
+
+
 def test_training_from_the_page_runs_in_the_background_and_shows_the_results(fashion: Path):
     app = page("train")
     assert any("No training runs on version 1" in i.value for i in app.info)

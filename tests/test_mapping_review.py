@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import numpy as np
@@ -315,3 +317,18 @@ def test_reverting_a_label_flow_cell_and_the_quick_heads_recipe(tmp_path: Path, 
     run = train(workspace, "f", quick, version=2, trigger="after commit")
     assert run.automatic and run.recipe()[0] == quick_heads_recipe(workspace, "f")
     assert not list_runs(workspace, "f", 1)[0].automatic and list_runs(workspace, "f", 1)[0].recipe()[0] != run.recipe()[0]
+
+
+def test_the_quick_heads_refresh_once_per_version_and_then_say_how_long_the_next_takes(tmp_path: Path, workspace: Path):
+    from core.embed import EmbedderConfig, embed_dataset
+    from core.train.pipeline import QUICK_HEADS_DIMS, quick_heads_estimate, refresh_quick_heads
+
+    import_dataset(write_fashion_folders(tmp_path / "f", 12), "f", workspace)
+    assert refresh_quick_heads(workspace, "f", 1) is None  # nothing embedded: nothing quick to retrain
+    embed_dataset(workspace, "f", EmbedderConfig(kind="pixels", resolution=16))
+    train(workspace, "f", HeadsSettings(embedding="pixels-16px", heads=("knn",)), version=1)
+    assert quick_heads_estimate(workspace, "f", 1) is None  # no refresh measured yet: no promise
+    run = refresh_quick_heads(workspace, "f", 1)
+    assert run.automatic and run.settings().reduce_dims == QUICK_HEADS_DIMS
+    assert refresh_quick_heads(workspace, "f", 1) is None  # the version has its quick heads already
+    assert re.fullmatch(r"about \d+ s for 120 images \(the last job here ran at [\d,]+ per second\)", quick_heads_estimate(workspace, "f", 1))

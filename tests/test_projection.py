@@ -9,7 +9,7 @@ import pytest
 
 from core.embed import EmbedderConfig, embed_dataset
 from core.errors import UserError
-from core.ingest import import_dataset
+from core.ingest import add_images, import_dataset
 from core.project import ProjectionConfig, knn_accuracy, project_dataset, project_vectors, projection_quality
 from core.tables import ChangeSet
 from core.workspace import open_table
@@ -137,3 +137,47 @@ def test_rates_are_recorded_only_from_jobs_large_enough_to_time(tmp_path: Path):
     record(tmp_path, "embed efficientnet-lite0", 6000, 40.0)
     rate = last_rate(tmp_path, "embed efficientnet-lite0")
     assert rate.per_second == 150 and rate.estimate(3000) == "about 20 s for 3,000 images (the last job here ran at 150 per second)"
+
+
+# --------------------------------------------------------------------------- fitted on a sample, the rest placed
+
+
+def test_a_map_fitted_on_a_sample_places_the_rest_and_says_how_well_each_way_did(fashion: str, workspace: Path):
+    config = ProjectionConfig(fit_points=150)
+    projection = project_dataset(workspace, "fashion", fashion, config)
+    assert (projection.n_fitted, projection.n_placed) == (150, 150)
+    assert projection.coords.shape == (300, 3) and np.isfinite(projection.coords).all()
+    placement = projection.quality["placement"]
+    assert placement["used"] in ("transform", "neighbours") and placement["measured_on"] == "150 images the fit left out"
+    assert placement["neighbours"] > 0.4 and placement["transform"] is not None  # real photos: far above chance (0.1)
+    assert placement[placement["used"]] >= max(v for k, v in placement.items() if k in ("neighbours", "transform"))
+    assert "Fitted on 150 images; 150 placed" in projection.describe()
+
+
+def test_the_fit_sample_keeps_every_labels_share():
+    labels = np.array(["a"] * 600 + ["b"] * 300 + ["undefined"] * 100)
+    from core.project import _fit_sample
+
+    sample = _fit_sample(labels, 200, seed=0)
+    assert len(sample) == 200 and len(np.unique(sample)) == 200
+    counts = {label: int((labels[sample] == label).sum()) for label in ("a", "b", "undefined")}
+    assert counts == {"a": 120, "b": 60, "undefined": 20}
+    assert np.array_equal(_fit_sample(labels, 2000, seed=0), np.arange(1000))  # under the limit: everything
+
+
+def test_added_images_are_placed_on_the_map_and_only_an_explicit_refit_moves_it(fashion: str, workspace: Path, tmp_path: Path):
+    first = project_dataset(workspace, "fashion", fashion)
+    assert (first.n_fitted, first.n_placed) == (300, 0)
+    assert first.quality["placement"]["neighbours"] > 0.4  # measured by leaving each fitted image out
+    add_images(write_fashion_folders(tmp_path / "more", 3, offset=100), "fashion", workspace)  # version 2: 30 more
+    embed_dataset(workspace, "fashion", PIXELS)
+    assert project_dataset(workspace, "fashion", fashion, version=2, compute=False) is None  # new images are not on it yet
+    placed = project_dataset(workspace, "fashion", fashion, version=2)
+    assert (placed.n_fitted, placed.n_placed) == (300, 30) and placed.computed_now
+    old = placed.frame().set_index("sample_id").loc[first.sample_ids]
+    assert np.array_equal(old[["x", "y", "z"]].to_numpy(), first.coords)  # the fitted images did not move
+    again = project_dataset(workspace, "fashion", fashion, version=2, compute=False)
+    assert again is not None and not again.computed_now and again.n_placed == 30
+    refitted = project_dataset(workspace, "fashion", fashion, version=2, refit=True)
+    assert (refitted.n_fitted, refitted.n_placed) == (330, 0)
+    assert project_dataset(workspace, "fashion", fashion, version=2, compute=False).n_fitted == 330  # the newest fit is the map

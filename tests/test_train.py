@@ -284,3 +284,34 @@ def test_the_softmax_head_is_a_linear_model_with_its_own_patience(fashion: Path)
     embeddings = load_embeddings(fashion, "fashion", "pixels-16px", 2)
     vectors = embeddings.vectors[pd.Index(embeddings.sample_ids).get_indexer(unlabelled["sample_id"])]
     assert np.allclose(predict(vectors), np.stack(unlabelled["probabilities"]), atol=1e-5)
+
+
+def test_heads_on_principal_components_save_the_reduction_with_the_model(fashion: Path, tmp_path: Path):
+    from core.embed import load_embeddings
+    from core.predict import predict_folder
+    from core.runs import ModelConfig
+    from core.reduction import PcaReduction
+    from core.train.heads import load_head
+
+    embeddings = load_embeddings(fashion, "fashion", "pixels-16px", 2)
+    for heads in (("logreg",), ("knn",), ("mlp",)):
+        run = train(fashion, "fashion", HeadsSettings(embedding="pixels-16px", heads=heads, reduce_dims=24, epochs=20, final_epochs=20, patience=5))
+        model = ModelConfig.read(run.path / "model")
+        assert (model.input_dim, model.architecture["reduced_to"]) == (768, 24)
+        reduction = PcaReduction.from_arrays(dict(np.load(run.path / "model" / "reduction.npz", allow_pickle=False)))
+        assert reduction.components.shape == (24, 768)
+        # The components are orthonormal: a real PCA, not a truncation of the vectors.
+        assert np.allclose(reduction.components @ reduction.components.T, np.eye(24), atol=1e-4)
+        samples = load_samples(run)
+        unlabelled = samples[~samples["trained_on"]]
+        vectors = embeddings.vectors[pd.Index(embeddings.sample_ids).get_indexer(unlabelled["sample_id"])]
+        assert np.allclose(load_head(run.path / "model", model)(vectors), np.stack(unlabelled["probabilities"]), atol=1e-5), heads
+    # predict reads the embedding of new images and reduces it the same way.
+    new = write_fashion_folders(tmp_path / "new", 3, offset=200)
+    out, rows, _ = predict_folder(run.run_id, new, tmp_path / "preds.csv", fashion)
+    predictions = pd.read_csv(out)
+    assert rows == 30 and (predictions["label"] == predictions["filename"].str.split("/").str[0]).mean() > 0.5
+    # A damaged reduction is a clear error, not a wrong answer.
+    (run.path / "model" / "reduction.npz").write_bytes(b"nope")
+    with pytest.raises(UserError, match="cannot be read as a PCA reduction"):
+        load_head(run.path / "model", ModelConfig.read(run.path / "model"))

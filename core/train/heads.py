@@ -30,6 +30,7 @@ from core.errors import UserError
 from core.runs import ModelConfig
 from core.train.common import inner_split
 from core.train.family import Family, FamilyResult, LabelledData, TrainingJob
+from core.reduction import PcaReduction
 from core.train.head_models import KnnHead, LogisticHead, MlpTraining, fit_many, fit_mlps, mlp_predict_proba, sequential_mlp
 from core.train.settings import CLASS_WEIGHTINGS, OPTIMIZERS, FamilySettings, setting
 
@@ -60,6 +61,7 @@ class HeadsSettings(FamilySettings):
     softmax_patience: int = setting(25, "Softmax patience", "The same for the softmax head.", minimum=1, maximum=10_000)
     validation_split: float = setting(0.1, "Validation split", "Share of each training set held out for the MLP's / softmax's early stopping.", minimum=0.02, maximum=0.5)
     issue_neighbours: int = setting(10, "Label-issue neighbours", "Neighbours whose labels the label-issue score compares with.", minimum=1, maximum=1000)
+    reduce_dims: int = setting(0, "Reduce to (PCA)", "Principal components of the embedding the heads see (fitted on up to 20,000 vectors, labels unread); 0 keeps every dimension.", minimum=0, maximum=8192)
 
     def check(self) -> None:
         if len(self.mlp_dropout) != len(self.mlp_hidden):
@@ -117,6 +119,11 @@ class Heads(Family):
         embeddings, data = job.embedded(folds=job.settings.folds)
         settings: HeadsSettings = job.settings
         key, vectors = settings.embedding, embeddings.vectors
+        embedding_dim, reduction = vectors.shape[1], None
+        if 0 < settings.reduce_dims < embedding_dim:
+            job.report(f"reducing the {embedding_dim}-d vectors to {settings.reduce_dims} principal components", 0.0)
+            reduction = PcaReduction().fit(vectors, settings.reduce_dims, settings.seed)
+            vectors = reduction.transform(vectors)
         X, y, labelled = vectors[data.labelled], data.y, data.labelled
         n_classes = data.n_classes
         torch.manual_seed(settings.seed)
@@ -153,7 +160,7 @@ class Heads(Family):
         job.write_samples(data, probabilities, vectors, trained_on=data.trainable, role=role, fold=fold_column, issue_probabilities=ensemble)
         job.write_evaluation(y, oof[best].argmax(1), data.label_names, "predicted label (out of fold)")
         job.write_cv(data.folds, accuracies, seconds, best)
-        model = self._save(job, best, final, data, X.shape[1], key)
+        model = self._save(job, best, final, data, embedding_dim, key, reduction)
         return FamilyResult(
             best_model=best, held_out_accuracy=float(np.mean(accuracies[best])), accuracy_by_model={h: round(float(np.mean(a)), 4) for h, a in accuracies.items()},
             folds=data.folds, n_labelled=len(y), n_samples=len(data.frame), not_embedded=embeddings.missing, model=model, embedding=key,
@@ -201,7 +208,7 @@ class Heads(Family):
         return _Final(lambda vectors: mlp_predict_proba(result.model, 0, vectors), result.model, result.best_epoch[0])
 
     @staticmethod
-    def _save(job: TrainingJob, best: str, final: _Final, data: LabelledData, dim: int, key: str) -> ModelConfig:
+    def _save(job: TrainingJob, best: str, final: _Final, data: LabelledData, dim: int, key: str, reduction: PcaReduction | None) -> ModelConfig:
         settings: HeadsSettings = job.settings
         if best in TRAINED_HEADS:
             from safetensors.torch import save_file
@@ -213,6 +220,10 @@ class Heads(Family):
         else:
             np.savez(job.builder.model_dir / "model.npz", **final.model.arrays())
             architecture, layout = {}, "numpy .npz arrays (no pickle)"
+        if reduction is not None:  # the head reads principal components, not the embedding itself
+            np.savez(job.builder.model_dir / "reduction.npz", **reduction.arrays())
+            architecture["reduced_to"] = reduction.dims
+            layout += "; reduction.npz: PCA mean and components applied to the embedding first"
         return ModelConfig(best, data.label_names, layout, embedding=key, input_dim=dim, architecture=architecture)
 
     # ------------------------------------------------------------------ loading
@@ -233,11 +244,29 @@ class Heads(Family):
 
 
 def load_head(model_dir: Path, model: ModelConfig) -> Callable[[np.ndarray], np.ndarray]:
-    """predict_proba on embedding vectors of a saved head."""
+    """predict_proba on embedding vectors of a saved head (through its PCA reduction, if it has one)."""
+    head = _load_head_itself(model_dir, model)
+    if not model.architecture.get("reduced_to"):
+        return head
+    reduction = PcaReduction.from_arrays(_read_npz(model_dir / "reduction.npz", "PCA reduction"))
+    if reduction.components.shape != (model.architecture["reduced_to"], model.input_dim):
+        raise UserError(f"The PCA reduction in {model_dir} does not match its model_config.json; the run folder is damaged. Train again.")
+    return lambda vectors: head(reduction.transform(vectors))
+
+
+def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+    try:
+        return dict(np.load(path, allow_pickle=False))  # never unpickles
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserError(f"The model file {path} cannot be read as a {what} ({type(exc).__name__}: {exc}); the run folder is damaged. Train again.") from exc
+
+
+def _load_head_itself(model_dir: Path, model: ModelConfig) -> Callable[[np.ndarray], np.ndarray]:
+    input_dim = model.architecture.get("reduced_to") or model.input_dim
     if model.model_type in TRAINED_HEADS:
         from safetensors.torch import load_file
 
-        net = sequential_mlp(model.input_dim, tuple(model.architecture["hidden_units"]), model.n_classes, tuple(model.architecture["dropout"])).eval()
+        net = sequential_mlp(input_dim, tuple(model.architecture["hidden_units"]), model.n_classes, tuple(model.architecture["dropout"])).eval()
         try:
             net.load_state_dict(load_file(model_dir / "model.safetensors"))
         except (OSError, RuntimeError) as exc:
@@ -248,11 +277,11 @@ def load_head(model_dir: Path, model: ModelConfig) -> Callable[[np.ndarray], np.
                 return torch.softmax(net(torch.from_numpy(np.asarray(vectors, np.float32))), 1).numpy()
 
         return predict
+    arrays = _read_npz(model_dir / "model.npz", f"{model.model_type} model")
     try:
-        arrays = dict(np.load(model_dir / "model.npz", allow_pickle=False))  # never unpickles
         head = (LogisticHead if model.model_type == "logreg" else KnnHead).from_arrays(arrays)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise UserError(f"The model file in {model_dir} cannot be read as a {model.model_type} model ({type(exc).__name__}: {exc}); the run folder is damaged. Train again.") from exc
+    except KeyError as exc:
+        raise UserError(f"The model file in {model_dir} cannot be read as a {model.model_type} model (KeyError: {exc}); the run folder is damaged. Train again.") from exc
     if head.n_classes != model.n_classes:
         raise UserError(f"The model in {model_dir} has {head.n_classes} classes but its config names {model.n_classes}; the folder is inconsistent.")
     return head.predict_proba

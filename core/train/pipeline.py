@@ -78,6 +78,11 @@ def _publish_embedding(workspace, name: str, published: PublishedEmbedding, run_
 
 
 QUICK_HEADS = ("knn", "logreg")
+QUICK_HEADS_DIMS = 128
+"""The quick heads read this many principal components of the embedding: at 100,000 x 1280-d
+that is the difference between minutes and seconds, for the same label-issue F1 on the demo
+(bench/bench_scores.py measures both)."""
+QUICK_HEADS_RATE = "quick heads"  # the kind core.measured records their refreshes under
 
 
 def quick_heads_config(workspace, name: str) -> HeadsSettings | None:
@@ -89,10 +94,10 @@ def quick_heads_config(workspace, name: str) -> HeadsSettings | None:
     cached = {meta["key"] for meta in list_embeddings(workspace, name)}
     default = preferred_embedding(workspace, name)
     if default is not None and is_default_embedding(default):
-        return HeadsSettings(heads=QUICK_HEADS, embedding=default)
+        return HeadsSettings(heads=QUICK_HEADS, embedding=default, reduce_dims=QUICK_HEADS_DIMS)
     for run in list_runs(workspace, name):
         if run.summary.kind == "heads" and run.summary.embedding in cached:
-            return HeadsSettings(heads=QUICK_HEADS, embedding=run.summary.embedding)
+            return HeadsSettings(heads=QUICK_HEADS, embedding=run.summary.embedding, reduce_dims=QUICK_HEADS_DIMS)
     return None
 
 
@@ -102,3 +107,28 @@ def quick_heads_recipe(workspace, name: str) -> str | None:
 
     settings = quick_heads_config(workspace, name)
     return None if settings is None else recipe_identity(settings)
+
+
+def quick_heads_estimate(workspace, name: str, version: int) -> str | None:
+    """How long the quick heads on ``version`` should take, from the last refresh measured in this workspace (None before the first)."""
+    from core.measured import last_rate
+
+    rate = last_rate(workspace, QUICK_HEADS_RATE)
+    return None if rate is None else rate.estimate(open_table(workspace, name).version_info(version).n_samples)
+
+
+def refresh_quick_heads(workspace, name: str, version: int, *, progress=None, should_stop=None) -> RunInfo | None:
+    """Retrain the quick heads on ``version`` unless nothing is embedded or the version already has them;
+    records how long it took, so the next refresh can say how long it will take."""
+    from core.measured import record
+    from core.runs import list_runs, recipe_identity
+
+    settings = quick_heads_config(workspace, name)
+    if settings is None:
+        return None  # nothing embedded yet: there is nothing quick to retrain
+    if any(run.recipe()[0] == recipe_identity(settings) for run in list_runs(workspace, name, version)):
+        return None  # this version already has its quick heads (same settings, same numbers)
+    started = time.perf_counter()
+    run = train(workspace, name, settings, version=version, progress=progress, should_stop=should_stop, trigger="after commit")
+    record(workspace, QUICK_HEADS_RATE, open_table(workspace, name).version_info(version).n_samples, time.perf_counter() - started)
+    return run
