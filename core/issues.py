@@ -49,26 +49,31 @@ def sample_metrics(probabilities: np.ndarray, given: np.ndarray) -> pd.DataFrame
     )
 
 
-def knn_disagreement(vectors: np.ndarray, given: np.ndarray, k: int = 10) -> np.ndarray:
+def knn_disagreement(vectors: np.ndarray, given: np.ndarray, k: int = 10, neighbours: np.ndarray | None = None) -> np.ndarray:
     """Share of a labelled sample's k nearest labelled neighbours (cosine, itself excluded)
-    whose label differs from its own; NaN for samples without a label."""
+    whose label differs from its own; NaN for samples without a label.
+
+    ``neighbours``: the labelled samples' nearest labelled neighbours if the
+    caller searched them already (row i: positions among the labelled samples,
+    nearest first, at least ``k`` columns), so they are not searched twice.
+    """
     out = np.full(len(given), np.nan)
     labelled = np.flatnonzero(given >= 0)
     if len(labelled) < 2:
         return out
     k = min(k, len(labelled) - 1)
     labels = given[labelled]
-    nearest = nearest_neighbours(vectors[labelled], None, k)
+    nearest = nearest_neighbours(vectors[labelled], None, k) if neighbours is None else neighbours[:, :k]
     out[labelled] = (labels[nearest] != labels[:, None]).mean(axis=1)
     return out
 
 
-def label_issue_scores(probabilities: np.ndarray, given: np.ndarray, vectors: np.ndarray, k: int = 10) -> pd.DataFrame:
+def label_issue_scores(probabilities: np.ndarray, given: np.ndarray, vectors: np.ndarray, k: int = 10, neighbours: np.ndarray | None = None) -> pd.DataFrame:
     """Label-issue scores for every sample (NaN / False where there is no given label).
 
     quality: cleanlab's ``get_label_quality_scores`` (self-confidence; low = suspicious).
     cleanlab_issue: cleanlab's ``find_label_issues`` with its defaults.
-    knn_disagreement: see :func:`knn_disagreement`.
+    knn_disagreement: see :func:`knn_disagreement` (``neighbours`` as there).
     issue_score: the fused ranking, in [0, 1], high = suspicious: the mean of
     the percentile ranks of (1 - quality) and of the neighbour disagreement.
     The model's view and the neighbours' view miss different samples, so the
@@ -84,7 +89,7 @@ def label_issue_scores(probabilities: np.ndarray, given: np.ndarray, vectors: np
         {
             "quality": np.full(n, np.nan),
             "cleanlab_issue": np.zeros(n, dtype=bool),
-            "knn_disagreement": knn_disagreement(vectors, given, k),
+            "knn_disagreement": knn_disagreement(vectors, given, k, neighbours),
             "issue_score": np.full(n, np.nan),
             "flagged": np.zeros(n, dtype=bool),
         }

@@ -315,3 +315,34 @@ def test_heads_on_principal_components_save_the_reduction_with_the_model(fashion
     (run.path / "model" / "reduction.npz").write_bytes(b"nope")
     with pytest.raises(UserError, match="cannot be read as a PCA reduction"):
         load_head(run.path / "model", ModelConfig.read(run.path / "model"))
+
+
+def test_one_shared_neighbour_search_gives_each_fold_exactly_its_own_knn():
+    from sklearn.model_selection import StratifiedKFold
+
+    from core.neighbours import nearest_neighbours
+    from core.train.head_models import KnnHead
+    from core.train.heads import knn_out_of_fold
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, size=600)
+    X = (np.eye(4)[y] @ rng.normal(size=(4, 16)) + rng.normal(size=(600, 16))).astype(np.float32)
+    folds = list(StratifiedKFold(n_splits=5, shuffle=True, random_state=0).split(X, y))
+    expected = np.zeros((600, 4), dtype=np.float32)
+    for train, test in folds:
+        expected[test] = KnnHead(5).fit(X[train], y[train], 4).predict_proba(X[test])
+    # Enough candidates for everyone, and so few that many samples fall back to their fold's own k-NN.
+    for candidates in (30, 6):
+        got = knn_out_of_fold(nearest_neighbours(X, None, candidates), X, y, 4, folds, 5)
+        assert np.allclose(got, expected), candidates
+
+
+def test_a_run_with_the_shared_search_matches_one_with_a_search_per_fold(fashion: Path, monkeypatch):
+    import core.train.heads as heads_module
+
+    settings = HeadsSettings(embedding="pixels-16px", heads=("knn", "logreg"))
+    per_fold = load_samples(train(fashion, "fashion", settings))
+    monkeypatch.setattr(heads_module, "EXACT_LIMIT", 10)  # as if 280 labelled samples were a large data set
+    shared = load_samples(train(fashion, "fashion", settings))
+    assert np.allclose(np.stack(shared["probabilities"]), np.stack(per_fold["probabilities"]))
+    assert shared["knn_disagreement"].equals(per_fold["knn_disagreement"]) and shared["flagged"].equals(per_fold["flagged"])

@@ -216,15 +216,19 @@ class TrainingJob:
         heads = {model: {"fold_accuracy": values, "mean": float(np.mean(values)), "std": float(np.std(values)), "seconds": round(seconds.get(model, 0.0), 2)} for model, values in accuracies.items()}
         self.builder.json("cv.json", {"folds": folds, "heads": heads, "best": best})
 
-    def write_samples(self, data: LabelledData, probabilities: np.ndarray, vectors: np.ndarray, *, trained_on: np.ndarray, role: np.ndarray, fold: np.ndarray, issue_probabilities: np.ndarray | None = None) -> None:
+    def write_samples(
+        self, data: LabelledData, probabilities: np.ndarray, vectors: np.ndarray, *, trained_on: np.ndarray, role: np.ndarray, fold: np.ndarray,
+        issue_probabilities: np.ndarray | None = None, neighbours: np.ndarray | None = None,
+    ) -> None:
         """samples.parquet, the per-sample table every run stores: outputs, metrics and label-issue scores.
 
-        ``issue_probabilities`` (default ``probabilities``) are what the label-issue scores read.
+        ``issue_probabilities`` (default ``probabilities``) are what the label-issue scores read;
+        ``neighbours`` the labelled samples' nearest labelled neighbours if they were searched already.
         """
         from core.issues import label_issue_scores, sample_metrics
 
         metrics = sample_metrics(probabilities, data.given)
-        issues = label_issue_scores(probabilities if issue_probabilities is None else issue_probabilities, data.given, vectors, self.settings.issue_neighbours)
+        issues = label_issue_scores(probabilities if issue_probabilities is None else issue_probabilities, data.given, vectors, self.settings.issue_neighbours, neighbours)
         samples = pd.DataFrame({
             "sample_id": data.frame["sample_id"].to_numpy(), "label": data.frame["label"].to_numpy(), "trained_on": trained_on, "role": role, "fold": fold,
             "predicted_label": np.array(data.label_names, dtype=object)[metrics["predicted"].to_numpy()],

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from core.errors import UserError
+from core.neighbours import EXACT_LIMIT, nearest_neighbours
 from core.runs import ModelConfig
 from core.train.common import inner_split
 from core.train.family import Family, FamilyResult, LabelledData, TrainingJob
@@ -74,6 +75,34 @@ class HeadsSettings(FamilySettings):
             if old in data:
                 data.setdefault(new, data.pop(old))
         return data
+
+
+_CANDIDATES_PER_K = 4  # neighbour candidates searched per k: with 5 folds a fifth are in the sample's own fold
+
+
+def knn_out_of_fold(neighbours: np.ndarray, X: np.ndarray, y: np.ndarray, n_classes: int, folds, k: int) -> np.ndarray:
+    """Each sample's k-NN class shares among the samples of the other folds, from one shared search.
+
+    ``neighbours[i]`` are sample i's nearest samples (itself excluded, nearest
+    first). The first ``k`` of them outside i's fold are exactly what a k-NN
+    fitted on the other folds finds; the rare sample with fewer than ``k``
+    such candidates is answered by that fold's own k-NN.
+    """
+    fold_of = np.empty(len(y), dtype=np.int64)
+    for number, (_, test) in enumerate(folds):
+        fold_of[test] = number
+    probabilities = np.zeros((len(y), n_classes), dtype=np.float32)
+    outside = fold_of[neighbours] != fold_of[:, None]
+    enough = outside.sum(axis=1) >= k
+    first = np.argsort(~outside[enough], axis=1, kind="stable")[:, :k]  # positions of the first k from other folds
+    chosen = np.take_along_axis(neighbours[enough], first, axis=1)
+    rows = np.flatnonzero(enough)
+    np.add.at(probabilities, (rows[:, None], y[chosen]), 1.0 / k)
+    for number, (train, _) in enumerate(folds):
+        short = np.flatnonzero(~enough & (fold_of == number))
+        if len(short):
+            probabilities[short] = KnnHead(min(k, len(train) - 1)).fit(X[train], y[train], n_classes).predict_proba(X[short])
+    return probabilities
 
 
 def _mlp_training(settings: HeadsSettings, max_epochs: int, head: str) -> MlpTraining:
@@ -128,13 +157,19 @@ class Heads(Family):
         n_classes = data.n_classes
         torch.manual_seed(settings.seed)
         folds = list(StratifiedKFold(n_splits=data.folds, shuffle=True, random_state=settings.seed).split(X, y))
+        neighbours = None
+        if len(X) > EXACT_LIMIT:
+            # One approximate search serves every fold's k-NN and the label-issue score: building an index per
+            # fold cost most of a refresh at 100,000 images. A fold's k-NN keeps the candidates from other folds.
+            job.report(f"finding the nearest neighbours of {len(X):,} labelled samples", 0.0)
+            neighbours = nearest_neighbours(X, None, min(len(X) - 1, max(_CANDIDATES_PER_K * settings.knn_k + 10, settings.issue_neighbours)))
         accuracies: dict[str, list[float]] = {}
         seconds: dict[str, float] = {}
         oof: dict[str, np.ndarray] = {}
         for number, head in enumerate(settings.heads):
             job.report(f"cross-validating {head}", number / (len(settings.heads) + 1))
             started = time.perf_counter()
-            oof[head] = self._cross_validate(job, head, number, X, y, n_classes, folds)
+            oof[head] = self._cross_validate(job, head, number, X, y, n_classes, folds, neighbours)
             accuracies[head] = [float((oof[head][test].argmax(1) == y[test]).mean()) for _, test in folds]
             seconds[head] = time.perf_counter() - started
         best = max(settings.heads, key=lambda h: np.mean(accuracies[h]))
@@ -157,7 +192,7 @@ class Heads(Family):
         for number, (_, test) in enumerate(folds):
             fold_column[labelled[test]] = number
         role[labelled] = "out of fold"
-        job.write_samples(data, probabilities, vectors, trained_on=data.trainable, role=role, fold=fold_column, issue_probabilities=ensemble)
+        job.write_samples(data, probabilities, vectors, trained_on=data.trainable, role=role, fold=fold_column, issue_probabilities=ensemble, neighbours=neighbours)
         job.write_evaluation(y, oof[best].argmax(1), data.label_names, "predicted label (out of fold)")
         job.write_cv(data.folds, accuracies, seconds, best)
         model = self._save(job, best, final, data, embedding_dim, key, reduction)
@@ -167,11 +202,13 @@ class Heads(Family):
         )
 
     @staticmethod
-    def _cross_validate(job: TrainingJob, head: str, number: int, X, y, n_classes: int, folds) -> np.ndarray:
-        """Out-of-fold class probabilities of ``head`` for every labelled sample."""
+    def _cross_validate(job: TrainingJob, head: str, number: int, X, y, n_classes: int, folds, neighbours: np.ndarray | None = None) -> np.ndarray:
+        """Out-of-fold class probabilities of ``head`` for every labelled sample (``neighbours``: see :func:`knn_out_of_fold`)."""
         settings: HeadsSettings = job.settings
         probabilities = np.zeros((len(y), n_classes), dtype=np.float32)
         if head == "knn":
+            if neighbours is not None:
+                return knn_out_of_fold(neighbours, X, y, n_classes, folds, settings.knn_k)
             for train, test in folds:
                 probabilities[test] = KnnHead(min(settings.knn_k, len(train) - 1)).fit(X[train], y[train], n_classes).predict_proba(X[test])
             return probabilities
