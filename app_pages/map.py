@@ -116,8 +116,8 @@ def start_projecting(*, refit: bool) -> None:
 if projection is None:
     if not running(project_key):
         if has_map(workspace(), name, chosen_key, ProjectionConfig(dims=dims)):
-            st.info(f"Some images of v{version} are not on the {dims}D map yet (added since it was fitted). They are placed by their "
-                    "nearest fitted images; the map itself does not move. Refit it later to fit them too.")
+            st.info(f"Some images of v{version} are not on the {dims}D map yet: they were added since it was fitted. Placing puts each "
+                    "where its nearest fitted images are; the map itself does not move. Refit it later to fit them too.")
             if st.button("Place them on the map", type="primary"):
                 start_projecting(refit=False)
         else:

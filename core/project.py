@@ -278,13 +278,15 @@ class Projection:
 
 
 def describe_placement(n_fitted: int, n_placed: int, placement: dict) -> str:
-    """E.g. 'Fitted on 200,000 images; 800,000 placed by their 10 nearest fitted images (10-NN accuracy 0.81; PaCMAP's transform 0.78)'."""
+    """E.g. 'Fitted on 200,000 images; 800,000 placed by their 10 nearest fitted images (10-NN accuracy of
+    images placed each way: neighbours 0.810, PaCMAP's transform 0.780; measured on 5,000 images the fit left out)'."""
     text = f"Fitted on {n_fitted:,} images; {n_placed:,} placed"
     used = placement.get("used", "neighbours")
     text += " by PaCMAP's transform" if used == "transform" else f" by their {PLACEMENT_NEIGHBOURS} nearest fitted images"
-    measured = [f"{name} {placement[name]:.3f}" for name in ("neighbours", "transform") if placement.get(name) is not None]
+    names = {"neighbours": "neighbours", "transform": "PaCMAP's transform"}
+    measured = [f"{names[way]} {placement[way]:.3f}" for way in names if placement.get(way) is not None]
     if measured:
-        text += f" (10-NN accuracy of placed images: {', '.join(measured)})"
+        text += f" (10-NN accuracy of images placed each way: {', '.join(measured)}; measured on {placement.get('measured_on', 'a trial set')})"
     return text
 
 
