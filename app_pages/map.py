@@ -175,7 +175,7 @@ def map_and_selection() -> None:
     wanted = st.session_state.get(selection_key)  # sample ids the user had selected (survives reloads)
     pushed = None
     if wanted is not None and st.session_state.get(keys(name).selection_push):
-        position = pd.Index(published.sample_ids).get_indexer(np.asarray(wanted["sample_ids"]))
+        position = pd.Index(published.drawn_ids).get_indexer(np.asarray(wanted["sample_ids"]))
         pushed = {"token": st.session_state[keys(name).selection_push], "indices": [int(i) for i in position[position >= 0]]}
     map_column, panel = st.columns([9, 8], gap="medium")  # side by side: the lasso and what it caught in view together
     with map_column:
@@ -193,12 +193,27 @@ def map_and_selection() -> None:
         # A new lasso in the browser (the component keeps its last state across reruns: act on it once).
         st.session_state[keys(name).selection_js] = state.get("token")
         indices = np.asarray(state.get("indices") or [], dtype=np.int64)
-        wanted = {"token": state["token"], "sample_ids": published.sample_ids[indices].tolist()}
+        chosen = published.drawn_ids[indices]
+        if published.budgeted and state.get("lasso"):  # the browser drew a subset: select among every point
+            chosen = lasso_over_all_points(state["lasso"], np.asarray((wanted or {}).get("sample_ids", []), dtype=np.int64))
+        wanted = {"token": state["token"], "sample_ids": [int(i) for i in chosen]}
         st.session_state[selection_key] = wanted
         st.session_state.pop(keys(name).selection_push, None)
     selected_ids = np.asarray((wanted or {}).get("sample_ids", []), dtype=np.int64)
     with panel:
         show_selection(selected_ids, (wanted or {}).get("token"))
+
+
+def lasso_over_all_points(lasso: dict, before: np.ndarray) -> np.ndarray:
+    """A lasso's selection among all points of a map the browser draws only part of (hidden legend entries
+    are not selectable, as in the browser); ``before`` is the selection it adds to or subtracts from."""
+    selectable = ~np.isin(colouring.codes, hidden) if hidden else None
+    caught = published.select(lasso, selectable)
+    if lasso.get("operation") == "add":
+        return np.union1d(before, caught)
+    if lasso.get("operation") == "subtract":
+        return np.setdiff1d(before, caught)
+    return caught
 
 
 def left_out_of_edit(token: str | None) -> dict:

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_million.py                   # label tables at 1M and 10M rows
     .venv/bin/python bench/bench_million.py --rows 1000000 --no-ten-million
+    .venv/bin/python bench/bench_million.py --map-only         # the 3D map of 1,000,000 x 1280-d vectors
 
 The rows are synthetic (paths, hashes and sizes like an import writes them);
 no images are needed to measure the label table. Sample ids follow the
@@ -126,17 +127,54 @@ def bench_table(n_rows: int, scratch: Path, small_commits: int) -> None:
         print(line)
 
 
+def bench_map(n: int, scratch: Path) -> None:
+    """A 3D map of ``n`` synthetic 1280-d vectors (class clusters sharing a low-rank structure): the sample
+    fit, the placement of the rest, and the server-side lasso over every point."""
+    from core.embed.cache import EmbeddingCache
+    from core.lasso import lasso_select
+    from core.project import project_dataset
+    from core.workspace import DatasetPaths
+
+    rng = np.random.default_rng(0)
+    paths = DatasetPaths(scratch / "ws", "big")
+    labels = rng.integers(0, len(CLASSES), size=n)
+    hashes = np.array([f"{i:032x}" for i in range(n)])
+    LabelTable.create(paths.labels, pd.DataFrame({"path": [f"/p/{i}.jpg" for i in range(n)], "label": np.asarray(CLASSES)[labels], "content_hash": hashes}), CLASSES, lock_path=paths.commit_lock)
+    cache = EmbeddingCache(paths.embedding("synthetic-1280"))
+    cache.write_meta({"key": "synthetic-1280", "description": "synthetic clusters", "dim": 1280, "config": {"kind": "pixels"}, "warnings": []})
+    centres = rng.normal(size=(len(CLASSES), 1280)).astype(np.float32)
+    basis = rng.normal(size=(64, 1280)).astype(np.float32) / 8
+    for start in range(0, n, 50_000):
+        m = min(n, start + 50_000) - start
+        part = labels[start : start + m]
+        cache.append(list(hashes[start : start + m]), (centres[part] * 0.6 + rng.normal(size=(m, 64)).astype(np.float32) @ basis + rng.normal(size=(m, 1280)).astype(np.float32) * 0.5).astype(np.float32))
+    projection, seconds = timed(lambda: project_dataset(scratch / "ws", "big", "synthetic-1280"))
+    print(f"\n3D map of {n:,} x 1280-d vectors: {seconds:.0f} s (fit + placement + quality); {projection.describe()}")
+    from components.scatter3d import _normalised
+
+    points = _normalised(projection.coords)
+    matrix = [2.14, 0, 0, 0, 0, 2.14, 0, 0, 0, 0, -1.002, -1, 0, 0, 2.8, 3]  # a camera 3 units away, 50 degrees
+    for name, polygon in (("a quarter of the view", [(200, 150), (600, 150), (600, 450), (200, 450)]), ("nothing", [(-900, -900), (-800, -900), (-800, -800)]),
+                          ("everything", [(-1e5, -1e5), (1e5, -1e5), (1e5, 1e5), (-1e5, 1e5)])):
+        chosen, seconds = timed(lambda: lasso_select(points, matrix, 800, 600, polygon))
+        print(f"  server lasso over all {n:,} points, {name}: {seconds:.2f} s ({len(chosen):,} selected)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--small-commits", type=int, default=1_000, help="how many 100-row commits to measure growth with")
     parser.add_argument("--no-ten-million", action="store_true", help="skip the 10,000,000-row table")
+    parser.add_argument("--map-only", action="store_true", help="only the 3D map of --rows 1280-d vectors")
     parser.add_argument("--scratch", default=str(REPO / "bench" / "out"), help="folder for the temporary files")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
     Path(args.scratch).mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=args.scratch))
     try:
+        if args.map_only:
+            bench_map(args.rows, scratch)
+            return
         bench_table(args.rows, scratch, args.small_commits)
         if not args.no_ten_million:
             bench_table(10 * args.rows, scratch, 0)

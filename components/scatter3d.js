@@ -295,22 +295,31 @@ function applySelection(view) {
   picked.array.fill(0);
   for (const i of view.selected) picked.array[i] = 1;
   picked.needsUpdate = true;
-  view.status.textContent = `${view.ids.length.toLocaleString()} points · ${view.selected.size.toLocaleString()} selected`;
+  const total = view.total || view.ids.length;
+  view.status.textContent = total > view.ids.length
+    ? `${view.ids.length.toLocaleString()} of ${total.toLocaleString()} points drawn · ${view.selected.size.toLocaleString()} of them selected`
+    : `${view.ids.length.toLocaleString()} points · ${view.selected.size.toLocaleString()} selected`;
   view.root.dataset.selected = String(view.selected.size);
+  // The selected points themselves, for tests and automation: small selections only (a DOM attribute).
+  view.root.dataset.selectedIndices = view.selected.size <= 20000 ? Array.from(view.selected).sort((a, b) => a - b).join(",") : "";
   render(view);
 }
 
-function sendSelection(view, releasedAt) {
+function sendSelection(view, releasedAt, lasso) {
+  // The lasso itself goes too: on a map drawn as a subset the server selects among all points with it.
   const indices = Array.from(view.selected).sort((a, b) => a - b);
   view.lastPushed = `js-${Date.now()}-${Math.random()}`;
-  view.setStateValue("selection", { token: view.lastPushed, indices, released_at: releasedAt });
+  view.setStateValue("selection", { token: view.lastPushed, indices, released_at: releasedAt, lasso: lasso || null });
+}
+
+function viewProjection(view) {
+  return new view.THREE.Matrix4().multiplyMatrices(view.camera.projectionMatrix, view.camera.matrixWorldInverse);
 }
 
 function screenPositions(view) {
   // Every point projected with the current camera: NDC -> pixels; NaN for points behind the camera or hidden.
-  const THREE = view.THREE;
-  const matrix = new THREE.Matrix4().multiplyMatrices(view.camera.projectionMatrix, view.camera.matrixWorldInverse);
-  const e = matrix.elements, p = view.points, n = view.ids.length;
+  // core/lasso.py repeats this arithmetic on the server: change both together.
+  const e = viewProjection(view).elements, p = view.points, n = view.ids.length;
   const width = view.overlay.width, height = view.overlay.height;
   const out = new Float32Array(2 * n);
   for (let i = 0; i < n; i++) {
@@ -389,7 +398,9 @@ function attachLasso(view) {
     else if (operation === "add") for (const i of caught) view.selected.add(i);
     else for (const i of caught) view.selected.delete(i);
     applySelection(view);
-    sendSelection(view, releasedAt);
+    const lasso = { polygon: shape, matrix: Array.from(viewProjection(view).elements), width: view.overlay.width, height: view.overlay.height, operation };
+    view.root.dataset.lasso = JSON.stringify(lasso);  // what the server repeats; tests compare the two
+    sendSelection(view, releasedAt, lasso);
   });
 }
 
@@ -447,6 +458,7 @@ async function update(view, data) {
     }
     view.selected = new Set();
   }
+  view.total = data.total;
   recolour(view, data);
   view.labels = data.labels.getChild("label").toArray();
   view.labelNames = data.label_names;

@@ -6,6 +6,11 @@ as static binary files under ``static/maps/<map key>/`` (Streamlit serves
 colour code and a label code per point (2 bytes each), so recolouring after
 a relabel stays small at 100,000 points.
 
+A map of more than :data:`POINT_BUDGET` points is drawn as a seeded random
+subset of that many; a lasso still selects among all of them: the browser
+sends its polygon and camera with every lasso, and the server projects every
+point with the same arithmetic (``core/lasso.py``).
+
 Thumbnails are served from ``static/thumbs/``: hard links (copies across
 file systems) of the workspace's thumbnail cache, named by the first 16 hex
 digits of the content hash. Nothing else of the workspace is ever exposed.
@@ -25,6 +30,10 @@ import streamlit as st
 from core.errors import UserError
 from core.workspace import thumbnail_path
 
+POINT_BUDGET = int(os.environ.get("LABELLOOP_POINT_BUDGET", "300000"))
+"""Points the browser draws at most (every point below it). More would slow a laptop's browser
+without showing more: at 300,000 points the cloud is already solid where the data is dense."""
+
 STATIC = Path(__file__).resolve().parent.parent / "static"
 MAPS = STATIC / "maps"
 THUMBS = STATIC / "thumbs"
@@ -40,7 +49,25 @@ _component = st.components.v2.component(
 class PublishedMap:
     key: str
     url: str  # relative to the app root
-    sample_ids: np.ndarray  # point i is sample_ids[i]
+    sample_ids: np.ndarray  # every point of the map
+    coords: np.ndarray  # every point's map coordinates (what the server lassoes over)
+    drawn: np.ndarray  # indices (into sample_ids) of the points the browser draws, in its order
+
+    @property
+    def drawn_ids(self) -> np.ndarray:
+        """Point i in the browser is sample ``drawn_ids[i]``."""
+        return self.sample_ids[self.drawn]
+
+    @property
+    def budgeted(self) -> bool:
+        return len(self.drawn) < len(self.sample_ids)
+
+    def select(self, lasso: dict, selectable: np.ndarray | None = None) -> np.ndarray:
+        """The sample ids a lasso drawn in the browser encloses among all points (not only the drawn ones)."""
+        from core.lasso import lasso_select
+
+        chosen = lasso_select(_normalised(self.coords), lasso["matrix"], float(lasso["width"]), float(lasso["height"]), lasso["polygon"], selectable)
+        return self.sample_ids[chosen]
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:
@@ -49,29 +76,39 @@ def _atomic_write(path: Path, payload: bytes) -> None:
     os.replace(tmp, path)
 
 
-def publish_map(sample_ids: np.ndarray, coords: np.ndarray, content_hashes: np.ndarray, identity: str) -> PublishedMap:
+def _normalised(coords: np.ndarray) -> np.ndarray:
+    """The positions the browser draws: 3 columns, centred on the median, the 99th percentile at radius 1
+    (not the extremes: PaCMAP leaves a few far outliers), so the camera setup is the same for every map."""
+    points = np.zeros((len(coords), 3), dtype=np.float32)
+    points[:, : coords.shape[1]] = coords
+    if len(points):
+        points -= np.median(points, axis=0)
+        points /= max(float(np.percentile(np.abs(points[:, : coords.shape[1]]), 99)), 1e-9)
+    return points
+
+
+def publish_map(sample_ids: np.ndarray, coords: np.ndarray, content_hashes: np.ndarray, identity: str, budget: int | None = None) -> PublishedMap:
     """Write the static files of one map (once: the key covers everything in them)."""
+    budget = POINT_BUDGET if budget is None else budget
     digest = hashlib.blake2b(digest_size=10)
-    digest.update(identity.encode())
+    digest.update(f"{identity}|budget={budget}".encode())
     digest.update(np.ascontiguousarray(sample_ids, dtype=np.int64).tobytes())
     digest.update(np.ascontiguousarray(coords, dtype=np.float32).tobytes())
     key = digest.hexdigest()
+    n = len(sample_ids)
+    drawn = np.arange(n)
+    if n > budget:  # seeded by the map: the same points are drawn on every rerun and in every tab
+        drawn = np.sort(np.random.default_rng(int(key[:12], 16)).choice(n, size=budget, replace=False))
     folder = MAPS / key
     if not (folder / "thumbs.bin").exists():
         folder.mkdir(parents=True, exist_ok=True)
-        points = np.zeros((len(coords), 3), dtype=np.float32)
-        points[:, : coords.shape[1]] = coords
-        if len(points):  # centred, unit radius: the camera setup is the same for every map
-            # Scaled by the 99th percentile, not the extremes: PaCMAP leaves a few far outliers.
-            points -= np.median(points, axis=0)
-            points /= max(float(np.percentile(np.abs(points[:, : coords.shape[1]]), 99)), 1e-9)
         if np.any(np.asarray(sample_ids) > np.iinfo(np.int32).max):
             raise ValueError("sample ids beyond 2^31 cannot be drawn on the map")
-        _atomic_write(folder / "points.bin", points.tobytes())
-        _atomic_write(folder / "ids.bin", np.asarray(sample_ids, dtype=np.int32).tobytes())
-        names = np.array([bytes.fromhex(h[:16]) for h in content_hashes.astype(str)], dtype="S8")
+        _atomic_write(folder / "points.bin", _normalised(coords)[drawn].tobytes())
+        _atomic_write(folder / "ids.bin", np.asarray(sample_ids, dtype=np.int32)[drawn].tobytes())
+        names = np.array([bytes.fromhex(h[:16]) for h in np.asarray(content_hashes)[drawn].astype(str)], dtype="S8")
         _atomic_write(folder / "thumbs.bin", names.tobytes())  # written last: its presence means complete
-    return PublishedMap(key, f"app/static/maps/{key}/", np.asarray(sample_ids))
+    return PublishedMap(key, f"app/static/maps/{key}/", np.asarray(sample_ids), np.asarray(coords), drawn)
 
 
 def mirror_thumbnails(thumbs_dir: Path, content_hashes: np.ndarray) -> int:
@@ -117,15 +154,18 @@ def scatter3d(
     key: str,
     height: int = 560,
 ) -> dict | None:
-    """Mount the map. Returns the browser's selection state {token, indices, released_at} or None."""
+    """Mount the map. ``colour_codes`` and ``label_codes`` have one entry per point of the map, drawn or not;
+    ``selection`` indexes the drawn points. Returns the browser's selection state {token, indices (of drawn
+    points), released_at, lasso (polygon, camera matrix, canvas size, operation)} or None."""
     result = _component(
         key=key,
         data={
             "map_url": published.url,
             "dims": dims,
-            "codes": pd.DataFrame({"code": np.asarray(colour_codes, dtype=np.int16)}),
+            "total": len(published.sample_ids),
+            "codes": pd.DataFrame({"code": np.asarray(colour_codes, dtype=np.int16)[published.drawn]}),
             "palette": palette,
-            "labels": pd.DataFrame({"label": np.asarray(label_codes, dtype=np.int16)}),
+            "labels": pd.DataFrame({"label": np.asarray(label_codes, dtype=np.int16)[published.drawn]}),
             "label_names": label_names,
             "hidden": hidden,
             "selection": selection,

@@ -329,8 +329,8 @@ def test_one_shared_neighbour_search_gives_each_fold_exactly_its_own_knn():
     X = (np.eye(4)[y] @ rng.normal(size=(4, 16)) + rng.normal(size=(600, 16))).astype(np.float32)
     folds = list(StratifiedKFold(n_splits=5, shuffle=True, random_state=0).split(X, y))
     expected = np.zeros((600, 4), dtype=np.float32)
-    for train, test in folds:
-        expected[test] = KnnHead(5).fit(X[train], y[train], 4).predict_proba(X[test])
+    for fitted_on, held_out in folds:
+        expected[held_out] = KnnHead(5).fit(X[fitted_on], y[fitted_on], 4).predict_proba(X[held_out])
     # Enough candidates for everyone, and so few that many samples fall back to their fold's own k-NN.
     for candidates in (30, 6):
         got = knn_out_of_fold(nearest_neighbours(X, None, candidates), X, y, 4, folds, 5)
