@@ -360,10 +360,6 @@ class DataFiles:
         files = files.astype({"rows": np.int64, "first_id": np.int64, "last_id": np.int64})
         return cls(files.sort_values("first_id", ignore_index=True))
 
-    @property
-    def n_rows(self) -> int:
-        return int(self.files["rows"].sum())
-
     def next_id(self) -> int:
         """One above every sample id in these files."""
         return int(self.files["last_id"].max()) + 1 if len(self.files) else 1
