@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_million.py                   # label tables at 1M and 10M rows
     .venv/bin/python bench/bench_million.py --rows 1000000 --no-ten-million
     .venv/bin/python bench/bench_million.py --map-only         # the 3D map of 1,000,000 x 1280-d vectors
+    .venv/bin/python bench/bench_million.py --s3-only          # a 100,000-row label table in S3 (a local moto server)
 
 The rows are synthetic (paths, hashes and sizes like an import writes them);
 no images are needed to measure the label table. Sample ids follow the
@@ -150,6 +151,7 @@ def bench_map(n: int, scratch: Path) -> None:
         cache.append(list(hashes[start : start + m]), (centres[part] * 0.6 + rng.normal(size=(m, 64)).astype(np.float32) @ basis + rng.normal(size=(m, 1280)).astype(np.float32) * 0.5).astype(np.float32))
     projection, seconds = timed(lambda: project_dataset(scratch / "ws", "big", "synthetic-1280"))
     print(f"\n3D map of {n:,} x 1280-d vectors: {seconds:.0f} s (fit + placement + quality); {projection.describe()}")
+    print(f"  where the time went (s): {projection.steps_seconds}")
     from components.scatter3d import _normalised
 
     points = _normalised(projection.coords)
@@ -160,12 +162,41 @@ def bench_map(n: int, scratch: Path) -> None:
         print(f"  server lasso over all {n:,} points, {name}: {seconds:.2f} s ({len(chosen):,} selected)")
 
 
+def bench_s3(n: int) -> None:
+    """Commits to a label table in S3: moto's server on this machine (so no network latency; a real
+    bucket adds a round trip per request: about 6 for a commit, plus one per rewritten file)."""
+    import boto3
+
+    from tests.s3 import aws_env, s3_server
+
+    with s3_server() as endpoint:
+        os.environ.update(aws_env(endpoint))
+        boto3.client("s3").create_bucket(Bucket="bench")
+        uri = "s3://bench/ws/big/labels"
+        table, seconds = timed(lambda: LabelTable.create(uri, synthetic_rows(n), CLASSES))
+        print(f"\nlabel table of {n:,} rows in S3 (local moto server): created in {seconds:.2f} s")
+        rng = np.random.default_rng(0)
+        for k, pattern, ids in ((100, "clustered", lambda: clustered(rng, n, 100, 1000)), (1000, "clustered", lambda: clustered(rng, n, 1000, 2000)), (1000, "scattered", lambda: scattered(rng, n, 1000))):
+            times = []
+            for trial in range(3):
+                head, chosen = table.head_version(), ids()
+                _, seconds = timed(lambda: table.commit(ChangeSet.relabel(chosen, CLASSES[trial]), parent=head, message=f"relabel {k}"))
+                times.append(seconds)
+            print(f"  commit relabelling {k:,} rows, {pattern}: median {statistics.median(times):.2f} s (of 3)")
+        _, seconds = timed(lambda: LabelTable(uri).read())
+        print(f"  open the head, every row: {seconds:.2f} s")
+        head = table.head_version()
+        _, seconds = timed(lambda: table.diff(head - 1, head))
+        print(f"  diff the last two versions: {seconds:.2f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--small-commits", type=int, default=1_000, help="how many 100-row commits to measure growth with")
     parser.add_argument("--no-ten-million", action="store_true", help="skip the 10,000,000-row table")
     parser.add_argument("--map-only", action="store_true", help="only the 3D map of --rows 1280-d vectors")
+    parser.add_argument("--s3-only", action="store_true", help="only a 100,000-row label table in S3 (moto's server on this machine)")
     parser.add_argument("--scratch", default=str(REPO / "bench" / "out"), help="folder for the temporary files")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
@@ -174,6 +205,9 @@ def main() -> None:
     try:
         if args.map_only:
             bench_map(args.rows, scratch)
+            return
+        if args.s3_only:
+            bench_s3(100_000)
             return
         bench_table(args.rows, scratch, args.small_commits)
         if not args.no_ten_million:

@@ -30,19 +30,51 @@ def nearest_neighbours(points: np.ndarray, queries: np.ndarray | None, k: int) -
     (n_queries, k), nearest first; ``k`` must be below the number of points
     when ``queries`` is None and at most it otherwise.
     """
-    base = unit_rows(points)
-    self_query = queries is None
-    query = base if self_query else unit_rows(queries)
-    want = k + 1 if self_query else k  # the point itself comes back first; dropped below
-    if want > len(base):
-        raise ValueError(f"asked for {k} neighbours among {len(base)} points")
-    if len(base) <= EXACT_LIMIT:
-        found = _exact(base, query, want, self_query)
-        return found[:, :k]
-    found = _approximate(base, query, want)
-    if not self_query:
-        return found
-    return _drop_self(found, k)
+    index = NeighbourIndex(points)
+    if queries is not None:
+        return index.search(queries, k)
+    if k + 1 > len(index):
+        raise ValueError(f"asked for {k} neighbours among {len(index)} points")
+    if index.exact:
+        return _exact(index.base, index.base, k + 1, True)[:, :k]
+    return _drop_self(index.search_unit(index.base, k + 1), k)
+
+
+class NeighbourIndex:
+    """``points`` indexed once for many searches (a map's fitted points placing a million others in blocks).
+
+    Exact at or below :data:`EXACT_LIMIT` points, an HNSW graph above it.
+    """
+
+    def __init__(self, points: np.ndarray):
+        self.base = unit_rows(points)
+        self.exact = len(self.base) <= EXACT_LIMIT
+        self._graph = None
+        if not self.exact:
+            import faiss
+
+            self._graph = faiss.IndexHNSWFlat(self.base.shape[1], _HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
+            self._graph.add(self.base)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def search(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """Indices of the ``k`` points most cosine-similar to each query, nearest first (int64, n_queries x k)."""
+        return self.search_unit(unit_rows(queries), k)
+
+    def search_unit(self, query: np.ndarray, k: int) -> np.ndarray:
+        if k > len(self.base):
+            raise ValueError(f"asked for {k} neighbours among {len(self.base)} points")
+        if self.exact:
+            return _exact(self.base, query, k, False)
+        self._graph.hnsw.efSearch = max(_HNSW_SEARCH_DEPTH, 2 * k)
+        _, found = self._graph.search(query, k)
+        # An unreachable slot comes back as -1 (never seen with these settings): use the best hit instead.
+        missing = found < 0
+        if missing.any():
+            found[missing] = np.broadcast_to(found[:, :1], found.shape)[missing]
+        return found.astype(np.int64)
 
 
 def _exact(base: np.ndarray, query: np.ndarray, want: int, self_query: bool) -> np.ndarray:
@@ -58,20 +90,6 @@ def _exact(base: np.ndarray, query: np.ndarray, want: int, self_query: bool) -> 
     if self_query:
         return out[:, 1:] if want > 1 else out[:, :0]
     return out
-
-
-def _approximate(base: np.ndarray, query: np.ndarray, want: int) -> np.ndarray:
-    import faiss
-
-    index = faiss.IndexHNSWFlat(base.shape[1], _HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efSearch = max(_HNSW_SEARCH_DEPTH, 2 * want)
-    index.add(base)
-    _, found = index.search(query, want)
-    # An unreachable slot comes back as -1 (never seen with these settings): use the best hit instead.
-    missing = found < 0
-    if missing.any():
-        found[missing] = np.broadcast_to(found[:, :1], found.shape)[missing]
-    return found.astype(np.int64)
 
 
 def _drop_self(found: np.ndarray, k: int) -> np.ndarray:

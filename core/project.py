@@ -17,7 +17,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from core.embed import embedding_cache, load_embeddings
 from core.errors import UserError
 from core.measured import record as record_rate
-from core.neighbours import nearest_neighbours
+from core.neighbours import NeighbourIndex
 from core.reduction import PcaReduction
 from core.tables import UNDEFINED
 from core.workspace import DatasetPaths
@@ -41,6 +41,7 @@ Progress = Callable[[int, int], None]
 PLACEMENT_NEIGHBOURS = 10  # fitted points whose mean position places an image the fit did not see
 _PCA_FIT_ROWS = 50_000  # rows the reduction before PaCMAP is fitted on
 _PLACEMENT_TRIAL = 5_000  # images placed both ways when a fit leaves some out, to choose between the ways
+_PLACEMENT_BLOCK = 100_000  # images reduced and placed at a time: bounded memory for the reduced copies
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,16 @@ class FittedMap:
     reduction: PcaReduction | None  # applied to the vectors before fitting (None: the vectors as they are)
     reduced: np.ndarray  # the fitted points' (reduced) vectors: neighbour placement searches them
     reducer: object | None = None  # the fitted PaCMAP instance while it is in memory (its transform)
+    _index: NeighbourIndex | None = field(default=None, repr=False)
+
+    def neighbour_index(self) -> NeighbourIndex:
+        """The fitted points' reduced vectors, indexed once however many blocks are placed."""
+        if self._index is None:
+            self._index = NeighbourIndex(self.reduced)
+        return self._index
+
+    def reduce(self, vectors: np.ndarray) -> np.ndarray:
+        return self.reduction.transform(vectors) if self.reduction is not None else np.asarray(vectors, np.float32)
 
 
 def fit_map(vectors: np.ndarray, config: ProjectionConfig) -> FittedMap:
@@ -150,9 +161,16 @@ def fit_map(vectors: np.ndarray, config: ProjectionConfig) -> FittedMap:
         n_neighbors=neighbours,
         num_iters=tuple(int(i) for i in config.iterations),
         apply_pca=False,  # done above, where the setting is visible
+        save_tree=True,  # its neighbour graph, kept for transform (which otherwise rebuilds it on every call)
         random_state=config.seed,
     )
-    coords = reducer.fit_transform(reduced, init="pca").astype(np.float32)
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    try:
+        coords = reducer.fit_transform(reduced, init="pca").astype(np.float32)
+    finally:
+        faiss.omp_set_num_threads(threads)  # a seeded PaCMAP fit drops FAISS to one thread for good, for its own determinism
     if not np.isfinite(coords).all():
         raise UserError("PaCMAP produced non-finite coordinates; try more neighbours, another seed, or method pca.")
     note = f"n_neighbors lowered to {neighbours} for {n} images" if neighbours < config.n_neighbors else ""
@@ -167,8 +185,7 @@ def project_vectors(vectors: np.ndarray, config: ProjectionConfig) -> tuple[np.n
 
 def place_by_neighbours(fitted: FittedMap, vectors: np.ndarray, k: int = PLACEMENT_NEIGHBOURS) -> np.ndarray:
     """Map positions for new ``vectors``: the mean position of their ``k`` most similar fitted points."""
-    reduced = fitted.reduction.transform(vectors) if fitted.reduction is not None else np.asarray(vectors, np.float32)
-    found = nearest_neighbours(fitted.reduced, reduced, max(1, min(k, len(fitted.reduced))))
+    found = fitted.neighbour_index().search(fitted.reduce(vectors), max(1, min(k, len(fitted.reduced))))
     return fitted.coords[found].mean(axis=1).astype(np.float32)
 
 
@@ -176,7 +193,7 @@ def place_left_out(fitted: FittedMap, rows: np.ndarray, k: int = PLACEMENT_NEIGH
     """Where ``place_by_neighbours`` would put fitted points ``rows`` had they not been fitted: each is left
     out of its own placement (how well images added later will be placed)."""
     k = max(1, min(k, len(fitted.reduced) - 1))
-    found = nearest_neighbours(fitted.reduced, fitted.reduced[rows], k + 1)
+    found = fitted.neighbour_index().search(fitted.reduced[rows], k + 1)
     is_self = found == rows[:, None]
     keep = ~is_self
     keep[~is_self.any(axis=1), -1] = False  # the search missed the point itself: drop the farthest instead
@@ -187,8 +204,7 @@ def place_by_transform(fitted: FittedMap, vectors: np.ndarray) -> np.ndarray | N
     """PaCMAP's own ``transform`` of new ``vectors`` onto the fitted map (None when the fit has none)."""
     if fitted.reducer is None:
         return None
-    reduced = fitted.reduction.transform(vectors) if fitted.reduction is not None else np.asarray(vectors, np.float32)
-    coords = np.asarray(fitted.reducer.transform(reduced, basis=fitted.reduced), dtype=np.float32)
+    coords = np.asarray(fitted.reducer.transform(fitted.reduce(vectors), basis=fitted.reduced), dtype=np.float32)
     return coords if np.isfinite(coords).all() else None
 
 
@@ -272,6 +288,7 @@ class Projection:
     n_fitted: int = 0  # distinct images the method was fitted on
     n_placed: int = 0  # distinct images placed on the fitted map (see quality["placement"])
     fitted_at: str = ""  # when the fit was made (UTC, ISO 8601)
+    steps_seconds: dict = field(default_factory=dict)  # load / fit / place / quality: where the fit's time went
 
     def frame(self) -> pd.DataFrame:
         columns = {"sample_id": self.sample_ids, "x": self.coords[:, 0], "y": self.coords[:, 1]}
@@ -301,6 +318,8 @@ def describe_placement(n_fitted: int, n_placed: int, placement: dict) -> str:
     measured = [f"{names[way]} {placement[way]:.3f}" for way in names if placement.get(way) is not None]
     if measured:
         text += f" (10-NN accuracy of images placed each way: {', '.join(measured)}; measured on {placement.get('measured_on', 'a trial set')})"
+    if placement.get("transform_skipped"):
+        text += f". PaCMAP's transform was not tried: {placement['transform_skipped']}"
     return text
 
 
@@ -427,6 +446,7 @@ def _projection(embedding_key: str, config: ProjectionConfig, embeddings, known:
     return Projection(
         embedding_key, config, embeddings.sample_ids, coords, meta["method_used"], meta["note"], meta["quality"], meta["seconds"], computed_now,
         embeddings.missing, n_fitted=int(on_map.sum()), n_placed=int((~on_map).sum()), fitted_at=meta.get("fitted_at", ""),
+        steps_seconds=meta.get("steps_seconds", {}),
     )
 
 
@@ -436,28 +456,36 @@ def _fit(workspace, name: str, embedding_key: str, config: ProjectionConfig, cac
     if progress:
         progress(0, steps)
     embeddings = load_embeddings(workspace, name, embedding_key, version)
-    distinct_hashes, first = np.unique(embeddings.content_hashes.astype(str), return_index=True)
-    vectors = embeddings.vectors[first]
-    labels = embeddings.labels[first]
+    hashes = embeddings.content_hashes.astype(str)
+    first = np.sort(np.unique(hashes, return_index=True)[1])
+    if len(first) == len(hashes):  # every row a distinct image: no 5 GB copy of the vectors at a million
+        distinct_hashes, vectors, labels = hashes, embeddings.vectors, embeddings.labels
+    else:
+        distinct_hashes, vectors, labels = hashes[first], embeddings.vectors[first], embeddings.labels[first]
     del embeddings
+    steps_took = {"load": time.perf_counter() - started}  # seconds per step: the map page and the benchmark say where time went
     sample = _fit_sample(labels, config.fit_points, config.seed)
     in_sample = np.zeros(len(distinct_hashes), dtype=bool)
     in_sample[sample] = True
     fitted = fit_map(vectors[sample], config)
+    steps_took["fit"] = time.perf_counter() - started - sum(steps_took.values())
     if progress:
         progress(2, steps)
     coords = np.zeros((len(distinct_hashes), config.dims), dtype=np.float32)
     coords[sample] = fitted.coords
     placement = _place_rest(fitted, vectors, labels, in_sample, coords, config.seed)
+    steps_took["place"] = time.perf_counter() - started - sum(steps_took.values())
     if progress:
         progress(3, steps)
     quality = projection_quality(vectors[sample], fitted.coords, labels[sample], seed=config.seed)
+    steps_took["quality"] = time.perf_counter() - started - sum(steps_took.values())
     quality["version"] = version
     quality["placement"] = placement
     seconds = round(time.perf_counter() - started, 3)
     record_rate(workspace, f"project {config.method} {config.dims}d", len(distinct_hashes), seconds)
     meta = {
         "config": asdict(config), "method_used": fitted.method_used, "note": fitted.note, "quality": quality, "seconds": seconds,
+        "steps_seconds": {step: round(value, 1) for step, value in steps_took.items()},
         "embedding_key": embedding_key, "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     fit_id = f"fit-{time.time_ns():020d}-{uuid.uuid4().hex[:6]}"
@@ -473,7 +501,13 @@ def _fit(workspace, name: str, embedding_key: str, config: ProjectionConfig, cac
 
 
 def _place_rest(fitted: FittedMap, vectors: np.ndarray, labels: np.ndarray, in_sample: np.ndarray, coords: np.ndarray, seed: int) -> dict:
-    """Place the points the fit left out (filling ``coords``); return how each way placed a trial set."""
+    """Place the points the fit left out (filling ``coords``); return how each way placed a trial set.
+
+    Neighbour placement costs one search per image. PaCMAP's ``transform`` re-optimises every
+    fitted point together with the new ones, so one call costs about as much as the fit's own
+    optimisation: it is tried only when all the rest fit in one call no larger than the fit
+    (at 1,000,000 images and a 200,000-image fit it would cost several fits).
+    """
     rest = np.flatnonzero(~in_sample)
     fitted_labels = labels[in_sample]
     if len(rest) == 0 and len(fitted.coords) < 2:
@@ -483,20 +517,22 @@ def _place_rest(fitted: FittedMap, vectors: np.ndarray, labels: np.ndarray, in_s
         trial = np.random.default_rng(seed).choice(len(fitted.coords), size=min(_PLACEMENT_TRIAL, len(fitted.coords)), replace=False)
         left_out = place_left_out(fitted, trial)
         return {"used": "neighbours", "neighbours": placement_accuracy(fitted, left_out, fitted_labels[trial], fitted_labels), "transform": None, "measured_on": "fitted images, each left out of its own placement"}
-    trial = np.sort(np.random.default_rng(seed).choice(rest, size=min(_PLACEMENT_TRIAL, len(rest)), replace=False))
-    by_neighbours = place_by_neighbours(fitted, vectors[trial])
-    by_transform = place_by_transform(fitted, vectors[trial])
+    by_neighbours = np.empty((len(rest), coords.shape[1]), dtype=np.float32)
+    for start in range(0, len(rest), _PLACEMENT_BLOCK):  # bounded memory for the reduced copies
+        by_neighbours[start : start + _PLACEMENT_BLOCK] = place_by_neighbours(fitted, vectors[rest[start : start + _PLACEMENT_BLOCK]])
+    transform_tried = fitted.reducer is not None and len(rest) <= len(fitted.coords)
+    by_transform = place_by_transform(fitted, vectors[rest]) if transform_tried else None
+    trial = np.sort(np.random.default_rng(seed).choice(len(rest), size=min(_PLACEMENT_TRIAL, len(rest)), replace=False))
     scores = {
-        "neighbours": placement_accuracy(fitted, by_neighbours, labels[trial], fitted_labels),
-        "transform": None if by_transform is None else placement_accuracy(fitted, by_transform, labels[trial], fitted_labels),
+        "neighbours": placement_accuracy(fitted, by_neighbours[trial], labels[rest[trial]], fitted_labels),
+        "transform": None if by_transform is None else placement_accuracy(fitted, by_transform[trial], labels[rest[trial]], fitted_labels),
     }
     used = "transform" if scores["transform"] is not None and (scores["neighbours"] is None or scores["transform"] > scores["neighbours"]) else "neighbours"
-    coords[trial] = by_transform if used == "transform" else by_neighbours
-    others = np.setdiff1d(rest, trial)
-    for start in range(0, len(others), 100_000):  # bounded memory for the reduced copies
-        block = others[start : start + 100_000]
-        coords[block] = place_by_transform(fitted, vectors[block]) if used == "transform" else place_by_neighbours(fitted, vectors[block])
-    return {"used": used, **scores, "measured_on": f"{len(trial):,} images the fit left out"}
+    coords[rest] = by_transform if used == "transform" else by_neighbours
+    placement = {"used": used, **scores, "measured_on": f"{len(trial):,} images the fit left out"}
+    if fitted.reducer is not None and not transform_tried:
+        placement["transform_skipped"] = f"{len(rest):,} images to place is more than the {len(fitted.coords):,} fitted: transform re-optimises every fitted point with them, several fits' time"
+    return placement
 
 
 def _place_added(workspace, name: str, embedding_key: str, cache: _MapCache, fit_id: str, meta: dict, known: pd.DataFrame, unplaced: np.ndarray) -> None:

@@ -154,6 +154,15 @@ def test_a_map_fitted_on_a_sample_places_the_rest_and_says_how_well_each_way_did
     assert "Fitted on 150 images; 150 placed" in projection.describe()
 
 
+def test_when_more_images_are_left_out_than_fitted_transform_is_not_tried_and_the_map_says_why(fashion: str, workspace: Path):
+    projection = project_dataset(workspace, "fashion", fashion, ProjectionConfig(fit_points=100))
+    assert (projection.n_fitted, projection.n_placed) == (100, 200) and np.isfinite(projection.coords).all()
+    placement = projection.quality["placement"]
+    assert placement["used"] == "neighbours" and placement["transform"] is None and placement["neighbours"] > 0.4
+    assert "200 images to place is more than the 100 fitted" in placement["transform_skipped"]
+    assert "transform was not tried" in projection.describe()
+
+
 def test_the_fit_sample_keeps_every_labels_share():
     labels = np.array(["a"] * 600 + ["b"] * 300 + ["undefined"] * 100)
     from core.project import _fit_sample

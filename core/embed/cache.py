@@ -61,23 +61,42 @@ class EmbeddingCache:
         return sorted(self.folder.glob("chunk-*.parquet")) if self.folder.is_dir() else []
 
     def load(self) -> tuple[pd.Index, np.ndarray]:
-        """(content hashes, vectors). Damaged chunk files are skipped: their images get embedded again."""
-        hashes: list[np.ndarray] = []
-        vectors: list[np.ndarray] = []
+        """(content hashes, vectors). Damaged chunk files are skipped: their images get embedded again.
+
+        The vectors are read into one array sized from the chunks' footers, so a million
+        1280-d vectors take their 5 GB once, not again for a concatenated copy.
+        """
+        chunks = []
         for chunk in self.chunks():
+            try:
+                chunks.append((chunk, pq.ParquetFile(chunk).metadata.num_rows))
+            except (OSError, pa.ArrowException):
+                continue
+        hashes: list[np.ndarray] = []
+        matrix: np.ndarray | None = None
+        filled = 0
+        for chunk, rows in chunks:
             try:
                 table = pq.read_table(chunk)
                 column = table.column("vector").combine_chunks()
                 dim = column.type.list_size
-                vectors.append(column.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False))
+                block = column.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+                if matrix is None:
+                    matrix = np.empty((sum(n for _, n in chunks), dim), dtype=np.float32)
+                if block.shape[1] != matrix.shape[1] or len(block) != rows:
+                    continue
+                matrix[filled : filled + rows] = block
                 hashes.append(table.column("content_hash").to_numpy(zero_copy_only=False))
+                filled += rows
             except (OSError, pa.ArrowException, KeyError, AttributeError, ValueError):
                 continue
         if not hashes:
             return pd.Index([], dtype=object), np.zeros((0, 0), dtype=np.float32)
         index = pd.Index(np.concatenate(hashes))
-        matrix = np.concatenate(vectors)
+        matrix = matrix[:filled]
         keep = ~index.duplicated()
+        if keep.all():
+            return index, matrix
         return index[keep], matrix[keep]
 
     def hashes(self) -> pd.Index:
@@ -249,9 +268,19 @@ def load_embeddings(
         sample_ids=rows["sample_id"].to_numpy()[have],
         labels=rows["label"].to_numpy(dtype=object)[have],
         content_hashes=rows["content_hash"].to_numpy(dtype=object)[have],
-        vectors=matrix[positions[have]] if have.any() else np.zeros((0, matrix.shape[1] if matrix.size else 0), np.float32),
+        vectors=_rows_of(matrix, positions[have]),
         missing=int((~have).sum()),
     )
+
+
+def _rows_of(matrix: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """``matrix[positions]``, without a copy when that is the whole matrix in order (the usual case: a
+    million 1280-d vectors are 5 GB)."""
+    if len(positions) == 0:
+        return np.zeros((0, matrix.shape[1] if matrix.size else 0), np.float32)
+    if len(positions) == len(matrix) and positions[0] == 0 and (np.diff(positions) == 1).all():
+        return matrix
+    return matrix[positions]
 
 
 def list_embeddings(workspace: str | os.PathLike | None, name: str) -> list[dict]:
