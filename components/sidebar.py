@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import streamlit as st
 
 from components.session import choose_dataset, current_dataset, keys
+from core.storage import Location
 from core.tables import LabelTable
 from core.workspace import list_datasets, open_table, resolve_workspace
 
 
-def workspace() -> Path:
+def workspace() -> Location:
     return resolve_workspace(None)
 
 

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import pandas as pd
 
+from core import storage
 from core.errors import ConflictError, UserError
 from core.workspace import DatasetPaths, list_datasets, open_table, resolve_workspace
 
@@ -84,7 +85,7 @@ def cmd_import(args: argparse.Namespace) -> None:
     for item in report.skipped[: args.show_skipped]:
         print(f"skipped: {item.path}: {item.reason}")
     if len(report.skipped) > args.show_skipped:
-        print(f"... and {len(report.skipped) - args.show_skipped} more skipped (see {DatasetPaths(args.workspace, args.name).root / 'imports'})")
+        print(f"... and {len(report.skipped) - args.show_skipped} more skipped (see {storage.join(DatasetPaths(args.workspace, args.name).root, 'imports')})")
     for group in report.duplicate_groups[:10]:
         print("duplicates: " + " = ".join(group))
 
@@ -181,6 +182,19 @@ def cmd_embed(args: argparse.Namespace) -> None:
         print(f"not embedded: sample {row.sample_id} {row.path}: {row.reason}")
     if len(report.failures) > 20:
         print(f"... and {len(report.failures) - 20} more")
+
+
+def cmd_thumbnails(args: argparse.Namespace) -> None:
+    from core.ingest import make_missing_thumbnails
+
+    open_table(args.workspace, args.name)
+    with progress_bar("thumbnails") as progress:
+        made, problems = make_missing_thumbnails(args.workspace, args.name, args.version, progress=progress)
+    print(f"made {made} thumbnail(s) in {DatasetPaths(args.workspace, args.name).thumbs}")
+    for problem in problems[:20]:
+        print(f"not readable: {problem.path}: {problem.reason}")
+    if len(problems) > 20:
+        print(f"... and {len(problems) - 20} more")
 
 
 def cmd_embeddings(args: argparse.Namespace) -> None:
@@ -456,6 +470,11 @@ def _add_model_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--version", type=int, help="version whose images to embed (default: the latest)")
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("thumbnails", parents=[common], help="make the thumbnails this machine lacks (a workspace in S3 opened on another machine)")
+    p.add_argument("name")
+    p.add_argument("--version", type=int, help="version whose images to cover (default: the latest)")
+    p.set_defaults(func=cmd_thumbnails)
 
     p = sub.add_parser("embeddings", parents=[common], help="list the embeddings cached for a data set")
     p.add_argument("name")

@@ -27,7 +27,7 @@ from PIL import Image
 from core.errors import UserError
 from core.ingest import ImportReport, Progress, import_dataset
 from core.tables import UNDEFINED, LabelTable
-from core.workspace import DatasetPaths, list_datasets, open_table, resolve_workspace
+from core.workspace import DatasetPaths, list_datasets, local_workspace, open_table, resolve_workspace
 
 DEMO_NAME = "fashion-demo"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -132,7 +132,7 @@ def build_demo(
 
     # Source files live in a hidden folder of the workspace: they are the user's
     # "original images", which the label table points to but never changes.
-    files_dir = paths.workspace / ".demo-source" / name
+    files_dir = local_workspace(paths.workspace) / ".demo-source" / name
     (files_dir / "images").mkdir(parents=True, exist_ok=True)
     relative_paths = []
     for position, source_index in enumerate(plan["source_index"]):

@@ -15,6 +15,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from core import storage
+
 # An image above this many pixels is refused before decoding: a small file can
 # claim enormous dimensions (a decompression bomb) and exhaust memory.
 MAX_PIXELS = 178_956_970
@@ -57,9 +59,9 @@ def content_hash(data: bytes) -> str:
 
 
 def read_bytes(path: str) -> bytes:
+    """The bytes of an image file, local or ``s3://``; an :class:`ImageProblem` says why not."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data = storage.read_bytes(path)
     except FileNotFoundError:
         raise ImageProblem("missing: no such file") from None
     except IsADirectoryError:
@@ -67,6 +69,8 @@ def read_bytes(path: str) -> bytes:
     except PermissionError:
         raise ImageProblem("unreadable: permission denied") from None
     except OSError as exc:
+        if storage.is_remote(path):
+            raise ImageProblem(f"unreadable: {storage.explain(exc, path, 'read').args[0]}") from None
         raise ImageProblem(f"unreadable: {exc.strerror or exc}") from None
     if not data:
         raise ImageProblem("zero bytes: the file is empty")

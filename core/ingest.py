@@ -20,9 +20,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import posixpath
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from core import storage
 from core.errors import StorageError, UserError
 from core.images import (
     ImageProblem,
@@ -85,7 +87,7 @@ class ImportReport:
     seconds: float = 0.0
 
     @classmethod
-    def start(cls, source: Path, found: Discovery) -> ImportReport:
+    def start(cls, source: storage.Location, found: Discovery) -> ImportReport:
         """A report holding what discovery found, before any file is checked."""
         return cls(
             source=str(source),
@@ -123,16 +125,16 @@ class ImportReport:
         data["skipped"] = [SkippedFile(**item) for item in data.get("skipped", [])]
         return cls(**data)
 
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        os.replace(tmp, path)
+    def save(self, location: storage.Location) -> None:
+        storage.write_bytes(location, self.to_json().encode("utf-8"))
 
 
 def load_import_report(workspace: str | os.PathLike | None, name: str, version: int = 1) -> ImportReport | None:
-    path = DatasetPaths(workspace, name).import_report(version)
-    return ImportReport.from_json(path.read_text(encoding="utf-8")) if path.exists() else None
+    location = DatasetPaths(workspace, name).import_report(version)
+    try:
+        return ImportReport.from_json(storage.read_bytes(location).decode("utf-8"))
+    except FileNotFoundError:
+        return None
 
 
 # --------------------------------------------------------------------------- finding files
@@ -155,27 +157,49 @@ class Discovery:
 
 
 def discover(source: str | os.PathLike, layout: str = "auto") -> Discovery:
-    """List the images a source names, with their labels and splits, without opening them."""
+    """List the images a source names, with their labels and splits, without opening them.
+
+    ``source`` is a local path or an ``s3://`` URI: a folder, or a manifest file.
+    """
     if layout not in LAYOUTS:
         raise UserError(f"Unknown layout '{layout}': use one of {', '.join(LAYOUTS)}.")
-    source = Path(source).expanduser()
-    if not source.exists():
-        raise UserError(f"{source} does not exist. Check the path (relative paths start from {Path.cwd()}).")
-    if source.is_file():
-        if source.suffix.lower() in MANIFEST_EXTENSIONS:
+    source = storage.as_location(source)
+    remote = storage.is_remote(source)
+    try:
+        what = storage.kind(source)
+    except OSError as exc:
+        raise storage.explain(exc, source, "read") from exc
+    if what == "missing":
+        hint = "Check the URI (s3://bucket/folder, or s3://bucket/manifest.csv)" if remote else f"Check the path (relative paths start from {Path.cwd()})"
+        raise UserError(f"{source} does not exist. {hint}.")
+    if what == "file":
+        if Path(storage.name_of(source)).suffix.lower() in MANIFEST_EXTENSIONS:
             return _discover_manifest(source)
         raise UserError(
             f"{source} is a file, not a folder of images or a manifest. "
             "Give a folder, or a .csv / .parquet manifest with columns path,label[,split]."
         )
+    if remote:
+        try:
+            files, folders = storage.list_files(source)
+        except OSError as exc:
+            raise storage.explain(exc, source, "list the images in") from exc
+        visible = lambda parts: not any(part.startswith(".") for part in parts[:-1])  # noqa: E731 - as a local walk skips hidden folders
+        return _discover_folder(
+            source, [tuple(f.split("/")) for f in files if visible(f.split("/"))], [tuple(d.split("/")) for d in folders if visible(d.split("/") + [""])], layout
+        )
     if not os.access(source, os.R_OK | os.X_OK):
         raise UserError(f"Cannot read the folder {source}: permission denied. Fix its permissions and try again.")
-    return _discover_folder(source, layout)
+    files, folders = _walk(source)
+    return _discover_folder(source, files, folders, layout)
 
 
-def _walk_files(root: Path) -> Iterable[Path]:
-    """Every file under ``root``, following symlinked folders but never twice (no symlink loops)."""
+def _walk(root: Path) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
+    """(files, folders) under ``root`` as relative path parts, following symlinked folders but never
+    twice (no symlink loops) and skipping hidden folders."""
     seen: set[tuple[int, int]] = set()
+    files: list[tuple[str, ...]] = []
+    folders: list[tuple[str, ...]] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         stat = os.stat(dirpath)
         if (stat.st_dev, stat.st_ino) in seen:
@@ -183,35 +207,38 @@ def _walk_files(root: Path) -> Iterable[Path]:
             continue
         seen.add((stat.st_dev, stat.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            yield Path(dirpath) / name
+        here = Path(dirpath).relative_to(root).parts
+        folders.extend(here + (d,) for d in dirnames)
+        files.extend(here + (name,) for name in sorted(filenames))
+    return files, folders
 
 
-def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
+def _is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _discover_folder(root: Path, layout: str) -> Discovery:
-    files = list(_walk_files(root))
+def _discover_folder(root: storage.Location, files: list[tuple[str, ...]], folders: list[tuple[str, ...]], layout: str) -> Discovery:
+    """What a folder holds, from its ``files`` and ``folders`` (path parts relative to ``root``)."""
     if not files:
         raise UserError(f"The folder {root} is empty: put images in it (or in one sub-folder per class) and import again.")
     skipped: list[SkippedFile] = []
-    images: list[Path] = []
-    for path in files:
-        if _is_image_name(path):
-            images.append(path)
+    images: list[tuple[str, ...]] = []
+    for parts in files:
+        if _is_image_name(parts[-1]):
+            images.append(parts)
         else:
-            skipped.append(SkippedFile(str(path), f"not an image: extension '{path.suffix or '(none)'}' is not an image format"))
+            suffix = Path(parts[-1]).suffix
+            skipped.append(SkippedFile(str(storage.join(root, *parts)), f"not an image: extension '{suffix or '(none)'}' is not an image format"))
     if not images:
-        examples = ", ".join(p.name for p in files[:3])
+        examples = ", ".join(parts[-1] for parts in files[:3])
         raise UserError(
             f"No images in {root}: found {len(files)} file(s) ({examples}...) but none with an image extension "
             f"({', '.join(sorted(IMAGE_EXTENSIONS))})."
         )
 
-    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    split_folders = [p for p in subfolders if p.name.lower() in SPLIT_ALIASES and SPLIT_ALIASES[p.name.lower()] != "none"]
-    has_nested_images = any(len(img.relative_to(root).parts) > 1 for img in images)
+    subfolders = sorted(parts[0] for parts in folders if len(parts) == 1 and not parts[0].startswith("."))
+    split_folders = [name for name in subfolders if name.lower() in SPLIT_ALIASES and SPLIT_ALIASES[name.lower()] != "none"]
+    has_nested_images = any(len(parts) > 1 for parts in images)
     if layout == "auto":
         layout = "class-folders" if has_nested_images else "flat"
 
@@ -220,7 +247,7 @@ def _discover_folder(root: Path, layout: str) -> Discovery:
     classes: set[str] = set()
     split_layout = layout == "class-folders" and subfolders and len(split_folders) == len(subfolders)
     for image in images:
-        parts = image.relative_to(root).parts
+        parts = image
         split, label = "none", UNDEFINED
         if layout == "class-folders":
             if split_layout:
@@ -228,19 +255,19 @@ def _discover_folder(root: Path, layout: str) -> Discovery:
                 parts = parts[1:]
             if len(parts) > 1:
                 label = _folder_label(parts[0], root)
-        candidates.append(Candidate(str(image), label, split))
+        candidates.append(Candidate(str(storage.join(root, *image)), label, split))
         if label != UNDEFINED:
             classes.add(label)
 
     # Class folders that hold no image still define a class.
-    class_dirs = [d for s in split_folders for d in s.iterdir() if d.is_dir()] if split_layout else subfolders
+    class_dirs = [parts[1] for parts in folders if len(parts) == 2 and parts[0] in split_folders] if split_layout else subfolders
     if layout == "class-folders":
         for folder in class_dirs:
-            if not folder.name.startswith("."):
-                label = _folder_label(folder.name, root)
+            if not folder.startswith("."):
+                label = _folder_label(folder, root)
                 if label != UNDEFINED:
                     classes.add(label)
-        loose = sum(1 for c in candidates if c.label == UNDEFINED and len(Path(c.path).relative_to(root).parts) == (2 if split_layout else 1))
+        loose = sum(1 for image in images if len(image) == (2 if split_layout else 1))
         if loose:
             warn.append(f"{loose} image(s) sit directly in {root} rather than in a class folder; they are imported as '{UNDEFINED}'.")
     return Discovery(candidates, skipped, sorted(classes), "split/class-folders" if split_layout else layout, warn)
@@ -255,13 +282,17 @@ def _folder_label(folder_name: str, root: Path) -> str:
         raise UserError(f"Folder '{folder_name}' in {root} cannot be a class: {exc}") from None
 
 
-def _discover_manifest(manifest: Path) -> Discovery:
+def _discover_manifest(manifest: storage.Location) -> Discovery:
     try:
-        if manifest.suffix.lower() == ".csv":
-            table = pd.read_csv(manifest, dtype=str, keep_default_na=False, skipinitialspace=True)
+        data = io.BytesIO(storage.read_bytes(manifest))
+    except OSError as exc:
+        raise storage.explain(exc, manifest, "read the manifest") from exc
+    try:
+        if Path(storage.name_of(manifest)).suffix.lower() == ".csv":
+            table = pd.read_csv(data, dtype=str, keep_default_na=False, skipinitialspace=True)
             first_row = 2  # line 1 is the header
         else:
-            table = pd.read_parquet(manifest)
+            table = pd.read_parquet(data)
             first_row = 1
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
         raise UserError(f"Cannot read the manifest {manifest}: {str(exc).strip()[:200]}. It must be a CSV or Parquet file with columns path,label[,split].") from exc
@@ -275,7 +306,7 @@ def _discover_manifest(manifest: Path) -> Discovery:
     if table.empty:
         raise UserError(f"The manifest {manifest} has no rows: list one image per row as path,label[,split].")
 
-    base = manifest.parent
+    base = storage.parent_of(manifest)
     candidates: list[Candidate] = []
     skipped: list[SkippedFile] = []
     classes: set[str] = set()
@@ -289,8 +320,7 @@ def _discover_manifest(manifest: Path) -> Discovery:
         if not raw_path:
             skipped.append(SkippedFile(f"(row {row})", "empty path in manifest"))
             continue
-        path = Path(raw_path).expanduser()
-        resolved = os.path.normpath(path if path.is_absolute() else base / path)
+        resolved = _manifest_path(raw_path, base)
         if resolved in first_seen:
             skipped.append(SkippedFile(resolved, f"duplicate manifest row: row {row} names the same file as row {first_seen[resolved]}"))
             continue
@@ -315,6 +345,18 @@ def _discover_manifest(manifest: Path) -> Discovery:
             f"{'; ...' if len(bad_splits) > 5 else ''}). Use {', '.join(SPLITS)} or leave it empty."
         )
     return Discovery(candidates, skipped, sorted(classes), "manifest", [])
+
+
+def _manifest_path(raw_path: str, base: storage.Location) -> str:
+    """A manifest's path entry as a location: URIs as they are, relative paths from the manifest's folder."""
+    if raw_path.lower().startswith(storage.REMOTE_PREFIX):
+        return str(storage.as_location(raw_path))
+    if storage.is_remote(base):
+        if raw_path.startswith("/"):
+            raise UserError(f"The manifest in {base} names the local path {raw_path}; a manifest in object storage lists s3:// URIs or paths relative to itself.")
+        return storage.REMOTE_PREFIX + posixpath.normpath(posixpath.join(base[len(storage.REMOTE_PREFIX):], raw_path))
+    path = Path(raw_path).expanduser()
+    return os.path.normpath(path if path.is_absolute() else base / path)
 
 
 # --------------------------------------------------------------------------- checking files
@@ -402,7 +444,7 @@ def _rows_from_checks(candidates: list[Candidate], checks: list[dict], report: I
     return frame
 
 
-def _no_readable_images(source: Path, report: ImportReport) -> UserError:
+def _no_readable_images(source: storage.Location, report: ImportReport) -> UserError:
     reasons = ", ".join(f"{n} {r}" for r, n in sorted(report.skipped_by_reason().items()))
     return UserError(f"None of the {report.n_found} file(s) in {source} could be imported ({reasons}). Nothing was written.")
 
@@ -425,14 +467,16 @@ def import_dataset(
     started = time.perf_counter()
     check_dataset_name(name)
     paths = DatasetPaths(workspace, name)
-    if paths.root.exists():
+    if paths.exists() if paths.remote else paths.root.exists():
         raise UserError(
             f"A data set named '{name}' already exists in {paths.workspace}. Choose another name, "
             f"or add the new images to it with `python -m core import PATH --name {name} --add`."
         )
-    source = Path(source).expanduser()
+    source = storage.as_location(source)
     found = discover(source, layout)
     report = ImportReport.start(source, found)
+    if paths.remote:
+        return _import_to_object_storage(source, found, report, paths, message, progress, workers, started)
 
     try:
         paths.workspace.mkdir(parents=True, exist_ok=True)
@@ -474,6 +518,38 @@ def import_dataset(
     return LabelTable(paths.labels, lock_path=paths.commit_lock), report
 
 
+def _import_to_object_storage(
+    source: storage.Location, found: Discovery, report: ImportReport, paths: DatasetPaths, message: str | None, progress: Progress | None, workers: int | None, started: float
+) -> tuple[LabelTable, ImportReport]:
+    """Import into a workspace in object storage, where nothing can be renamed into place.
+
+    The data set exists once the first entry of its table's log does, and that entry is
+    written last, with a conditional PUT: an import that fails before it leaves only data
+    files no table refers to, and of two imports racing for one name exactly one wins.
+    Thumbnails go to this machine's cache.
+    """
+    checks = check_images([c.path for c in found.candidates], paths.thumbs, progress, workers)
+    rows = _rows_from_checks(found.candidates, checks, report)
+    if rows.empty:
+        raise _no_readable_images(source, report)
+    rows = rows.sort_values(["split", "label", "path"], kind="stable", ignore_index=True)
+    report.n_imported = len(rows)
+    report.classes = list(found.classes)
+    report.empty_classes = [c for c in found.classes if c not in set(rows["label"])]
+    report.seconds = round(time.perf_counter() - started, 3)
+    try:
+        table = LabelTable.create(paths.labels, rows, found.classes, message=message or f"import {len(rows)} images from {source}")
+    except StorageError as exc:
+        if paths.exists():
+            raise UserError(f"A data set named '{paths.name}' appeared in {paths.workspace} during the import; choose another name.") from exc
+        raise UserError(f"The import could not write to {paths.workspace} ({exc.reason}). Nothing was imported and no data set was made. Check the network and the credentials, then import again.") from exc
+    try:
+        report.save(paths.import_report(1))
+    except OSError as exc:  # the data set is made; only its report is missing
+        report.warnings.append(f"the import report could not be saved ({storage.explain(exc, paths.import_report(1), 'write').args[0]})")
+    return table, report
+
+
 def add_images(
     source: str | os.PathLike,
     name: str,
@@ -497,7 +573,7 @@ def add_images(
     paths = DatasetPaths(workspace, name)
     parent = parent or table.head_version()
     current = table.read(parent)
-    source = Path(source).expanduser()
+    source = storage.as_location(source)
     found = discover(source, layout)
     report = ImportReport.start(source, found)
     known = set(current["path"])
@@ -528,3 +604,22 @@ def add_images(
     )
     report.save(paths.import_report(version))
     return version, report
+
+
+def make_missing_thumbnails(
+    workspace: str | os.PathLike | None, name: str, version: int | None = None, *, progress: Progress | None = None, workers: int | None = None
+) -> tuple[int, list[SkippedFile]]:
+    """Write the thumbnails this machine lacks for the images of ``version`` (default: the head).
+
+    Thumbnails are a cache each machine keeps for itself: a workspace in object storage
+    opened on a second machine has none until this runs. Returns (made, files that could
+    not be read, with why).
+    """
+    from core.workspace import open_table
+
+    paths = DatasetPaths(workspace, name)
+    rows = open_table(workspace, name).read(version, columns=["path", "content_hash"]).drop_duplicates("content_hash")
+    missing = [path for path, digest in zip(rows["path"], rows["content_hash"]) if not thumbnail_path(paths.thumbs, digest).exists()]
+    checks = check_images(missing, paths.thumbs, progress, workers)
+    problems = [SkippedFile(check["path"], check["reason"]) for check in checks if "reason" in check]
+    return len(missing) - len(problems), problems

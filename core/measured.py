@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.workspace import resolve_workspace
+from core.workspace import local_workspace
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Rate:
 
 def _path(workspace, kind: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", kind)
-    return resolve_workspace(workspace) / ".measured" / f"{safe}.json"
+    return local_workspace(workspace) / ".measured" / f"{safe}.json"
 
 
 def record(workspace, kind: str, items: int, seconds: float) -> None:

@@ -55,6 +55,7 @@ from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
+from core import storage
 from core.errors import ConflictError, StorageError, UserError
 
 UNDEFINED = "undefined"
@@ -335,7 +336,7 @@ class DataFiles:
     files: pd.DataFrame
 
     @classmethod
-    def of(cls, delta: DeltaTable, table_path: Path) -> DataFiles:
+    def of(cls, delta: DeltaTable, table_path: storage.Location) -> DataFiles:
         actions = pa.table(delta.get_add_actions(flatten=True))
         names = actions.column_names
 
@@ -355,7 +356,8 @@ class DataFiles:
         )
         for i in np.flatnonzero(files[["rows", "first_id", "last_id"]].isna().any(axis=1).to_numpy()):
             # A writer that kept no statistics: read them from the file itself.
-            ids = pq.read_table(table_path / files.at[i, "path"], columns=["sample_id"])["sample_id"].to_numpy()
+            fs, file_path = storage.filesystem(storage.join(table_path, files.at[i, "path"]))
+            ids = pq.read_table(file_path, columns=["sample_id"], filesystem=fs)["sample_id"].to_numpy()
             files.loc[i, ["rows", "first_id", "last_id"]] = [len(ids), ids.min() if len(ids) else 0, ids.max() if len(ids) else -1]
         files = files.astype({"rows": np.int64, "first_id": np.int64, "last_id": np.int64})
         return cls(files.sort_values("first_id", ignore_index=True))
@@ -401,9 +403,16 @@ class LabelTable:
     """One data set's versioned label table, stored at ``path`` (a Delta table folder)."""
 
     def __init__(self, path: str | os.PathLike, lock_path: str | os.PathLike | None = None):
-        self.path = Path(path)
-        self.lock_path = Path(lock_path) if lock_path else self.path.with_name(self.path.name + ".lock")
-        if not (self.path / "_delta_log").is_dir():
+        self.path = storage.as_location(path)
+        self.remote = storage.is_remote(self.path)
+        # In object storage the lock file has nothing to protect: the log entry is written with a
+        # conditional PUT, so of many writers on one parent exactly one gets it (see _write).
+        self.lock_path = None if self.remote else Path(lock_path) if lock_path else self.path.with_name(self.path.name + ".lock")
+        try:
+            is_table = storage.kind(storage.join(self.path, "_delta_log")) == "folder"
+        except OSError as exc:
+            raise storage.explain(exc, self.path, "open the label table at") from exc
+        if not is_table:
             raise UserError(
                 f"{self.path} is not a label table (it has no _delta_log folder). "
                 "Point to a data set made by `python -m core import` or `python -m core demo`."
@@ -422,8 +431,12 @@ class LabelTable:
         lock_path: str | os.PathLike | None = None,
     ) -> LabelTable:
         """Write version 1 from ``rows`` (columns of :data:`SCHEMA`; ``sample_id`` optional)."""
-        path = Path(path)
-        if (path / "_delta_log").exists():
+        path = storage.as_location(path)
+        try:
+            exists = storage.exists(storage.join(path, "_delta_log"))
+        except OSError as exc:
+            raise storage.explain(exc, path, "create a label table at") from exc
+        if exists:
             raise UserError(f"{path} already holds a label table; open it instead of creating it again.")
         class_list = _normalise_class_list(classes)
         frame = rows.copy()
@@ -433,14 +446,15 @@ class LabelTable:
         _validate_snapshot(frame, class_list)
         meta = {"message": message, "kind": "import", "parent": None, "classes": class_list, "summary": {}, "n_samples": len(frame), "next_id": int(frame["sample_id"].max()) + 1 if len(frame) else 1}
         with _write_errors_explained(path, "version 1"):
-            path.mkdir(parents=True, exist_ok=True)
+            if not storage.is_remote(path):
+                path.mkdir(parents=True, exist_ok=True)
             written = _write_data_files(path, frame)
             create_table_with_add_actions(
                 str(path),
                 _DELTA_SCHEMA,
                 written.add_actions(),
                 mode="error",
-                name=path.parent.name or None,
+                name=storage.name_of(storage.parent_of(path)) or None,
                 configuration=_TABLE_CONFIGURATION,
                 commit_properties=CommitProperties(custom_metadata={_METADATA_KEY: meta}, max_commit_retries=0),
             )
@@ -477,7 +491,7 @@ class LabelTable:
             return _empty_rows(columns)
         try:
             # Polars opens many small files in parallel, several times faster than a pyarrow dataset.
-            frame = pl.read_parquet([str(self.path / name) for name in files.files["path"]], columns=columns).to_pandas()
+            frame = pl.read_parquet([str(storage.join(self.path, name)) for name in files.files["path"]], columns=columns).to_pandas()
         except Exception as exc:  # a data file deleted or damaged behind the app's back
             raise _damaged(what, exc) from exc
         if not frame["sample_id"].is_monotonic_increasing:
@@ -487,8 +501,11 @@ class LabelTable:
     def head_version(self) -> int:
         # A version exists once its log entry does: a directory listing is
         # enough, and far cheaper than loading the table state.
-        log = self.path / "_delta_log"
-        numbers = [int(entry.name[:20]) for entry in os.scandir(log) if _LOG_ENTRY.match(entry.name)]
+        try:
+            names = storage.list_names(storage.join(self.path, "_delta_log"))
+        except OSError as exc:
+            raise storage.explain(exc, self.path, "read the label table at") from exc
+        numbers = [int(name[:20]) for name in names if _LOG_ENTRY.match(name)]
         if not numbers:
             raise UserError(f"The label table at {self.path} has no versions: its log is empty. Re-import the images.")
         return max(numbers) + 1
@@ -519,9 +536,9 @@ class LabelTable:
         return self._info_cache[version]
 
     def _read_commit_info(self, version: int) -> VersionInfo:
-        log_entry = self.path / "_delta_log" / f"{version - 1:020d}.json"
+        log_entry = storage.join(self.path, "_delta_log", f"{version - 1:020d}.json")
         try:
-            actions = [json.loads(line) for line in log_entry.read_text(encoding="utf-8").splitlines() if line.strip()]
+            actions = [json.loads(line) for line in storage.read_bytes(log_entry).decode("utf-8").splitlines() if line.strip()]
             commit = next(action["commitInfo"] for action in actions if "commitInfo" in action)
         except (OSError, ValueError, StopIteration) as exc:
             raise UserError(
@@ -711,6 +728,9 @@ class LabelTable:
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
+        if self.lock_path is None:
+            yield
+            return
         try:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -737,7 +757,7 @@ class LabelTable:
 
 
 @contextmanager
-def _write_errors_explained(path: Path, what: str) -> Iterator[None]:
+def _write_errors_explained(path: storage.Location, what: str) -> Iterator[None]:
     """Turn a failed write (disk full, read-only folder, I/O error) into a :class:`UserError`.
 
     Delta makes a version visible only by writing its log entry last, so a
@@ -748,7 +768,10 @@ def _write_errors_explained(path: Path, what: str) -> Iterator[None]:
         yield
     except (DeltaError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        hint = "Free some disk space" if "space" in reason.lower() else "Check that the folder is writable and the disk is healthy"
+        if storage.is_remote(path):
+            hint = "Check the network, the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE) and that the bucket exists"
+        else:
+            hint = "Free some disk space" if "space" in reason.lower() else "Check that the folder is writable and the disk is healthy"
         raise StorageError(f"Could not write {what} of the label table at {path}: {reason}. Nothing was committed; the existing versions are unchanged. {hint}, then try again.", reason=reason) from exc
 
 
@@ -759,7 +782,7 @@ def _damaged(what: str, exc: BaseException) -> UserError:
     )
 
 
-def _write_data_files(table_path: Path, rows: pd.DataFrame) -> DataFiles:
+def _write_data_files(table_path: storage.Location, rows: pd.DataFrame) -> DataFiles:
     """Write ``rows`` as new data files, one per range of :data:`IDS_PER_FILE` sample ids."""
     table = to_arrow(rows.sort_values("sample_id"))
     ids = table["sample_id"].to_numpy()
@@ -772,8 +795,17 @@ def _write_data_files(table_path: Path, rows: pd.DataFrame) -> DataFiles:
     def write(span: tuple[int, int]) -> dict:
         start, end = span
         name = f"part-{uuid.uuid4()}.zstd.parquet"
-        pq.write_table(table.slice(start, end - start), table_path / name, compression="zstd", write_statistics=["sample_id"])
-        return {"path": name, "size": (table_path / name).stat().st_size, "rows": end - start, "first_id": int(ids[start]), "last_id": int(ids[end - 1])}
+        rows_of_file = table.slice(start, end - start)
+        if storage.is_remote(table_path):  # encoded in memory, then one PUT
+            buffer = pa.BufferOutputStream()
+            pq.write_table(rows_of_file, buffer, compression="zstd", write_statistics=["sample_id"])
+            data = buffer.getvalue().to_pybytes()
+            storage.write_bytes(storage.join(table_path, name), data)
+            size = len(data)
+        else:
+            pq.write_table(rows_of_file, table_path / name, compression="zstd", write_statistics=["sample_id"])
+            size = (table_path / name).stat().st_size
+        return {"path": name, "size": size, "rows": end - start, "first_id": int(ids[start]), "last_id": int(ids[end - 1])}
 
     spans = list(zip(starts.tolist(), ends.tolist()))
     if len(spans) < 8:  # starting threads costs more than a few small files take

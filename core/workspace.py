@@ -5,6 +5,13 @@ table), the thumbnail cache (``thumbs/``), the import report, and later the
 embeddings, projections and runs. The workspace is ``tables/`` in the project
 folder unless ``--workspace`` or the ``LABELLOOP_WORKSPACE`` environment
 variable says otherwise.
+
+A workspace may also be in object storage (``s3://bucket/prefix``). Then the
+label table and the import reports, which every machine must share, live
+there; the caches each machine rebuilds for itself (thumbnails, embeddings,
+maps, training runs, exports, review notes) live on this machine, under
+``$LABELLOOP_CACHE`` (default ``~/.cache/labelloop``) in a folder named after
+the URI (:func:`local_workspace`).
 """
 
 from __future__ import annotations
@@ -15,27 +22,40 @@ import shutil
 import uuid
 from pathlib import Path
 
+from core import storage
 from core.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WORKSPACE_ENV = "LABELLOOP_WORKSPACE"
+CACHE_ENV = "LABELLOOP_CACHE"
 
 # Names become folder names and URL parts, so they are restricted to a safe set.
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def default_workspace() -> Path:
+def default_workspace() -> storage.Location:
     configured = os.environ.get(WORKSPACE_ENV)
-    return Path(configured).expanduser() if configured else PROJECT_ROOT / "tables"
+    return storage.as_location(configured) if configured else PROJECT_ROOT / "tables"
 
 
-def resolve_workspace(workspace: str | os.PathLike | None) -> Path:
-    return Path(workspace).expanduser() if workspace else default_workspace()
+def resolve_workspace(workspace: str | os.PathLike | None) -> storage.Location:
+    """The workspace as a local ``Path``, or as an ``s3://`` URI."""
+    return storage.as_location(workspace) if workspace else default_workspace()
+
+
+def local_workspace(workspace: str | os.PathLike | None) -> Path:
+    """Where this machine keeps the workspace's caches: the workspace itself when it is on this
+    machine; for one in object storage, ``$LABELLOOP_CACHE/s3/<bucket>/<prefix>``."""
+    resolved = resolve_workspace(workspace)
+    if not storage.is_remote(resolved):
+        return resolved
+    home = Path(os.environ.get(CACHE_ENV) or "~/.cache/labelloop").expanduser()
+    return home.joinpath("s3", *[part for part in resolved[len(storage.REMOTE_PREFIX):].split("/") if part not in ("", ".", "..")])
 
 
 def models_dir(workspace: str | os.PathLike | None) -> Path:
     """Exported models (ONNX, OpenVINO caches) every data set of the workspace shares."""
-    return resolve_workspace(workspace) / ".models"
+    return local_workspace(workspace) / ".models"
 
 
 def check_dataset_name(name: str) -> str:
@@ -48,46 +68,52 @@ def check_dataset_name(name: str) -> str:
 
 
 class DatasetPaths:
-    """The files of one data set inside a workspace."""
+    """The files of one data set inside a workspace.
+
+    ``root`` is the data set in the workspace (a URI in object storage); ``local`` is where
+    this machine keeps its caches (the same folder when the workspace is local).
+    """
 
     def __init__(self, workspace: str | os.PathLike | None, name: str):
         self.workspace = resolve_workspace(workspace)
         self.name = check_dataset_name(name)
-        self.root = self.workspace / name
+        self.remote = storage.is_remote(self.workspace)
+        self.root = storage.join(self.workspace, name)
+        self.local = local_workspace(self.workspace) / name
 
     @property
-    def labels(self) -> Path:
-        return self.root / "labels"
+    def labels(self) -> storage.Location:
+        return storage.join(self.root, "labels")
 
     @property
     def commit_lock(self) -> Path:
         # Beside the Delta table, not inside it, so table readers never see it.
-        return self.root / "labels.lock"
+        return self.local / "labels.lock"
 
     @property
     def thumbs(self) -> Path:
-        return self.root / "thumbs"
+        return self.local / "thumbs"
 
     def thumbnail(self, content_hash: str) -> Path:
         """The thumbnail of the image with this content hash (a UserError for anything that is not a hash)."""
         return thumbnail_path(self.thumbs, content_hash)
 
-    def import_report(self, version: int) -> Path:
+    def import_report(self, version: int) -> storage.Location:
         """The report of the import that created ``version`` (1 for the first import)."""
-        return self.root / "imports" / f"v{version:05d}.json"
+        return storage.join(self.root, "imports", f"v{version:05d}.json")
 
     @property
     def demo_truth(self) -> Path:
-        return self.root / "demo_truth.parquet"
+        return self.local / "demo_truth.parquet"
 
     @property
     def kept_labels(self) -> Path:
         """Review decisions that changed nothing ("keep the label"): one small Parquet file per decision."""
-        return self.root / "review" / "kept"
+        return self.local / "review" / "kept"
 
     @property
     def exports(self) -> Path:
-        return self.root / "exports"
+        return self.local / "exports"
 
     def export_file(self, version: int, suffix: str) -> Path:
         """Where an export of ``version`` goes unless the user says otherwise (suffix "" for a folder)."""
@@ -100,7 +126,7 @@ class DatasetPaths:
     @property
     def runs(self) -> Path:
         """Finished training runs, one folder each (``core.runs``)."""
-        return self.root / "runs"
+        return self.local / "runs"
 
     def run(self, run_id: str) -> Path:
         return self.runs / run_id
@@ -108,7 +134,7 @@ class DatasetPaths:
     @property
     def embeddings(self) -> Path:
         """Embedding caches, one folder per embedding key (``core.embed``)."""
-        return self.root / "embeddings"
+        return self.local / "embeddings"
 
     def embedding(self, key: str) -> Path:
         """The cache folder of embedding ``key``; a key that could leave the folder is refused."""
@@ -119,10 +145,13 @@ class DatasetPaths:
     @property
     def projections(self) -> Path:
         """Cached 2D/3D maps, one folder per embedding key (``core.project``)."""
-        return self.root / "projections"
+        return self.local / "projections"
 
     def exists(self) -> bool:
-        return (self.labels / "_delta_log").is_dir()
+        try:
+            return storage.kind(storage.join(self.labels, "_delta_log")) == "folder"
+        except OSError as exc:
+            raise storage.explain(exc, self.root, "open the data set at") from exc
 
 
 def thumbnail_path(thumbs_dir: str | os.PathLike, content_hash: str) -> Path:
@@ -135,6 +164,14 @@ def thumbnail_path(thumbs_dir: str | os.PathLike, content_hash: str) -> Path:
 def list_datasets(workspace: str | os.PathLike | None) -> list[str]:
     """Names of the data sets in the workspace, sorted; folders that are not data sets are ignored."""
     root = resolve_workspace(workspace)
+    if storage.is_remote(root):
+        try:
+            found = storage.list_names(root)
+            if not found:
+                storage.kind(root)  # raises for a bucket that does not exist, which lists as nothing
+        except OSError as exc:
+            raise storage.explain(exc, root, "list the data sets in") from exc
+        return [name for name in found if _NAME_PATTERN.match(name) and DatasetPaths(root, name).exists()]
     if not root.is_dir():
         return []
     names = []
@@ -149,7 +186,7 @@ def open_table(workspace: str | os.PathLike | None, name: str):
     from core.tables import LabelTable  # local: tables imports nothing from here, keep it that way
 
     paths = DatasetPaths(workspace, name)
-    if not paths.root.exists():
+    if not paths.exists():
         available = list_datasets(paths.workspace)
         raise UserError(
             f"No data set named '{name}' in {paths.workspace}. "
