@@ -128,16 +128,14 @@ def bench_table(n_rows: int, scratch: Path, small_commits: int) -> None:
         print(line)
 
 
-def bench_map(n: int, scratch: Path) -> None:
-    """A 3D map of ``n`` synthetic 1280-d vectors (class clusters sharing a low-rank structure): the sample
-    fit, the placement of the rest, and the server-side lasso over every point."""
+def synthetic_dataset(workspace: Path, name: str, n: int) -> str:
+    """A data set of ``n`` synthetic rows with 1280-d vectors (class clusters sharing a low-rank
+    structure) in its embedding cache, made without images; returns the embedding key."""
     from core.embed.cache import EmbeddingCache
-    from core.lasso import lasso_select
-    from core.project import project_dataset
     from core.workspace import DatasetPaths
 
     rng = np.random.default_rng(0)
-    paths = DatasetPaths(scratch / "ws", "big")
+    paths = DatasetPaths(workspace, name)
     labels = rng.integers(0, len(CLASSES), size=n)
     hashes = np.array([f"{i:032x}" for i in range(n)])
     LabelTable.create(paths.labels, pd.DataFrame({"path": [f"/p/{i}.jpg" for i in range(n)], "label": np.asarray(CLASSES)[labels], "content_hash": hashes}), CLASSES, lock_path=paths.commit_lock)
@@ -149,6 +147,16 @@ def bench_map(n: int, scratch: Path) -> None:
         m = min(n, start + 50_000) - start
         part = labels[start : start + m]
         cache.append(list(hashes[start : start + m]), (centres[part] * 0.6 + rng.normal(size=(m, 64)).astype(np.float32) @ basis + rng.normal(size=(m, 1280)).astype(np.float32) * 0.5).astype(np.float32))
+    return "synthetic-1280"
+
+
+def bench_map(n: int, scratch: Path) -> None:
+    """A 3D map of ``n`` synthetic 1280-d vectors: the sample fit, the placement of the rest, and the
+    server-side lasso over every point."""
+    from core.lasso import lasso_select
+    from core.project import project_dataset
+
+    synthetic_dataset(scratch / "ws", "big", n)
     projection, seconds = timed(lambda: project_dataset(scratch / "ws", "big", "synthetic-1280"))
     print(f"\n3D map of {n:,} x 1280-d vectors: {seconds:.0f} s (fit + placement + quality); {projection.describe()}")
     print(f"  where the time went (s): {projection.steps_seconds}")

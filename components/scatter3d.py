@@ -115,9 +115,12 @@ def mirror_thumbnails(thumbs_dir: Path, content_hashes: np.ndarray) -> int:
     """Make the thumbnails of these images servable; returns how many were added."""
     THUMBS.mkdir(parents=True, exist_ok=True)
     present = {name[:16] for name in os.listdir(THUMBS)}
+    # One listing of what exists instead of a failed link per image without a thumbnail (a million of them
+    # on a workspace opened on a machine that has not made its thumbnails yet).
+    available = {entry.name[:-4] for folder in _subfolders(thumbs_dir) for entry in os.scandir(folder) if entry.name.endswith(".jpg")}
     added = 0
     for content_hash in pd.unique(content_hashes.astype(str)):
-        if content_hash[:16] in present:
+        if content_hash[:16] in present or content_hash not in available:
             continue
         try:  # the hash names the files: a table edited by hand must not make it name others
             source = thumbnail_path(thumbs_dir, content_hash)
@@ -135,6 +138,13 @@ def mirror_thumbnails(thumbs_dir: Path, content_hashes: np.ndarray) -> int:
                 continue  # no thumbnail (an unreadable image): the tooltip shows text only
         added += 1
     return added
+
+
+def _subfolders(folder: Path) -> list[str]:
+    try:
+        return [entry.path for entry in os.scandir(folder) if entry.is_dir()]
+    except OSError:
+        return []
 
 
 def thumbnail_url(content_hash: str) -> str:

@@ -425,7 +425,8 @@ def project_dataset(
             cache.drop(fit_id)  # a damaged cache file is refitted, never trusted
             fit_id = None
     if known is not None:
-        unplaced = np.setdiff1d(np.unique(hashes), known.index.to_numpy(dtype=str))
+        # Hash lookups, not sorts: np.unique over a million 32-character hashes takes seconds each time.
+        unplaced = pd.unique(hashes[known.index.get_indexer(hashes) < 0])
         if len(unplaced) == 0:
             return _projection(embedding_key, config, embeddings, known, meta, computed_now=False)
         if not compute:
@@ -441,8 +442,9 @@ def project_dataset(
 
 def _projection(embedding_key: str, config: ProjectionConfig, embeddings, known: pd.DataFrame, meta: dict, *, computed_now: bool) -> Projection:
     hashes = embeddings.content_hashes.astype(str)
-    coords = known.loc[hashes, [c for c in ("x", "y", "z") if c in known.columns]].to_numpy(np.float32)
-    on_map = known.loc[np.unique(hashes), "fitted"].to_numpy(dtype=bool)
+    positions = known.index.get_indexer(hashes)  # every hash is on the map here
+    coords = known[[c for c in ("x", "y", "z") if c in known.columns]].to_numpy(np.float32)[positions]
+    on_map = known["fitted"].to_numpy(dtype=bool)[pd.unique(positions)]
     return Projection(
         embedding_key, config, embeddings.sample_ids, coords, meta["method_used"], meta["note"], meta["quality"], meta["seconds"], computed_now,
         embeddings.missing, n_fitted=int(on_map.sum()), n_placed=int((~on_map).sum()), fitted_at=meta.get("fitted_at", ""),
