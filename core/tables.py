@@ -21,7 +21,10 @@ Rules the app keeps on top of Delta:
   landed in between, it fails with :class:`ConflictError` instead of silently
   overwriting. The check and the write happen under an exclusive lock file
   beside the table, so of many processes committing on the same parent
-  exactly one wins.
+  exactly one wins. A table in object storage (``s3://``) has no lock file:
+  the commit is built on the parent, never retried onto a newer version, and
+  its log entry is written with a conditional PUT, which only one writer of
+  a version number can get.
 * History only grows: restoring an old version is a new commit.
 * The class list is part of every version (stored in the commit's metadata),
   so a class with no samples still exists.

@@ -41,3 +41,17 @@ def test_above_the_limit_the_approximate_search_agrees_with_the_exact_one(monkey
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approximate, exact)])
     query_recall = np.mean([len(set(a) & set(e)) / 5 for a, e in zip(approximate_queries, exact_queries)])
     assert recall > 0.9 and query_recall > 0.9, (recall, query_recall)
+
+
+@pytest.mark.slow
+def test_above_a_million_scale_threshold_an_inverted_file_agrees_with_the_exact_search(monkeypatch):
+    points = clustered(30_000)
+    monkeypatch.setattr(neighbours, "INVERTED_FILE_ABOVE", 25_000)
+    approximate = nearest_neighbours(points, None, 10)
+    again = nearest_neighbours(points, None, 10)
+    monkeypatch.setattr(neighbours, "EXACT_LIMIT", 10**9)
+    exact = nearest_neighbours(points, None, 10)
+    assert np.array_equal(approximate, again)  # seeded cells: the same answer every time
+    assert approximate.shape == exact.shape and not (approximate == np.arange(len(points))[:, None]).any()
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approximate, exact)])
+    assert recall > 0.9, recall
