@@ -485,15 +485,7 @@ def import_dataset(
     except OSError as exc:
         raise UserError(f"Cannot write to the workspace {paths.workspace} ({exc.strerror}). Choose a writable --workspace.") from exc
     try:
-        checks = check_images([c.path for c in found.candidates], staging / "thumbs", progress, workers)
-        rows = _rows_from_checks(found.candidates, checks, report)
-        if rows.empty:
-            raise _no_readable_images(source, report)
-        rows = rows.sort_values(["split", "label", "path"], kind="stable", ignore_index=True)
-        report.n_imported = len(rows)
-        report.classes = list(found.classes)
-        report.empty_classes = [c for c in found.classes if c not in set(rows["label"])]
-        report.seconds = round(time.perf_counter() - started, 3)
+        rows = _checked_rows(source, found, report, staging / "thumbs", progress, workers, started)
         LabelTable.create(
             staging / "labels",
             rows,
@@ -518,6 +510,22 @@ def import_dataset(
     return LabelTable(paths.labels, lock_path=paths.commit_lock), report
 
 
+def _checked_rows(
+    source: storage.Location, found: Discovery, report: ImportReport, thumbs: Path, progress: Progress | None, workers: int | None, started: float
+) -> pd.DataFrame:
+    """The rows of a new data set: every found file checked (thumbnails into ``thumbs``), the report filled in."""
+    checks = check_images([c.path for c in found.candidates], thumbs, progress, workers)
+    rows = _rows_from_checks(found.candidates, checks, report)
+    if rows.empty:
+        raise _no_readable_images(source, report)
+    rows = rows.sort_values(["split", "label", "path"], kind="stable", ignore_index=True)
+    report.n_imported = len(rows)
+    report.classes = list(found.classes)
+    report.empty_classes = [c for c in found.classes if c not in set(rows["label"])]
+    report.seconds = round(time.perf_counter() - started, 3)
+    return rows
+
+
 def _import_to_object_storage(
     source: storage.Location, found: Discovery, report: ImportReport, paths: DatasetPaths, message: str | None, progress: Progress | None, workers: int | None, started: float
 ) -> tuple[LabelTable, ImportReport]:
@@ -528,15 +536,7 @@ def _import_to_object_storage(
     files no table refers to, and of two imports racing for one name exactly one wins.
     Thumbnails go to this machine's cache.
     """
-    checks = check_images([c.path for c in found.candidates], paths.thumbs, progress, workers)
-    rows = _rows_from_checks(found.candidates, checks, report)
-    if rows.empty:
-        raise _no_readable_images(source, report)
-    rows = rows.sort_values(["split", "label", "path"], kind="stable", ignore_index=True)
-    report.n_imported = len(rows)
-    report.classes = list(found.classes)
-    report.empty_classes = [c for c in found.classes if c not in set(rows["label"])]
-    report.seconds = round(time.perf_counter() - started, 3)
+    rows = _checked_rows(source, found, report, paths.thumbs, progress, workers, started)
     try:
         table = LabelTable.create(paths.labels, rows, found.classes, message=message or f"import {len(rows)} images from {source}")
     except StorageError as exc:
