@@ -7,6 +7,7 @@ The workspace is tables/ unless LABELLOOP_WORKSPACE says otherwise.
 import streamlit as st
 
 from components.errors import user_errors_shown
+from components.jobs import page_being_drawn
 from components.sidebar import pick_dataset, refresh_status
 
 st.set_page_config(page_title="LabelLoop", page_icon=":material/label:", layout="wide")
@@ -21,7 +22,7 @@ navigation = st.navigation(
     ],
 )
 st.sidebar.title("LabelLoop")
-with user_errors_shown():
+with user_errors_shown(), page_being_drawn():
     pick_dataset()
     with st.sidebar:
         refresh_status()

@@ -186,7 +186,7 @@ def map_and_selection() -> None:
         st.caption(scores_note)
         about, refit = st.columns([5, 1], vertical_alignment="center")
         about.caption(f"{projection.describe()}.")
-        if refit.button("Refit", help="Fit the map again on every image of this version (as at most 200,000 of them: the rest are placed). "
+        if refit.button("Refit", help="Fit the map again on every image of this version (as at most 100,000 of them: the rest are placed). "
                         "Adding images never refits the map by itself: points stay where you learnt them.", disabled=running(project_key)):
             start_projecting(refit=True)
     if state and state.get("token") != st.session_state.get(keys(name).selection_js):

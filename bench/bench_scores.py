@@ -97,8 +97,17 @@ def refresh(workspace: str, key: str, reduce_dims: int) -> None:
     from core.train.heads import HeadsSettings
 
     started = time.perf_counter()
-    run = train(workspace, "big", HeadsSettings(heads=QUICK_HEADS, embedding=key, reduce_dims=reduce_dims))
+    stages: list[tuple[str, float]] = []
+
+    def progress(stage: str, fraction: float) -> None:
+        if not stages or stages[-1][0] != stage:
+            stages.append((stage, time.perf_counter()))
+
+    run = train(workspace, "big", HeadsSettings(heads=QUICK_HEADS, embedding=key, reduce_dims=reduce_dims), progress=progress)
     seconds = time.perf_counter() - started
+    stages.append(("done", time.perf_counter()))
+    for (stage, at), (_, then) in zip(stages, stages[1:]):
+        print(f"    {then - at:6.1f} s  {stage}")
     peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1e6
     print(f"  {'every dimension' if not reduce_dims else f'PCA to {reduce_dims}':<16} {seconds:6.1f} s, peak memory <= {peak:.1f} GB "
           f"(this process + its largest helper), CV accuracy {run.summary.held_out_accuracy:.4f}")
@@ -111,12 +120,17 @@ def main() -> None:
     parser.add_argument("--exact-too", action="store_true", help="also time every dimension at scale (slow)")
     parser.add_argument("--scratch", default=str(REPO / "bench" / "out"))
     parser.add_argument("--refresh", nargs=2, metavar=("WORKSPACE", "KEY"), help=argparse.SUPPRESS)
+    parser.add_argument("--keep", metavar="FOLDER", help="build the synthetic data set in FOLDER and keep it (re-time it with --refresh FOLDER synthetic-1280)")
     args = parser.parse_args()
     if args.refresh:
         refresh(args.refresh[0], args.refresh[1], args.reduce_dims)
         return
     scratch = Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
+    if args.keep:
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
+        print(f"built {synthetic_dataset(Path(args.keep), args.images)} with {args.images:,} rows in {args.keep}")
+        return
     demo_f1(scratch, args.reduce_dims)
     if args.images:
         with tempfile.TemporaryDirectory(dir=scratch) as tmp:

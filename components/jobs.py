@@ -12,7 +12,8 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import streamlit as st
@@ -55,6 +56,28 @@ def _registry() -> dict[str, Job]:
 
 
 _lock = threading.Lock()
+_pages_drawn = threading.Condition()  # guards _drawing: script runs of any session in progress in this server
+_drawing = 0
+
+
+@contextmanager
+def page_being_drawn() -> Iterator[None]:
+    """Around a whole script run (app.py): background jobs can wait until no page is being drawn."""
+    global _drawing
+    with _pages_drawn:
+        _drawing += 1
+    try:
+        yield
+    finally:
+        with _pages_drawn:
+            _drawing -= 1
+            _pages_drawn.notify_all()
+
+
+def wait_until_pages_drawn(timeout: float) -> None:
+    """Return once no script run is in progress, or after ``timeout`` seconds (a page that never settles)."""
+    with _pages_drawn:
+        _pages_drawn.wait_for(lambda: _drawing == 0, timeout)
 
 
 def current_job(key: str) -> Job | None:

@@ -102,13 +102,17 @@ def refresh_scores(name: str, version: int) -> None:
 
     Versions queue up: two quick commits both get scores (the newest first), one job at a time.
     """
-    from components.jobs import current_job, start_job
+    from components.jobs import current_job, start_job, wait_until_pages_drawn
 
     queue = _refresh_queue()
     key = f"quick:{name}"
 
     def work(job):
-        time.sleep(1.0)  # let the page redraw the commit first; the retrain competes for the same 2 cores
+        # Let the page redraw the commit first: the retrain competes for the same cores, and its imports (torch)
+        # hold the GIL. The rerun the commit asked for starts within this second; then wait for it to end
+        # (at a million rows it takes seconds, and sharing them with the import doubled the time to recolour).
+        time.sleep(1.0)
+        wait_until_pages_drawn(timeout=30)
         from threadpoolctl import threadpool_limits
 
         from core.train.pipeline import (  # imports torch: never on the page's own time

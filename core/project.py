@@ -62,7 +62,10 @@ class ProjectionConfig:
     pca_dims: int = 100
     perplexity: float = 30.0  # t-SNE only
     seed: int = 0
-    fit_points: int = 200_000  # the method is fitted on at most this many images (stratified by label); the rest are placed
+    # The method is fitted on at most this many images (stratified by label); the rest are placed. PaCMAP's
+    # optimiser runs on one core: at a million images on 2 cores a 200,000-image fit took 261 s of a 436 s
+    # map, a 100,000-image one 81 s of 214 s, and placed the rest no worse (bench/bench_million.py).
+    fit_points: int = 100_000
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -309,7 +312,7 @@ class Projection:
 
 
 def describe_placement(n_fitted: int, n_placed: int, placement: dict) -> str:
-    """E.g. 'Fitted on 200,000 images; 800,000 placed by their 10 nearest fitted images (10-NN accuracy of
+    """E.g. 'Fitted on 100,000 images; 900,000 placed by their 10 nearest fitted images (10-NN accuracy of
     images placed each way: neighbours 0.810, PaCMAP's transform 0.780; measured on 5,000 images the fit left out)'."""
     text = f"Fitted on {n_fitted:,} images; {n_placed:,} placed"
     used = placement.get("used", "neighbours")
@@ -343,12 +346,34 @@ class _MapCache:
     (``fitted`` says which it was fitted on), ``<fit id>.reduction.npz`` the PCA it searched in, and
     ``<fit id>.added.parquet`` the images placed on it later. The newest fit is the current one."""
 
-    def __init__(self, workspace, name: str, embedding_key: str, config: ProjectionConfig):
+    def __init__(self, workspace, name: str, embedding_key: str, config: ProjectionConfig, *, reuse: bool = True):
         self.folder = DatasetPaths(workspace, name).projections / embedding_key / config.key()
+        if reuse and self.current() is None:
+            self.folder = self._same_map_with_another_limit(config) or self.folder
 
     def current(self) -> str | None:
         fits = sorted(p.name[: -len(".parquet")] for p in self.folder.glob("fit-*.parquet") if p.name.count(".") == 1) if self.folder.is_dir() else []
         return fits[-1] if fits else None
+
+    def _same_map_with_another_limit(self, config: ProjectionConfig):
+        """A map made with the same settings but another ``fit_points`` (an older default) is this map if it
+        fitted every image it has and no more than ``config.fit_points``: the fit sample was then all of them."""
+        base = config.key().rsplit("-fit", 1)[0]
+        for folder in sorted(self.folder.parent.glob(f"{base}-fit*")) if self.folder.parent.is_dir() else []:
+            if folder == self.folder or folder.name.rsplit("-fit", 1)[0] != base:
+                continue
+            other = _MapCache.__new__(_MapCache)
+            other.folder = folder
+            fit_id = other.current()
+            if fit_id is None:
+                continue
+            try:
+                fitted = pq.read_table(folder / f"{fit_id}.parquet", columns=["fitted"]).column("fitted").to_numpy()
+            except (OSError, KeyError, pa.ArrowException):
+                continue
+            if fitted.all() and len(fitted) <= config.fit_points:
+                return folder
+        return None
 
     def read(self, fit_id: str) -> tuple[pd.DataFrame, dict]:
         """(positions indexed by content hash, with a ``fitted`` column; the fit's metadata)."""
@@ -415,7 +440,7 @@ def project_dataset(
     # Which rows have a vector decides what is on the map; the vectors themselves are read only to compute.
     embeddings = load_embeddings(workspace, name, embedding_key, version, with_vectors=False, rows=rows)
     hashes = embeddings.content_hashes.astype(str)
-    cache = _MapCache(workspace, name, embedding_key, config)
+    cache = _MapCache(workspace, name, embedding_key, config, reuse=not refit)
     fit_id = None if refit else cache.current()
     known, meta = None, None
     if fit_id is not None:
@@ -424,6 +449,7 @@ def project_dataset(
         except (OSError, KeyError, ValueError, pa.ArrowException):
             cache.drop(fit_id)  # a damaged cache file is refitted, never trusted
             fit_id = None
+            cache = _MapCache(workspace, name, embedding_key, config, reuse=False)
     if known is not None:
         # Hash lookups, not sorts: np.unique over a million 32-character hashes takes seconds each time.
         unplaced = pd.unique(hashes[known.index.get_indexer(hashes) < 0])
@@ -508,7 +534,7 @@ def _place_rest(fitted: FittedMap, vectors: np.ndarray, labels: np.ndarray, in_s
     Neighbour placement costs one search per image. PaCMAP's ``transform`` re-optimises every
     fitted point together with the new ones, so one call costs about as much as the fit's own
     optimisation: it is tried only when all the rest fit in one call no larger than the fit
-    (at 1,000,000 images and a 200,000-image fit it would cost several fits).
+    (at 1,000,000 images and a 100,000-image fit it would cost several fits).
     """
     rest = np.flatnonzero(~in_sample)
     fitted_labels = labels[in_sample]

@@ -163,6 +163,19 @@ def test_when_more_images_are_left_out_than_fitted_transform_is_not_tried_and_th
     assert "transform was not tried" in projection.describe()
 
 
+def test_a_map_made_under_another_fit_size_that_fitted_every_image_is_kept(fashion: str, workspace: Path):
+    # An older default fit size: 300 images all fitted, so a limit of 250 could not have made the same map, one of 400 would.
+    old = project_dataset(workspace, "fashion", fashion, ProjectionConfig(fit_points=500))
+    assert (old.n_fitted, old.n_placed) == (300, 0)
+    same = project_dataset(workspace, "fashion", fashion, ProjectionConfig(fit_points=400), compute=False)
+    assert same is not None and not same.computed_now and np.array_equal(same.coords, old.coords)
+    assert project_dataset(workspace, "fashion", fashion, ProjectionConfig(fit_points=250), compute=False) is None
+    refitted = project_dataset(workspace, "fashion", fashion, ProjectionConfig(fit_points=400), refit=True)
+    assert refitted.computed_now and project_dataset(workspace, "fashion", fashion, ProjectionConfig(fit_points=500), compute=False).computed_now is False
+    folders = sorted(p.name for p in (workspace / "fashion" / "projections" / fashion).iterdir())
+    assert folders == [ProjectionConfig(fit_points=400).key(), ProjectionConfig(fit_points=500).key()]  # a refit is written under its own settings
+
+
 def test_the_fit_sample_keeps_every_labels_share():
     labels = np.array(["a"] * 600 + ["b"] * 300 + ["undefined"] * 100)
     from core.project import _fit_sample
