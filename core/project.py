@@ -352,8 +352,7 @@ class _MapCache:
             self.folder = self._same_map_with_another_limit(config) or self.folder
 
     def current(self) -> str | None:
-        fits = sorted(p.name[: -len(".parquet")] for p in self.folder.glob("fit-*.parquet") if p.name.count(".") == 1) if self.folder.is_dir() else []
-        return fits[-1] if fits else None
+        return _newest_fit(self.folder)
 
     def _same_map_with_another_limit(self, config: ProjectionConfig):
         """A map made with the same settings but another ``fit_points`` (an older default) is this map if it
@@ -362,9 +361,7 @@ class _MapCache:
         for folder in sorted(self.folder.parent.glob(f"{base}-fit*")) if self.folder.parent.is_dir() else []:
             if folder == self.folder or folder.name.rsplit("-fit", 1)[0] != base:
                 continue
-            other = _MapCache.__new__(_MapCache)
-            other.folder = folder
-            fit_id = other.current()
+            fit_id = _newest_fit(folder)
             if fit_id is None:
                 continue
             try:
@@ -395,6 +392,12 @@ class _MapCache:
     def drop(self, fit_id: str) -> None:
         for path in self.folder.glob(f"{fit_id}*"):
             path.unlink(missing_ok=True)
+
+
+def _newest_fit(folder) -> str | None:
+    """The id of the newest fit in a map folder (its positions file, not the files beside it), or None."""
+    fits = sorted(p.name[: -len(".parquet")] for p in folder.glob("fit-*.parquet") if p.name.count(".") == 1) if folder.is_dir() else []
+    return fits[-1] if fits else None
 
 
 def _positions_table(hashes: np.ndarray, coords: np.ndarray, fitted: np.ndarray | None = None, meta: dict | None = None) -> pa.Table:
