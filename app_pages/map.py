@@ -42,6 +42,7 @@ from core.errors import ConflictError, UserError
 from core.mapping import (
     COLOUR_BY,
     categorical_colours,
+    codes_in,
     confidence_warning,
     confidently_right,
     continuous_colours,
@@ -128,7 +129,7 @@ if projection is None:
     st.stop()
 
 # ---------------------------------------------------------------- colours
-frame = rows.set_index("sample_id").loc[projection.sample_ids]
+frame = rows.set_index("sample_id").reindex(projection.sample_ids)  # every id is a row of this version: reindex is .loc without the checks (instant when all are on the map)
 classes = table.classes(version)
 try:
     run = find_run(workspace(), name, version=version, with_samples=True)
@@ -139,7 +140,7 @@ colour_by = right.selectbox("Colour by", COLOUR_BY, key="colour-by", help="Predi
 needs_scores = colour_by in ("predicted label", "label-issue score", "confidence")
 excluded = (frame["weight"] <= 0).to_numpy()
 if colour_by == "given label" or (needs_scores and scores is None):
-    colouring = categorical_colours(frame["label"].to_numpy(), classes, excluded)
+    colouring = categorical_colours(frame["label"], classes, excluded)
 elif colour_by == "predicted label":
     colouring = categorical_colours(scores["predicted_label"].fillna(UNDEFINED).to_numpy(), classes)
 elif colour_by == "split":
@@ -160,11 +161,10 @@ legend_names = [entry["name"] for entry in colouring.palette]
 hidden_names = far.multiselect("Hide", legend_names if colouring.categorical else [], key=f"hide-{colour_by}", disabled=not colouring.categorical, help="Hidden points are not drawn and cannot be lassoed (for colourings by a label).")
 hidden = [legend_names.index(n) for n in hidden_names]
 label_names = list(dict.fromkeys([*classes, UNDEFINED, *frame["label"].unique()]))
-label_code_of = {label: i for i, label in enumerate(label_names)}
-label_codes = np.array([label_code_of[label] for label in frame["label"].to_numpy()], dtype=np.int16)
+label_codes = codes_in(frame["label"], label_names).astype(np.int16)  # every label is among the names
 
 paths = DatasetPaths(workspace(), name)
-published = publish_map(projection.sample_ids, projection.coords, frame["content_hash"].to_numpy(), f"{name}/{chosen_key}/{dims}")
+published = publish_map(projection.sample_ids, projection.coords, frame["content_hash"], f"{name}/{chosen_key}/{dims}")
 servable_thumbnails(table, paths.thumbs, version)
 
 

@@ -65,8 +65,21 @@ def _update_with_strings(digest, values: pd.Series) -> None:
 
 
 def image_set_digest(table: LabelTable, version: int) -> str:
-    """Which samples and images a version holds: equal for versions that differ only in labels."""
-    return _digest(str(table.path), version, table.version_info(version).timestamp.timestamp())
+    """Which samples and images a version holds: equal for versions that differ only in labels.
+
+    A version that added and removed no sample holds its parent's images (a sample's content hash
+    never changes and its id is never given again), so after a relabel the digest is the parent's,
+    without hashing a million rows again.
+    """
+    info = table.version_info(version)
+    while info.kind != "import" and info.parent is not None and _adds_or_removes_nothing(info):
+        info = table.version_info(info.parent)
+    return _digest(str(table.path), info.version, info.timestamp.timestamp())
+
+
+def _adds_or_removes_nothing(info) -> bool:
+    counts = info.summary.get("counts")
+    return isinstance(counts, dict) and counts.get("added", 0) == 0 and counts.get("removed", 0) == 0
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -80,4 +93,4 @@ def _mirrored(thumbs_dir: str, images: str, _hashes) -> int:
 
 def servable_thumbnails(table: LabelTable, thumbs_dir, version: int) -> None:
     """Make sure the browser can load every thumbnail of ``version`` by URL (once per image set)."""
-    _mirrored(str(thumbs_dir), image_set_digest(table, version), version_rows(table, version)["content_hash"].to_numpy())
+    _mirrored(str(thumbs_dir), image_set_digest(table, version), version_rows(table, version)["content_hash"])  # read only once per image set

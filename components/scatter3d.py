@@ -87,8 +87,9 @@ def _normalised(coords: np.ndarray) -> np.ndarray:
     return points
 
 
-def publish_map(sample_ids: np.ndarray, coords: np.ndarray, content_hashes: np.ndarray, identity: str, budget: int | None = None) -> PublishedMap:
-    """Write the static files of one map (once: the key covers everything in them)."""
+def publish_map(sample_ids: np.ndarray, coords: np.ndarray, content_hashes: np.ndarray | pd.Series, identity: str, budget: int | None = None) -> PublishedMap:
+    """Write the static files of one map (once: the key covers everything in them); ``content_hashes``
+    (one per point) are read only when the files are written."""
     budget = POINT_BUDGET if budget is None else budget
     digest = hashlib.blake2b(digest_size=10)
     digest.update(f"{identity}|budget={budget}".encode())
@@ -106,21 +107,36 @@ def publish_map(sample_ids: np.ndarray, coords: np.ndarray, content_hashes: np.n
             raise ValueError("sample ids beyond 2^31 cannot be drawn on the map")
         _atomic_write(folder / "points.bin", _normalised(coords)[drawn].tobytes())
         _atomic_write(folder / "ids.bin", np.asarray(sample_ids, dtype=np.int32)[drawn].tobytes())
-        names = np.array([bytes.fromhex(h[:16]) for h in np.asarray(content_hashes)[drawn].astype(str)], dtype="S8")
-        _atomic_write(folder / "thumbs.bin", names.tobytes())  # written last: its presence means complete
+        _atomic_write(folder / "thumbs.bin", _hash_prefixes(np.asarray(content_hashes, dtype=object)[drawn]).tobytes())  # written last: its presence means complete
     return PublishedMap(key, f"app/static/maps/{key}/", np.asarray(sample_ids), np.asarray(coords), drawn)
+
+
+_HEX_VALUE = np.full(256, 255, dtype=np.uint8)
+_HEX_VALUE[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
+
+
+def _hash_prefixes(content_hashes: np.ndarray) -> np.ndarray:
+    """The first 8 bytes (16 hex digits) of each content hash, as the browser names thumbnails (n x 8 uint8)."""
+    digits = np.frombuffer(np.asarray(content_hashes, dtype="S16").tobytes(), dtype=np.uint8).reshape(-1, 16)
+    nibbles = _HEX_VALUE[digits]
+    if (nibbles == 255).any():
+        raise ValueError("a content hash that is not lowercase hex cannot name a thumbnail")
+    return (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
 
 
 def mirror_thumbnails(thumbs_dir: Path, content_hashes: np.ndarray) -> int:
     """Make the thumbnails of these images servable; returns how many were added."""
     THUMBS.mkdir(parents=True, exist_ok=True)
     present = {name[:16] for name in os.listdir(THUMBS)}
-    # One listing of what exists instead of a failed link per image without a thumbnail (a million of them
-    # on a workspace opened on a machine that has not made its thumbnails yet).
-    available = {entry.name[:-4] for folder in _subfolders(thumbs_dir) for entry in os.scandir(folder) if entry.name.endswith(".jpg")}
+    # One listing of what exists (instead of a failed link per image without a thumbnail), and a loop over
+    # only what is not served yet: a million images are a million Python iterations otherwise, on every start.
+    unserved = {entry.name[:-4] for folder in _subfolders(thumbs_dir) for entry in os.scandir(folder) if entry.name.endswith(".jpg") and entry.name[:16] not in present}
+    if not unserved:
+        return 0
+    wanted = pd.unique(pd.Series(content_hashes, dtype=str))
     added = 0
-    for content_hash in pd.unique(content_hashes.astype(str)):
-        if content_hash[:16] in present or content_hash not in available:
+    for content_hash in wanted[pd.Index(wanted).isin(unserved)]:
+        if content_hash[:16] in present:  # two images that share a prefix: the first keeps the name
             continue
         try:  # the hash names the files: a table edited by hand must not make it name others
             source = thumbnail_path(thumbs_dir, content_hash)
@@ -136,6 +152,7 @@ def mirror_thumbnails(thumbs_dir: Path, content_hashes: np.ndarray) -> int:
                 _atomic_write(target, source.read_bytes())
             except OSError:
                 continue  # no thumbnail (an unreadable image): the tooltip shows text only
+        present.add(content_hash[:16])
         added += 1
     return added
 

@@ -541,8 +541,10 @@ class LabelTable:
     def _read_commit_info(self, version: int) -> VersionInfo:
         log_entry = storage.join(self.path, "_delta_log", f"{version - 1:020d}.json")
         try:
-            actions = [json.loads(line) for line in storage.read_bytes(log_entry).decode("utf-8").splitlines() if line.strip()]
-            commit = next(action["commitInfo"] for action in actions if "commitInfo" in action)
+            # Only the commitInfo action is parsed: a commit that rewrote a million rows lists a thousand file
+            # actions beside it (half a megabyte of JSON, 0.3 s to parse on every page after it).
+            lines = storage.read_bytes(log_entry).decode("utf-8").splitlines()
+            commit = next(json.loads(line)["commitInfo"] for line in lines if line.lstrip().lstrip("{").lstrip().startswith('"commitInfo"'))
         except (OSError, ValueError, StopIteration) as exc:
             raise UserError(
                 f"The label table at {self.path} cannot be read: the log entry of version {version} is damaged "

@@ -107,3 +107,24 @@ def test_the_demo_shows_its_score(workspace: Path):
     build_demo(workspace, settings=DemoSettings(per_class=10))
     app = run_app()
     assert any("You fixed 0 of 6 flipped labels" in i.value for i in app.info)
+
+
+def test_the_image_set_digest_follows_samples_and_images_not_labels(class_folders: Path, workspace: Path):
+    """The key the map is cached under: a relabel, an exclusion or a restore that brings back the same
+    images keeps it (no million-row rehash after a commit); adding or removing a sample changes it."""
+    from components.data_cache import _digest, image_set_digest
+
+    table, _ = import_dataset(class_folders, "animals", workspace)
+    rows = table.read()
+    first, second = (int(i) for i in rows["sample_id"].iloc[:2])
+    relabelled = table.commit(ChangeSet.relabel([first], "dog"), parent=1, message="relabel")
+    excluded = table.commit(ChangeSet.set_weight([second], 0), parent=relabelled, message="exclude")
+    removed = table.commit(ChangeSet(removed_ids=[second]), parent=excluded, message="remove")
+    restored = table.restore(excluded, parent=removed)
+    digest = image_set_digest(table, 1)
+    assert image_set_digest(table, relabelled) == image_set_digest(table, excluded) == digest
+    assert image_set_digest(table, removed) != digest
+    assert image_set_digest(table, restored) == digest  # the same images again, by their own hash
+    # The shortcut agrees with hashing the version's rows itself.
+    for version in (relabelled, excluded, restored):
+        assert _digest(str(table.path), version, table.version_info(version).timestamp.timestamp()) == digest

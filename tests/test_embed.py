@@ -105,6 +105,26 @@ def test_a_damaged_cache_file_is_ignored_and_recomputed(fashion: Path):
     assert again.n_computed == 100
 
 
+def test_a_cache_written_with_vectors_as_float_lists_still_loads_beside_new_chunks(tmp_path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cache = embedding_cache(tmp_path, "old", "pixels")
+    rng = np.random.default_rng(0)
+    old_vectors, new_vectors = rng.normal(size=(5, 7)).astype(np.float32), rng.normal(size=(3, 7)).astype(np.float32)
+    cache.folder.mkdir(parents=True)
+    # The layout caches had before vectors were stored as fixed-width bytes: a list of 7 floats per row.
+    pq.write_table(
+        pa.table({"content_hash": [f"{i:032x}" for i in range(5)], "vector": pa.FixedSizeListArray.from_arrays(pa.array(old_vectors.ravel()), 7)}),
+        cache.folder / "chunk-00000000000000000001-aaaaaaaa.parquet",
+    )
+    cache.append([f"{i:032x}" for i in range(5, 8)], new_vectors)
+    assert pa.types.is_fixed_size_binary(pq.read_schema(cache.chunks()[-1]).field("vector").type)
+    hashes, vectors = cache.load()
+    assert list(hashes) == [f"{i:032x}" for i in range(8)]
+    np.testing.assert_array_equal(vectors, np.concatenate([old_vectors, new_vectors]))  # bit for bit, both layouts
+
+
 @pytest.mark.parametrize(
     "config",
     [EmbedderConfig(), EmbedderConfig(runtime="onnxruntime"), EmbedderConfig(runtime="openvino", precision="fp32")],

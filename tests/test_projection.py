@@ -10,7 +10,8 @@ import pytest
 from core.embed import EmbedderConfig, embed_dataset
 from core.errors import UserError
 from core.ingest import add_images, import_dataset
-from core.project import ProjectionConfig, knn_accuracy, project_dataset, project_vectors, projection_quality
+from core.project import FittedMap, PlacementSearch, ProjectionConfig, knn_accuracy, place_by_neighbours, project_dataset, project_vectors, projection_quality
+from core.reduction import PcaReduction
 from core.tables import ChangeSet
 from core.workspace import open_table
 from tests.conftest import draw_image, write_fashion_folders
@@ -152,6 +153,27 @@ def test_a_map_fitted_on_a_sample_places_the_rest_and_says_how_well_each_way_did
     assert placement["neighbours"] > 0.4 and placement["transform"] is not None  # real photos: far above chance (0.1)
     assert placement[placement["used"]] >= max(v for k, v in placement.items() if k in ("neighbours", "transform"))
     assert "Fitted on 150 images; 150 placed" in projection.describe()
+
+
+def test_the_search_run_beside_the_fit_places_images_where_a_search_after_it_would():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(3000, 64)).astype(np.float32)
+    sample, rest = np.arange(1000), np.arange(1000, 3000)
+    reduction = PcaReduction().fit(vectors[sample], 16, seed=0)
+    search = PlacementSearch(vectors, rest)
+    search.start(reduction, reduction.transform(vectors[sample]))  # as fit_map's on_reduced does, before the optimisation
+    fitted = FittedMap(rng.normal(size=(1000, 3)).astype(np.float32), "pacmap", "", reduction, reduction.transform(vectors[sample]))
+    found = search.result()
+    assert found.shape == (2000, 10)
+    np.testing.assert_allclose(fitted.coords[found].mean(axis=1), place_by_neighbours(fitted, vectors[rest]), rtol=1e-6)
+
+
+def test_a_search_beside_a_fit_hands_its_error_to_whoever_waits_for_it():
+    rng = np.random.default_rng(0)
+    wrong_width = PlacementSearch(rng.normal(size=(50, 8)).astype(np.float32), np.arange(20, 50))
+    wrong_width.start(None, rng.normal(size=(20, 5)).astype(np.float32))  # vectors of another width than the fitted ones
+    with pytest.raises(ValueError):
+        wrong_width.result()
 
 
 def test_when_more_images_are_left_out_than_fitted_transform_is_not_tried_and_the_map_says_why(fashion: str, workspace: Path):
