@@ -42,7 +42,6 @@ from core.errors import ConflictError, UserError
 from core.mapping import (
     COLOUR_BY,
     categorical_colours,
-    codes_in,
     confidence_warning,
     confidently_right,
     continuous_colours,
@@ -52,6 +51,7 @@ from core.mapping import (
     resolve_label,
     selection_changes,
 )
+from core.lookup import positions_in
 from core.measured import last_rate
 from core.project import ProjectionConfig, has_map, project_dataset
 from core.runs import find_run, load_samples
@@ -161,7 +161,7 @@ legend_names = [entry["name"] for entry in colouring.palette]
 hidden_names = far.multiselect("Hide", legend_names if colouring.categorical else [], key=f"hide-{colour_by}", disabled=not colouring.categorical, help="Hidden points are not drawn and cannot be lassoed (for colourings by a label).")
 hidden = [legend_names.index(n) for n in hidden_names]
 label_names = list(dict.fromkeys([*classes, UNDEFINED, *frame["label"].unique()]))
-label_codes = codes_in(frame["label"], label_names).astype(np.int16)  # every label is among the names
+label_codes = positions_in(frame["label"], label_names).astype(np.int16)  # every label is among the names
 
 paths = DatasetPaths(workspace(), name)
 published = publish_map(projection.sample_ids, projection.coords, frame["content_hash"], f"{name}/{chosen_key}/{dims}")

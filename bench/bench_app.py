@@ -101,7 +101,7 @@ def build_synthetic(workspace: Path, n: int) -> None:
     print(f"PaCMAP 3D (fitted on a sample, the rest placed): {time.perf_counter() - started:.0f} s; {projection.describe()}")
 
 
-def measure_map(url: str, dataset: str, new_class: str, wait_for_scores: bool, review: bool = True) -> None:
+def measure_map(url: str, dataset: str, new_class: str, wait_for_scores: bool, review: bool = True, lasso_radius: int = 110) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as playwright:
@@ -121,7 +121,7 @@ def measure_map(url: str, dataset: str, new_class: str, wait_for_scores: bool, r
         stage = page.locator(".map-stage").bounding_box()
         cx, cy = stage["x"] + stage["width"] / 2, stage["y"] + stage["height"] / 2
         page.get_by_text("Lasso: off (L)").click()
-        lasso(page, cx, cy, 110, points=40)
+        lasso(page, cx, cy, lasso_radius, points=40)
         released = time.perf_counter()
         drawn_selected = int(root.get_attribute("data-selected"))
         # Over the point budget the browser counts the drawn points it enclosed; Python selects among all.
@@ -172,6 +172,7 @@ def main() -> None:
     parser.add_argument("--scratch", default=str(Path(__file__).resolve().parent / "out"))
     parser.add_argument("--demo", action="store_true", help="also time the demo: start to map, commit to fresh scores")
     parser.add_argument("--synthetic", action="store_true", help="no images: synthetic rows and 1280-d vectors (for a million points)")
+    parser.add_argument("--lasso-radius", type=int, default=110, help="pixels around the map's centre the lasso encloses (110: a fifth of a million points; 60: about 2,000)")
     args = parser.parse_args()
     root = Path(args.scratch) / f"app-{args.points}{'-synthetic' if args.synthetic else ''}"
     workspace = root / "workspace"
@@ -180,7 +181,7 @@ def main() -> None:
     print(f"{args.points:,} points, headless Chromium with software WebGL (SwiftShader):")
     with running_app(workspace, root / "streamlit.log") as url:
         # the build step timed the quick heads at this size; a synthetic set has no scores to review
-        measure_map(url, "big", f"bench-{int(time.time())}", wait_for_scores=False, review=not args.synthetic)
+        measure_map(url, "big", f"bench-{int(time.time())}", wait_for_scores=False, review=not args.synthetic, lasso_radius=args.lasso_radius)
     if args.demo:
         from core.demo import ensure_demo
         from core.embed import EmbedderConfig, embed_dataset

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-
-import numpy as np
 import pandas as pd
-import pyarrow as pa
 import streamlit as st
 
 from core.tables import LabelTable
+from core.tables import image_set_digest as rows_digest
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -46,22 +43,7 @@ def forget_projection() -> None:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _digest(table_path: str, version: int, committed_at: float) -> str:
-    rows = _rows(table_path, version, committed_at)
-    digest = hashlib.blake2b(rows["sample_id"].to_numpy().tobytes(), digest_size=12)
-    _update_with_strings(digest, rows["content_hash"])
-    return digest.hexdigest()
-
-
-def _update_with_strings(digest, values: pd.Series) -> None:
-    """Feed a string column to ``digest`` from its Arrow buffers: joining a million strings in Python takes 2.4 s, this 0.07 s."""
-    array = pa.chunked_array(pa.Table.from_pandas(values.to_frame(), preserve_index=False).column(0)).combine_chunks()
-    if not pa.types.is_large_string(array.type):
-        array = array.cast(pa.large_string())  # one offset width for every input
-    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset : array.offset + len(array) + 1]
-    data = array.buffers()[2]
-    digest.update((offsets - offsets[0]).tobytes())  # where each string ends: "ab", "c" differs from "a", "bc"
-    if data is not None:
-        digest.update(memoryview(data)[offsets[0] : offsets[-1]])
+    return rows_digest(_rows(table_path, version, committed_at))
 
 
 def image_set_digest(table: LabelTable, version: int) -> str:

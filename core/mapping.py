@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.errors import UserError
+from core.lookup import as_strings, positions_in
 from core.tables import UNDEFINED, ChangeSet
 
 # Class colours a person can tell apart on the map's dark background (#0e1117), also with a colour
@@ -47,12 +47,12 @@ class Colouring:
 
 def categorical_colours(values: Sequence[str], order: Sequence[str], excluded: np.ndarray | None = None) -> Colouring:
     """One colour per class in ``order`` (then any other value, sorted); undefined grey, excluded darker."""
-    values = _as_strings(values)
+    values = as_strings(values)
     names = [c for c in order if c != UNDEFINED] + sorted(set(pc.unique(values).to_pylist()) - set(order) - {UNDEFINED})
     names += [UNDEFINED]
     if excluded is not None:
         names.append("excluded")
-    codes = codes_in(values, names).astype(np.int16)
+    codes = positions_in(values, names).astype(np.int16)
     if excluded is not None:
         codes[np.asarray(excluded, dtype=bool)] = len(names) - 1
     counts = np.bincount(codes, minlength=len(names))
@@ -61,23 +61,6 @@ def categorical_colours(values: Sequence[str], order: Sequence[str], excluded: n
         colour = UNDEFINED_COLOUR if name == UNDEFINED else EXCLUDED_COLOUR if excluded is not None and name == "excluded" else CLASS_COLOURS[i % len(CLASS_COLOURS)]
         palette.append({"name": name, "color": colour, "count": int(counts[i])})
     return Colouring(codes, palette, True)
-
-
-def codes_in(values: Sequence[str] | pa.Array, names: Sequence[str]) -> np.ndarray:
-    """The position in ``names`` of each of ``values`` (-1 where it is not there), int64.
-
-    One hash lookup in Arrow: a million labels in 0.03 s, where a Python dict lookup per value takes 0.3 s
-    (on the map page after every commit).
-    """
-    values = _as_strings(values)
-    return pc.index_in(values, value_set=pa.array(list(names), type=values.type)).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-def _as_strings(values) -> pa.Array:
-    array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values if isinstance(values, pd.Series) else np.asarray(values, dtype=object))
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    return array.cast(pa.large_string()) if not pa.types.is_large_string(array.type) else array
 
 
 def continuous_colours(values: np.ndarray, low: float = 0.0, high: float = 1.0) -> Colouring:

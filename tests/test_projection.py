@@ -47,6 +47,31 @@ def test_after_a_relabel_the_map_comes_from_the_cache_with_no_work(fashion: str,
     assert "from the cache" in again.describe()
 
 
+def test_a_map_opened_again_comes_from_its_saved_view_until_its_images_change(fashion: str, workspace: Path, monkeypatch: pytest.MonkeyPatch):
+    import core.project
+
+    table = open_table(workspace, "fashion")
+    rows = table.read()
+    fitted = project_dataset(workspace, "fashion", fashion)  # the fit saves the view of the version it fitted
+    assert len(list((workspace / "fashion" / "projections").rglob("fit-*.view-*.npz"))) == 1
+    opened = project_dataset(workspace, "fashion", fashion, rows=rows, compute=False)
+    assert np.array_equal(opened.coords, fitted.coords) and not opened.computed_now
+
+    class Matched(Exception):
+        pass
+
+    def no_matching(*args, **kwargs):
+        raise Matched  # the view is what makes opening cheap: it must not need the embedding cache
+    monkeypatch.setattr(core.project, "load_embeddings", no_matching)
+    again = project_dataset(workspace, "fashion", fashion, rows=rows, compute=False)
+    assert np.array_equal(again.sample_ids, opened.sample_ids) and np.array_equal(again.coords, opened.coords)
+    assert again.describe() == opened.describe() and not again.computed_now
+    relabelled = table.commit(ChangeSet.relabel(rows["sample_id"][:10], "bag"), parent=1, message="relabel 10")
+    assert np.array_equal(project_dataset(workspace, "fashion", fashion, rows=table.read(relabelled), compute=False).coords, opened.coords)
+    with pytest.raises(Matched):  # other images: the saved view does not apply
+        project_dataset(workspace, "fashion", fashion, rows=rows.iloc[:-5], compute=False)
+
+
 def test_other_settings_are_other_maps(fashion: str, workspace: Path):
     three = project_dataset(workspace, "fashion", fashion)
     two = project_dataset(workspace, "fashion", fashion, ProjectionConfig(dims=2))
