@@ -556,7 +556,7 @@ def project_dataset(
         return views.save(cache, fit_id, _projection(embedding_key, config, embeddings, known, meta, computed_now=True))
     if not compute:
         return None
-    fit_id, known, meta = _fit(workspace, name, embedding_key, config, cache, version, progress)
+    fit_id, known, meta = _fit(workspace, name, embedding_key, config, cache, version, rows, progress)
     return views.save(cache, fit_id, _projection(embedding_key, config, embeddings, known, meta, computed_now=True))
 
 
@@ -573,12 +573,12 @@ def _projection(embedding_key: str, config: ProjectionConfig, embeddings, known:
     )
 
 
-def _fit(workspace, name: str, embedding_key: str, config: ProjectionConfig, cache: _MapCache, version: int | None, progress: Progress | None):
+def _fit(workspace, name: str, embedding_key: str, config: ProjectionConfig, cache: _MapCache, version: int | None, rows: pd.DataFrame, progress: Progress | None):
     started = time.perf_counter()
     steps = 4
     if progress:
         progress(0, steps)
-    embeddings = load_embeddings(workspace, name, embedding_key, version)
+    embeddings = load_embeddings(workspace, name, embedding_key, version, rows=rows)  # the rows project_dataset read: not read again
     hashes = embeddings.content_hashes.astype(str)
     first = np.flatnonzero(~pd.Index(hashes).duplicated())  # a hash table, not a sort of a million strings
     if len(first) == len(hashes):  # every row a distinct image: no 5 GB copy of the vectors at a million
