@@ -166,15 +166,38 @@ def _embedder_config(args: argparse.Namespace):
         runtime=args.runtime,
         precision=args.precision,
         batch_size=args.batch_size,
+        device=args.device,
     )
+
+
+def _add_compute_flags(p: argparse.ArgumentParser, *, ray: str, workers: bool = False) -> None:
+    """--device and --ray (and for training, --workers and --gpus-per-worker): where the job runs."""
+    from core.cluster import ADDRESS_HELP
+    from core.compute import DEVICE_HELP
+
+    p.add_argument("--device", default="auto", help=f"where torch runs: {DEVICE_HELP}")
+    p.add_argument("--ray", metavar="ADDRESS", help=f"{ray} on Ray: {ADDRESS_HELP}. Default: everything in this process")
+    if workers:
+        p.add_argument("--workers", type=int, default=1, help="Ray Train data-parallel workers for the image models (default 1; needs --ray)")
+        p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each Ray Train worker takes (default 0: CPUs)")
+
+
+def _compute(args: argparse.Namespace):
+    from core.compute import Compute
+
+    compute = Compute(device=args.device, ray=args.ray, workers=getattr(args, "workers", 1), gpus_per_worker=getattr(args, "gpus_per_worker", 0.0))
+    compute.validate()
+    return compute
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
     from core.embed import embed_dataset
 
     open_table(args.workspace, args.name)  # a clear error before any model loads
+    config, compute = _embedder_config(args), _compute(args)
+    config.validate()
     with progress_bar("embedding") as progress:
-        report = embed_dataset(args.workspace, args.name, _embedder_config(args), version=args.version, progress=progress)
+        report = embed_dataset(args.workspace, args.name, config, version=args.version, progress=progress, ray=compute.ray)
     print(f"embeddings '{report.key}': {report.describe()}")
     for warning in report.warnings:
         print(f"warning: {warning}")
@@ -240,15 +263,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from core.train.pipeline import train
     from core.train.registry import FAMILIES, default_settings
 
-    # The family's recipe, with the options given on the command line; an option the family does not read is refused.
-    every = {info.name: info for family in FAMILIES.values() for info in family.settings_class.settings()}
-    given = {name: info.parse(getattr(args, name)) for name, info in every.items() if getattr(args, name) is not None}
-    reads = {info.name for info in FAMILIES[args.family].settings_class.settings()}
-    foreign = [every[name].flag for name in given if name not in reads]
-    if foreign:
-        raise UserError(f"{', '.join(foreign)}: not a setting of the {args.family} family. Its settings: {', '.join(sorted(i.flag for i in FAMILIES[args.family].settings_class.settings()))}.")
-    settings = default_settings(args.family, **given)
+    settings = default_settings(args.family, **_given_settings(args))
     settings.validate()
+    compute = _compute(args)
     from tqdm import tqdm
 
     bar = None
@@ -261,7 +278,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         bar.update(max(0, round(fraction * 100) - bar.n))
 
     try:
-        run = train(args.workspace, args.name, settings, version=args.version, progress=progress)
+        run = train(args.workspace, args.name, settings, version=args.version, progress=progress, compute=compute)
     finally:
         if bar is not None:
             bar.close()
@@ -270,6 +287,45 @@ def cmd_train(args: argparse.Namespace) -> None:
     accuracies = ", ".join(f"{model} {accuracy:.4f}" for model, accuracy in s.accuracy_by_model.items())
     print(f"run {run.run_id} on version {run.version}" + (f": {accuracies} ({measure})" if accuracies else ""))
     print(FAMILIES[args.family].describe(run))
+    print(f"trained on {s.device}" + (f"; {s.launcher}" if s.launcher != "local" else ""))
+
+
+def _given_settings(args: argparse.Namespace) -> dict:
+    """The family's settings given on the command line; an option the family does not read is refused."""
+    from core.train.registry import FAMILIES
+
+    every = {info.name: info for family in FAMILIES.values() for info in family.settings_class.settings()}
+    given = {name: info.parse(getattr(args, name)) for name, info in every.items() if getattr(args, name) is not None}
+    reads = {info.name for info in FAMILIES[args.family].settings_class.settings()}
+    foreign = [every[name].flag for name in given if name not in reads]
+    if foreign:
+        raise UserError(f"{', '.join(foreign)}: not a setting of the {args.family} family. Its settings: {', '.join(sorted(i.flag for i in FAMILIES[args.family].settings_class.settings()))}.")
+    return given
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from core.sweep import parse_grid, run_sweep
+
+    open_table(args.workspace, args.name)
+    grid = parse_grid(args.family, args.grid)
+    base = _given_settings(args)
+    overlap = sorted(set(base) & set(grid))
+    if overlap:
+        raise UserError(f"{', '.join(overlap)} is both a fixed setting and a --grid; give it once.")
+    compute = _compute(args)
+    with progress_bar("sweep") as bar:
+        record = run_sweep(
+            args.workspace, args.name, args.family, grid, base=base, samples=args.samples, asha=args.asha, ray=compute.ray or "local", device=compute.device,
+            version=args.version, progress=lambda stage, fraction: bar(round(fraction * 1000), 1000),
+        )
+    frame = record.frame()
+    print(f"sweep {record.sweep_id} on version {record.version}: {len(record.trials)} trials in {record.seconds:.0f} s")
+    _print_table(frame.drop(columns=["error"] if not frame["error"].astype(bool).any() else []))
+    if record.best_run:
+        best = frame[frame["best"]].iloc[0]
+        print(f"best: run {record.best_run}, accuracy {best['accuracy']:.4f}")
+    else:
+        print("no trial finished")
 
 
 def cmd_runs(args: argparse.Namespace) -> None:
@@ -348,7 +404,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from core.predict import predict_folder
 
     with progress_bar("predicting") as progress:
-        out, rows, skipped = predict_folder(args.run, args.folder, args.out, args.workspace, probabilities=args.probabilities, progress=progress)
+        out, rows, skipped = predict_folder(args.run, args.folder, args.out, args.workspace, probabilities=args.probabilities, progress=progress, compute=_compute(args))
     print(f"wrote {rows} predictions to {out}")
     for path, reason in skipped[:20]:
         print(f"skipped: {path}: {reason}")
@@ -469,6 +525,7 @@ def _add_model_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto = bf16 where the CPU has it natively (openvino), else fp32")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--version", type=int, help="version whose images to embed (default: the latest)")
+    _add_compute_flags(p, ray="run the model on a Ray Data actor pool (the vectors land in the same cache)")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("thumbnails", parents=[common], help="make the thumbnails this machine lacks (a workspace in S3 opened on another machine)")
@@ -502,7 +559,19 @@ def _add_model_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--family", default="heads", choices=list(FAMILIES), help="what to train (default heads); each family starts from its own recipe, and takes only its own settings")
     p.add_argument("--version", type=int, help="version to train on (default: the latest)")
     _add_setting_flags(p, FAMILIES)
+    _add_compute_flags(p, ray="train the image models (resnet18-scratch, frozen-backbone) with Ray Train", workers=True)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", parents=[common], help="train a grid of settings of one family as separate runs, with Ray Tune; the best is named")
+    p.add_argument("name")
+    p.add_argument("--family", default="heads", choices=list(FAMILIES), help="what to train (default heads)")
+    p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2", help="a setting and its values (repeat for more settings); list settings separate values by ';'")
+    p.add_argument("--samples", type=int, default=1, help="train every combination with this many seeds (default 1)")
+    p.add_argument("--asha", action="store_true", help="ASHA early stopping: end trials whose validation accuracy trails")
+    p.add_argument("--version", type=int, help="version to train on (default: the latest)")
+    _add_setting_flags(p, FAMILIES)
+    _add_compute_flags(p, ray="run the trials (default: a Ray started on this machine)")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("runs", parents=[common], help="list the training runs of a data set")
     p.add_argument("name")
@@ -528,6 +597,7 @@ def _add_model_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("folder", help="folder of images (searched recursively)")
     p.add_argument("--out", required=True, help="CSV to write (never overwritten)")
     p.add_argument("--probabilities", action="store_true", help="add one probability column per class")
+    _add_compute_flags(p, ray="run the model on a Ray Data actor pool")
     p.set_defaults(func=cmd_predict)
 
 def main(argv: Sequence[str] | None = None) -> int:

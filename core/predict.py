@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.compute import Compute
 from core.embed import Embedder, embed_paths
 from core.errors import UserError
 from core.ingest import discover
@@ -29,16 +31,23 @@ def load_model(model_dir: str | os.PathLike) -> tuple[Callable[[np.ndarray], np.
     raise UserError(f"A {model.model_type} model classifies images, not embeddings: use predict_folder (or `python -m core predict RUN FOLDER`).")
 
 
-def image_classifier(run_dir: Path, workspace: str | os.PathLike | None) -> tuple[Embedder, ModelConfig]:
+def image_classifier(run_dir: Path, workspace: str | os.PathLike | None, device: str = "cpu") -> tuple[Embedder, ModelConfig]:
     """(an Embedder whose "vectors" are class probabilities, its ModelConfig) for any classifier run.
 
     Reusing the Embedder interface means prediction decodes images exactly as
     training did, in the same background process, for every kind of model.
+    ``device`` is where it runs (``core.compute``: auto, cpu, cuda[:N]).
     """
+    from core.compute import resolve_device
     from core.train.registry import family_of_model
 
     model = ModelConfig.read(run_dir / "model")
-    return family_of_model(model.model_type).classifier(run_dir, model, models_dir(workspace)), model
+    return family_of_model(model.model_type).classifier(run_dir, model, models_dir(workspace), resolve_device(device)), model
+
+
+def _classifier_only(run_dir: Path, workspace, device: str) -> Embedder:
+    """What a Ray actor builds for prediction: the same classifier as here."""
+    return image_classifier(run_dir, workspace, device)[0]
 
 
 def find_run_folder(run: str, workspace: str | os.PathLike | None) -> Path:
@@ -55,8 +64,16 @@ def find_run_folder(run: str, workspace: str | os.PathLike | None) -> Path:
     raise UserError(f"No run '{run}': give a run folder, or a run id from `python -m core runs NAME`.")
 
 
-def predict_folder(run: str, folder: str | os.PathLike, out: str | os.PathLike, workspace: str | os.PathLike | None = None, *, probabilities: bool = False, progress=None) -> tuple[Path, int, list[tuple[str, str]]]:
-    """Predict every image under ``folder``; write ``filename,label`` (+ one column per class). Returns (csv, rows, skipped)."""
+def predict_folder(
+    run: str, folder: str | os.PathLike, out: str | os.PathLike, workspace: str | os.PathLike | None = None, *, probabilities: bool = False, progress=None,
+    compute: Compute = Compute(),
+) -> tuple[Path, int, list[tuple[str, str]]]:
+    """Predict every image under ``folder``; write ``filename,label`` (+ one column per class). Returns (csv, rows, skipped).
+
+    ``compute`` says where the model runs: on its ``device`` here, or with ``ray`` on a Ray Data actor pool
+    whose actors build the same classifier (the run folder and the images must be readable there).
+    """
+    compute.validate()
     run_dir = find_run_folder(run, workspace)
     model = ModelConfig.read(run_dir / "model")
     summary = RunInfo.open(run_dir).summary if (run_dir / "run.json").exists() else None
@@ -70,7 +87,8 @@ def predict_folder(run: str, folder: str | os.PathLike, out: str | os.PathLike, 
                 f"The model's classes {foreign[:5]} are not classes of '{dataset}' version {version}: "
                 "this model file comes from another data set. Use that data set's run."
             )
-    classifier, model = image_classifier(run_dir, workspace)
+    if compute.ray is None:
+        classifier, model = image_classifier(run_dir, workspace, compute.device)
 
     if Path(folder).expanduser().is_dir() and not any(Path(folder).expanduser().iterdir()):
         raise UserError(f"No images to predict in {folder}: the folder is empty.")
@@ -78,7 +96,15 @@ def predict_folder(run: str, folder: str | os.PathLike, out: str | os.PathLike, 
     paths = [c.path for c in found.candidates]
     if not paths:
         raise UserError(f"No images to predict in {folder}.")
-    probs, failures = embed_paths(classifier, paths, progress=progress)
+    if compute.ray is None:
+        probs, failures = embed_paths(classifier, paths, progress=progress)
+    else:
+        from core.cluster import map_on_ray, ray_cluster
+
+        with ray_cluster(compute.ray) as info:
+            make = functools.partial(_classifier_only, run_dir, workspace, compute.device)
+            probs, failures = map_on_ray(make, paths, [None] * len(paths), expected_key=None, batch_size=32, gpus_per_actor=1.0 if info.gpus else 0.0, progress=progress)
+        probs = probs if probs.shape[1] == model.n_classes else np.zeros((len(paths), model.n_classes), np.float32)
     bad = {i for i, _ in failures}
     good = [i for i in range(len(paths)) if i not in bad]
     probs = probs[good]

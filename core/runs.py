@@ -61,6 +61,8 @@ class RunSummary:
     seconds_per_epoch: float | None = None
     note: str = ""  # what the accuracy measures, where it is not plain cross-validation
     figures: dict = field(default_factory=dict)  # family-specific measurements (the triplet encoder's 10-NN accuracies)
+    device: str = ""  # where it trained: "cpu (2 cores)", "cuda:0 (NVIDIA H200, 139 GiB)"; "" for runs from before it was recorded
+    launcher: str = "local"  # "local", or how Ray ran it ("ray: 2 workers on ray://host:10001")
     # Set by RunBuilder.finish:
     run_id: str = ""
     trigger: str = "user"
@@ -160,7 +162,7 @@ class RunBuilder:
         """A torch module's state dict as safetensors in the model folder (never a pickle)."""
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(self.model_dir / filename))
+        save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(self.model_dir / filename))
 
     def finish(self, summary: RunSummary) -> Path:
         summary = replace(summary, run_id=self.run_id, trigger=self.trigger, seconds=round(time.time() - self.started, 2), finished=datetime.now(timezone.utc).isoformat())

@@ -6,6 +6,7 @@ interrupted run resumes: every chunk is written whole and renamed into place.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -170,6 +171,16 @@ def _vectors_of(column: pa.ChunkedArray) -> np.ndarray:
     return column.values.to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size)  # a cache written before
 
 
+def decode_workers(embedder) -> int:
+    """Processes decoding images for ``embedder``: one beside a CPU model (more would fight it for the
+    cores), as many as the loader gives a GPU (core.compute.loader_options)."""
+    if embedder.device == "cpu":
+        return 1
+    from core.compute import loader_options, resolve_device
+
+    return loader_options(resolve_device(embedder.device))["num_workers"]
+
+
 def embedding_cache(workspace: str | os.PathLike | None, name: str, key: str) -> EmbeddingCache:
     return EmbeddingCache(DatasetPaths(workspace, name).embedding(safe_key(key)))
 
@@ -202,8 +213,22 @@ def embed_dataset(
     version: int | None = None,
     progress: Progress | None = None,
     should_stop: ShouldStop | None = None,
+    ray: str | None = None,
 ) -> EmbedReport:
-    """Embed the images of ``version`` that the cache does not have yet."""
+    """Embed the images of ``version`` that the cache does not have yet.
+
+    ``ray`` (an address, see ``core.cluster``) runs the model on a Ray Data actor pool instead of in this
+    process: the same embedder and decoding on every worker, the vectors written here into the same cache.
+    """
+    if ray is not None:
+        from core.cluster import ray_cluster
+
+        with ray_cluster(ray) as info:
+            return _embed(workspace, name, config, version, progress, should_stop, gpus_per_actor=1.0 if info.gpus else 0.0, on_ray=True)
+    return _embed(workspace, name, config, version, progress, should_stop)
+
+
+def _embed(workspace, name: str, config: EmbedderConfig, version: int | None, progress, should_stop, *, gpus_per_actor: float = 0.0, on_ray: bool = False) -> EmbedReport:
     started = time.perf_counter()
     rows = open_table(workspace, name).read(version)
     distinct = rows.drop_duplicates("content_hash")
@@ -213,14 +238,27 @@ def embed_dataset(
         known, _ = cache.load()
         return cache, distinct[~distinct["content_hash"].isin(known)]
 
-    cache, todo = still_to_do(embedder_key(config))
+    if on_ray:
+        from core.cluster import remote_key
+
+        expected = remote_key(config, gpus_per_actor)  # the workers' runtime decides the key, not this machine's
+    else:
+        expected = embedder_key(config)
+    cache, todo = still_to_do(expected)
     if todo.empty:  # everything cached: no model is even loaded
         meta = cache.meta() or {}
         return EmbedReport(cache.folder.name, meta.get("description", cache.folder.name), len(distinct), len(distinct), 0, pd.DataFrame(columns=["sample_id", "path", "reason"]), round(time.perf_counter() - started, 3), meta.get("warnings", []))
-    embedder = load_embedder(config, models_dir(workspace))
-    if embedder.key != cache.folder.name:  # the fast runtime fell back to another precision
-        cache, todo = still_to_do(embedder.key)
-    cache.write_meta({"key": embedder.key, "description": embedder.description, "dim": embedder.dim, "config": asdict(config), "warnings": embedder.warnings})
+    make_embedder = functools.partial(load_embedder, config, str(models_dir(workspace)))
+    if on_ray:
+        from core.cluster import remote_facts
+
+        facts = remote_facts(make_embedder, gpus_per_actor)
+    else:
+        embedder = make_embedder()
+        facts = {"key": embedder.key, "description": embedder.description, "dim": embedder.dim, "warnings": embedder.warnings}
+    if facts["key"] != cache.folder.name:  # the fast runtime fell back to another precision
+        cache, todo = still_to_do(facts["key"])
+    cache.write_meta({**facts, "config": asdict(config)})
     hashes = todo["content_hash"].tolist()
     buffer: list[EmbeddedBatch] = []
 
@@ -236,32 +274,38 @@ def embed_dataset(
             flush()
 
     try:
-        _, failures = embed_paths(
-            embedder,
-            todo["path"].tolist(),
-            hashes,
-            batch_size=config.batch_size,
-            progress=progress,
-            should_stop=should_stop,
-            on_batch=keep,
-        )
+        if on_ray:
+            from core.cluster import map_on_ray
+
+            _, failures = map_on_ray(
+                make_embedder, todo["path"].tolist(), hashes, expected_key=facts["key"], batch_size=config.batch_size, gpus_per_actor=gpus_per_actor,
+                progress=progress, should_stop=should_stop, on_batch=keep,
+            )
+        else:
+            _, failures = embed_paths(
+                embedder, todo["path"].tolist(), hashes, batch_size=config.batch_size, progress=progress, should_stop=should_stop, on_batch=keep,
+                decode_workers=decode_workers(embedder),
+            )
     except Cancelled as stop:
         flush()  # what was done is kept: the next run resumes from here
         raise Cancelled(f"{stop} Everything embedded so far is kept in the cache; run again to resume.") from None
+    except BaseException:
+        flush()  # a failed job (a cluster lost mid-way) keeps what it finished too
+        raise
     flush()
     cache.compact()
-    record_rate(workspace, f"embed {config.kind}", len(todo), time.perf_counter() - started)
+    record_rate(workspace, f"embed {config.kind}" + (" on ray" if on_ray else ""), len(todo), time.perf_counter() - started)
     failed = todo.iloc[[i for i, _ in failures]]
     failure_frame = pd.DataFrame({"sample_id": failed["sample_id"].to_numpy(), "path": failed["path"].to_numpy(), "reason": [r for _, r in failures]})
     return EmbedReport(
-        key=embedder.key,
-        description=embedder.description,
+        key=facts["key"],
+        description=facts["description"],
         n_images=len(distinct),
         n_cached=len(distinct) - len(todo),
         n_computed=len(todo) - len(failures),
         failures=failure_frame,
         seconds=round(time.perf_counter() - started, 3),
-        warnings=embedder.warnings,
+        warnings=facts["warnings"],
     )
 
 

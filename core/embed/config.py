@@ -39,10 +39,14 @@ class EmbedderConfig:
     runtime: str = "auto"
     precision: str = "auto"
     batch_size: int = 32
+    device: str = "auto"  # core.compute: auto = a CUDA GPU when torch sees one (the torch runtime there), else the CPU
 
     def validate(self) -> None:
         if self.kind not in KINDS:
             raise UserError(f"Unknown embedder '{self.kind}': use one of {', '.join(KINDS)}.")
+        from core.compute import validate_device
+
+        validate_device(self.device)
         if self.runtime not in RUNTIMES:
             raise UserError(f"Unknown runtime '{self.runtime}': use one of {', '.join(RUNTIMES)}.")
         if self.precision not in PRECISIONS:
@@ -67,6 +71,7 @@ class Embedder:
     runtime: str
     embed_batch: Callable[[np.ndarray], np.ndarray]
     warnings: list[str] = field(default_factory=list)
+    device: str = "cpu"  # where embed_batch runs: "cpu" or "cuda:N" (a GPU gets more decoding processes)
 
 
 def input_resolution(config: EmbedderConfig) -> int:

@@ -13,7 +13,7 @@ from core.errors import Cancelled
 from core.images import ImageProblem, load_square, worker_pool
 
 
-def _load_batch(args: tuple[list[str], list[str | None], int]) -> tuple[np.ndarray, list[tuple[int, str]]]:
+def decode_batch(args: tuple[list[str], list[str | None], int]) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Worker: decode and resize a batch of files. Failures come back as (index, reason)."""
     paths, hashes, size = args
     images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
@@ -79,7 +79,7 @@ def embed_paths(
         for number, batch in enumerate(batches):
             if should_stop and should_stop():
                 raise Cancelled(f"Stopped after {done} of {total} images.")
-            consume(number * batch_size, *_load_batch(batch))
+            consume(number * batch_size, *decode_batch(batch))
         return vectors, sorted(failures)
 
     with worker_pool(decode_workers) as pool:
@@ -88,7 +88,7 @@ def embed_paths(
         ahead = 3 * decode_workers  # bounded: decoded images wait in memory, not on disk
         try:
             for number, batch in upcoming:
-                pending.append((number, pool.submit(_load_batch, batch)))
+                pending.append((number, pool.submit(decode_batch, batch)))
                 if len(pending) >= ahead:
                     break
             while pending:
@@ -97,7 +97,7 @@ def embed_paths(
                 number, future = pending.popleft()
                 following = next(upcoming, None)
                 if following is not None:
-                    pending.append((following[0], pool.submit(_load_batch, following[1])))
+                    pending.append((following[0], pool.submit(decode_batch, following[1])))
                 consume(number * batch_size, *future.result())
         finally:
             for _, future in pending:

@@ -31,11 +31,20 @@ def _native_bf16() -> bool:
 def plan(config: EmbedderConfig) -> tuple[str, str]:
     """(runtime, precision) for a model config: the fastest measured choice for ``auto``.
 
-    Measured on this project's 2-core machines (bench/bench_embed.py):
-    OpenVINO bf16 317 img/s, ONNX Runtime fp32 186, OpenVINO fp32 150,
-    torch eager 43. So ``auto`` is OpenVINO bf16 where the CPU has native
-    bf16, else ONNX Runtime in fp32.
+    On a CUDA device (``device`` auto with a GPU, or cuda[:N]) that is torch, in bf16 autocast where
+    the GPU has bf16 (``precision`` auto) or in fp32. On the CPU, measured on this project's 2-core
+    machines (bench/bench_embed.py): OpenVINO bf16 317 img/s, ONNX Runtime fp32 186, OpenVINO fp32 150,
+    torch eager 43. So ``auto`` is OpenVINO bf16 where the CPU has native bf16, else ONNX Runtime in fp32.
     """
+    from core.compute import bf16_autocast_available, resolve_device
+
+    device = resolve_device(config.device) if config.runtime in ("auto", "torch") or config.device != "auto" else None
+    if device is not None and device.type == "cuda":
+        if config.runtime not in ("auto", "torch"):
+            raise UserError(f"The {config.runtime} runtime runs on the CPU; on {device} use --runtime torch (or auto), or --device cpu.")
+        if config.precision == "bf16" and not bf16_autocast_available(device):
+            raise UserError(f"{device} has no bfloat16; use --precision fp32 (or auto).")
+        return "torch", "fp32" if config.precision == "fp32" or not bf16_autocast_available(device) else "bf16"
     wants_bf16 = config.precision == "bf16"
     if wants_bf16 and (config.runtime in ("torch", "onnxruntime") or not _native_bf16()):
         raise UserError("bf16 needs the openvino runtime and a CPU with native bfloat16; use --precision fp32 (or auto).")
@@ -69,13 +78,18 @@ def load_embedder(config: EmbedderConfig, model_dir: str | os.PathLike) -> Embed
     torch.set_num_threads(os.cpu_count() or 1)
     module, description, notes = torch_feature_model(config)
     resolution = input_resolution(config)
+    key = base_key(config, resolution)
+    runtime, precision = plan(config)
+    from core.compute import resolve_device
+
+    device = resolve_device(config.device)
+    if runtime == "torch" and device.type == "cuda":
+        return _cuda_embedder(module, device, precision, key, description, resolution, notes)
     probe = probe_images(resolution)
     with torch.inference_mode():
         reference = module(torch.from_numpy(probe)).numpy()
     dim = reference.shape[1]
-    key = base_key(config, resolution)
 
-    runtime, precision = plan(config)
     if runtime != "torch":
         onnx_path = Path(model_dir) / key / "model.onnx"
         export_onnx(module, probe, onnx_path)
@@ -92,6 +106,24 @@ def load_embedder(config: EmbedderConfig, model_dir: str | os.PathLike) -> Embed
             return module(torch.from_numpy(np.ascontiguousarray(images))).numpy()
 
     return Embedder(f"{key}-fp32", description, resolution, dim, "torch", embed_batch, notes)
+
+
+def _cuda_embedder(module, device, precision: str, key: str, description: str, resolution: int, notes: list[str]) -> Embedder:
+    """The torch model on a GPU: channels-last, pinned host batches, bf16 autocast when ``precision`` is bf16."""
+    import torch
+
+    from core.compute import autocast, out_of_memory_as_user_error, prepare_model
+
+    module = prepare_model(module, device).eval()
+    use_bf16 = precision == "bf16"
+
+    def embed_batch(images: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(np.ascontiguousarray(images)).pin_memory().to(device, non_blocking=True)
+        with out_of_memory_as_user_error(device, len(images)), torch.inference_mode(), autocast(device, enabled=use_bf16):
+            return module(batch).float().cpu().numpy()
+
+    dim = embed_batch(probe_images(resolution)[:2]).shape[1]
+    return Embedder(f"{key}-{precision}", f"{description} via torch on {device} {precision}", resolution, dim, f"torch-{device}-{precision}", embed_batch, notes, device=str(device))
 
 
 def torch_feature_model(config: EmbedderConfig):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -94,3 +97,77 @@ class BestEpoch:
         """``model`` with the best epoch's weights, in evaluation mode."""
         model.load_state_dict(self._state)
         return model.eval()
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Batch ``number`` of ``order``: (its indices, ``make_inputs(indices)``). One item is one batch, so
+    a loader's worker builds whole batches (augmentation included) while the GPU runs the last one."""
+
+    def __init__(self, order: np.ndarray, batch_size: int, make_inputs: Callable[[np.ndarray], torch.Tensor]):
+        self.order, self.batch_size, self.make_inputs = np.asarray(order), batch_size, make_inputs
+
+    def __len__(self) -> int:
+        return -(-len(self.order) // self.batch_size)
+
+    def __getitem__(self, number: int) -> tuple[torch.Tensor, torch.Tensor]:
+        chosen = self.order[number * self.batch_size : (number + 1) * self.batch_size]
+        return torch.from_numpy(chosen), self.make_inputs(chosen)
+
+
+def batches(order: np.ndarray, batch_size: int, make_inputs: Callable[[np.ndarray], torch.Tensor], device: torch.device) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """(indices, inputs on ``device``) for consecutive batches of ``order``.
+
+    On the CPU the batches are made in this process, in order, exactly as before devices existed; on
+    CUDA by a data loader's worker processes into pinned memory (:func:`core.compute.loader_options`).
+    """
+    from core.compute import loader_options, to_device
+
+    dataset = _Batches(order, batch_size, make_inputs)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, **{k: v for k, v in loader_options(device).items() if k != "persistent_workers"})
+    for chosen, inputs in loader:
+        yield chosen.numpy(), to_device(inputs, device)
+
+
+@dataclass(frozen=True)
+class Replica:
+    """This process's part in a data-parallel training: replica ``rank`` of ``world``.
+
+    The default is the whole job in one process (the local path). Under Ray Train each worker is one
+    replica of a torch.distributed process group that Ray has already set up: the model is wrapped in
+    DDP, each replica trains on its own share of every epoch's order, and epoch sums are added up
+    over all replicas, so the curves describe the whole epoch.
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def leads(self) -> bool:
+        """Whether this replica reports curves and writes the result (rank 0)."""
+        return self.rank == 0
+
+    def shard(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+        """This replica's share of an epoch's order: the same number of samples on every replica (DDP needs
+        every replica to take the same steps), rank r taking positions r, r + world, ..."""
+        if self.world == 1:
+            return order
+        usable = len(order) - len(order) % self.world
+        return order[:usable][self.rank :: self.world]
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """``model`` as this replica trains it: itself alone, or inside DistributedDataParallel."""
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def sum(self, values: list[float], device: torch.device) -> list[float]:
+        """``values`` added up over every replica (the values themselves with one)."""
+        if self.world == 1:
+            return values
+        import torch.distributed as dist
+
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.compute import Compute, resolve_device
 from core.errors import Cancelled, UserError
 from core.runs import ModelConfig, RunBuilder, RunInfo
 from core.tables import trainable_mask
@@ -125,10 +126,14 @@ class TrainingJob:
     """One run in the making: the version's rows, the settings, progress, and the run's staging folder."""
 
     def __init__(self, workspace, name: str, version: int, table, rows: pd.DataFrame, settings: FamilySettings, builder: RunBuilder,
-                 progress: Progress | None, should_stop: Callable[[], bool] | None, on_curve: Callable[[dict], None] | None):
+                 progress: Progress | None, should_stop: Callable[[], bool] | None, on_curve: Callable[[dict], None] | None,
+                 compute: Compute = Compute()):
         self.workspace, self.name, self.version, self.table, self.rows = workspace, name, version, table, rows
         self.settings = settings  # a family may resolve a setting (the default embedding); the run records this
         self.builder = builder
+        self.compute = compute
+        self.device = resolve_device(compute.device)  # where this process's torch work runs (and Ray Train's result is scored)
+        self.launcher = "local"  # what ran the training loop: set by launch
         self.should_stop = should_stop
         self._progress, self._on_curve = progress, on_curve
         self.curves: list[dict] = []
@@ -139,6 +144,20 @@ class TrainingJob:
             raise Cancelled(f"Training cancelled during: {stage}.")
         if self._progress:
             self._progress(stage, fraction)
+
+    def launch(self, loop: Callable, *args, on_epoch: Callable[[dict], None], batch_size: int, **kwargs):
+        """Run a family's training loop (``train_resnet``, ``train_frozen``): here on the job's device, or, when the
+        job has a Ray address, as Ray Train's data-parallel workers (``core.cluster.train_on_ray``). One loop, two
+        launchers; either way it returns the loop's result with the best epoch's weights, here."""
+        from core.compute import out_of_memory_as_user_error
+
+        if self.compute.ray is None:
+            with out_of_memory_as_user_error(self.device, batch_size):
+                return loop(*args, device=self.device, on_epoch=on_epoch, should_stop=self.should_stop, **kwargs)
+        from core.cluster import train_on_ray
+
+        result, self.launcher = train_on_ray(loop, args, kwargs, self.compute, on_epoch=on_epoch, should_stop=self.should_stop, batch_size=batch_size)
+        return result
 
     def curve(self, row: dict, *, keep: bool = True) -> None:
         """One epoch of a curve: shown live and (``keep``) saved with the run as curves.parquet."""
@@ -247,13 +266,15 @@ class Family:
     settings_class: type[FamilySettings]
     model_types: tuple[str, ...]  # the model_type values its model_config.json can carry
     run_label: str  # part of its run ids
+    trains_on_ray: bool = False  # whether fit goes through TrainingJob.launch (Ray Train when the job has a Ray address)
 
     def fit(self, job: TrainingJob) -> FamilyResult:
         """Train on ``job``'s version, write the run's files through ``job``, return its record."""
         raise NotImplementedError
 
-    def classifier(self, run_dir: Path, model: ModelConfig, models_dir: Path):
-        """The saved model as a ``core.embed.Embedder`` whose vectors are class probabilities of images."""
+    def classifier(self, run_dir: Path, model: ModelConfig, models_dir: Path, device=None):
+        """The saved model as a ``core.embed.Embedder`` whose vectors are class probabilities of images,
+        running on the torch ``device`` (``core.compute.resolve_device``; the CPU by default)."""
         raise NotImplementedError
 
     def describe(self, run: RunInfo) -> str:

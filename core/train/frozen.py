@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,8 @@ import torch
 
 from core.errors import Cancelled
 from core.runs import ModelConfig, RunInfo
-from core.train.common import BestEpoch, augmentation, class_weights, inner_split, load_weights, make_optimizer, validation_scores
+from core.compute import autocast, prepare_model, to_device
+from core.train.common import BestEpoch, Replica, augmentation, batches, class_weights, inner_split, load_weights, make_optimizer, validation_scores
 from core.train.family import Family, FamilyResult, PublishedEmbedding, TrainingJob
 from core.train.settings import CLASS_WEIGHTINGS, IMAGE_AUGMENTATIONS, OPTIMIZERS, FamilySettings, setting
 
@@ -130,12 +131,17 @@ class FrozenResult:
     backbone_trained: bool
 
 
-def _inputs(data: np.ndarray, chosen: np.ndarray, transform) -> torch.Tensor:
-    batch = torch.from_numpy(np.ascontiguousarray(data[chosen]))
-    if transform is None:
-        return batch
-    # v2 transforms work on C x H x W; the backbone takes N x H x W x C.
-    return torch.stack([transform(image.permute(2, 0, 1)).permute(1, 2, 0) for image in batch])
+def _make_inputs(data: np.ndarray, transform) -> Callable[[np.ndarray], torch.Tensor]:
+    """indices -> the batch of ``data[indices]``: feature vectors, or uint8 N x H x W x C images through ``transform``."""
+
+    def make(chosen: np.ndarray) -> torch.Tensor:
+        batch = torch.from_numpy(np.ascontiguousarray(data[chosen]))
+        if transform is None:
+            return batch
+        # v2 transforms work on C x H x W; the backbone takes N x H x W x C.
+        return torch.stack([transform(image.permute(2, 0, 1)).permute(1, 2, 0) for image in batch])
+
+    return make
 
 
 def train_frozen(
@@ -148,27 +154,34 @@ def train_frozen(
     settings: FrozenBackboneSettings,
     *,
     class_weight: np.ndarray | None = None,
+    device: torch.device = torch.device("cpu"),
+    replica: Replica = Replica(),
     on_epoch: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> FrozenResult:
     """Train the head on ``data[train]``: feature vectors when ``backbone`` is None, else uint8 images.
 
-    Keeps the epoch with the best accuracy on ``data[val]``.
+    Keeps the epoch with the best accuracy on ``data[val]``. The one loop of this family, local or as
+    one of Ray Train's data-parallel replicas (see :class:`core.train.common.Replica`).
     """
     torch.manual_seed(settings.seed)
     order_rng = np.random.default_rng(settings.seed)
     d_in = data.shape[1] if backbone is None else _feature_dim(backbone, data[:1])
-    model = BackboneClassifier(backbone, build_head(d_in, settings.head_hidden, n_classes, tuple(settings.head_dropout)))
+    model = prepare_model(BackboneClassifier(backbone, build_head(d_in, settings.head_hidden, n_classes, tuple(settings.head_dropout))), device)
     if backbone is not None:
-        for parameter in backbone.parameters():
+        for parameter in model.backbone.parameters():
             parameter.requires_grad_(False)
     optimizer = make_optimizer(settings.optimizer, model.head.parameters(), settings.learning_rate, settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs)
-    groups = parameter_groups(backbone) if backbone is not None and settings.unfreeze_from > 0 else []
+    groups = parameter_groups(model.backbone) if backbone is not None and settings.unfreeze_from > 0 else []
     transform = augmentation(settings.augmentation, data.shape[1]) if backbone is not None else None
-    forward = model if backbone is not None else model.head
-    weight = torch.from_numpy(class_weight.astype(np.float32)) if class_weight is not None else None
-    labels = torch.from_numpy(y.astype(np.int64))
+    # What trains: the head alone (its input the features, or the frozen backbone's output under no_grad),
+    # or with unfreezing the whole model. DDP syncs the parameters that train when it wraps them, so a
+    # replica wraps the model again each time a group unfreezes.
+    trained = replica.wrap(model if groups else model.head, device)
+    weight = torch.from_numpy(class_weight.astype(np.float32)).to(device) if class_weight is not None else None
+    labels = torch.from_numpy(y.astype(np.int64)).to(device)
+    make_inputs = _make_inputs(data, transform)
     best, unfrozen = BestEpoch(), 0
     curves: list[dict] = []
     started = time.perf_counter()
@@ -180,26 +193,31 @@ def train_frozen(
             optimizer.add_param_group({"params": groups[unfrozen], "lr": optimizer.param_groups[0]["lr"] / 10, "initial_lr": settings.learning_rate / 10})
             scheduler.base_lrs.append(settings.learning_rate / 10)
             unfrozen += 1
+            trained = replica.wrap(model, device) if replica.world > 1 else trained
         model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        permuted = order_rng.permutation(train)
-        for start in range(0, len(permuted), settings.batch_size):
+        loss_sum, correct, seen = torch.zeros((), device=device, dtype=torch.float64), torch.zeros((), device=device, dtype=torch.long), 0
+        for chosen, inputs in batches(replica.shard(order_rng.permutation(train), settings.batch_size), settings.batch_size, make_inputs, device):
             if should_stop and should_stop():
                 raise Cancelled(f"Training stopped in epoch {epoch}.")
-            chosen = permuted[start : start + settings.batch_size]
-            logits = forward(_inputs(data, chosen, transform) if backbone is not None else torch.from_numpy(data[chosen]))
-            loss = torch.nn.functional.cross_entropy(logits, labels[chosen], weight=weight)
+            target = labels[torch.from_numpy(chosen).to(device)]
+            with autocast(device):
+                if backbone is not None and not groups:  # the frozen backbone needs no graph: only the head trains
+                    with torch.no_grad():
+                        inputs = model.backbone(inputs)
+                logits = trained(inputs)
+            loss = torch.nn.functional.cross_entropy(logits.float(), target, weight=weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss.detach()) * len(chosen)
-            correct += int((logits.detach().argmax(1) == labels[chosen]).sum())
+            loss_sum += loss.detach() * len(chosen)
+            correct += (logits.detach().argmax(1) == target).sum()
             seen += len(chosen)
+        loss_total, correct_total, seen_total = replica.sum([float(loss_sum), float(correct), float(seen)], device)
         learning_rate = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        probabilities = predict_frozen(model, data, val, features=backbone is None)
+        probabilities = predict_frozen(model, data, val, features=backbone is None, device=device)
         val_accuracy, val_loss = validation_scores(probabilities, y[val])
-        row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1), "val_loss": val_loss, "val_accuracy": val_accuracy, "learning_rate": learning_rate, "unfrozen_groups": unfrozen}
+        row = {"epoch": epoch, "train_loss": loss_total / max(seen_total, 1), "train_accuracy": correct_total / max(seen_total, 1), "val_loss": val_loss, "val_accuracy": val_accuracy, "learning_rate": learning_rate, "unfrozen_groups": unfrozen}
         curves.append(row)
         best.offer(model, epoch, val_accuracy)
         if on_epoch:
@@ -212,17 +230,31 @@ def _feature_dim(backbone: torch.nn.Module, sample: np.ndarray) -> int:
         return int(backbone.eval()(torch.from_numpy(np.ascontiguousarray(sample))).shape[1])
 
 
-def predict_frozen(model: BackboneClassifier, data: np.ndarray, indices: np.ndarray, *, features: bool, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities for ``data[indices]`` (feature vectors if ``features``, else uint8 images)."""
+def predict_frozen(model: BackboneClassifier, data: np.ndarray, indices: np.ndarray, *, features: bool, batch_size: int = 64, device: torch.device | None = None) -> np.ndarray:
+    """Class probabilities for ``data[indices]`` (feature vectors if ``features``, else uint8 images), on ``device``
+    (default: where the model is)."""
+    device = device or next(model.head.parameters()).device
     model.eval()
     forward = model.head if features else model
     out = []
     with torch.inference_mode():
-        for start in range(0, len(indices), batch_size):
-            chosen = np.asarray(indices[start : start + batch_size])
-            out.append(torch.softmax(forward(torch.from_numpy(np.ascontiguousarray(data[chosen]))), 1).numpy())
+        for _, inputs in batches(np.asarray(indices), batch_size, _make_inputs(data, None), device):
+            with autocast(device):
+                logits = forward(inputs)
+            out.append(torch.softmax(logits.float(), 1).cpu().numpy())
     n_classes = model.head[-1].out_features
     return np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
+
+
+def backbone_features(model: BackboneClassifier, images: np.ndarray, device: torch.device | None = None) -> np.ndarray:
+    """The (possibly fine-tuned) backbone's features of uint8 images, as float32."""
+    device = device or next(model.head.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for _, inputs in batches(np.arange(len(images)), 64, _make_inputs(images, None), device):
+            with autocast(device):
+                out.append(model.backbone(inputs).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.head[1].in_features), np.float32)
 
 
 def _training_inputs(job: TrainingJob, backbone_config, key: str) -> tuple[np.ndarray, object, int]:
@@ -252,6 +284,7 @@ class FrozenBackbone(Family):
     settings_class = FrozenBackboneSettings
     model_types = ("frozen-backbone",)
     run_label = "frozen"
+    trains_on_ray = True
 
     def fit(self, job: TrainingJob) -> FamilyResult:
         from sklearn.model_selection import StratifiedKFold
@@ -259,7 +292,7 @@ class FrozenBackbone(Family):
         from core.embed import embedder_key, torch_feature_model
 
         settings: FrozenBackboneSettings = job.settings
-        backbone_config = settings.backbone_config()
+        backbone_config = replace(settings.backbone_config(), device=job.compute.device)
         key = embedder_key(backbone_config)
         inputs, frame, missing = _training_inputs(job, backbone_config, key)
         data = job.labelled(frame, folds=settings.folds)
@@ -273,7 +306,7 @@ class FrozenBackbone(Family):
 
             weights = class_weights(codes[train], n_classes) if settings.class_weighting == "balanced" else None
             backbone = torch_feature_model(backbone_config)[0] if settings.needs_images else None
-            return train_frozen(inputs, codes, n_classes, train, val, backbone, settings, class_weight=weights, on_epoch=on_epoch, should_stop=job.should_stop)
+            return job.launch(train_frozen, inputs, codes, n_classes, train, val, backbone, settings, class_weight=weights, on_epoch=on_epoch, batch_size=settings.batch_size)
 
         probabilities = np.zeros((len(data.frame), n_classes), dtype=np.float32)
         role = np.full(len(data.frame), "not trained on", dtype=object)
@@ -297,11 +330,7 @@ class FrozenBackbone(Family):
         if not k:
             role[train], role[val], evaluated = "train", "validation", val
             accuracies = [final.best_accuracy]
-        if features:
-            vectors = inputs
-        else:
-            with torch.inference_mode():
-                vectors = np.concatenate([final.model.backbone(torch.from_numpy(inputs[s : s + 64])).numpy() for s in range(0, len(inputs), 64)])
+        vectors = inputs if features else backbone_features(final.model, inputs)
         job.write_samples(data, probabilities, vectors, trained_on=np.isin(np.arange(len(data.frame)), train), role=role, fold=fold_column)
         job.write_evaluation(codes[evaluated], probabilities[evaluated].argmax(1), data.label_names, "predicted label (out of fold)" if k else "predicted label (validation set)")
         accuracy = float(np.mean(accuracies))
@@ -329,25 +358,25 @@ class FrozenBackbone(Family):
             published=published,
         )
 
-    def classifier(self, run_dir: Path, model: ModelConfig, models_dir: Path):
+    def classifier(self, run_dir: Path, model: ModelConfig, models_dir: Path, device: torch.device = torch.device("cpu")):
         from core.embed import Embedder, EmbedderConfig, input_resolution, load_embedder, torch_feature_model
 
-        backbone_config = EmbedderConfig(**model.architecture["backbone"])
-        head = load_weights(build_head(model.input_dim, model.architecture["hidden"], model.n_classes, tuple(model.architecture["dropout"])), run_dir / "model" / "head.safetensors").eval()
+        backbone_config = EmbedderConfig(**model.architecture["backbone"], device=str(device))
+        head = prepare_model(load_weights(build_head(model.input_dim, model.architecture["hidden"], model.n_classes, tuple(model.architecture["dropout"])), run_dir / "model" / "head.safetensors"), device).eval()
         if model.architecture.get("backbone_trained"):
-            backbone = load_weights(torch_feature_model(backbone_config)[0], run_dir / "model" / "backbone.safetensors").eval()
-            features = lambda images: backbone(torch.from_numpy(np.ascontiguousarray(images)))  # noqa: E731
+            backbone = prepare_model(load_weights(torch_feature_model(backbone_config)[0], run_dir / "model" / "backbone.safetensors"), device).eval()
+            features = lambda images: backbone(to_device(torch.from_numpy(np.ascontiguousarray(images)), device))  # noqa: E731
             resolution = input_resolution(backbone_config)
-        else:  # the unchanged pretrained backbone: the fast runtime the embeddings came from
+        else:  # the unchanged pretrained backbone: the runtime the embeddings came from
             embedder = load_embedder(backbone_config, models_dir)
-            features = lambda images: torch.from_numpy(embedder.embed_batch(images))  # noqa: E731
+            features = lambda images: torch.from_numpy(embedder.embed_batch(images)).to(device)  # noqa: E731
             resolution = embedder.resolution
 
         def classify(images: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return torch.softmax(head(features(images)), 1).numpy()
+            with torch.inference_mode(), autocast(device):
+                return torch.softmax(head(features(images)).float(), 1).cpu().numpy()
 
-        return Embedder(f"run-{run_dir.name}", f"{backbone_config.kind} with a trained head", resolution, model.n_classes, "torch", classify)
+        return Embedder(f"run-{run_dir.name}", f"{backbone_config.kind} with a trained head", resolution, model.n_classes, f"torch {device}", classify)
 
     def describe(self, run: RunInfo) -> str:
         s = run.summary

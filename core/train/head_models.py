@@ -161,7 +161,7 @@ class StackedMLP(torch.nn.Module):
         for layer, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             position = layer * 3  # Linear, ReLU, Dropout per hidden layer
             state[f"{position}.weight"] = weight[index].detach().T.contiguous().clone()
-            state[f"{position}.bias"] = bias[index, 0].detach().clone()
+            state[f"{position}.bias"] = bias[index, 0].detach().clone()  # on the model's device (saved through .cpu())
         return state
 
 
@@ -209,6 +209,7 @@ def fit_mlps(
     *,
     on_epoch: EpochCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    device: torch.device = torch.device("cpu"),
 ) -> MlpResult:
     """Train one MLP per (train set, validation set) pair, all at once.
 
@@ -219,13 +220,15 @@ def fit_mlps(
     """
     generator = torch.Generator().manual_seed(settings.seed)
     n_models = len(train_sets)
-    X_t = torch.from_numpy(np.asarray(X, dtype=np.float32))
-    y_t = torch.from_numpy(y.astype(np.int64))
-    model = StackedMLP(n_models, X_t.shape[1], settings.hidden, n_classes, settings.dropout, generator)
+    # The data, the models and their batches live on ``device``; the shuffles are drawn on the CPU, so a
+    # seed orders the batches the same on every device.
+    X_t = torch.from_numpy(np.asarray(X, dtype=np.float32)).to(device)
+    y_t = torch.from_numpy(y.astype(np.int64)).to(device)
+    model = StackedMLP(n_models, X_t.shape[1], settings.hidden, n_classes, settings.dropout, generator).to(device)
     optimizer = make_optimizer(settings.optimizer, model.parameters(), settings.learning_rate, settings.weight_decay)
     weights = torch.stack([
         torch.from_numpy(class_weights(y[t], n_classes) if settings.balanced else np.ones(n_classes, np.float32)) for t in train_sets
-    ])  # (models, classes)
+    ]).to(device)  # (models, classes)
     train_sets_t = [torch.from_numpy(t.astype(np.int64)) for t in train_sets]
     longest = max(len(t) for t in train_sets)
     steps = math.ceil(longest / settings.batch_size)
@@ -234,8 +237,8 @@ def fit_mlps(
     best_epoch = [0] * n_models
     done = [False] * n_models
     curves: list[dict] = []
-    val_x = [X_t[torch.from_numpy(v.astype(np.int64))] for v in val_sets]
-    val_y = [y_t[torch.from_numpy(v.astype(np.int64))] for v in val_sets]
+    val_x = [X_t[torch.from_numpy(v.astype(np.int64)).to(device)] for v in val_sets]
+    val_y = [y_t[torch.from_numpy(v.astype(np.int64)).to(device)] for v in val_sets]
 
     for epoch in range(1, settings.max_epochs + 1):
         if should_stop and should_stop():
@@ -247,8 +250,8 @@ def fit_mlps(
             order = t[torch.randperm(len(t), generator=generator)]
             repeats = math.ceil(steps * settings.batch_size / len(order))
             orders.append(order.repeat(repeats)[: steps * settings.batch_size])
-        order_matrix = torch.stack(orders).view(n_models, steps, settings.batch_size)
-        loss_sum = torch.zeros(n_models)
+        order_matrix = torch.stack(orders).view(n_models, steps, settings.batch_size).to(device)
+        loss_sum = torch.zeros(n_models, device=device)
         for step in range(steps):
             batch = order_matrix[:, step]  # (models, batch)
             logits = model(X_t[batch])
@@ -266,7 +269,7 @@ def fit_mlps(
                 float((_forward_one(model, m, vx).argmax(1) == vy).float().mean()) if len(vy) else 0.0
                 for m, (vx, vy) in enumerate(zip(val_x, val_y))
             ])
-        train_loss = (loss_sum / steps).numpy()
+        train_loss = (loss_sum / steps).cpu().numpy()
         for m in range(n_models):
             if done[m]:
                 continue
@@ -301,7 +304,9 @@ def _forward_one(model: StackedMLP, index: int, x: torch.Tensor) -> torch.Tensor
 
 
 def mlp_predict_proba(model: StackedMLP, index: int, X: np.ndarray) -> np.ndarray:
+    """Class probabilities of model ``index`` for the rows of ``X``, computed where the model is."""
+    device = model.biases[-1].device
     with torch.no_grad():
         x = torch.from_numpy(np.asarray(X, dtype=np.float32))
-        parts = [torch.softmax(_forward_one(model, index, x[s : s + 8192]), dim=1) for s in range(0, len(x), 8192)]
+        parts = [torch.softmax(_forward_one(model, index, x[s : s + 8192].to(device)), dim=1).cpu() for s in range(0, len(x), 8192)]
         return torch.cat(parts).numpy() if parts else np.zeros((0, model.biases[-1].shape[-1]), np.float32)

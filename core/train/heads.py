@@ -225,7 +225,7 @@ class Heads(Family):
             job.curve({"stage": f"{head} cv (mean of folds)", "epoch": epoch, "train_loss": float(np.mean(losses)), "val_accuracy": float(np.mean(accuracies))}, keep=False)
             job.report(f"cross-validating {head}: epoch {epoch} (val acc {np.mean(accuracies):.3f})", (number + min(epoch / settings.epochs, 1)) / share)
 
-        result = fit_mlps(X, y, n_classes, [s[0] for s in splits], [s[1] for s in splits], _mlp_training(settings, settings.epochs, head), on_epoch=on_epoch, should_stop=job.should_stop)
+        result = fit_mlps(X, y, n_classes, [s[0] for s in splits], [s[1] for s in splits], _mlp_training(settings, settings.epochs, head), on_epoch=on_epoch, should_stop=job.should_stop, device=job.device)
         job.curves += [{"head": head, "stage": "cv", "fold": row["model"], **row} for row in result.curves]
         for fold, (_, test) in enumerate(folds):
             probabilities[test] = mlp_predict_proba(result.model, fold, X[test])
@@ -241,7 +241,7 @@ class Heads(Family):
             model = _logistic(settings).fit(X, y, n_classes)
             return _Final(model.predict_proba, model, None)
         train, val = inner_split(np.arange(len(y)), y, settings.validation_split, settings.seed)
-        result = fit_mlps(X, y, n_classes, [train], [val], _mlp_training(settings, settings.final_epochs, best), should_stop=job.should_stop)
+        result = fit_mlps(X, y, n_classes, [train], [val], _mlp_training(settings, settings.final_epochs, best), should_stop=job.should_stop, device=job.device)
         job.curves += [{"head": best, "stage": "final", "fold": row["model"], **row} for row in result.curves]
         return _Final(lambda vectors: mlp_predict_proba(result.model, 0, vectors), result.model, result.best_epoch[0])
 
@@ -251,7 +251,7 @@ class Heads(Family):
         if best in TRAINED_HEADS:
             from safetensors.torch import save_file
 
-            save_file(final.model.single(0), str(job.builder.model_dir / "model.safetensors"))
+            save_file({k: v.cpu() for k, v in final.model.single(0).items()}, str(job.builder.model_dir / "model.safetensors"))
             linear = best == "softmax"
             architecture = {"hidden_units": [] if linear else list(settings.mlp_hidden), "dropout": [] if linear else list(settings.mlp_dropout), "epochs_trained_best": final.best_epoch}
             layout = "torch.nn.Sequential state dict (Linear, ReLU, Dropout per hidden layer)"
@@ -266,7 +266,7 @@ class Heads(Family):
 
     # ------------------------------------------------------------------ loading
 
-    def classifier(self, run_dir: Path, model: ModelConfig, models_dir: Path):
+    def classifier(self, run_dir: Path, model: ModelConfig, models_dir: Path, device: torch.device = torch.device("cpu")):
         from core.embed import Embedder, EmbedderConfig, load_embedder
         from core.workspace import DatasetPaths
 
@@ -275,7 +275,8 @@ class Heads(Family):
         meta_path = paths.embedding(model.embedding) / "meta.json"
         if not meta_path.exists():
             raise UserError(f"The embedder '{model.embedding}' this model needs is not recorded beside the run; re-run `embed` in its data set.")
-        embedder = load_embedder(EmbedderConfig(**json.loads(meta_path.read_text(encoding="utf-8"))["config"]), models_dir)
+        # The embedder that made the vectors it trained on, run on ``device``; the head itself is small and stays on the CPU.
+        embedder = load_embedder(EmbedderConfig(**{**json.loads(meta_path.read_text(encoding="utf-8"))["config"], "device": str(device)}), models_dir)
         if embedder.dim != model.input_dim:
             raise UserError(f"The model expects {model.input_dim}-d embeddings but '{embedder.key}' gives {embedder.dim}-d.")
         return Embedder(f"run-{run_dir.name}", f"{model.model_type} on {embedder.key}", embedder.resolution, model.n_classes, embedder.runtime, lambda images: predict_vectors(embedder.embed_batch(images)))

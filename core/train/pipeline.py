@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import pandas as pd
 
+from core.compute import Compute, describe_device
+from core.errors import UserError
 from core.runs import RunBuilder, RunInfo, RunSummary
 from core.train.family import Progress, PublishedEmbedding, TrainingJob
 from core.train.heads import HeadsSettings
@@ -32,22 +34,31 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     on_curve: Callable[[dict], None] | None = None,
     trigger: str = "user",
+    compute: Compute = Compute(),
 ) -> RunInfo:
     """Train ``settings.family`` on ``version`` (the latest if None): the one entry point for the CLI and the Train page.
 
     ``on_curve`` receives one row per epoch (stage, epoch, train_loss, val_accuracy, ...) as it happens.
     ``trigger`` is recorded with the run: ``"user"`` for a run someone started, ``"after commit"`` for the
-    automatic quick heads, so pages can tell a user's own run from a background one.
+    automatic quick heads, so pages can tell a user's own run from a background one. ``compute`` says where it
+    runs (``core.compute.Compute``: the torch device, a Ray cluster for the image models); the run records both.
     """
     family = get_family(settings.family)
     settings.validate()
+    compute.validate()
+    if compute.ray is not None:
+        if not family.trains_on_ray:
+            raise UserError(f"--ray trains the image models (resnet18-scratch, frozen-backbone); {family.name} trains here, in seconds. Drop --ray, or run several settings on Ray with `sweep`.")
+        from core.cluster import check_answers
+
+        check_answers(compute.ray)  # before any image is loaded
     started = time.perf_counter()
     table = open_table(workspace, name)
     version = version or table.head_version()
     rows = table.read(version)
     builder = RunBuilder(workspace, name, f"v{version}-{family.run_label}", trigger=trigger)
     try:
-        job = TrainingJob(workspace, name, version, table, rows, settings, builder, progress, should_stop, on_curve)
+        job = TrainingJob(workspace, name, version, table, rows, settings, builder, progress, should_stop, on_curve, compute)
         result = family.fit(job)
         builder.json("config.json", job.settings.to_dict())
         if job.curves:
@@ -58,6 +69,7 @@ def train(
             accuracy_by_model=result.accuracy_by_model, folds=result.folds, n_labelled=result.n_labelled, n_samples=result.n_samples,
             not_embedded=result.not_embedded, embedding=result.embedding, train_seconds=round(time.perf_counter() - started, 2),
             best_epoch=result.best_epoch, seconds_per_epoch=result.seconds_per_epoch, note=result.note, figures=result.figures,
+            device=describe_device(job.device), launcher=job.launcher,
         ))
     except BaseException:
         builder.abandon()  # nothing half-written is ever listed as a run

@@ -23,7 +23,8 @@ import torch
 
 from core.errors import Cancelled
 from core.runs import ModelConfig, RunInfo
-from core.train.common import BestEpoch, augmentation, inner_split, load_weights, make_optimizer, validation_scores
+from core.compute import autocast, prepare_model
+from core.train.common import BestEpoch, Replica, augmentation, batches, inner_split, load_weights, make_optimizer, validation_scores
 from core.train.family import Family, FamilyResult, PublishedEmbedding, TrainingJob
 from core.train.settings import IMAGE_AUGMENTATIONS, OPTIMIZERS, FamilySettings, setting
 
@@ -70,11 +71,14 @@ def _transforms(name: str):
     return v2.Compose([random, *normalise, *erasing]), evaluation
 
 
-def _batches(images: np.ndarray, indices: np.ndarray, transform, size: int):
-    for start in range(0, len(indices), size):
-        chosen = indices[start : start + size]
+def _make_inputs(images: np.ndarray, transform) -> Callable[[np.ndarray], torch.Tensor]:
+    """indices -> the transformed batch of ``images[indices]`` (uint8 N x H x W x 3 in, float N x 3 x 128 x 128 out)."""
+
+    def make(chosen: np.ndarray) -> torch.Tensor:
         tensors = torch.from_numpy(images[chosen]).permute(0, 3, 1, 2)  # uint8 NCHW
-        yield chosen, torch.stack([transform(t) for t in tensors])
+        return torch.stack([transform(t) for t in tensors])
+
+    return make
 
 
 @dataclass
@@ -94,44 +98,54 @@ def train_resnet(
     val: np.ndarray,
     settings: ResnetScratchSettings,
     *,
+    device: torch.device = torch.device("cpu"),
+    replica: Replica = Replica(),
     on_epoch: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> ResnetResult:
-    """Train on ``images[train]`` (uint8 N x 136 x 136 x 3), keep the best epoch by accuracy on ``images[val]``."""
+    """Train on ``images[train]`` (uint8 N x 136 x 136 x 3), keep the best epoch by accuracy on ``images[val]``.
+
+    The one training loop of this family: run locally (``replica`` = the whole job) or as one of
+    Ray Train's data-parallel workers (``core.cluster.train_on_ray``), where each replica trains on
+    its share of every epoch's batches and DDP averages the gradients.
+    """
     torch.manual_seed(settings.seed)
     generator = np.random.default_rng(settings.seed)
-    model = build_model(n_classes)
+    model = prepare_model(build_model(n_classes), device)
+    trained = replica.wrap(model, device)
     optimizer = make_optimizer(settings.optimizer, model.parameters(), settings.learning_rate, settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=10, T_mult=2)
     train_transform, eval_transform = _transforms(settings.augmentation)
-    labels = torch.from_numpy(y.astype(np.int64))
+    labels = torch.from_numpy(y.astype(np.int64)).to(device)
     best = BestEpoch()
     curves: list[dict] = []
     started = time.perf_counter()
     for epoch in range(1, settings.epochs + 1):
-        model.train()
-        order = generator.permutation(train)
-        loss_sum, correct, seen = 0.0, 0, 0
-        for chosen, batch in _batches(images, order, train_transform, settings.batch_size):
+        trained.train()
+        order = replica.shard(generator.permutation(train), settings.batch_size)
+        loss_sum, correct, seen = torch.zeros((), device=device, dtype=torch.float64), torch.zeros((), device=device, dtype=torch.long), 0
+        for chosen, batch in batches(order, settings.batch_size, _make_inputs(images, train_transform), device):
             if should_stop and should_stop():
                 raise Cancelled(f"Training stopped in epoch {epoch}.")
             if len(chosen) < 2:  # BatchNorm cannot train on a single sample
                 continue
-            target = labels[chosen]
-            logits = model(batch)
-            loss = torch.nn.functional.cross_entropy(logits, target)
+            target = labels[torch.from_numpy(chosen).to(device)]
+            with autocast(device):
+                logits = trained(batch)
+            loss = torch.nn.functional.cross_entropy(logits.float(), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            loss_sum += float(loss.detach()) * len(chosen)
-            correct += int((logits.argmax(1) == target).sum())
+            loss_sum += loss.detach() * len(chosen)
+            correct += (logits.argmax(1) == target).sum()
             seen += len(chosen)
+        loss_total, correct_total, seen_total = replica.sum([float(loss_sum), float(correct), float(seen)], device)
         learning_rate = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        probabilities = predict(model, images, val, eval_transform)
+        probabilities = predict(model, images, val, eval_transform, device=device)
         val_accuracy, val_loss = validation_scores(probabilities, y[val])
-        row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1), "val_loss": val_loss, "val_accuracy": val_accuracy, "learning_rate": learning_rate}
+        row = {"epoch": epoch, "train_loss": loss_total / max(seen_total, 1), "train_accuracy": correct_total / max(seen_total, 1), "val_loss": val_loss, "val_accuracy": val_accuracy, "learning_rate": learning_rate}
         curves.append(row)
         best.offer(model, epoch, val_accuracy)
         if on_epoch:
@@ -139,19 +153,23 @@ def train_resnet(
     return ResnetResult(best.restore(model), best.epoch, best.accuracy, curves, (time.perf_counter() - started) / max(settings.epochs, 1))
 
 
-def predict(model: torch.nn.Module, images: np.ndarray, indices: np.ndarray, transform=None, with_features: bool = False):
-    """Probabilities (and the 512-d penultimate features) for ``images[indices]``, in evaluation mode."""
+def predict(model: torch.nn.Module, images: np.ndarray, indices: np.ndarray, transform=None, with_features: bool = False, *, device: torch.device | None = None):
+    """Probabilities (and the 512-d penultimate features) for ``images[indices]``, in evaluation mode, on ``device``
+    (default: where the model is)."""
     transform = transform or _transforms("none")[1]
+    device = device or next(model.parameters()).device
     model.eval()
     probabilities, features = [], []
     captured = {}
     hook = model.fc.register_forward_hook(lambda module, inputs, output: captured.__setitem__("features", inputs[0])) if with_features else None
     try:
         with torch.inference_mode():
-            for _, batch in _batches(images, np.asarray(indices), transform, 64):
-                probabilities.append(torch.softmax(model(batch), 1).numpy())
+            for _, batch in batches(np.asarray(indices), 64, _make_inputs(images, transform), device):
+                with autocast(device):
+                    logits = model(batch)
+                probabilities.append(torch.softmax(logits.float(), 1).cpu().numpy())
                 if with_features:
-                    features.append(captured["features"].numpy().copy())
+                    features.append(captured["features"].float().cpu().numpy().copy())
     finally:
         if hook:
             hook.remove()
@@ -169,6 +187,7 @@ class ResnetScratch(Family):
     settings_class = ResnetScratchSettings
     model_types = ("resnet18-scratch",)
     run_label = "resnet18"
+    trains_on_ray = True
 
     def fit(self, job: TrainingJob) -> FamilyResult:
         settings: ResnetScratchSettings = job.settings
@@ -180,7 +199,7 @@ class ResnetScratch(Family):
             job.curve({"stage": "resnet18", **row})
             job.report(f"epoch {row['epoch']} of {settings.epochs}: val acc {row['val_accuracy']:.3f}", 0.1 + 0.8 * row["epoch"] / settings.epochs)
 
-        result = train_resnet(images, data.codes, data.n_classes, train, val, settings, on_epoch=on_epoch, should_stop=job.should_stop)
+        result = job.launch(train_resnet, images, data.codes, data.n_classes, train, val, settings, on_epoch=on_epoch, batch_size=settings.batch_size)
         job.report("scoring every sample", 0.92)
         kept = np.flatnonzero(readable)
         probabilities, features = predict(result.model, images, kept, with_features=True)
@@ -201,11 +220,11 @@ class ResnetScratch(Family):
             published=PublishedEmbedding("trained-{run_id}", "ResNet-18 trained here (run {run_id})", job.rows["content_hash"].to_numpy()[kept], features, "trained"),
         )
 
-    def classifier(self, run_dir: Path, model: ModelConfig, models_dir: Path):
+    def classifier(self, run_dir: Path, model: ModelConfig, models_dir: Path, device: torch.device = torch.device("cpu")):
         from core.embed import Embedder
 
-        net = load_weights(build_model(model.n_classes), run_dir / "model" / "model.safetensors").eval()
-        return Embedder(f"run-{run_dir.name}", "ResNet-18 trained here", LOAD_SIZE, model.n_classes, "torch", lambda images: predict(net, images, np.arange(len(images))))
+        net = prepare_model(load_weights(build_model(model.n_classes), run_dir / "model" / "model.safetensors"), device).eval()
+        return Embedder(f"run-{run_dir.name}", "ResNet-18 trained here", LOAD_SIZE, model.n_classes, f"torch {device}", lambda images: predict(net, images, np.arange(len(images))))
 
     def describe(self, run: RunInfo) -> str:
         s = run.summary

@@ -51,9 +51,12 @@ def build_encoder(d_in: int, settings: TripletSettings) -> torch.nn.Module:
 
 
 def encode(encoder: torch.nn.Module, X: np.ndarray) -> np.ndarray:
+    """Unit-length encoder outputs of the rows of ``X``, computed where the encoder is."""
+    device = next(encoder.parameters()).device
+    X = np.asarray(X, dtype=np.float32)
     with torch.no_grad():
-        out = encoder.eval()(torch.from_numpy(np.asarray(X, dtype=np.float32)))
-        return torch.nn.functional.normalize(out, dim=1).numpy()
+        parts = [torch.nn.functional.normalize(encoder.eval()(torch.from_numpy(X[s : s + 65536]).to(device)), dim=1).cpu() for s in range(0, len(X), 65536)]
+        return torch.cat(parts).numpy() if parts else np.zeros((0, encoder[-1].out_features), np.float32)
 
 
 def train_triplet_encoder(
@@ -63,6 +66,7 @@ def train_triplet_encoder(
     *,
     on_epoch: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    device: torch.device = torch.device("cpu"),
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Train on labelled vectors ``X`` with integer labels ``y`` (every class needs 2 samples).
 
@@ -72,10 +76,10 @@ def train_triplet_encoder(
     """
     generator = np.random.default_rng(settings.seed)
     torch.manual_seed(settings.seed)
-    encoder = build_encoder(X.shape[1], settings)
+    encoder = build_encoder(X.shape[1], settings).to(device)
     optimizer = make_optimizer(settings.optimizer, encoder.parameters(), settings.learning_rate, settings.weight_decay)
     loss_fn = torch.nn.TripletMarginLoss(margin=settings.margin)
-    X_t = torch.from_numpy(np.asarray(X, dtype=np.float32))
+    X_t = torch.from_numpy(np.asarray(X, dtype=np.float32)).to(device)
     members = {c: np.flatnonzero(y == c) for c in np.unique(y)}
     curves = []
     for epoch in range(1, settings.epochs + 1):
@@ -98,7 +102,7 @@ def train_triplet_encoder(
         total, steps = 0.0, 0
         for start in range(0, len(anchors), settings.batch_size):
             part = slice(start, start + settings.batch_size)
-            a, p, n = (torch.nn.functional.normalize(encoder(X_t[idx[part]]), dim=1) for idx in (anchors, positives, negatives))
+            a, p, n = (torch.nn.functional.normalize(encoder(X_t[torch.from_numpy(idx[part]).to(device)]), dim=1) for idx in (anchors, positives, negatives))
             loss = loss_fn(a, p, n)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -131,7 +135,7 @@ class Triplet(Family):
             job.curve({"stage": "triplet", **row})
             job.report(f"epoch {row['epoch']} of {settings.epochs}: loss {row['train_loss']:.4f}", row["epoch"] / settings.epochs)
 
-        encoder, _ = train_triplet_encoder(embeddings.vectors[data.labelled], data.y, settings, on_epoch=on_epoch, should_stop=job.should_stop)
+        encoder, _ = train_triplet_encoder(embeddings.vectors[data.labelled], data.y, settings, on_epoch=on_epoch, should_stop=job.should_stop, device=job.device)
         encoded = encode(encoder, embeddings.vectors)
         job.builder.weights("model.safetensors", encoder)
         model = ModelConfig(
@@ -146,7 +150,7 @@ class Triplet(Family):
             published=PublishedEmbedding("triplet-{run_id}", f"triplet encoder trained here (run {{run_id}}) on '{key}'", embeddings.content_hashes, encoded, "triplet"),
         )
 
-    def classifier(self, run_dir: Path, model: ModelConfig, models_dir: Path):
+    def classifier(self, run_dir: Path, model: ModelConfig, models_dir: Path, device=None):
         raise UserError("A triplet-encoder run is an embedding, not a classifier: train heads on its embedding (`train NAME --embedding triplet-<run>`) and predict with that run.")
 
     def describe(self, run: RunInfo) -> str:
