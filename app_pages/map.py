@@ -16,6 +16,7 @@ from components.data_cache import (
     version_rows,
 )
 from components.gallery import labelled_thumbnails, plain
+from components.compute_setting import current_compute
 from components.jobs import follow_job, running, start_job
 from components.scatter3d import publish_map, scatter3d
 from components.session import (
@@ -79,8 +80,9 @@ if not embeddings:
         rate = last_rate(workspace(), f"embed {EmbedderConfig().kind}")
         st.info("These images have no embeddings yet. Embedding runs EfficientNet-Lite0 (ImageNet-pretrained) over every image" + (f": {rate.estimate(len(rows))}." if rate else "."))
         if st.button("Embed the images", type="primary"):
+            compute = current_compute()
             start_job(embed_key, "embedding", lambda job: embed_dataset(
-                workspace(), name, EmbedderConfig(), version=version, should_stop=job.should_stop,
+                workspace(), name, EmbedderConfig(device=compute.device), version=version, should_stop=job.should_stop, ray=compute.ray,
                 progress=lambda done, total: job.progress(f"{done:,} of {total:,} images", done / max(total, 1)),
             ))
             st.rerun()

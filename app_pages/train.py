@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import io
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from components.charts import confusion_chart
+from components.compute_setting import current_compute
 from components.data_cache import version_rows
 from components.gallery import plain, thumbnail_grid
 from components.jobs import current_job, follow_job, start_job
@@ -74,8 +76,11 @@ def job_panel() -> None:
 
 
 def start(settings: FamilySettings) -> None:
-    description = f"{settings.family} on v{version}"
-    start_job(job_key, description, lambda job: train(workspace(), name, settings, version=version, progress=job.progress, should_stop=job.should_stop, on_curve=job.add_curve))
+    compute = current_compute()
+    if not FAMILIES[settings.family].trains_on_ray:  # heads and the triplet encoder train here in seconds; Ray is for the image models
+        compute = replace(compute, ray=None, workers=1, gpus_per_worker=0.0)
+    description = f"{settings.family} on v{version}" + (f" on Ray ({compute.ray})" if compute.ray else "")
+    start_job(job_key, description, lambda job: train(workspace(), name, settings, version=version, progress=job.progress, should_stop=job.should_stop, on_curve=job.add_curve, compute=compute))
     st.session_state[keys(name).train_started] = True
 
 
@@ -92,7 +97,8 @@ def show_run(run) -> None:
     summary = run.summary
     cv = load_json(run, "cv.json") if (run.path / "cv.json").exists() else {"heads": {}}
     st.subheader(f"Run {run.run_id}")
-    st.caption(summary.note or f"{summary.folds}-fold cross-validation; per-sample scores are out of fold.")
+    where = f" Trained on {summary.device}" + (f", {summary.launcher}" if summary.launcher != "local" else "") + "." if summary.device else ""
+    st.caption((summary.note or f"{summary.folds}-fold cross-validation; per-sample scores are out of fold.") + where)
     if cv["heads"]:
         table_rows = [{"model": head, "mean accuracy": round(v["mean"], 4), "std": round(v["std"], 4), "folds": ", ".join(f"{a:.3f}" for a in v["fold_accuracy"]), "seconds": v.get("seconds"), "best": head == cv.get("best")} for head, v in cv["heads"].items()]
         st.dataframe(pd.DataFrame(table_rows), hide_index=True, width="stretch")
@@ -142,11 +148,50 @@ def predict_section(run) -> None:
         with_probabilities = st.checkbox("Add one probability column per class")
         go = st.form_submit_button("Predict")
     if go:
+        compute = current_compute()
         start_job(key, f"predicting with {run.run_id}", lambda job: predict_folder(
-            run.run_id, folder, out, workspace(), probabilities=with_probabilities,
+            run.run_id, folder, out, workspace(), probabilities=with_probabilities, compute=replace(compute, workers=1, gpus_per_worker=0.0),
             progress=lambda done, total: job.progress(f"{done:,} of {total:,} images", done / max(total, 1)),
         ))
         st.rerun()
+
+
+def sweep_section() -> None:
+    """A grid of settings of one family, trained as Ray Tune trials (core.sweep); the trials, best first."""
+    from core.sweep import list_sweeps, parse_grid, run_sweep
+
+    key = f"sweep:{name}"
+    follow_job(key)  # progress and Cancel while it runs; its error, if it fails
+    if not job_running(key):
+        compute = current_compute()
+        family = st.selectbox("Model family", list(FAMILIES), format_func=lambda f: FAMILIES[f].title, key="sweep-family")
+        with st.form(f"sweep-{family}"):
+            names = ", ".join(info.name for info in FAMILIES[family].settings_class.settings() if info.name != "seed")
+            grid_text = st.text_area(
+                "Grid: one setting per line, its values separated by commas", "learning_rate=1e-3,5e-4\nbatch_size=16,32" if family != "heads" else "heads=mlp\nlearning_rate=1e-3,5e-4\nbatch_size=32,64",
+                help=f"Settings of this family: {names}. A setting that is itself a list (hidden units) separates its values by ';'. Every other setting keeps the family's recipe.",
+            )
+            left, right = st.columns(2)
+            samples = left.number_input("Seeds per combination", 1, 100, 1)
+            asha = right.checkbox("ASHA early stopping", help="End the trials whose validation accuracy trails at each rung (their runs are not kept).")
+            st.caption(f"Runs on {'a Ray started on this machine' if compute.ray is None else 'Ray at ' + compute.ray} (the Compute setting in the sidebar).")
+            go = st.form_submit_button("Start the sweep")
+        if go:
+            lines = [line.strip() for line in grid_text.splitlines() if line.strip()]
+            grid = parse_grid(family, lines)
+            start_job(key, f"sweep of {family} on v{version}", lambda job: run_sweep(
+                workspace(), name, family, grid, samples=int(samples), asha=asha, ray=compute.ray or "local", device=compute.device, version=version,
+                progress=job.progress, should_stop=job.should_stop,
+            ))
+            st.rerun()
+    sweeps = [record for record in list_sweeps(workspace(), name) if record.version == version]
+    if sweeps:
+        record = sweeps[0]
+        st.markdown(f"**Latest sweep on version {version}**: {record.family}, {len(record.trials)} trials in {record.seconds:.0f} s"
+                    + (f"; best: run {record.best_run}" if record.best_run else "; no trial finished"))
+        frame = record.frame()
+        st.dataframe(frame.drop(columns=["error"] if not frame["error"].astype(bool).any() else []), hide_index=True, width="stretch",
+                     column_config={"accuracy": st.column_config.NumberColumn("accuracy (own labels, held out)", format="%.4f"), "best": st.column_config.CheckboxColumn("best")})
 
 
 job = current_job(job_key)
@@ -163,6 +208,9 @@ if running:
     st.fragment(job_panel, run_every=1.0)()
 else:
     job_panel()
+
+with st.expander("Sweep: try several settings, each as a run"):
+    sweep_section()
 
 runs = list_runs(workspace(), name, version)
 if not runs:

@@ -19,6 +19,9 @@ MAP_MESSAGE_DEFAULT = "map-message-default"  # the message the Map page last sug
 MAP_SELECTED_COUNT = "map-selected-count"
 FINISHED_JOBS_SEEN = "finished-jobs-seen"  # (job key, start time) of background jobs whose result this session was shown
 IMPORTED = "imported"  # the import that just finished, shown once at the top of the Data page
+COMPUTE = "compute"  # the compute setting (core.compute.Compute) this session's jobs run with
+COMPUTE_CHANGED = "compute-changed"  # the compute setting was just changed: its expander opens once to show the outcome
+COMPUTE_SEEN = "compute-seen"  # what the last "Check" of the Ray address found (a line of text)
 OWNER = "owner"  # a random token naming this session: jobs only it should see the end of (an import) carry it  # how many samples the map's selection holds (read by tests and benchmarks)
 
 

@@ -7,6 +7,7 @@ import time
 
 import streamlit as st
 
+from components.compute_setting import compute_setting
 from components.session import choose_dataset, current_dataset, keys
 from core.storage import Location
 from core.tables import LabelTable
@@ -175,4 +176,6 @@ def open_current_version() -> tuple[LabelTable, str, int]:
     if table is None:
         st.info("No data set yet: open the Data page to build the demo or import images.")
         st.stop()
-    return table, current_dataset(), pick_version(table)
+    version = pick_version(table)
+    compute_setting()  # under the version: where this page's jobs run
+    return table, current_dataset(), version

@@ -121,24 +121,35 @@ def _connect(address: str) -> None:
         ) from None
 
 
+_connection_lock = threading.Lock()
+_users = 0  # jobs of this process inside ray_cluster now
+_started_here = False  # whether ray_cluster made this process's connection (and so closes it)
+
+
 @contextlib.contextmanager
 def ray_cluster(address: str) -> Iterator[ClusterInfo]:
     """Connected to the Ray at ``address`` for the block; a Ray this started is stopped after it.
 
-    If this process is already connected (a test's cluster, an earlier job of the app), that
-    connection is used as it is and left open.
+    If this process is already connected (a test's cluster, another job of the app), that connection is
+    used as it is: one process has one Ray connection, whatever address a later job names.
     """
     import ray
 
     validate_address(address)
-    started = not ray.is_initialized()
-    if started:
-        _connect(address)
+    global _users, _started_here
+    with _connection_lock:  # jobs of one app process share one connection; the last to finish closes what this started
+        if not ray.is_initialized():
+            _connect(address)
+            _started_here = True
+        _users += 1
     try:
         yield cluster_info(address)
     finally:
-        if started:
-            ray.shutdown()
+        with _connection_lock:
+            _users -= 1
+            if _users == 0 and _started_here:
+                ray.shutdown()
+                _started_here = False
 
 
 def cluster_info(address: str) -> ClusterInfo:
@@ -420,4 +431,5 @@ def root_message(error: BaseException | None) -> str:
     while error.__cause__ is not None:
         error = error.__cause__
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else type(error).__name__
+    # Ray's rendering of a worker's error ends with "module.ExceptionType: message": keep the message.
+    return re.sub(r"^(?:[A-Za-z_][\w.]*(?:Error|Exception)(?:\([^)]*\))?: )+", "", lines[-1])[:300] if lines else type(error).__name__

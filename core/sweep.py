@@ -176,12 +176,19 @@ def run_sweep(
     """
     from core.cluster import ray_cluster
     from core.compute import validate_device
-    from core.train.registry import default_settings
+    from core.train.registry import default_settings, get_family
 
     base = dict(base or {})
     if not 1 <= samples <= 100:
         raise UserError(f"--samples {samples} is out of range: use 1 to 100.")
     validate_device(device)
+    if "embedding" in {info.name for info in get_family(family).settings_class.settings()} and "embedding" not in base and "embedding" not in grid:
+        from core.embed import preferred_embedding
+
+        # What the Train page's form starts from: the embedding cached here (the default embedder's when there is one).
+        base["embedding"] = preferred_embedding(workspace, name)
+        if base["embedding"] is None:
+            raise UserError(f"'{name}' has no embeddings yet: the {family} family trains on them. Run `python -m core embed {name}` (or the Embed button) first.")
     combos = combinations(grid)
     first_seed = default_settings(family, **base).seed
     for combo in combos:
@@ -194,26 +201,12 @@ def run_sweep(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    class _Progress(tune.Callback):
-        done = 0
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self.done += 1
-            if progress:
-                progress(f"{self.done} of {n_trials} trials finished", self.done / n_trials)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self.on_trial_complete(iteration, trials, trial)
-
-    class _Cancel(tune.Stopper):
-        def __call__(self, trial_id, result):
-            return False
-
-        def stop_all(self):
-            return bool(should_stop and should_stop())
-
     storage = sweeps_dir(workspace, name) / ".tune"
+    if progress:
+        progress(f"starting {n_trials} trials on Ray ({ray})", 0.0)
     with ray_cluster(ray) as info:
+        if progress:
+            progress(f"{n_trials} trials on {info.describe()}", 0.0)
         gpus = 1.0 if info.gpus and device != "cpu" else 0.0
         space = {
             "workspace": str(workspace) if workspace is not None else None, "name": name, "version": version, "family": family, "base": base, "device": device,
@@ -227,9 +220,13 @@ def run_sweep(
             tune.with_resources(_unpack_trial, {"cpu": 1, "gpu": gpus}),
             param_space=space,
             tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=1, metric=None if asha else "val_accuracy", mode=None if asha else "max"),
-            run_config=tune.RunConfig(name=sweep_id, storage_path=str(storage), callbacks=[_Progress()], stop=_Cancel(), verbose=0),
+            run_config=tune.RunConfig(name=sweep_id, storage_path=str(storage), callbacks=[_progress_callback(sweep_id, n_trials)], stop=_cancel_stopper(sweep_id), verbose=0),
         )
-        results = tuner.fit()
+        _LIVE[sweep_id] = (progress, should_stop)
+        try:
+            results = tuner.fit()
+        finally:
+            _LIVE.pop(sweep_id, None)
         if should_stop and should_stop():
             raise Cancelled("Sweep cancelled; the trials that finished are runs of their own.")
         trials = [_trial_of(result) for result in results]
@@ -242,6 +239,49 @@ def run_sweep(
     )
     record.write(sweeps_dir(workspace, name) / f"{sweep_id}.json")
     return record
+
+
+# A Tuner pickles its callbacks and stopper with its state; the job's progress callback and stop flag
+# (which hold locks) stay here, looked up by sweep id.
+_LIVE: dict[str, tuple] = {}
+
+
+def _live(sweep_id: str) -> tuple:
+    """(progress, should_stop) of a running sweep. A module function, so the Tune classes pickle it by name."""
+    return _LIVE.get(sweep_id, (None, None))
+
+
+def _progress_callback(sweep_id: str, n_trials: int):
+    from ray import tune
+
+    class Progress(tune.Callback):
+        def __init__(self):
+            self.done = 0
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1
+            progress = _live(sweep_id)[0]
+            if progress:
+                progress(f"{self.done} of {n_trials} trials finished", self.done / n_trials)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.on_trial_complete(iteration, trials, trial)
+
+    return Progress()
+
+
+def _cancel_stopper(sweep_id: str):
+    from ray import tune
+
+    class Cancel(tune.Stopper):
+        def __call__(self, trial_id, result):
+            return False
+
+        def stop_all(self):
+            should_stop = _live(sweep_id)[1]
+            return bool(should_stop and should_stop())
+
+    return Cancel()
 
 
 def _unpack_trial(config: dict) -> None:

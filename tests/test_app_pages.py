@@ -42,7 +42,7 @@ def test_the_map_page_starts_no_heavy_work_by_itself(class_folders: Path, worksp
     import_dataset(class_folders, "animals", workspace)
     app = page("map")
     assert any("no embeddings yet" in i.value for i in app.info)
-    assert [b.label for b in app.button] == ["Embed the images"]
+    assert [b.label for b in app.main.button] == ["Embed the images"]
     assert not (workspace / "animals" / "embeddings").exists()
 
 
