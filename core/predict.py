@@ -103,7 +103,8 @@ def predict_folder(
 
         with ray_cluster(compute.ray) as info:
             make = functools.partial(_classifier_only, run_dir, workspace, compute.device)
-            probs, failures = map_on_ray(make, paths, [None] * len(paths), expected_key=None, batch_size=32, gpus_per_actor=1.0 if info.gpus else 0.0, progress=progress)
+            resolution = make().resolution  # built here once too: the size the decoding stage makes the images
+            probs, failures = map_on_ray(make, paths, [None] * len(paths), resolution=resolution, expected_key=None, batch_size=32, gpus_per_actor=1.0 if info.gpus else 0.0, progress=progress)
         probs = probs if probs.shape[1] == model.n_classes else np.zeros((len(paths), model.n_classes), np.float32)
     bad = {i for i, _ in failures}
     good = [i for i in range(len(paths)) if i not in bad]

@@ -182,6 +182,9 @@ def run_sweep(
     if not 1 <= samples <= 100:
         raise UserError(f"--samples {samples} is out of range: use 1 to 100.")
     validate_device(device)
+    combos = combinations(grid)
+    for combo in combos:
+        default_settings(family, **base, **combo).validate()
     if "embedding" in {info.name for info in get_family(family).settings_class.settings()} and "embedding" not in base and "embedding" not in grid:
         from core.embed import preferred_embedding
 
@@ -189,10 +192,7 @@ def run_sweep(
         base["embedding"] = preferred_embedding(workspace, name)
         if base["embedding"] is None:
             raise UserError(f"'{name}' has no embeddings yet: the {family} family trains on them. Run `python -m core embed {name}` (or the Embed button) first.")
-    combos = combinations(grid)
     first_seed = default_settings(family, **base).seed
-    for combo in combos:
-        default_settings(family, **base, **combo).validate()
     version = version or open_table(workspace, name).head_version()
     sweep_id = f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{family}-{uuid.uuid4().hex[:6]}"
     n_trials = len(combos) * samples

@@ -72,8 +72,10 @@ def images(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def fashion(images: Path, workspace: Path) -> Path:
-    import_dataset(str(images), "fashion", workspace)
+def fashion(images: Path, workspace: Path, tmp_path: Path) -> Path:
+    """The images imported as data set 'fashion', from a copy of their own (a test may damage one)."""
+    own = shutil.copytree(images, tmp_path / "own-images")
+    import_dataset(str(own), "fashion", workspace)
     return workspace
 
 
@@ -199,3 +201,46 @@ def test_the_cli_module_needs_no_ray_to_start():
     code = "import sys, core.cli; core.cli.build_parser(); print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_worker_killed_mid_job_is_retried_and_the_job_finishes(fashion: Path, cluster: str):
+    import signal
+
+    killed: list[int] = []
+
+    def kill_one_actor(done: int, total: int) -> None:
+        if killed or done >= total:
+            return
+        # The first finished batch: kill one of the embedding actors' processes, as an OOM killer or a lost node would.
+        listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
+        actors = [int(line.split()[0]) for line in listing if "MapBatches(_EmbedActor)" in line and "ray::" in line]
+        assert actors, listing
+        os.kill(actors[0], signal.SIGKILL)
+        killed.append(actors[0])
+
+    report = embed_dataset(fashion, "fashion", EmbedderConfig(runtime="onnxruntime", batch_size=4), ray=cluster, progress=kill_one_actor)
+    assert killed
+    assert report.n_computed == 60 and report.failures.empty
+    assert len(load_embeddings(fashion, "fashion", report.key).sample_ids) == 60
+
+
+def test_the_apps_compute_setting_checks_the_address_it_is_given(fashion: Path, cluster: str):
+    from streamlit.testing.v1 import AppTest
+
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    app.run()
+    app.switch_page("app_pages/train.py").run()
+    assert not app.exception, app.exception
+
+    def check(address: str) -> None:
+        next(t for t in app.sidebar.text_input if t.label == "Ray address").input(address)
+        app.button(key="FormSubmitter:compute-setting-Check").click().run()
+        assert not app.exception, app.exception
+
+    started = time.monotonic()
+    check(f"ray://127.0.0.1:{free_port()}")
+    assert time.monotonic() - started < 30
+    assert "No Ray cluster answers" in app.sidebar.error[0].value
+    check(cluster)
+    assert "1 node, 2 CPUs, 0 GPUs" in app.sidebar.success[0].value
+    assert any("Compute: Ray at " + cluster in e.label for e in app.sidebar.expander)

@@ -224,11 +224,13 @@ def embed_dataset(
         from core.cluster import ray_cluster
 
         with ray_cluster(ray) as info:
-            return _embed(workspace, name, config, version, progress, should_stop, gpus_per_actor=1.0 if info.gpus else 0.0, on_ray=True)
+            return _embed(workspace, name, config, version, progress, should_stop, gpus_per_actor=1.0 if info.gpus else 0.0, on_ray=True, on_this_machine=ray == "local")
     return _embed(workspace, name, config, version, progress, should_stop)
 
 
-def _embed(workspace, name: str, config: EmbedderConfig, version: int | None, progress, should_stop, *, gpus_per_actor: float = 0.0, on_ray: bool = False) -> EmbedReport:
+def _embed(
+    workspace, name: str, config: EmbedderConfig, version: int | None, progress, should_stop, *, gpus_per_actor: float = 0.0, on_ray: bool = False, on_this_machine: bool = True,
+) -> EmbedReport:
     started = time.perf_counter()
     rows = open_table(workspace, name).read(version)
     distinct = rows.drop_duplicates("content_hash")
@@ -238,7 +240,7 @@ def _embed(workspace, name: str, config: EmbedderConfig, version: int | None, pr
         known, _ = cache.load()
         return cache, distinct[~distinct["content_hash"].isin(known)]
 
-    if on_ray:
+    if on_ray and not on_this_machine:
         from core.cluster import remote_key
 
         expected = remote_key(config, gpus_per_actor)  # the workers' runtime decides the key, not this machine's
@@ -249,16 +251,17 @@ def _embed(workspace, name: str, config: EmbedderConfig, version: int | None, pr
         meta = cache.meta() or {}
         return EmbedReport(cache.folder.name, meta.get("description", cache.folder.name), len(distinct), len(distinct), 0, pd.DataFrame(columns=["sample_id", "path", "reason"]), round(time.perf_counter() - started, 3), meta.get("warnings", []))
     make_embedder = functools.partial(load_embedder, config, str(models_dir(workspace)))
-    if on_ray:
-        from core.cluster import remote_facts
+    facts: dict = {}
 
-        facts = remote_facts(make_embedder, gpus_per_actor)
-    else:
+    def describe(found: dict) -> None:
+        facts.update(found)
+        cache.write_meta({**found, "config": asdict(config)})
+
+    if not on_ray:
         embedder = make_embedder()
-        facts = {"key": embedder.key, "description": embedder.description, "dim": embedder.dim, "warnings": embedder.warnings}
-    if facts["key"] != cache.folder.name:  # the fast runtime fell back to another precision
-        cache, todo = still_to_do(facts["key"])
-    cache.write_meta({**facts, "config": asdict(config)})
+        if embedder.key != cache.folder.name:  # the fast runtime fell back to another precision
+            cache, todo = still_to_do(embedder.key)
+        describe({"key": embedder.key, "description": embedder.description, "dim": embedder.dim, "warnings": embedder.warnings})
     hashes = todo["content_hash"].tolist()
     buffer: list[EmbeddedBatch] = []
 
@@ -277,9 +280,10 @@ def _embed(workspace, name: str, config: EmbedderConfig, version: int | None, pr
         if on_ray:
             from core.cluster import map_on_ray
 
+            # The workers' embedder says what it is with its first batch (the meta is written before that batch).
             _, failures = map_on_ray(
-                make_embedder, todo["path"].tolist(), hashes, expected_key=facts["key"], batch_size=config.batch_size, gpus_per_actor=gpus_per_actor,
-                progress=progress, should_stop=should_stop, on_batch=keep,
+                make_embedder, todo["path"].tolist(), hashes, resolution=input_resolution(config), expected_key=expected, batch_size=config.batch_size,
+                gpus_per_actor=gpus_per_actor, progress=progress, should_stop=should_stop, on_facts=describe, on_batch=keep,
             )
         else:
             _, failures = embed_paths(
@@ -293,6 +297,8 @@ def _embed(workspace, name: str, config: EmbedderConfig, version: int | None, pr
         flush()  # a failed job (a cluster lost mid-way) keeps what it finished too
         raise
     flush()
+    if not facts:  # every image failed on the cluster: nothing was embedded, nothing described
+        facts = {"key": expected, "description": expected, "dim": 0, "warnings": []}
     cache.compact()
     record_rate(workspace, f"embed {config.kind}" + (" on ray" if on_ray else ""), len(todo), time.perf_counter() - started)
     failed = todo.iloc[[i for i, _ in failures]]
