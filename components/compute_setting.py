@@ -51,7 +51,7 @@ def compute_setting() -> None:
             address = st.text_input(
                 "Ray address", compute.ray or "", placeholder="none: everything runs in this app",
                 help="local: a Ray started for each job on this machine's cores; auto: the cluster this machine belongs to (or RAY_ADDRESS); "
-                "ray://host:10001: a cluster's client server. Embedding, prediction, the image models and sweeps then run there; "
+                "HEAD:6379: a cluster's GCS address, from a machine in the cluster. Embedding, prediction, the image models and sweeps then run there; "
                 "the images must be readable by every worker (a shared folder or s3://).",
             ).strip() or None
             left, right = st.columns(2)

@@ -2,14 +2,15 @@
 
 An address is ``local`` (start a Ray for this job on this machine's cores and
 stop it afterwards), ``auto`` (the cluster this machine is part of, or
-``$RAY_ADDRESS``), ``ray://host:port`` (a cluster's Ray client server, port
-10001 by default) or ``host:port`` (a cluster's GCS address, from a machine in
-the cluster). Where no Ray answers, :func:`ray_cluster` says so within
-seconds and nothing is written.
+``$RAY_ADDRESS``) or ``host:port`` (a cluster's GCS address, from a machine in
+the cluster). A Ray Client address (``ray://``) is refused with what to do
+instead: Ray Data's executor does not run over Ray Client, so the job goes to
+the cluster (``ray job submit``). Where no Ray answers, :func:`ray_cluster`
+says so within seconds and nothing is written.
 
 Nothing here is a second implementation of a model or of image decoding:
 
-* :func:`embed_on_ray` runs the rows through Ray Data's ``map_batches`` on an
+* :func:`map_on_ray` runs the rows through Ray Data's ``map_batches`` on an
   actor pool whose actors hold the same :class:`core.embed.Embedder` that
   :func:`core.embed.load_embedder` builds locally and decode with the same
   function as the local path; the vectors come back to this process, which
@@ -42,7 +43,7 @@ import numpy as np
 from core.errors import Cancelled, UserError
 
 RAY_BATCH = 256  # images per Ray Data batch (decoding task and actor call); see map_on_ray
-ADDRESS_HELP = "local (a Ray on this machine, for this job), auto (the running cluster or $RAY_ADDRESS), ray://host:port, or host:port"
+ADDRESS_HELP = "local (a Ray on this machine, for this job), auto (the cluster this machine is part of, or $RAY_ADDRESS), or HEAD:6379 (a cluster's GCS address)"
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -61,14 +62,24 @@ class ClusterInfo:
 
 
 def validate_address(address: str) -> None:
-    """A UserError for an address that is none of the forms Ray takes (checks no network)."""
-    if address in ("local", "auto") or _host_port(address) is not None:
+    """A UserError for an address that is none of the forms this takes (checks no network).
+
+    A Ray Client address (``ray://``) is refused: Ray Data and Ray Train need their driver inside the
+    cluster (over Ray Client, Ray Data fails in its executor), so the job itself goes to the cluster.
+    """
+    if address in ("local", "auto") or (_host_port(address) is not None and not address.startswith("ray://")):
         return
+    if address.startswith("ray://"):
+        raise UserError(
+            f"{address} is a Ray Client address; Ray Data and Ray Train need the job to run inside the cluster. Run LabelLoop on a "
+            "cluster node with --ray auto (or --ray HEAD:6379), or submit it there: `ray job submit --address http://HEAD:8265 -- "
+            "python -m core embed NAME --ray auto` (the workspace and images on storage the cluster reads)."
+        )
     raise UserError(f"'{address}' is not a Ray address: use {ADDRESS_HELP}.")
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
-    """(host, port) of ``ray://host[:port]`` or ``host:port``; None for anything else."""
+    """(host, port) of ``host:port`` (or ``ray://host[:port]``, which validate_address refuses); None for anything else."""
     match = re.fullmatch(r"(ray://)?([A-Za-z0-9._-]+|\[[0-9a-fA-F:]+\])(?::(\d{1,5}))?", address or "")
     if not match or (match.group(3) is None and not match.group(1)):
         return None
@@ -84,7 +95,7 @@ def _check_reachable(address: str) -> None:
     except OSError as exc:
         raise UserError(
             f"No Ray cluster answers at {address} ({exc.strerror or type(exc).__name__}). Check the address and that the cluster runs "
-            "(`ray start --head` on its head node; a ray:// address needs the client server, port 10001), or use --ray local. Nothing was written."
+            "(`ray start --head` on its head node; its GCS port is 6379 unless --port said otherwise), or use --ray local. Nothing was written."
         ) from None
 
 
@@ -112,7 +123,7 @@ def _connect(address: str) -> None:
     # A cluster that is not this machine gets this project's code with the job.
     runtime_env = {"py_modules": [str(Path(__file__).parent)]}
     try:
-        ray.init(address=target, runtime_env=runtime_env, **{k: v for k, v in options.items() if not target.startswith("ray://") or k != "include_dashboard"})
+        ray.init(address=target, runtime_env=runtime_env, **options)
     except (ConnectionError, RuntimeError, TimeoutError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         hint = "start one with `ray start --head`, set RAY_ADDRESS, or use --ray local" if address == "auto" else "check the address and that the cluster runs, or use --ray local"

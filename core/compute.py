@@ -19,10 +19,12 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from core.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported by the functions that use it: checking a setting needs no torch
+    import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")  # and cuda:N
 DEVICE_HELP = "auto: a CUDA GPU when torch sees one, else the CPU; cpu; cuda (the first GPU) or cuda:N."
@@ -33,7 +35,7 @@ class Compute:
     """Where a job runs: the torch ``device``, and optionally a Ray cluster (``core.cluster``).
 
     ``ray`` is None (everything in this process, as always), ``local`` (a Ray started for the job on
-    this machine's cores), ``auto`` (the running cluster, or ``RAY_ADDRESS``) or ``ray://host:port``.
+    this machine's cores), ``auto`` (the running cluster, or ``RAY_ADDRESS``) or ``host:port`` (its GCS address).
     ``workers`` data-parallel training workers on Ray, each with ``gpus_per_worker`` GPUs.
     """
 
@@ -49,7 +51,7 @@ class Compute:
         if self.gpus_per_worker < 0:
             raise UserError(f"--gpus-per-worker {self.gpus_per_worker} cannot be negative.")
         if self.ray is None and (self.workers > 1 or self.gpus_per_worker):
-            raise UserError("--workers and --gpus-per-worker need a Ray cluster: add --ray local (this machine), --ray auto or --ray ray://host:port.")
+            raise UserError("--workers and --gpus-per-worker need a Ray cluster: add --ray local (this machine), --ray auto or --ray HEAD:6379.")
         if self.ray is not None:
             from core.cluster import validate_address
 
@@ -64,6 +66,8 @@ def validate_device(name: str) -> None:
 
 def what_torch_sees() -> str:
     """One line on the GPUs torch can use here, for error messages and the compute setting."""
+    import torch
+
     build = f"torch {torch.__version__}, " + (f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build")
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if not count:
@@ -74,6 +78,8 @@ def what_torch_sees() -> str:
 
 def resolve_device(name: str = "auto") -> torch.device:
     """The torch device ``name`` means on this machine, or a UserError saying what torch sees instead."""
+    import torch
+
     validate_device(name)
     if name == "cpu":
         return torch.device("cpu")
@@ -90,6 +96,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def describe_device(device: torch.device) -> str:
     """What a run records and the pages show: ``cpu (2 cores)`` or ``cuda:0 (NVIDIA H200, 139 GiB)``."""
+    import torch
+
     if device.type != "cuda":
         return f"cpu ({os.cpu_count() or 1} cores)"
     properties = torch.cuda.get_device_properties(device)
@@ -97,11 +105,15 @@ def describe_device(device: torch.device) -> str:
 
 
 def bf16_autocast_available(device: torch.device) -> bool:
+    import torch
+
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def autocast(device: torch.device, *, enabled: bool = True) -> contextlib.AbstractContextManager:
     """bf16 autocast on a GPU that has bf16; nothing on the CPU (the CPU paths stay fp32, as measured)."""
+    import torch
+
     if enabled and bf16_autocast_available(device):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -109,6 +121,8 @@ def autocast(device: torch.device, *, enabled: bool = True) -> contextlib.Abstra
 
 def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``model`` on ``device``; on CUDA in channels-last memory layout (faster convolutions with autocast)."""
+    import torch
+
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -118,6 +132,8 @@ def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
 def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A CPU tensor on ``device``: non-blocking from pinned memory; float N x C x H x W batches in channels-last
     (uint8 N x H x W x C images, what the embedders take, already are once permuted)."""
+    import torch
+
     if device.type != "cuda":
         return batch
     batch = batch.to(device, non_blocking=True)
@@ -127,16 +143,19 @@ def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
 def loader_options(device: torch.device) -> dict:
     """torch DataLoader settings for ``device``: worker processes and pinned memory on CUDA, none on the CPU.
 
-    On the CPU the model and augmentation share the same cores, so workers only add copying (and
-    change nothing of the numbers: augmentation draws from torch's global generator either way).
+    On the CPU the model and augmentation share the same cores, so workers would only add copying, and
+    batches made in this process keep a seed's numbers exactly what they were before devices existed.
+    On CUDA, augmentation in the workers draws from generators torch seeds per worker from the run's seed.
     """
     if device.type != "cuda":
         return {"num_workers": 0}
     workers = max(1, min(8, (os.cpu_count() or 2) - 1))
-    return {"num_workers": workers, "pin_memory": True, "persistent_workers": True, "prefetch_factor": 4}
+    return {"num_workers": workers, "pin_memory": True, "prefetch_factor": 4}
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
     return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
 
 
@@ -152,6 +171,8 @@ def out_of_memory(exc: BaseException, device: torch.device, batch_size: int, wha
 @contextlib.contextmanager
 def out_of_memory_as_user_error(device: torch.device, batch_size: int, what: str = "--batch-size") -> Iterator[None]:
     """Turn a GPU out-of-memory error inside the block into :func:`out_of_memory`'s message, freeing the cache."""
+    import torch
+
     try:
         yield
     except (RuntimeError, torch.OutOfMemoryError) as exc:

@@ -62,7 +62,7 @@ class RunSummary:
     note: str = ""  # what the accuracy measures, where it is not plain cross-validation
     figures: dict = field(default_factory=dict)  # family-specific measurements (the triplet encoder's 10-NN accuracies)
     device: str = ""  # where it trained: "cpu (2 cores)", "cuda:0 (NVIDIA H200, 139 GiB)"; "" for runs from before it was recorded
-    launcher: str = "local"  # "local", or how Ray ran it ("ray: 2 workers on ray://host:10001")
+    launcher: str = "local"  # "local", or how Ray ran it ("ray train: 2 workers, 1 GPU each (...)")
     # Set by RunBuilder.finish:
     run_id: str = ""
     trigger: str = "user"

@@ -157,7 +157,7 @@ def test_a_four_trial_sweep_leaves_four_runs_and_names_the_best(fashion: Path, c
 
 
 def test_an_address_where_no_ray_answers_fails_within_seconds_and_writes_nothing(fashion: Path):
-    closed = f"ray://127.0.0.1:{free_port()}"
+    closed = f"127.0.0.1:{free_port()}"
     started = time.monotonic()
     line = one_error_line(cli(fashion, "embed", "fashion", "--ray", closed))
     assert time.monotonic() - started < 30  # the CLI's start-up included; the check itself is 5 s at most
@@ -178,6 +178,7 @@ def test_compute_settings_are_checked_before_anything_runs(fashion: Path):
     assert "Unknown device 'gpu'" in one_error_line(cli(fashion, "embed", "fashion", "--device", "gpu"))
     assert "need a Ray cluster" in one_error_line(cli(fashion, "train", "fashion", "--family", "resnet18-scratch", "--workers", "2"))
     assert "not a Ray address" in one_error_line(cli(fashion, "embed", "fashion", "--ray", "http://x y"))
+    assert "ray job submit" in one_error_line(cli(fashion, "embed", "fashion", "--ray", "ray://head:10001"))
     assert "has no such setting" in one_error_line(cli(fashion, "sweep", "fashion", "--grid", "learning_speed=1,2"))
     assert "must be" in one_error_line(cli(fashion, "sweep", "fashion", "--family", "heads", "--grid", "knn_k=0,3"))
     assert not list_runs(fashion, "fashion")
@@ -238,9 +239,11 @@ def test_the_apps_compute_setting_checks_the_address_it_is_given(fashion: Path, 
         assert not app.exception, app.exception
 
     started = time.monotonic()
-    check(f"ray://127.0.0.1:{free_port()}")
+    check(f"127.0.0.1:{free_port()}")
     assert time.monotonic() - started < 30
     assert "No Ray cluster answers" in app.sidebar.error[0].value
+    check("ray://head:10001")
+    assert "Ray Client address" in app.sidebar.error[0].value and "ray job submit" in app.sidebar.error[0].value
     check(cluster)
     assert "1 node, 2 CPUs, 0 GPUs" in app.sidebar.success[0].value
     assert any("Compute: Ray at " + cluster in e.label for e in app.sidebar.expander)

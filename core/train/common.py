@@ -123,7 +123,7 @@ def batches(order: np.ndarray, batch_size: int, make_inputs: Callable[[np.ndarra
     from core.compute import loader_options, to_device
 
     dataset = _Batches(order, batch_size, make_inputs)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, **{k: v for k, v in loader_options(device).items() if k != "persistent_workers"})
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, **loader_options(device))
     for chosen, inputs in loader:
         yield chosen.numpy(), to_device(inputs, device)
 
