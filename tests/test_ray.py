@@ -247,3 +247,18 @@ def test_the_apps_compute_setting_checks_the_address_it_is_given(fashion: Path, 
     check(cluster)
     assert "1 node, 2 CPUs, 0 GPUs" in app.sidebar.success[0].value
     assert any("Compute: Ray at " + cluster in e.label for e in app.sidebar.expander)
+
+
+def test_an_asha_sweep_keeps_runs_only_of_the_trials_it_let_finish(fashion: Path, cluster: str):
+    assert cli(fashion, "embed", "fashion").returncode == 0
+    result = cli(fashion, "sweep", "fashion", "--family", "frozen-backbone", "--epochs", "4", "--grid", "lr=1e-2,1e-3,1e-5,1e-6", "--asha", "--ray", cluster)
+    assert result.returncode == 0, result.stderr
+    from core.sweep import list_sweeps
+
+    record = list_sweeps(fashion, "fashion")[0]
+    assert record.asha and len(record.trials) == 4
+    finished = [t for t in record.trials if t.status == "finished"]
+    stopped = [t for t in record.trials if t.status == "stopped early"]
+    assert finished and len(finished) + len(stopped) == 4
+    assert {r.run_id for r in list_runs(fashion, "fashion")} == {t.run_id for t in finished}  # an ended trial leaves no run
+    assert all(t.run_id is None and t.epochs_reported < 4 for t in stopped)
