@@ -99,11 +99,17 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
+def _target(address: str) -> str:
+    """What ``address`` connects to: ``auto`` is ``$RAY_ADDRESS`` when set."""
+    return os.environ.get("RAY_ADDRESS") or "auto" if address == "auto" else address
+
+
 def check_answers(address: str) -> None:
-    """Fail in seconds when nothing listens at a host:port address (``local`` and ``auto`` are checked by connecting)."""
+    """Fail in seconds when nothing listens at a host:port address (``local`` and a bare ``auto`` are checked by connecting)."""
     validate_address(address)
-    target = os.environ.get("RAY_ADDRESS", "auto") if address == "auto" else address
-    if _host_port(target) is not None:
+    target = _target(address)
+    if target not in ("local", "auto"):
+        validate_address(target)
         _check_reachable(target)
 
 
@@ -114,12 +120,8 @@ def _connect(address: str) -> None:
     if address == "local":
         ray.init(num_cpus=os.cpu_count() or 1, **options)
         return
-    target = address
-    if address == "auto" and os.environ.get("RAY_ADDRESS"):
-        target = os.environ["RAY_ADDRESS"]
-    if target != "auto":
-        validate_address(target)
-        _check_reachable(target)
+    check_answers(address)
+    target = _target(address)
     # A cluster that is not this machine gets this project's code with the job.
     runtime_env = {"py_modules": [str(Path(__file__).parent)]}
     try:
