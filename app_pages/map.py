@@ -18,8 +18,10 @@ from components.data_cache import (
 from components.gallery import labelled_thumbnails, plain
 from components.compute_setting import current_compute
 from components.jobs import follow_job, running, start_job
+from components.model_picker import model_picker
 from components.scatter3d import publish_map, scatter3d
 from components.session import (
+    select_on_map,
     MAP_MESSAGE,
     MAP_MESSAGE_DEFAULT,
     MAP_SELECTED_COUNT,
@@ -34,11 +36,12 @@ from components.sidebar import (
     workspace,
 )
 from core.embed import (
-    EmbedderConfig,
     embed_dataset,
     list_embeddings,
     preferred_embedding,
 )
+from core.embed.models import config_of
+from core.embed.text import closest_to_text, text_config
 from core.errors import ConflictError, UserError
 from core.mapping import (
     COLOUR_BY,
@@ -71,23 +74,51 @@ st.title("Map")
 # ---------------------------------------------------------------- which embedding, which map
 embeddings = list_embeddings(workspace(), name)
 default_key = preferred_embedding(workspace(), name)
+embed_key = f"embed:{name}"
+
+
+def embed_with_a_model(*, first: bool) -> None:
+    """Pick a model and embed this version's images with it (a background job; the cache keeps what is done)."""
+    if running(embed_key):
+        return
+    picker, button = st.columns([4, 1], vertical_alignment="bottom")
+    model = model_picker(picker, workspace(), key="map-embed-model")
+    rate = last_rate(workspace(), f"embed {model}")
+    if rate:
+        st.caption(f"{model}: {rate.estimate(len(rows))}.")
+    if button.button("Embed the images", type="primary" if first else "secondary", key="map-embed", disabled=not model):
+        try:
+            config = config_of(model, device=current_compute().device)
+            config.validate()
+        except UserError as error:
+            st.error(str(error))
+            return
+        compute = current_compute()
+        published = config.published()
+        download = "" if published is None or published.cached else " (its weights download first, once: the server's log shows that progress)"
+        start_job(embed_key, f"embedding with {model}{download}", lambda job: embed_dataset(
+            workspace(), name, config, version=version, should_stop=job.should_stop, ray=compute.ray,
+            progress=lambda done, total: job.progress(f"{done:,} of {total:,} images", done / max(total, 1)),
+        ))
+        st.rerun()
+
+
+def other_model() -> None:
+    with st.expander("Embed with another model"):
+        st.caption("Each model's vectors are cached apart (keyed by model and weights), and each gets its own map: pick it under Embedding once it is done.")
+        embed_with_a_model(first=False)
+
+
 if not embeddings:
-    embed_key = f"embed:{name}"
     failed = follow_job(embed_key)
     if failed is not None:  # it ended without caching a vector: every image failed
         st.warning(failed.result.describe())
     if not running(embed_key):
-        rate = last_rate(workspace(), f"embed {EmbedderConfig().kind}")
-        st.info("These images have no embeddings yet. Embedding runs EfficientNet-Lite0 (ImageNet-pretrained) over every image" + (f": {rate.estimate(len(rows))}." if rate else "."))
-        if st.button("Embed the images", type="primary"):
-            compute = current_compute()
-            start_job(embed_key, "embedding", lambda job: embed_dataset(
-                workspace(), name, EmbedderConfig(device=compute.device), version=version, should_stop=job.should_stop, ray=compute.ray,
-                progress=lambda done, total: job.progress(f"{done:,} of {total:,} images", done / max(total, 1)),
-            ))
-            st.rerun()
+        st.info("These images have no embeddings yet. Pick the model to embed them with: the bundled EfficientNet-Lite0 works "
+                "offline; the others download their weights once into their library's cache.")
+        embed_with_a_model(first=True)
     st.stop()
-embedded = follow_job(f"embed:{name}")  # the embedding job's end, seen once: its report, and the first scores
+embedded = follow_job(embed_key)  # the embedding job's end, seen once: its report, and the first scores
 if embedded is not None:
     st.success(embedded.result.describe())
     refresh_scores(name, version)  # first scores (and the first point of the accuracy line) without asking
@@ -99,6 +130,7 @@ chosen_key = left.selectbox(
     "Embedding", embedding_keys, index=embedding_keys.index(default_key) if default_key in embedding_keys else 0, format_func=lambda k: f"{descriptions[k]} ({k})",
     help="What the map is made of: the pretrained backbone, a model trained here (trained-...), or a triplet encoder (triplet-...).",
 )
+text_model = text_config(workspace(), name, chosen_key)  # a CLIP model made it: text search works
 dims = middle.radio("View", (3, 2), format_func=lambda d: f"{d}D", horizontal=True, help="PaCMAP to 3D (rotate it) or 2D.")
 projection = cached_projection(workspace(), table, name, chosen_key, dims, version)
 project_key = f"project:{name}:{chosen_key}:{dims}d"
@@ -128,6 +160,7 @@ if projection is None:
             st.info(f"No {dims}D map of this embedding yet" + (f". PaCMAP: {rate.estimate(len(rows))}." if rate else "."))
             if st.button(f"Project to {dims}D with PaCMAP", type="primary"):
                 start_projecting(refit=False)
+    other_model()
     st.stop()
 
 # ---------------------------------------------------------------- colours
@@ -173,14 +206,19 @@ servable_thumbnails(table, paths.thumbs, version)
 @st.fragment
 def map_and_selection() -> None:
     """The map with its selection panel beside it reruns on its own: a lasso never reruns the whole page."""
+    map_column, panel = st.columns([9, 8], gap="medium")  # side by side: the lasso and what it caught in view together
+    with map_column:
+        map_slot, under_map = st.container(), st.container()
+    if text_model is not None:
+        with under_map:  # drawn under the map, run before it: a search's selection is drawn in this same run
+            find_by_description()
     selection_key = keys(name).selection
     wanted = st.session_state.get(selection_key)  # sample ids the user had selected (survives reloads)
     pushed = None
     if wanted is not None and st.session_state.get(keys(name).selection_push):
         position = pd.Index(published.drawn_ids).get_indexer(np.asarray(wanted["sample_ids"]))
         pushed = {"token": st.session_state[keys(name).selection_push], "indices": [int(i) for i in position[position >= 0]]}
-    map_column, panel = st.columns([9, 8], gap="medium")  # side by side: the lasso and what it caught in view together
-    with map_column:
+    with map_slot:
         state = scatter3d(
             published, dims=dims, colour_codes=colouring.codes, palette=colouring.palette, label_codes=label_codes, label_names=label_names,
             hidden=hidden, selection=pushed, key=f"map-{name}", height=MAP_HEIGHT,
@@ -204,6 +242,28 @@ def map_and_selection() -> None:
     selected_ids = np.asarray((wanted or {}).get("sample_ids", []), dtype=np.int64)
     with panel:
         show_selection(selected_ids, (wanted or {}).get("token"))
+
+
+def find_by_description() -> None:
+    """CLIP embeddings only: select the images closest to a typed description (cosine with the text tower's vector)."""
+    with st.form("map-text-search", border=False):
+        query, count, go = st.columns([5, 2, 1], vertical_alignment="bottom")
+        text = query.text_input("Find images by description", placeholder="a blurry photo", key="map-text",
+                                help=f"{text_model.model_name} compares your text with every image; the closest become the selection.")
+        top = count.number_input("How many", 1, max(1, len(projection.sample_ids)), min(50, len(projection.sample_ids)), key="map-text-top")
+        submitted = go.form_submit_button("Select")
+    if submitted:
+        try:
+            found = closest_to_text(workspace(), name, chosen_key, text, version=version, top=int(top))
+        except UserError as error:
+            st.error(str(error))
+            return
+        token = select_on_map(name, found["sample_id"], "text")
+        st.session_state["map-text-found"] = (token, f"Selected the {len(found):,} images closest to '{plain(text.strip())}' "
+                                                     f"(cosine {found['similarity'].max():.2f} to {found['similarity'].min():.2f}).")
+    token, said = st.session_state.get("map-text-found") or (None, "")
+    if token is not None and token == (st.session_state.get(keys(name).selection) or {}).get("token"):  # until another selection
+        st.caption(said)
 
 
 def lasso_over_all_points(lasso: dict, before: np.ndarray) -> np.ndarray:
@@ -341,3 +401,4 @@ def describe_edit(chosen: pd.DataFrame, targets: np.ndarray, action: str, label:
 
 
 map_and_selection()
+other_model()

@@ -20,6 +20,7 @@ from components.sidebar import (
     stale_edit_message,
     workspace,
 )
+from core.embed.text import PROMPT, text_embeddings, zero_shot
 from core.errors import ConflictError, UserError
 from core.review import (
     Decision,
@@ -78,6 +79,28 @@ def scores_of(run_path: str) -> pd.DataFrame:
 
 
 frame = review_frame(scores_of(str(run.path)), rows, load_kept(paths.kept_labels))
+clip_keys = text_embeddings(workspace(), name)
+
+
+@st.cache_data(max_entries=4, show_spinner="Matching the undefined images with the class names (CLIP zero-shot)...")
+def zero_shot_of(workspace_text: str, dataset: str, key: str, shown_version: int, class_names: tuple[str, ...], _undefined: tuple[int, ...]) -> pd.DataFrame:
+    # A version never changes, so (version, classes) fixes which samples are undefined: they need no hashing.
+    return zero_shot(workspace_text, dataset, key, list(class_names), version=shown_version, sample_ids=list(_undefined)).set_index("sample_id")
+
+
+def zero_shot_column(part: pd.DataFrame) -> pd.Series | None:
+    """'label 0.83' from the CLIP model for the undefined samples of ``part`` (None without a CLIP embedding)."""
+    if not clip_keys or not classes:
+        return None
+    undefined = tuple(int(i) for i in rows.loc[rows["label"] == UNDEFINED, "sample_id"])
+    try:
+        found = zero_shot_of(str(workspace()), name, clip_keys[0], version, tuple(classes), undefined)
+    except UserError as error:
+        st.warning(f"No zero-shot suggestions: {error}")
+        return None
+    picked = found.reindex(part["sample_id"])
+    text = picked["zero_shot_label"].astype(object) + " " + picked["zero_shot_confidence"].map(lambda c: f"{c:.2f}")
+    return text.where(picked["zero_shot_label"].notna(), "").reset_index(drop=True)
 servable_thumbnails(table, paths.thumbs, version)
 
 
@@ -133,6 +156,9 @@ def table_mode() -> None:
         "issue_score": part["issue_score"].round(3),
         "flagged": part["flagged"],
     })
+    suggestions = zero_shot_column(part)
+    if suggestions is not None:  # beside the trained model's suggestion
+        view.insert(view.columns.get_loc("predicted_label") + 1, "zero_shot", suggestions)
     # The editor's state belongs to exactly these rows with these labels on this version: if any of that
     # changes (another run, a filter, a keep in another tab), its edits can never move onto other samples.
     shown_rows = hashlib.blake2b(pd.util.hash_pandas_object(part[["sample_id", "label", "predicted_label"]], index=False).to_numpy().tobytes(), digest_size=8).hexdigest()
@@ -148,11 +174,13 @@ def table_mode() -> None:
         width="stretch",
         height=min(38 * (len(view) + 1), 700),
         row_height=38,
-        disabled=["thumbnail", "sample_id", "predicted_label", "confidence", "margin", "loss", "issue_score", "flagged"],
+        disabled=["thumbnail", "sample_id", "predicted_label", "zero_shot", "confidence", "margin", "loss", "issue_score", "flagged"],
         column_config={
             "thumbnail": st.column_config.ImageColumn("image", width="small"),
             "label": st.column_config.SelectboxColumn("label (edit)", options=[*classes, UNDEFINED], required=True, help="The given label: pick another to fix it."),
             "accept": st.column_config.CheckboxColumn("accept prediction", help="Take the predicted label for this sample."),
+            "zero_shot": st.column_config.TextColumn("zero-shot (CLIP)", help=f"Undefined samples only: the class whose name ('{PROMPT.format('{class}')}') "
+                                                     f"the CLIP embedding {clip_keys[0] if clip_keys else ''} matches best, with its probability. From the class names alone, not from your labels."),
             "issue_score": st.column_config.ProgressColumn("issue score", min_value=0.0, max_value=1.0, format="%.2f"),
         },
     )

@@ -124,8 +124,15 @@ def choose_dataset(name: str) -> None:
     st.session_state[DATASET] = name
 
 
+def select_on_map(name: str, sample_ids, origin: str) -> str:
+    """Make these samples the Map page's selection (drawn selected, listed beside the map); returns its token."""
+    token = f"{origin}-{time.time()}"
+    st.session_state[keys(name).selection] = {"token": token, "sample_ids": [int(i) for i in sample_ids]}
+    st.session_state[keys(name).selection_push] = token
+    return token
+
+
 def hand_to_map(name: str, sample_ids, origin: str) -> None:
     """Make these samples the Map page's selection and open it (the confusion matrix, a label-flow cell)."""
-    st.session_state[keys(name).selection] = {"token": f"{origin}-{time.time()}", "sample_ids": [int(i) for i in sample_ids]}
-    st.session_state[keys(name).selection_push] = f"{origin}-{time.time()}"
+    select_on_map(name, sample_ids, origin)
     st.switch_page("app_pages/map.py")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from components.model_picker import model_picker
+from components.sidebar import workspace
 from core.errors import UserError
 from core.train.settings import FamilySettings, SettingInfo
 
@@ -21,10 +23,12 @@ def settings_form(settings_class: type[FamilySettings], key: str, embeddings: li
             values[info.name] = tuple(st.multiselect(info.label, info.choices, default=list(info.default), help=info.help))
         if not embeddings and any(i.name == "embedding" for i in infos):  # above the grid: inside a cell it broke the rows
             st.warning("No embeddings yet: make them on the Map page (Embed the images), then train.")
+        for info in [i for i in infos if i.name == "backbone"]:  # a row of its own: the list says size, speed and whether it is cached
+            values[info.name] = model_picker(st, workspace(), key=f"{key}-backbone", label=info.label, default=info.default, in_form=True)
         columns = st.columns(COLUMNS)
         placed = 0
         for info in infos:
-            if info.is_tuple and info.choices:
+            if (info.is_tuple and info.choices) or info.name == "backbone":
                 continue
             where = columns[placed % COLUMNS]
             placed += 1

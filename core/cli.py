@@ -157,11 +157,10 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def _embedder_config(args: argparse.Namespace):
     from core.embed import EmbedderConfig
+    from core.embed.models import model_from_flags
 
     return EmbedderConfig(
-        kind=args.embedder,
-        arch=args.arch,
-        weights=args.weights,
+        **model_from_flags(model=args.model, kind=args.embedder, arch=args.arch, pretrained=args.pretrained, weights=args.weights),
         resolution=args.resolution,
         runtime=args.runtime,
         precision=args.precision,
@@ -228,6 +227,21 @@ def cmd_embeddings(args: argparse.Namespace) -> None:
         cache = EmbeddingCache(DatasetPaths(args.workspace, args.name).embedding(meta["key"]))
         rows.append({"key": meta["key"], "dims": meta["dim"], "vectors": len(cache.load()[0]), "description": meta["description"]})
     _print_table(pd.DataFrame(rows, columns=["key", "dims", "vectors", "description"]))
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from core.embed.models import model_choices
+
+    names = [(name, name, "") for name in args.names] if args.names else None
+    rows = []
+    for choice in model_choices(args.workspace, names):
+        facts = choice.facts
+        rows.append({
+            "model": choice.name, "parameters (M)": f"{facts.parameters / 1e6:.1f}" if facts else "?", "GFLOPs": f"{facts.gflops:.1f}" if facts else "?",
+            "input": f"{facts.input_size}px" if facts else "?", "images/s here": choice.speed(), "weights": "cached" if choice.cached else "not cached",
+        })
+    _print_table(pd.DataFrame(rows))
+    print("Speeds are measured here once a model has embedded a data set; before that they are estimated from the default model's measured rate and FLOPs.")
 
 
 def _default_embedding_key(workspace, name: str) -> str:
@@ -517,9 +531,12 @@ def _add_model_commands(sub, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("embed", parents=[common], help="embed the images of a data set (cached: only new images are computed)")
     p.add_argument("name")
-    p.add_argument("--embedder", default="efficientnet-lite0", choices=EMBEDDER_KINDS, help="default: efficientnet-lite0 (ImageNet-pretrained)")
-    p.add_argument("--arch", help="open_clip model name (e.g. ViT-B-32) or torchvision architecture (e.g. resnet50)")
-    p.add_argument("--weights", help="local checkpoint file (open_clip: required; torchvision: optional, else untrained)")
+    p.add_argument("--model", help="a model by name: efficientnet-lite0 (default), torchvision:ARCH:WEIGHTS, open_clip:ARCH:TAG, "
+                   "timm:NAME.TAG, or KIND:hf-hub:ORG/REPO; see `models` for recommended ones")
+    p.add_argument("--embedder", choices=EMBEDDER_KINDS, help="the library, when giving --arch (default: the one that knows --arch)")
+    p.add_argument("--arch", help="torchvision architecture (resnet50), open_clip model (ViT-B-32) or timm model (vit_small_patch14_dinov2.lvd142m)")
+    p.add_argument("--pretrained", help="published weights: a torchvision weights name (IMAGENET1K_V2, DEFAULT) or an open_clip tag (laion2b_s34b_b79k)")
+    p.add_argument("--weights", help="a local checkpoint file (for torchvision, a weights name works here too)")
     p.add_argument("--resolution", type=int, help="input size in pixels (default: the model's own; pixels: 32)")
     p.add_argument("--runtime", default="auto", choices=RUNTIMES, help="auto = the fastest measured (openvino bf16 where the CPU has it, else onnxruntime); torch = the reference")
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto = bf16 where the CPU has it natively (openvino), else fp32")
@@ -532,6 +549,10 @@ def _add_model_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("name")
     p.add_argument("--version", type=int, help="version whose images to cover (default: the latest)")
     p.set_defaults(func=cmd_thumbnails)
+
+    p = sub.add_parser("models", parents=[common], help="the recommended models (or the ones named): size, speed here, whether their weights are cached")
+    p.add_argument("names", nargs="*", help="model names, e.g. torchvision:convnext_tiny:DEFAULT (default: the recommended list)")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("embeddings", parents=[common], help="list the embeddings cached for a data set")
     p.add_argument("name")

@@ -157,7 +157,7 @@ def test_embed_and_project_from_the_command_line(animals: Path):
     [
         (["embed", "nope"], "No data set named 'nope'"),
         (["embed", "animals", "--embedder", "torchvision", "--arch", "resnet18", "--weights", "/no/file.pth"], "does not exist"),
-        (["embed", "animals", "--embedder", "open_clip", "--arch", "ViT-B-32"], "needs a local checkpoint"),
+        (["embed", "animals", "--embedder", "open_clip", "--arch", "ViT-B-32"], "needs weights: a pretrained tag"),
         (["project", "animals", "--embedding", "pixels-99px"], "has no embeddings 'pixels-99px'"),
         (["project", "animals", "--iterations", "100,x,1"], "three whole numbers"),
     ],

@@ -257,7 +257,7 @@ def test_open_clip_refuses_the_wrong_checkpoint_or_architecture(tiny_clip: str, 
         load_embedder(EmbedderConfig(kind="open_clip", arch="tiny-test-clip", weights=str(resnet), runtime="torch"), tmp_path)
     with pytest.raises(UserError, match="does not know the architecture"):
         load_embedder(EmbedderConfig(kind="open_clip", arch="no-such-model", weights=tiny_clip), tmp_path)
-    with pytest.raises(UserError, match="needs a local checkpoint"):
+    with pytest.raises(UserError, match="needs weights: a pretrained tag"):
         load_embedder(EmbedderConfig(kind="open_clip", arch="ViT-B-32"), tmp_path)
 
 

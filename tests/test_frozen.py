@@ -109,7 +109,7 @@ def test_bad_frozen_backbone_settings_are_refused_clearly(fashion: Path):
     with pytest.raises(UserError, match="unfreeze from epoch must be"):
         FrozenBackboneSettings(epochs=3, unfreeze_from=5).validate()
     with pytest.raises(UserError, match="does not exist"):
-        FrozenBackboneSettings(backbone="torchvision", backbone_arch="resnet18", backbone_weights="/nowhere/r18.pth").validate()
+        FrozenBackboneSettings(backbone="torchvision:resnet18", backbone_weights="/nowhere/r18.pth").validate()
 
 
 def test_any_backbone_with_a_local_weights_file_can_be_the_frozen_backbone(fashion: Path, tmp_path: Path):
@@ -118,7 +118,7 @@ def test_any_backbone_with_a_local_weights_file_can_be_the_frozen_backbone(fashi
     weights = tmp_path / "my-resnet18.pth"
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
-    config = FrozenBackboneSettings(epochs=2, backbone="torchvision", backbone_arch="resnet18", backbone_weights=str(weights), image_size=32)
+    config = FrozenBackboneSettings(epochs=2, backbone="torchvision:resnet18", backbone_weights=str(weights), image_size=32)
     run = train(fashion, "fashion", config)
     model_config = json.loads((run.path / "model" / "model_config.json").read_text())
     assert model_config["input_dim"] == 512 and model_config["backbone"]["weights"] == str(weights)

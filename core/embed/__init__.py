@@ -18,9 +18,13 @@ fastest measured: OpenVINO in bf16 where the CPU has native bfloat16
 ONNX Runtime in fp32. The precision is part of the key, so bf16 and fp32
 vectors are never mixed. bench/bench_embed.py has the measurements.
 
-The package: ``config`` (settings, keys), ``kinds`` (one module per kind of
-embedder, one registry), ``runtimes`` (torch, ONNX Runtime, OpenVINO),
-``files`` (decoding beside the model) and ``cache`` (the per-data-set cache).
+The package: ``config`` (settings, keys, model names), ``kinds`` (one module
+per kind of embedder, one registry), ``hub`` (where published weights are
+cached, and what to say when they cannot be fetched), ``models`` (the
+recommended list, sizes and speeds), ``runtimes`` (torch, ONNX Runtime,
+OpenVINO), ``files`` (decoding beside the model), ``cache`` (the
+per-data-set cache) and ``text`` (text search and zero-shot labels on a CLIP
+model's embeddings).
 Everything other modules use is imported here.
 """
 

@@ -300,7 +300,7 @@ def _embed(
     if not facts:  # every image failed on the cluster: nothing was embedded, nothing described
         facts = {"key": expected, "description": expected, "dim": 0, "warnings": []}
     cache.compact()
-    record_rate(workspace, f"embed {config.kind}" + (" on ray" if on_ray else ""), len(todo), time.perf_counter() - started)
+    record_rate(workspace, f"embed {config.model_name}" + (" on ray" if on_ray else ""), len(todo), time.perf_counter() - started)
     failed = todo.iloc[[i for i, _ in failures]]
     failure_frame = pd.DataFrame({"sample_id": failed["sample_id"].to_numpy(), "path": failed["path"].to_numpy(), "reason": [r for _, r in failures]})
     return EmbedReport(

@@ -25,16 +25,22 @@ class EmbedderConfig:
     """Every setting of an embedder, in one place.
 
     kind: one of ``core.embed.kinds.KINDS``: ``efficientnet-lite0``
-    (ImageNet-pretrained, ships offline; the default), ``open_clip`` (``arch`` =
-    an open_clip model name, ``weights`` = a local checkpoint), ``torchvision``
-    (``arch`` = a supported architecture, ``weights`` = an optional local state
-    dict; without it the features are untrained), ``pixels`` (the image
-    itself, resized and flattened: a baseline).
+    (ImageNet-pretrained, ships offline; the default), ``torchvision`` (``arch``
+    = a torchvision classification model, ``pretrained`` = the name of one of
+    its weights enum's members), ``open_clip`` (``arch`` = an open_clip model
+    name, ``pretrained`` = one of its pretrained tags; or ``arch`` =
+    ``hf-hub:<org>/<repo>``), ``timm`` (``arch`` = a timm model name with its
+    pretrained tag, or ``hf-hub:<org>/<repo>``), ``pixels`` (the image itself,
+    resized and flattened: a baseline). ``weights``: a checkpoint file on this
+    machine instead of published weights. Published weights are downloaded
+    once into the library's own cache (see core.embed.hub).
+    :func:`parse_model_name` reads all of this from one string.
     """
 
     kind: str = "efficientnet-lite0"
     arch: str | None = None
-    weights: str | None = None
+    pretrained: str | None = None  # published weights by the library's name for them
+    weights: str | None = None  # a local checkpoint file
     resolution: int | None = None  # None: the model's own input size
     runtime: str = "auto"
     precision: str = "auto"
@@ -57,7 +63,38 @@ class EmbedderConfig:
             raise UserError(f"Batch size {self.batch_size} is out of range: use 1 to 1024.")
         if self.weights and not Path(self.weights).expanduser().is_file():
             raise UserError(f"The weights file {self.weights} does not exist. Give the path of a checkpoint on this machine.")
+        if self.pretrained is not None and self.kind in ("efficientnet-lite0", "pixels"):
+            raise UserError(f"The {self.kind} embedder takes no published weights name.")
         get_kind(self.kind).validate(self)
+
+    @property
+    def model_name(self) -> str:
+        """The model as one string :func:`parse_model_name` reads back: ``kind[:arch[:pretrained]]``."""
+        return ":".join(part for part in (self.kind, self.arch, self.pretrained) if part)
+
+    def published(self):
+        """The published weights this config loads (core.embed.hub.PublishedWeights), or None."""
+        self.validate()
+        return get_kind(self.kind).published(self)
+
+
+def parse_model_name(text: str) -> dict:
+    """``kind``, ``arch`` and ``pretrained`` from a model name as users write it.
+
+    ``efficientnet-lite0``; ``torchvision:resnet50:IMAGENET1K_V2`` (the weights enum member;
+    ``torchvision:resnet50`` alone is untrained); ``open_clip:ViT-B-32:laion2b_s34b_b79k``;
+    ``timm:vit_small_patch14_dinov2.lvd142m``; ``open_clip:hf-hub:<org>/<repo>`` and
+    ``timm:hf-hub:<org>/<repo>``; ``pixels``.
+    """
+    kind, _, rest = text.strip().partition(":")
+    if kind not in KINDS:
+        raise UserError(f"'{text}' does not name a model: start with one of {', '.join(KINDS)} (e.g. open_clip:ViT-B-32:laion2b_s34b_b79k).")
+    if not rest:
+        return {"kind": kind, "arch": None, "pretrained": None}
+    if rest.startswith("hf-hub:") or kind == "timm":
+        return {"kind": kind, "arch": rest, "pretrained": None}  # timm names carry their tag after a dot
+    arch, _, pretrained = rest.partition(":")
+    return {"kind": kind, "arch": arch or None, "pretrained": pretrained or None}
 
 
 @dataclass
@@ -93,6 +130,12 @@ def safe_key(text: str) -> str:
 
 
 def base_key(config: EmbedderConfig, resolution: int) -> str:
-    """The key of an embedder's output before the runtime's precision: kind, architecture, size, weights."""
+    """The key of an embedder's output before the runtime's precision: kind, architecture, published weights, size, file.
+
+    Published weights go in by the name they resolve to (torchvision's DEFAULT by the member it
+    stands for), so two weights of one architecture never share a cache.
+    """
     weights_tag = f"-w{file_digest(str(Path(config.weights).expanduser()))}" if config.weights else ""
-    return safe_key(f"{config.kind}{'-' + config.arch if config.arch else ''}-{resolution}px{weights_tag}")
+    published = get_kind(config.kind).weights_name(config)
+    parts = [config.kind, config.arch, published]
+    return safe_key("-".join(p for p in parts if p) + f"-{resolution}px{weights_tag}")

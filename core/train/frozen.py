@@ -36,8 +36,6 @@ from core.train.common import BestEpoch, Replica, augmentation, batches, class_w
 from core.train.family import Family, FamilyResult, PublishedEmbedding, TrainingJob
 from core.train.settings import CLASS_WEIGHTINGS, IMAGE_AUGMENTATIONS, OPTIMIZERS, FamilySettings, setting
 
-BACKBONES = ("efficientnet-lite0", "torchvision", "open_clip")
-
 UNFREEZE_GROUPS = 10
 
 
@@ -69,9 +67,11 @@ class BackboneClassifier(torch.nn.Module):
 class FrozenBackboneSettings(FamilySettings):
     family = "frozen-backbone"
 
-    backbone: str = setting("efficientnet-lite0", "Backbone", "EfficientNet-Lite0 ships with the app; torchvision and open_clip need a local weights file.", choices=BACKBONES)
-    backbone_arch: str | None = setting(None, "Architecture", "torchvision: e.g. resnet50; open_clip: e.g. ViT-B-32. Empty for EfficientNet-Lite0.", none="EfficientNet-Lite0")
-    backbone_weights: str | None = setting(None, "Weights file", "A checkpoint on this machine; nothing is downloaded.", none="no file")
+    backbone: str = setting(
+        "efficientnet-lite0", "Backbone", "A model by name: efficientnet-lite0 (ships with the app), torchvision:resnet50:IMAGENET1K_V2, "
+        "open_clip:ViT-B-32:laion2b_s34b_b79k, timm:vit_small_patch14_dinov2.lvd142m. Published weights download once into the library's cache.",
+    )
+    backbone_weights: str | None = setting(None, "Weights file", "A checkpoint on this machine to load into the backbone instead of published weights.", none="no file")
     image_size: int | None = setting(None, "Image size", "Smaller is faster on a CPU; 0: the backbone's own input size.", minimum=16, maximum=1024, none="its own")
     unfreeze_from: int = setting(0, "Unfreeze from epoch", "From this epoch one more tenth of the backbone trains each epoch, at a tenth of the rate; 0: never.", minimum=0, maximum=10_000)
     folds: int | None = setting(None, "Folds", "k-fold gives every labelled sample an out-of-fold score (k times the cost).", minimum=2, maximum=20, none="one validation split")
@@ -102,11 +102,16 @@ class FrozenBackboneSettings(FamilySettings):
         """The embedder that is this family's frozen backbone."""
         from core.embed import EmbedderConfig
 
-        return EmbedderConfig(kind=self.backbone, arch=self.backbone_arch, weights=self.backbone_weights, resolution=self.image_size)
+        from core.embed.config import parse_model_name
+
+        return EmbedderConfig(**parse_model_name(self.backbone), weights=self.backbone_weights, resolution=self.image_size)
 
     @classmethod
     def upgrade(cls, data: dict) -> dict:
         data = super().upgrade(data)
+        if "backbone_arch" in data:  # before published weights: a kind and an architecture, as one model name now
+            arch = data.pop("backbone_arch")
+            data["backbone"] = f"{data.get('backbone', 'efficientnet-lite0')}:{arch}" if arch else data.get("backbone", "efficientnet-lite0")
         if "hidden_units" in data:
             data.setdefault("head_hidden", data.pop("hidden_units")[0])
         if "dropout" in data:
@@ -344,12 +349,12 @@ class FrozenBackbone(Family):
             embedding=key, input_dim=int(final.model.head[1].in_features),
             architecture={
                 "hidden": settings.head_hidden, "dropout": list(settings.head_dropout), "backbone_trained": final.backbone_trained, "best_cv_accuracy": accuracy, "best_epoch": final.best_epoch,
-                "backbone": {"kind": backbone_config.kind, "arch": backbone_config.arch, "weights": backbone_config.weights, "resolution": backbone_config.resolution},
+                "backbone": {"kind": backbone_config.kind, "arch": backbone_config.arch, "pretrained": backbone_config.pretrained, "weights": backbone_config.weights, "resolution": backbone_config.resolution},
             },
         )
         published = None
         if final.backbone_trained:
-            published = PublishedEmbedding("trained-{run_id}", f"{backbone_config.kind} fine-tuned here (run {{run_id}})", frame["content_hash"].to_numpy(), vectors, "trained")
+            published = PublishedEmbedding("trained-{run_id}", f"{backbone_config.model_name} fine-tuned here (run {{run_id}})", frame["content_hash"].to_numpy(), vectors, "trained")
         return FamilyResult(
             best_model=self.name, held_out_accuracy=accuracy, accuracy_by_model={self.name: round(accuracy, 4)}, folds=k,
             n_labelled=len(labelled), n_samples=len(job.rows), not_embedded=missing, model=model, embedding=key,
@@ -376,7 +381,7 @@ class FrozenBackbone(Family):
             with torch.inference_mode(), autocast(device):
                 return torch.softmax(head(features(images)).float(), 1).cpu().numpy()
 
-        return Embedder(f"run-{run_dir.name}", f"{backbone_config.kind} with a trained head", resolution, model.n_classes, f"torch {device}", classify)
+        return Embedder(f"run-{run_dir.name}", f"{backbone_config.model_name} with a trained head", resolution, model.n_classes, f"torch {device}", classify)
 
     def describe(self, run: RunInfo) -> str:
         s = run.summary

@@ -24,7 +24,24 @@ class EmbedderKind:
         """Raise a UserError for settings this kind does not take (arch, weights)."""
 
     def resolution(self, config) -> int:
+        """The side images are decoded to (shorter side resized, centre square); the model may crop it further."""
         return self.default_resolution
+
+    def crop(self, config) -> int:
+        """The side of the centre crop the network sees (the decoded side unless its transforms crop)."""
+        return config.resolution or self.resolution(config)
+
+    def weights_name(self, config) -> str | None:
+        """The published weights' name as the embedding key records it (None: no published weights)."""
+        return config.pretrained
+
+    def published(self, config):
+        """The :class:`core.embed.hub.PublishedWeights` the model loads, or None (bundled, a local file, untrained)."""
+        return None
+
+    def architecture(self, config):
+        """The feature network (float N x 3 x S x S -> features) with random weights, nothing downloaded: for its size and FLOPs."""
+        raise NotImplementedError
 
     def feature_model(self, config):
         """(torch module uint8 NHWC -> features, description, notes for the user)."""
@@ -34,8 +51,12 @@ class EmbedderKind:
         raise NotImplementedError
 
 
-def normalised(features, mean: Sequence[float], std: Sequence[float]):
-    """``features`` behind its input normalisation, taking uint8 N x S x S x 3 images."""
+def normalised(features, mean: Sequence[float], std: Sequence[float], *, crop: int | None = None):
+    """``features`` behind its input normalisation, taking uint8 N x S x S x 3 images.
+
+    ``crop``: the centre ``crop`` x ``crop`` of the decoded image is what the model sees (the
+    published transforms' "resize to 256, crop 224"); None: all of it.
+    """
     import torch
 
     class FeatureModel(torch.nn.Module):
@@ -47,8 +68,12 @@ def normalised(features, mean: Sequence[float], std: Sequence[float]):
             mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
             self.register_buffer("scale", 1.0 / (255.0 * std_t))
             self.register_buffer("shift", -mean_t / std_t)
+            self.crop = crop
 
         def forward(self, images: torch.Tensor) -> torch.Tensor:
+            if self.crop is not None and self.crop < images.shape[1]:
+                top, left = (images.shape[1] - self.crop) // 2, (images.shape[2] - self.crop) // 2
+                images = images[:, top : top + self.crop, left : left + self.crop]
             x = images.permute(0, 3, 1, 2).float() * self.scale + self.shift
             return self.features(x).flatten(1)
 
@@ -64,9 +89,9 @@ def first_line(exc: BaseException) -> str:
 
 
 def _registry() -> dict[str, EmbedderKind]:
-    from core.embed.kinds import efficientnet_lite0, open_clip_models, pixels, torchvision_models
+    from core.embed.kinds import efficientnet_lite0, open_clip_models, pixels, timm_models, torchvision_models
 
-    return {kind.name: kind for kind in (efficientnet_lite0.KIND, open_clip_models.KIND, torchvision_models.KIND, pixels.KIND)}
+    return {kind.name: kind for kind in (efficientnet_lite0.KIND, torchvision_models.KIND, open_clip_models.KIND, timm_models.KIND, pixels.KIND)}
 
 
 KINDS: dict[str, EmbedderKind] = _registry()

@@ -35,5 +35,8 @@ class EfficientNetLite0(EmbedderKind):
         # The model expects RGB in [-1, 1]: mean 0.5, std 0.5 on [0, 1].
         return normalised(LiteFeatures(), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), "EfficientNet-Lite0, ImageNet-pretrained", []
 
+    def architecture(self, config):
+        return self.feature_model(config)[0].features  # the weights ship with the app: nothing to download
+
 
 KIND = EfficientNetLite0()

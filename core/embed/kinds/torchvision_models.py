@@ -1,47 +1,123 @@
-"""torchvision architectures with a local state dict (or untrained, with a note saying so)."""
+"""torchvision classification models by name: published weights by their enum name, a local state dict, or untrained.
+
+``arch`` is any name ``torchvision.models.list_models(module=torchvision.models)``
+gives (resnet50, vit_l_16, convnext_tiny, ...). ``pretrained`` is the name of
+one of its weights enum's members (``IMAGENET1K_V2``, ``IMAGENET1K_SWAG_E2E_V1``
+or ``DEFAULT``, which is resolved to the member it stands for, so the
+embedding key does not change meaning when torchvision moves ``DEFAULT``).
+With published weights the images go through the weights' own transforms:
+shorter side resized to ``resize_size``, centre ``crop_size`` crop, their
+mean and std (decoding resamples bicubically whatever the enum's
+interpolation). torchvision downloads the file into
+``$TORCH_HOME/hub/checkpoints`` (core.embed.hub says so first when it cannot).
+"""
 
 from __future__ import annotations
 
 import pickle
 from pathlib import Path
 
+from core.embed.hub import PublishedWeights, torch_checkpoints
 from core.embed.kinds import EmbedderKind, first_line, normalised
 from core.errors import UserError
 
-# Architectures and the attribute holding their classifier, which is replaced
-# by an identity so the model returns its pooled features.
-TORCHVISION_HEADS = {
-    "resnet18": "fc",
-    "resnet34": "fc",
-    "resnet50": "fc",
-    "resnet101": "fc",
-    "convnext_tiny": "classifier.2",
-    "convnext_small": "classifier.2",
-    "vit_b_16": "heads",
-    "efficientnet_b0": "classifier",
-    "mobilenet_v3_large": "classifier",
-    "regnet_y_800mf": "fc",
-}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def architectures() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)  # classification models only
+
+
+def weights_enum(arch: str, name: str):
+    """The weights enum member ``name`` of ``arch`` (``DEFAULT`` resolved); a UserError listing the names otherwise."""
+    import torchvision
+
+    members = torchvision.models.get_model_weights(arch)
+    try:
+        return members[name] if name != "DEFAULT" else members.DEFAULT
+    except KeyError:
+        known = [m for m in members.__members__ if m != "DEFAULT"]
+        raise UserError(f"torchvision {arch} has no weights named '{name}': use one of {', '.join(known)} (or DEFAULT).") from None
+
+
+def remove_classifier(net):
+    """``net`` with its last Linear layer (the classifier) replaced by an identity: it returns the penultimate features."""
+    import torch
+
+    linears = [name for name, module in net.named_modules() if isinstance(module, torch.nn.Linear)]
+    if not linears:
+        raise UserError(f"{type(net).__name__} has no linear classifier to remove; pick another architecture.")
+    parent, _, attr = linears[-1].rpartition(".")
+    holder = net.get_submodule(parent) if parent else net
+    setattr(holder, attr, torch.nn.Identity())  # in a Sequential too: its children are named "0", "1", ... or "head"
+    return net
 
 
 class TorchvisionModel(EmbedderKind):
     name = "torchvision"
 
     def validate(self, config) -> None:
-        if config.arch not in TORCHVISION_HEADS:
-            raise UserError(f"Unknown torchvision architecture '{config.arch}': use one of {', '.join(TORCHVISION_HEADS)}.")
-        if config.arch == "vit_b_16" and config.resolution not in (None, 224):
-            raise UserError("vit_b_16 takes 224-pixel inputs only; leave the resolution unset or use 224.")
+        if config.arch not in architectures():
+            raise UserError(f"Unknown torchvision architecture '{config.arch}': use a classification model torchvision lists, "
+                            f"e.g. {', '.join(['resnet50', 'vit_l_16', 'convnext_tiny', 'efficientnet_b0', 'regnet_y_800mf'])}.")
+        if config.pretrained and config.weights:
+            raise UserError("Give published weights by name or a weights file, not both.")
+        if config.pretrained:
+            weights_enum(config.arch, config.pretrained)
+        if config.arch.startswith("vit_") and config.resolution is not None and config.resolution != self._published_crop(config):
+            size = self._published_crop(config)
+            raise UserError(f"{config.arch} takes {size}-pixel inputs only; leave the resolution unset or use {size}.")
+
+    def weights_name(self, config) -> str | None:
+        return weights_enum(config.arch, config.pretrained).name if config.pretrained else None
+
+    def published(self, config) -> PublishedWeights | None:
+        if not config.pretrained:
+            return None
+        member = weights_enum(config.arch, config.pretrained)
+        return PublishedWeights(f"torchvision {config.arch} {member.name}", url=member.url, url_cache=torch_checkpoints())
+
+    def _transforms(self, config):
+        return weights_enum(config.arch, config.pretrained).transforms() if config.pretrained else None
+
+    def _published_crop(self, config) -> int:
+        transforms = self._transforms(config)
+        return int(transforms.crop_size[0]) if transforms is not None else 224
+
+    def crop(self, config) -> int:
+        return config.resolution or self._published_crop(config)
+
+    def resolution(self, config) -> int:
+        if config.resolution:
+            return config.resolution
+        transforms = self._transforms(config)
+        return int(transforms.resize_size[0]) if transforms is not None else 224
+
+    def architecture(self, config):
+        """The model with random weights, built as the weights would build it (for sizes and FLOPs)."""
+        import torchvision
+
+        extra = {"image_size": self._published_crop(config)} if config.arch.startswith("vit_") else {}
+        return remove_classifier(torchvision.models.get_model(config.arch, weights=None, **extra))
 
     def feature_model(self, config):
-        import torch
         import torchvision
 
         notes: list[str] = []
-        net = torchvision.models.get_model(config.arch, weights=None)
-        if config.weights:
+        mean, std, crop = IMAGENET_MEAN, IMAGENET_STD, None
+        if config.pretrained:
+            member = weights_enum(config.arch, config.pretrained)
+            self.published(config).require()
+            net = torchvision.models.get_model(config.arch, weights=member)  # torch.hub: download once, then the cached file
+            transforms = member.transforms()
+            mean, std = tuple(transforms.mean), tuple(transforms.std)
+            crop = None if config.resolution else int(transforms.crop_size[0])
+            description = f"torchvision {config.arch} {member.name}"
+        elif config.weights:
+            net = torchvision.models.get_model(config.arch, weights=None)
             state = load_state_dict(config.weights)
             try:
                 net.load_state_dict(state, strict=True)
@@ -52,18 +128,14 @@ class TorchvisionModel(EmbedderKind):
                 ) from None
             description = f"torchvision {config.arch} ({Path(config.weights).name})"
         else:
+            net = torchvision.models.get_model(config.arch, weights=None)
             description = f"torchvision {config.arch} (untrained)"
+            known = [m for m in torchvision.models.get_model_weights(config.arch).__members__ if m != "DEFAULT"]
             notes.append(
-                f"No weights file given: {config.arch} has random weights, so its features are untrained and "
-                "say little about the images. Give --weights with a local checkpoint for meaningful features."
+                f"No weights given: {config.arch} has random weights, so its features are untrained and say little about the "
+                f"images. Name published weights ({', '.join(known)}) or give a local checkpoint for meaningful features."
             )
-        parent, _, attr = TORCHVISION_HEADS[config.arch].rpartition(".")
-        holder = net.get_submodule(parent) if parent else net
-        if isinstance(holder, torch.nn.Sequential):
-            holder[int(attr)] = torch.nn.Identity()
-        else:
-            setattr(holder, attr, torch.nn.Identity())
-        return normalised(net, IMAGENET_MEAN, IMAGENET_STD), description, notes
+        return normalised(remove_classifier(net), mean, std, crop=crop), description, notes
 
 
 def load_state_dict(path: str) -> dict:
