@@ -247,7 +247,7 @@ def map_and_selection() -> None:
 def find_by_description() -> None:
     """CLIP embeddings only: select the images closest to a typed description (cosine with the text tower's vector)."""
     with st.form("map-text-search", border=False):
-        query, count, go = st.columns([5, 2, 1], vertical_alignment="bottom")
+        query, count, go = st.columns([4, 2, 1], vertical_alignment="bottom")
         text = query.text_input("Find images by description", placeholder="a blurry photo", key="map-text",
                                 help=f"{text_model.model_name} compares your text with every image; the closest become the selection.")
         top = count.number_input("How many", 1, max(1, len(projection.sample_ids)), min(50, len(projection.sample_ids)), key="map-text-top")

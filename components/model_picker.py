@@ -31,6 +31,6 @@ def model_picker(where, workspace, *, key: str, label: str = "Model", default: s
     if picked != OTHER and not in_form:
         return picked
     # Inside a form nothing reruns until it is submitted, so there the name field is always shown (and used with "Other").
-    typed = where.text_input("Other model name", value="" if default in names else default, key=f"{key}-other",
+    typed = where.text_input("Other model name" + (" (used when 'Other model' is picked above)" if in_form else ""), value="" if default in names else default, key=f"{key}-other",
                              placeholder="e.g. torchvision:convnext_tiny:DEFAULT", help=NAME_HELP)
     return typed.strip() if picked == OTHER else picked

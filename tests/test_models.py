@@ -198,7 +198,7 @@ def test_model_facts_count_the_real_architecture_without_downloading(offline: Pa
     assert choices["efficientnet-lite0"].per_second is None and "not known" in choices["efficientnet-lite0"].speed()
     record(workspace, "embed efficientnet-lite0", 1000, 4.0)  # 250 images/s measured for the bundled model
     choices = {c.name: c for c in model_choices(workspace, [("efficientnet-lite0", "Lite0", ""), ("torchvision:resnet50:IMAGENET1K_V2", "ResNet-50", "")])}
-    assert choices["efficientnet-lite0"].speed() == "250 images/s measured here"
+    assert choices["efficientnet-lite0"].speed() == "250 img/s measured here"
     estimate = choices["torchvision:resnet50:IMAGENET1K_V2"]
     assert not estimate.measured and estimate.speed().endswith("estimated") and estimate.per_second < 250 / 5
 
@@ -232,8 +232,8 @@ def test_the_map_page_embeds_with_a_model_picked_from_the_list_or_named(offline:
 
     app = page("map")
     picker = next(s for s in app.selectbox if s.label == "Model")
-    assert picker.value == "efficientnet-lite0" and picker.options[0].startswith("EfficientNet-Lite0 (bundled) · 4.7 M parameters")
-    assert picker.options[0].endswith("· ready") and "downloads ~605 MB once" in picker.options[1]
+    assert picker.value == "efficientnet-lite0" and picker.options[0].startswith("EfficientNet-Lite0 (bundled) · 5 M params, 0.4 GFLOPs at 224 px")
+    assert picker.options[0].endswith("· ready") and picker.options[1].endswith("· downloads ~605 MB")
     picker.set_value("Other model (type its name below)").run()
     next(t for t in app.text_input if t.label == "Other model name").input(TIMM).run()
     next(b for b in app.main.button if b.label == "Embed the images").click().run()
@@ -287,7 +287,7 @@ def test_the_train_page_trains_a_frozen_backbone_named_in_its_picker(offline: Pa
     backbone = next(s for s in app.selectbox if s.label == "Backbone")
     assert backbone.value == "efficientnet-lite0" and len(backbone.options) == len(RECOMMENDED) + 1
     backbone.set_value("Other model (type its name below)")
-    next(t for t in app.text_input if t.label == "Other model name").input(TIMM)
+    next(t for t in app.text_input if t.label.startswith("Other model name")).input(TIMM)
     next(n for n in app.number_input if n.label == "Epochs").set_value(2)
     app.button(key="FormSubmitter:settings-frozen-backbone-Start training").click().run()
     assert not app.exception and not app.error, (app.exception, [e.value for e in app.error])

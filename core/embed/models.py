@@ -156,16 +156,19 @@ class ModelChoice:
     def speed(self) -> str:
         if self.per_second is None:
             return "speed not known yet"
-        return f"{self.per_second:,.0f} images/s " + ("measured here" if self.measured else "estimated")
+        rate = self.per_second
+        figure = f"{rate:,.0f}" if rate >= 10 else f"{rate:.1f}" if rate >= 1 else f"{rate:.2f}"
+        return f"{figure} img/s measured here" if self.measured else f"~{figure} img/s estimated"
 
     def size(self) -> str:
         if self.facts is None:
             return "size unknown"
-        return f"{self.facts.parameters / 1e6:,.1f} M parameters, {self.facts.gflops:,.1f} GFLOPs per image at {self.facts.input_size} px"
+        return f"{self.facts.parameters / 1e6:,.0f} M params, {self.facts.gflops:,.1f} GFLOPs at {self.facts.input_size} px"
 
     def label(self) -> str:
         """One line for a picker: title, size, speed, cached."""
-        return f"{self.title} · {self.size()} · {self.speed()} · {'ready' if self.cached else f'downloads ~{self.facts.weights_mb:,.0f} MB once' if self.facts else 'downloads once'}"
+        cache = "ready" if self.cached else f"downloads ~{self.facts.weights_mb:,.0f} MB" if self.facts else "downloads once"
+        return f"{self.title} · {self.size()} · {self.speed()} · {cache}"
 
 
 def model_choices(workspace, names: list[tuple[str, str, str]] | None = None) -> list[ModelChoice]:
