@@ -1,6 +1,6 @@
 """The recommended models on this machine: size, FLOPs, and images/s end to end. Prints figures; asserts nothing.
 
-    .venv/bin/python bench/bench_models.py              # every recommended model, 256 images each (20 for ViT-L/16 SWAG)
+    .venv/bin/python bench/bench_models.py              # every recommended model: 1,000 images (100 over 10 GFLOPs, 20 over 100)
     .venv/bin/python bench/bench_models.py --skip-large # without ViT-L/16 SWAG (362 GFLOPs an image: minutes on a CPU)
 
 This machine cannot download published weights, so each model's real
@@ -45,7 +45,7 @@ def place_random_weights(name: str, torch_home: Path, hub_cache: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--images", type=int, default=1000, help="images for the models under 10 GFLOPs an image")
     parser.add_argument("--skip-large", action="store_true")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-models-"))
@@ -56,11 +56,12 @@ def main() -> None:
     constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = str(hub_cache), True
     workspace = root / "workspace"
     workspace.mkdir()
-    per_class = max(1, args.images // 10)
-    import_dataset(write_fashion_folders(root / "images", per_class), "bench", workspace)
-    import_dataset(write_fashion_folders(root / "few", 2), "bench-large", workspace)  # 20 images for the models over 100 GFLOPs
-    print(f"{per_class * 10} Fashion-MNIST PNGs (20 for models over 100 GFLOPs); {os.cpu_count()} CPU cores; "
-          f"weights: random, in each library's cache layout under {root}\n")
+    # Fewer images for slower models, so each takes a minute or so; enough that loading the model is a small part.
+    tiers = [(10.0, max(10, args.images // 10 * 10)), (100.0, 100), (float("inf"), 20)]
+    for limit, count in tiers:
+        import_dataset(write_fashion_folders(root / f"images-{count}", count // 10), f"bench-{count}", workspace)
+    print(f"Fashion-MNIST PNGs: {tiers[0][1]} for models under 10 GFLOPs, 100 under 100, 20 above; {os.cpu_count()} CPU cores; "
+          f"weights: random, in each library's cache layout under {root}.\nimages/s: a second job, end to end (load the model, decode, embed, cache)\n")
     print(f"{'model':46} {'params (M)':>10} {'GFLOPs':>8} {'input':>6} {'runtime':>16} {'images/s':>9}")
     for recommended in RECOMMENDED:
         name = recommended.name
@@ -68,7 +69,7 @@ def main() -> None:
             print(f"{name:46} {recommended.facts.parameters / 1e6:10.1f} {recommended.facts.gflops:8.1f} {recommended.facts.input_size:5}px {'skipped':>16}")
             continue
         place_random_weights(name, torch_home, hub_cache)
-        dataset = "bench-large" if recommended.facts.gflops > 100 else "bench"
+        dataset = f"bench-{next(count for limit, count in tiers if recommended.facts.gflops < limit)}"
         started = time.perf_counter()
         report = embed_dataset(workspace, dataset, config_of(name))  # the first time: the ONNX export and its check too
         cold = time.perf_counter() - started
@@ -78,7 +79,7 @@ def main() -> None:
         warm = time.perf_counter() - started
         runtime = report.description.split(" via ")[-1] if " via " in report.description else "torch fp32"  # torch: the export was refused
         print(f"{name:46} {recommended.facts.parameters / 1e6:10.1f} {recommended.facts.gflops:8.1f} {recommended.facts.input_size:5}px "
-              f"{runtime:>16} {report.n_computed / warm:9.1f}   (first job, with the export: {cold:.0f} s)")
+              f"{runtime:>16} {report.n_computed / warm:9.1f}   ({report.n_computed} images; the first job, with the export: {cold:.0f} s)")
     print("\nWhat the app's model list shows after this run (speeds measured here now):")
     for choice in model_choices(workspace):
         print(f"  {choice.label()}")

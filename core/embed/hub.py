@@ -45,6 +45,7 @@ class PublishedWeights:
     what: str  # e.g. "torchvision vit_l_16 IMAGENET1K_SWAG_E2E_V1"
     url: str | None = None
     url_cache: Path | None = None
+    url_cache_note: str = "TORCH_HOME moves torch's cache"  # how the user moves url_cache, said in the offline message
     hf_repo: str | None = None
     hf_files: tuple[tuple[str, ...], ...] = ()
     hf_revision: str | None = None
@@ -104,8 +105,7 @@ class PublishedWeights:
 
     def how_to_place(self) -> str:
         if self.url:
-            return (f"On a machine with internet, download {self.url} and copy it to {self.cache_location()} "
-                    "(TORCH_HOME moves torch's cache; open_clip's URL downloads go to ~/.cache/clip), then run this again.")
+            return f"On a machine with internet, download {self.url} and copy it to {self.cache_location()} ({self.url_cache_note}), then run this again."
         files = " ".join(names[0] for names in self.hf_files)
         return (f"On a machine with internet, run `hf download {self.hf_repo} {files}` (or load the model there once), then copy its "
                 f"models--{self.hf_repo.replace('/', '--')} folder into {hf_hub_cache()} here (HF_HOME moves that cache), and run this again.")

@@ -77,7 +77,7 @@ class OpenClipModel(EmbedderKind):
             else:
                 files = (filename,)
             return PublishedWeights(what, hf_repo=repo, hf_files=(files,))
-        return PublishedWeights(what, url=cfg["url"], url_cache=Path("~/.cache/clip").expanduser())
+        return PublishedWeights(what, url=cfg["url"], url_cache=Path("~/.cache/clip").expanduser(), url_cache_note="open_clip keeps its URL downloads there")
 
     def _model_config(self, config) -> dict:
         import open_clip
