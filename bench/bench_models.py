@@ -79,7 +79,7 @@ def main() -> None:
         warm = time.perf_counter() - started
         runtime = report.description.split(" via ")[-1] if " via " in report.description else "torch fp32"  # torch: the export was refused
         print(f"{name:46} {recommended.facts.parameters / 1e6:10.1f} {recommended.facts.gflops:8.1f} {recommended.facts.input_size:5}px "
-              f"{runtime:>16} {report.n_computed / warm:9.1f}   ({report.n_computed} images; the first job, with the export: {cold:.0f} s)")
+              f"{runtime:>16} {report.n_computed / warm:9.2f}   ({report.n_computed} images; the first job, with the export: {cold:.0f} s)")
     print("\nWhat the app's model list shows after this run (speeds measured here now):")
     for choice in model_choices(workspace):
         print(f"  {choice.label()}")

@@ -126,6 +126,22 @@ def test_timm_weights_by_name_load_from_the_hugging_face_cache(offline: Path, fa
     assert vectors.shape == (60, 64) and np.isfinite(vectors).all() and len(np.unique(vectors.round(5), axis=0)) == 60
 
 
+def test_an_open_clip_pretrained_tag_loads_from_the_hub_repository_it_names(offline: Path, tmp_path: Path):
+    """ViT-B-32's laion2b_s34b_b79k tag is the repository laion/CLIP-ViT-B-32-laion2B-s34B-b79K: random weights placed there load by the tag."""
+    model_caches.open_clip_tag_snapshot(offline / "hf" / "hub", "ViT-B-32", "laion2b_s34b_b79k")
+    try:
+        config = config_of("open_clip:ViT-B-32:laion2b_s34b_b79k", runtime="torch")
+        assert config.published().cached
+        embedder = load_embedder(config, tmp_path / "models")
+        assert embedder.key == "open_clip-ViT-B-32-laion2b_s34b_b79k-224px-fp32" and embedder.dim == 512
+        vectors = embedder.embed_batch(np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8))
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+    finally:  # 600 MB: not kept for the other tests
+        import shutil
+
+        shutil.rmtree(offline / "hf" / "hub" / "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K")
+
+
 def test_an_uncached_name_offline_fails_in_seconds_saying_which_file_and_where(offline: Path, tmp_path: Path):
     # A download that broke off leaves partial files behind; neither library's partial file counts as the weights.
     partial = offline / "hf" / "hub" / "models--timm--vit_small_patch14_dinov2.lvd142m" / "blobs"
