@@ -42,6 +42,7 @@ from core.embed import (
 )
 from core.embed.models import config_of
 from core.embed.text import closest_to_text, text_config
+from core.similar import more_like_this, parse_sample_ids
 from core.errors import ConflictError, UserError
 from core.mapping import (
     COLOUR_BY,
@@ -209,9 +210,10 @@ def map_and_selection() -> None:
     map_column, panel = st.columns([9, 8], gap="medium")  # side by side: the lasso and what it caught in view together
     with map_column:
         map_slot, under_map = st.container(), st.container()
-    if text_model is not None:
-        with under_map:  # drawn under the map, run before it: a search's selection is drawn in this same run
+    with under_map:  # drawn under the map, run before it: a search's selection is drawn in this same run
+        if text_model is not None:
             find_by_description()
+        find_more_like_this()
     selection_key = keys(name).selection
     wanted = st.session_state.get(selection_key)  # sample ids the user had selected (survives reloads)
     pushed = None
@@ -247,7 +249,7 @@ def map_and_selection() -> None:
 def find_by_description() -> None:
     """CLIP embeddings only: select the images closest to a typed description (cosine with the text tower's vector)."""
     with st.form("map-text-search", border=False):
-        query, count, go = st.columns([4, 2, 1], vertical_alignment="bottom")
+        query, count, go = st.columns([5, 3, 2], vertical_alignment="bottom")
         text = query.text_input("Find images by description", placeholder="a blurry photo", key="map-text",
                                 help=f"{text_model.model_name} compares your text with every image; the closest become the selection.")
         top = count.number_input("How many", 1, max(1, len(projection.sample_ids)), min(50, len(projection.sample_ids)), key="map-text-top")
@@ -263,6 +265,31 @@ def find_by_description() -> None:
                                                      f"(cosine {found['similarity'].max():.2f} to {found['similarity'].min():.2f}).")
     token, said = st.session_state.get("map-text-found") or (None, "")
     if token is not None and token == (st.session_state.get(keys(name).selection) or {}).get("token"):  # until another selection
+        st.caption(said)
+
+
+def find_more_like_this() -> None:
+    """Select samples and their nearest neighbours in this embedding (cosine): given ids, or the current selection."""
+    with st.form("map-similar", border=False):
+        ids_column, count, go = st.columns([5, 3, 2], vertical_alignment="bottom")
+        typed = ids_column.text_input("More like sample", placeholder="#id (or several); empty: the selection", key="map-similar-ids",
+                                      help="These samples and their nearest neighbours in this embedding become the selection.")
+        k = count.number_input("How many more", 1, max(1, len(projection.sample_ids) - 1), min(50, max(1, len(projection.sample_ids) - 1)), key="map-similar-k")
+        submitted = go.form_submit_button("Select", key="map-similar-go")
+    if submitted:
+        current = (st.session_state.get(keys(name).selection) or {}).get("sample_ids", [])
+        try:
+            wanted = parse_sample_ids(typed) if typed.strip() else list(current)
+            found = more_like_this(workspace(), name, chosen_key, wanted, k=int(k), version=version)
+        except UserError as error:
+            st.error(str(error))
+            return
+        token = select_on_map(name, found["sample_id"], "similar")
+        queries = ", ".join(f"#{i}" for i in found.loc[found["is_query"], "sample_id"][:5]) + (" ..." if found["is_query"].sum() > 5 else "")
+        st.session_state["map-similar-found"] = (token, f"Selected {queries} and the {int((~found['is_query']).sum()):,} samples nearest to "
+                                                        f"{'it' if found['is_query'].sum() == 1 else 'them'} (cosine down to {found['similarity'].min():.3f}).")
+    token, said = st.session_state.get("map-similar-found") or (None, "")
+    if token is not None and token == (st.session_state.get(keys(name).selection) or {}).get("token"):
         st.caption(said)
 
 

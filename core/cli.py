@@ -256,6 +256,20 @@ def _default_embedding_key(workspace, name: str) -> str:
     raise UserError(f"'{name}' has several embeddings ({', '.join(available)}); choose one with --embedding.")
 
 
+def cmd_similar(args: argparse.Namespace) -> None:
+    from core.similar import more_like_this
+
+    table = open_table(args.workspace, args.name)
+    version = args.version or table.head_version()
+    key = args.embedding or _default_embedding_key(args.workspace, args.name)
+    found = more_like_this(args.workspace, args.name, key, args.sample_ids, k=args.k, version=version)
+    paths = table.read(version).set_index("sample_id")["path"]
+    found["similarity"] = found["similarity"].round(4)
+    found["path"] = paths.reindex(found["sample_id"]).to_numpy()
+    _print_table(found)
+    print(f"{len(found) - int(found['is_query'].sum())} samples nearest to {', '.join(f'#{i}' for i in args.sample_ids)} in '{key}' (cosine), version {version}")
+
+
 def cmd_project(args: argparse.Namespace) -> None:
     from core.project import ProjectionConfig, project_dataset
 
@@ -557,6 +571,14 @@ def _add_model_commands(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("embeddings", parents=[common], help="list the embeddings cached for a data set")
     p.add_argument("name")
     p.set_defaults(func=cmd_embeddings)
+
+    p = sub.add_parser("similar", parents=[common], help="more like this: the samples nearest to one (or several) in an embedding")
+    p.add_argument("name")
+    p.add_argument("sample_ids", nargs="+", type=int, metavar="SAMPLE_ID", help="several: nearest to their mean")
+    p.add_argument("--k", type=int, default=50, help="how many similar samples (default 50)")
+    p.add_argument("--embedding", help="embedding key (see `embeddings NAME`; default: the default embedder's)")
+    p.add_argument("--version", type=int, help="version whose samples to search (default: the latest)")
+    p.set_defaults(func=cmd_similar)
 
     p = sub.add_parser("project", parents=[common], help="project embeddings to a 2D/3D map (cached)")
     p.add_argument("name")

@@ -48,6 +48,23 @@ def nearest_neighbours(points: np.ndarray, queries: np.ndarray | None, k: int) -
     return _drop_self(index.search_unit(index.base, k + 1), k)
 
 
+def closest_to(vectors: np.ndarray, query: np.ndarray, top: int, *, skip: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(row indices, cosine similarities) of the ``top`` rows of ``vectors`` closest to one ``query`` vector, best first.
+
+    Exact: one matrix-vector product (a few tens of milliseconds at 100,000 x 1280). ``skip``: a
+    boolean mask of rows never returned (the query's own rows).
+    """
+    similarity = unit_rows(vectors) @ unit_rows(query[None])[0]
+    if skip is not None:
+        similarity = np.where(skip, -np.inf, similarity)
+    top = min(top, int(np.isfinite(similarity).sum()))
+    if top <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    best = np.argpartition(-similarity, top - 1)[:top]
+    best = best[np.argsort(-similarity[best], kind="stable")]
+    return best.astype(np.int64), similarity[best].astype(np.float32)
+
+
 class NeighbourIndex:
     """``points`` indexed once for many searches (a map's fitted points placing a million others in blocks).
 

@@ -21,6 +21,7 @@ import pandas as pd
 from core.embed.cache import embedding_cache, load_embeddings
 from core.embed.config import EmbedderConfig
 from core.errors import UserError
+from core.neighbours import closest_to
 
 PROMPT = "a photo of a {}"
 
@@ -57,10 +58,8 @@ def closest_to_text(workspace: str | os.PathLike | None, name: str, key: str, te
         raise UserError("Type a description of the images to find, e.g. 'a blurry photo'.")
     encode = _encoder(workspace, name, key)
     embeddings = load_embeddings(workspace, name, key, version)
-    query = encode([text.strip()])[0]
-    similarity = embeddings.vectors @ query
-    order = np.argsort(-similarity, kind="stable")[:top]
-    return pd.DataFrame({"sample_id": embeddings.sample_ids[order], "label": embeddings.labels[order], "similarity": similarity[order].astype(np.float32)})
+    rows, similarity = closest_to(embeddings.vectors, encode([text.strip()])[0], top)
+    return pd.DataFrame({"sample_id": embeddings.sample_ids[rows], "label": embeddings.labels[rows], "similarity": similarity})
 
 
 def zero_shot(
