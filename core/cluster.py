@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import Cancelled, UserError
+from core.network import connect_problem
 
 RAY_BATCH = 256  # images per Ray Data batch (decoding task and actor call); see map_on_ray
 ADDRESS_HELP = "local (a Ray on this machine, for this job), auto (the cluster this machine is part of, or $RAY_ADDRESS), or HEAD:6379 (a cluster's GCS address)"
@@ -88,15 +88,12 @@ def _host_port(address: str) -> tuple[str, int] | None:
 
 def _check_reachable(address: str) -> None:
     """Fail in seconds, not Ray's minutes of retries, when nothing listens at ``address``."""
-    host, port = _host_port(address)
-    try:
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
-            return
-    except OSError as exc:
+    problem = connect_problem(*_host_port(address), CONNECT_TIMEOUT_S)
+    if problem:
         raise UserError(
-            f"No Ray cluster answers at {address} ({exc.strerror or type(exc).__name__}). Check the address and that the cluster runs "
+            f"No Ray cluster answers at {address} ({problem}). Check the address and that the cluster runs "
             "(`ray start --head` on its head node; its GCS port is 6379 unless --port said otherwise), or use --ray local. Nothing was written."
-        ) from None
+        )
 
 
 def _target(address: str) -> str:

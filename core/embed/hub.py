@@ -21,12 +21,12 @@ how to put it there by hand.
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 from core.errors import UserError
+from core.network import connect_problem
 
 CONNECT_TIMEOUT_S = 5.0  # a host that does not answer in this long is taken as unreachable
 HF_ENDPOINT_DEFAULT = "https://huggingface.co"
@@ -144,14 +144,7 @@ def _hf_cached(repo: str, filename: str, revision: str | None) -> Path | None:
 def unreachable(host: str | None, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
     """None if a TCP connection to ``host``:443 (or to the HTTPS proxy) opens within ``timeout`` s; else why not, in words."""
     proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    target = (urlparse(proxy).hostname, urlparse(proxy).port or 8080) if proxy else (host, 443)
-    via = f" (through the proxy {target[0]}:{target[1]})" if proxy else ""
-    try:
-        socket.create_connection(target, timeout=timeout).close()
-        return None
-    except socket.gaierror:
-        return f"this machine cannot resolve {target[0]}{via}: there is no network or no DNS"
-    except TimeoutError:
-        return f"{target[0]} did not answer within {timeout:.0f} s{via}"
-    except OSError as exc:
-        return f"{target[0]} cannot be reached{via} ({exc.strerror or exc})"
+    if not proxy:
+        return connect_problem(host, 443, timeout)
+    target = urlparse(proxy)
+    return connect_problem(target.hostname, target.port or 8080, timeout, via=f" (through the proxy {target.hostname}:{target.port or 8080})")

@@ -100,9 +100,7 @@ class FrozenBackboneSettings(FamilySettings):
 
     def backbone_config(self):
         """The embedder that is this family's frozen backbone."""
-        from core.embed import EmbedderConfig
-
-        from core.embed.config import parse_model_name
+        from core.embed.config import EmbedderConfig, parse_model_name
 
         return EmbedderConfig(**parse_model_name(self.backbone), weights=self.backbone_weights, resolution=self.image_size)
 
