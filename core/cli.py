@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -268,6 +269,24 @@ def cmd_similar(args: argparse.Namespace) -> None:
     found["path"] = paths.reindex(found["sample_id"]).to_numpy()
     _print_table(found)
     print(f"{len(found) - int(found['is_query'].sum())} samples nearest to {', '.join(f'#{i}' for i in args.sample_ids)} in '{key}' (cosine), version {version}")
+
+
+def cmd_health(args: argparse.Namespace) -> None:
+    from core.health import compute_health, describe
+
+    with progress_bar("data health", unit="%") as update:
+        report = compute_health(args.workspace, args.name, version=args.version, embedding=args.embedding, run_id=args.run,
+                                progress=lambda stage, fraction: update(round(100 * fraction), 100))
+    summary = report.summary()
+    _print_table(summary.drop(columns=["note"]))
+    for row in summary[summary["note"] != ""].itertuples():
+        print(f"{row.title}: {row.note}")
+    print(describe(report))
+    if args.out:
+        out = Path(args.out)
+        frame = report.samples.assign(health=report.issue_types().to_numpy())
+        frame.to_parquet(out, index=False) if out.suffix == ".parquet" else frame.to_csv(out, index=False)
+        print(f"every sample's scores ({len(frame):,} rows; low score = more severe) written to {out}")
 
 
 def cmd_project(args: argparse.Namespace) -> None:
@@ -579,6 +598,14 @@ def _add_model_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--embedding", help="embedding key (see `embeddings NAME`; default: the default embedder's)")
     p.add_argument("--version", type=int, help="version whose samples to search (default: the latest)")
     p.set_defaults(func=cmd_similar)
+
+    p = sub.add_parser("health", parents=[common], help="data health: outliers, near duplicates, poor images, label issues (cleanlab Datalab + cleanvision); cached")
+    p.add_argument("name")
+    p.add_argument("--version", type=int, help="version to check (default: the latest)")
+    p.add_argument("--embedding", help="embedding key the embedding and label checks read (default: the default embedder's)")
+    p.add_argument("--run", help="run whose probabilities the label checks read (default: the newest with per-sample scores)")
+    p.add_argument("--out", help="write every sample's scores to this CSV (or .parquet)")
+    p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("project", parents=[common], help="project embeddings to a 2D/3D map (cached)")
     p.add_argument("name")

@@ -1,0 +1,146 @@
+"""Data health (core/health.py): cleanvision's image checks and cleanlab Datalab's embedding and label
+checks on real images with planted problems, the caches that spare a relabel, bad input, and the CLI."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from core.embed import EmbedderConfig, embed_dataset
+from core.health import CHECKS, compute_health
+from core.ingest import import_dataset
+from core.tables import ChangeSet
+from core.workspace import DatasetPaths, open_table
+from tests.conftest import draw_image, write_fashion_folders
+from tests.test_cli import cli
+
+PIXELS = EmbedderConfig(kind="pixels", resolution=16)
+KEY = "pixels-16px"
+
+
+def _plant_problems(root: Path) -> dict[str, Path]:
+    """Beside 100 Fashion-MNIST images: an exact copy, a near copy, a darkened copy and a negative (dark clothing on white)."""
+    bright = max(root.glob("*/*.png"), key=lambda p: np.asarray(Image.open(p)).mean())
+    pixels = np.asarray(Image.open(bright)).copy()
+    planted = {"original": bright, "exact": bright.parent / "copy.png", "near": bright.parent / "near.png", "dark": bright.parent / "dark.png"}
+    shutil.copy(bright, planted["exact"])
+    near = pixels.copy()
+    near[0, 0] = 255 - near[0, 0]  # one pixel: other bytes, the same picture
+    Image.fromarray(near, "L").save(planted["near"])
+    Image.fromarray((pixels * 0.08).astype(np.uint8), "L").save(planted["dark"])
+    planted["negative"] = bright.parent / "negative.png"
+    Image.fromarray(255 - pixels, "L").save(planted["negative"])
+    return planted
+
+
+@pytest.fixture
+def planted(tmp_path: Path, workspace: Path) -> tuple[Path, dict[str, int]]:
+    root = write_fashion_folders(tmp_path / "fashion", 10)
+    files = _plant_problems(root)
+    import_dataset(root, "fashion", workspace)
+    embed_dataset(workspace, "fashion", PIXELS)
+    rows = open_table(workspace, "fashion").read()
+    by_path = dict(zip(rows["path"].map(lambda p: Path(p).resolve()), rows["sample_id"]))
+    return workspace, {what: int(by_path[path.resolve()]) for what, path in files.items()}
+
+
+def test_planted_problems_are_found_and_a_relabel_reuses_the_label_free_checks(planted):
+    workspace, ids = planted
+    stages = []
+    report = compute_health(workspace, "fashion", embedding=KEY, image_workers=1, progress=lambda stage, fraction: stages.append((stage, fraction)))
+    assert stages[-1] == ("done", 1.0) and any(stage.startswith("image checks") for stage, _ in stages)
+    assert [fraction for _, fraction in stages] == sorted(fraction for _, fraction in stages)
+    assert len(report.samples) == 104 and report.samples["sample_id"].is_unique
+    # Exact and near copies: one group with their original (the exact one from equal content hashes).
+    group = next(g for g in report.duplicate_groups if ids["original"] in g)
+    assert {ids["original"], ids["exact"], ids["near"]} <= set(group.tolist())
+    flagged = report.samples.set_index("sample_id")
+    assert flagged.loc[[ids["original"], ids["exact"], ids["near"]], "is_near_duplicate"].all()
+    # A white background is like no other image here: Datalab's most severe outlier.
+    assert report.flagged("outlier")["sample_id"].iloc[0] == ids["negative"]
+    assert ids["dark"] in report.flagged("dark")["sample_id"].tolist()
+    # All grayscale: a property of the set, not 105 flags.
+    assert report.results["grayscale"].status == "set property" and not flagged["is_grayscale"].any()
+    # No run yet: the label checks say what they need, the others ran.
+    for check in ("label", "class_imbalance", "underperforming_group"):
+        assert report.results[check].status == "not run" and "needs a training run" in report.results[check].note
+    assert report.results["outlier"].status == "ran" and report.results["blurry"].status == "ran"
+    assert report.issue_types().loc[ids["negative"]].startswith("Outlier")
+
+    # A relabel makes a new version with the same image set: nothing label-free is computed again.
+    folder = DatasetPaths(workspace, "fashion").local / "health"
+    before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.parquet")}
+    table = open_table(workspace, "fashion")
+    table.commit(ChangeSet.relabel([ids["negative"]], "bag"), parent=table.head_version(), message="relabel")
+    again = compute_health(workspace, "fashion", embedding=KEY, image_workers=1)
+    assert again.version == report.version + 1
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.parquet")} == before
+    pd.testing.assert_frame_equal(again.samples.drop(columns=["label"]), report.samples.drop(columns=["label"]))
+
+
+def test_label_checks_read_this_versions_labels_and_the_runs_probabilities(planted):
+    from core.train.heads import HeadsSettings
+    from core.train.pipeline import train
+
+    workspace, ids = planted
+    table = open_table(workspace, "fashion")
+    rows = table.read()
+    # Five sneakers called trousers: the trained model disagrees with those labels.
+    flipped = rows[rows["label"] == "sneaker"]["sample_id"].head(5).tolist()
+    table.commit(ChangeSet.relabel(flipped, "trouser"), parent=table.head_version(), message="flip")
+    run = train(workspace, "fashion", HeadsSettings(heads=("logreg",), embedding=KEY))
+    report = compute_health(workspace, "fashion", embedding=KEY, image_workers=1)
+    assert report.run_id == run.run_id
+    assert report.results["label"].status == "ran" and report.results["class_imbalance"].status == "ran"
+    found = set(report.flagged("label")["sample_id"]) & set(flipped)
+    assert len(found) >= 3, f"only {len(found)} of 5 flipped labels flagged"
+    # Labelled, not excluded samples only; the others get no label score.
+    scored = report.samples[report.samples["label_score"].notna()]
+    assert len(scored) == report.results["label"].scored and (scored["label"] != "undefined").all()
+
+
+def test_too_few_images_say_so_and_the_image_checks_still_run(tmp_path: Path, workspace: Path):
+    root = tmp_path / "few"
+    for i in range(5):
+        draw_image(root / ("a" if i < 3 else "b") / f"{i}.png", i)
+    import_dataset(root, "few", workspace)
+    embed_dataset(workspace, "few", PIXELS)
+    report = compute_health(workspace, "few", embedding=KEY, image_workers=1)
+    for check in ("outlier", "near_duplicate", "non_iid"):
+        assert report.results[check].status == "not run" and "needs at least 20 embedded images" in report.results[check].note
+    assert report.results["dark"].status == "ran" and report.results["dark"].scored == 5
+    assert set(report.summary()["check"]) == set(CHECKS)
+
+
+def test_grayscale_flags_the_few_gray_images_of_a_colour_set_and_unreadable_images_are_counted(tmp_path: Path, workspace: Path):
+    root = tmp_path / "colour"
+    for i in range(30):
+        draw_image(root / ("a" if i % 2 else "b") / f"{i}.png", i, size=(32, 32), mode="L" if i in (4, 9) else "RGB")
+    import_dataset(root, "colour", workspace)
+    (root / "b" / "0.png").unlink()  # gone since the import
+    report = compute_health(workspace, "colour", image_workers=2)
+    gray = report.flagged("grayscale")
+    assert report.results["grayscale"].status == "ran" and len(gray) == 2
+    assert sorted(Path(p).name for p in open_table(workspace, "colour").read().set_index("sample_id").loc[gray["sample_id"], "path"]) == ["4.png", "9.png"]
+    assert report.samples["unreadable"].sum() == 1 and "1 images could not be read" in report.results["dark"].note
+    # No embedding: those checks say how to get one; exact duplicates would still be grouped.
+    assert report.results["outlier"].status == "not run" and "embed the images first" in report.results["outlier"].note
+
+
+def test_health_command_prints_the_checks_and_writes_every_sample(planted, tmp_path: Path):
+    workspace, ids = planted
+    out = tmp_path / "health.csv"
+    result = cli(workspace, "health", "fashion", "--embedding", KEY, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "near_duplicate" in result.stdout and "Grayscale: 100% of the images are grayscale" in result.stdout
+    assert "Label issue: needs a training run" in result.stdout
+    written = pd.read_csv(out)
+    assert len(written) == 104 and {"outlier_score", "is_blurry", "health"} <= set(written.columns)
+    assert "Outlier" in written.set_index("sample_id").loc[ids["negative"], "health"]
+    missing = cli(workspace, "health", "nope")
+    assert missing.returncode != 0 and "No data set named 'nope'" in missing.stderr
