@@ -17,6 +17,7 @@ navigation = st.navigation(
         st.Page("app_pages/data.py", title="Data", icon=":material/table_view:", default=True),
         st.Page("app_pages/map.py", title="Map", icon=":material/scatter_plot:"),
         st.Page("app_pages/review.py", title="Review", icon=":material/fact_check:"),
+        st.Page("app_pages/health.py", title="Health", icon=":material/health_and_safety:"),
         st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
         st.Page("app_pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
     ],

@@ -44,6 +44,7 @@ from core.embed.models import config_of
 from core.embed.text import closest_to_text, text_config
 from core.similar import more_like_this, parse_sample_ids
 from core.errors import ConflictError, UserError
+from core.health import CHECKS, compute_health
 from core.mapping import (
     COLOUR_BY,
     categorical_colours,
@@ -172,15 +173,24 @@ try:
     scores = load_samples(run).set_index("sample_id").reindex(projection.sample_ids)
 except UserError:
     run, scores = None, None
-colour_by = right.selectbox("Colour by", COLOUR_BY, key="colour-by", help="Predicted label, label-issue score and confidence come from the latest training run on this version.")
+colour_by = right.selectbox("Colour by", COLOUR_BY, key="colour-by", help="Predicted label, label-issue score and confidence come from the latest training run on this version; "
+                            "health issue and outlier score from the Health page's checks of this version and embedding (low outlier score = more unusual).")
 needs_scores = colour_by in ("predicted label", "label-issue score", "confidence")
+health = compute_health(workspace(), name, version=version, embedding=chosen_key, compute=False) if colour_by in ("health issue", "outlier score") else None
+if health is not None:
+    health_of = health.samples.set_index("sample_id").reindex(projection.sample_ids)
 excluded = (frame["weight"] <= 0).to_numpy()
-if colour_by == "given label" or (needs_scores and scores is None):
+if colour_by == "given label" or (needs_scores and scores is None) or (colour_by in ("health issue", "outlier score") and health is None):
     colouring = categorical_colours(frame["label"], classes, excluded)
 elif colour_by == "predicted label":
     colouring = categorical_colours(scores["predicted_label"].fillna(UNDEFINED).to_numpy(), classes)
 elif colour_by == "split":
     colouring = categorical_colours(frame["split"].fillna("none").astype(str).to_numpy(), ["train", "val", "test"])
+elif colour_by == "health issue":  # the first check that flags a sample, in the Health page's order
+    colouring = categorical_colours(health.issue_types().reindex(projection.sample_ids).fillna("").str.split(",").str[0].replace("", "no issue").to_numpy(),
+                                    ["no issue", *[c.title for c in CHECKS.values()]])
+elif colour_by == "outlier score":
+    colouring = continuous_colours(health_of["outlier_score"].to_numpy())
 elif colour_by == "label-issue score":
     colouring = continuous_colours(scores["issue_score"].to_numpy())
 else:
@@ -188,7 +198,10 @@ else:
 # The same elements above the map on every run: a changed count would make Streamlit remount the
 # map (re-fetching and rebuilding 100k points) instead of updating its colours. Whatever varies
 # (where the scores come from, the selection) goes under the map or beside it.
-if run is not None:
+if colour_by in ("health issue", "outlier score"):
+    scores_note = ("Health checks of this version and embedding (Health page)." if health is not None else
+                   f"No health checks of v{version} with this embedding yet: coloured by given label. Compute them on the Health page.")
+elif run is not None:
     scores_note = f"Scores from run {run.run_id} ({run.summary.best_model})."
 else:
     scores_note = f"No scores for v{version} yet{': coloured by given label' if needs_scores else ''}. They follow each commit once the images are embedded, or train on the Train page."

@@ -23,6 +23,7 @@ scikit-learn's brute-force search.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -131,18 +132,32 @@ class HealthReport:
 
 def compute_health(
     workspace: str | os.PathLike | None, name: str, *, version: int | None = None, embedding: str | None = None,
-    run_id: str | None = None, progress: Progress | None = None, image_workers: int | None = None,
-) -> HealthReport:
+    run_id: str | None = None, progress: Progress | None = None, image_workers: int | None = None, compute: bool = True,
+) -> HealthReport | None:
     """Every check on ``version`` (default: the latest), from caches where they hold.
 
     ``embedding``: the embedding key the embedding and label checks read (default: the one pages
     start from); without one cached only the image checks run. ``run_id``: the run whose
     probabilities the label checks read (default: the newest run with per-sample scores); without
     a run they say so and the rest still run. ``image_workers``: processes for the image checks
-    (default: all cores).
+    (default: all cores). ``compute=False`` only reads caches: None if any check would have to run.
     """
+    try:
+        return _health(workspace, name, version, embedding, run_id, progress, image_workers, compute)
+    except _NotCached:
+        return None
+
+
+class _NotCached(Exception):
+    pass
+
+
+NOT_COMPUTED = "not computed yet for this version: press Compute on the Health page (or run `python -m core health`)"
+
+
+def _health(workspace, name, version, embedding, run_id, progress, image_workers, compute) -> HealthReport:
     from core.embed.cache import load_embeddings, preferred_embedding
-    from core.runs import find_run, load_samples
+    from core.runs import find_run, list_runs, load_samples
     from core.workspace import DatasetPaths, open_table
 
     report_progress = progress or (lambda stage, fraction: None)
@@ -157,7 +172,7 @@ def compute_health(
 
     started = time.perf_counter()
     report_progress(f"image checks (cleanvision) on {len(rows):,} images", 0.0)
-    images = _cached(folder / f"images-{image_set_digest(rows)}.parquet",
+    images = _cached(compute, folder / f"images-{image_set_digest(rows)}.parquet",
                      lambda: image_checks(rows, progress=lambda f: report_progress(f"image checks (cleanvision) on {len(rows):,} images", 0.6 * f), workers=image_workers))
     seconds["images"] = time.perf_counter() - started
     samples = rows[["sample_id", "content_hash", "label", "weight"]].reset_index(drop=True)
@@ -174,36 +189,46 @@ def compute_health(
     else:
         report_progress(f"embedding checks (Datalab) on '{key}'", 0.6)
         started = time.perf_counter()
-        vectors = load_embeddings(workspace, name, key, version, rows=rows)
-        embedded = pd.DataFrame({"sample_id": vectors.sample_ids, "content_hash": vectors.content_hashes})
-        stage = _cached(folder / f"embedding-{image_set_digest(embedded)}-{key}.parquet", lambda: embedding_checks(vectors.vectors, vectors.sample_ids))
-        seconds["embedding"] = time.perf_counter() - started
-        samples = samples.merge(stage, on="sample_id", how="left")
-        meta = _read_meta(folder / f"embedding-{image_set_digest(embedded)}-{key}.parquet")
-        p_value = meta.get("non_iid_p_value")
-        groups_from_embedding = [np.asarray(g, dtype=np.int64) for g in meta.get("near_duplicate_groups", [])]
-        results.update({check: CheckResult(check, **meta["results"][check]) for check in CHECKS_OF["embedding"]})
-        if vectors.missing:
-            for check in CHECKS_OF["embedding"]:
-                results[check].note = (results[check].note + "; " if results[check].note else "") + f"{vectors.missing:,} samples are not embedded yet and were not checked"
-
-        report_progress("label checks (Datalab) with the newest run", 0.85)
-        started = time.perf_counter()
+        which = load_embeddings(workspace, name, key, version, rows=rows, with_vectors=False)  # the cache key; vectors only if computing
+        embedded = pd.DataFrame({"sample_id": which.sample_ids, "content_hash": which.content_hashes})
+        vectors = functools.cache(lambda: load_embeddings(workspace, name, key, version, rows=rows))
+        path = folder / f"embedding-{image_set_digest(embedded)}-{key}.parquet"
         try:
-            run = find_run(workspace, name, run_id, with_samples=True)
-        except UserError as exc:
-            if run_id:
-                raise
-            for check in CHECKS_OF["labels"]:
-                results[check] = CheckResult(check, "not run", note=f"needs a training run: {exc}")
-        if run is not None:
-            path = folder / f"labels-v{version}-{run.run_id}-{key}.parquet"
-            labelled = lambda: label_checks(rows, load_samples(run), run.model_config().label_names, vectors.vectors, vectors.sample_ids)  # noqa: E731
-            stage = _cached(path, labelled)
+            stage = _cached(compute, path, lambda: embedding_checks(vectors().vectors, vectors().sample_ids))
+        except _NotCached:
+            for check in CHECKS_OF["embedding"] + CHECKS_OF["labels"]:
+                results[check] = CheckResult(check, "not run", note=NOT_COMPUTED)
+            stage = None
+        seconds["embedding"] = time.perf_counter() - started
+        if stage is not None:
             samples = samples.merge(stage, on="sample_id", how="left")
             meta = _read_meta(path)
-            results.update({check: CheckResult(check, **meta["results"][check]) for check in CHECKS_OF["labels"]})
-        seconds["labels"] = time.perf_counter() - started
+            p_value = meta.get("non_iid_p_value")
+            groups_from_embedding = [np.asarray(g, dtype=np.int64) for g in meta.get("near_duplicate_groups", [])]
+            results.update({check: CheckResult(check, **meta["results"][check]) for check in CHECKS_OF["embedding"]})
+            if which.missing:
+                for check in CHECKS_OF["embedding"]:
+                    results[check].note = (results[check].note + "; " if results[check].note else "") + f"{which.missing:,} samples are not embedded yet and were not checked"
+
+            report_progress("label checks (Datalab) with the newest run", 0.85)
+            started = time.perf_counter()
+            if run_id:
+                run = find_run(workspace, name, run_id, with_samples=True)
+            else:  # the newest with per-sample scores that is not newer than the version (as the Review page picks)
+                run = next((r for r in list_runs(workspace, name) if (r.path / "samples.parquet").exists() and r.version <= version), None)
+            if run is None:
+                for check in CHECKS_OF["labels"]:
+                    results[check] = CheckResult(check, "not run", note=f"needs a training run on v{version} or earlier: train one (Train page, or `python -m core train {name}`)")
+            else:
+                path = folder / f"labels-v{version}-{run.run_id}-{key}.parquet"
+                try:
+                    stage = _cached(compute, path, lambda: label_checks(rows, load_samples(run), run.model_config().label_names, vectors().vectors, vectors().sample_ids))
+                    samples = samples.merge(stage, on="sample_id", how="left")
+                    results.update({check: CheckResult(check, **_read_meta(path)["results"][check]) for check in CHECKS_OF["labels"]})
+                except _NotCached:
+                    for check in CHECKS_OF["labels"]:
+                        results[check] = CheckResult(check, "not run", note=f"{NOT_COMPUTED} (with run {run.run_id})")
+            seconds["labels"] = time.perf_counter() - started
 
     for check in CHECKS:
         if f"is_{check}" not in samples:
@@ -473,16 +498,19 @@ def _components(groups: list[np.ndarray], n: int) -> list[np.ndarray]:
 # --------------------------------------------------------------------------- cache
 
 
-def _cached(path: Path, compute: Callable[[], pd.DataFrame | tuple[pd.DataFrame, dict]]) -> pd.DataFrame:
+def _cached(allowed: bool, path: Path, compute: Callable[[], pd.DataFrame | tuple[pd.DataFrame, dict]]) -> pd.DataFrame:
     """``compute()`` once per ``path``: a Parquet table (and a JSON meta beside it when it returns one).
 
     Written to a temporary name and renamed, meta first: a crash leaves the old state or the new one.
+    ``allowed=False``: never compute (raises _NotCached instead).
     """
     if path.exists():
         try:
             return pd.read_parquet(path)
         except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, not an error
             pass
+    if not allowed:
+        raise _NotCached(path.name)
     found = compute()
     frame, meta = found if isinstance(found, tuple) else (found, None)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ EXCLUDED_COLOUR = "#2b2d33"
 # A perceptually ordered ramp from low (dark blue) to high (yellow), ten steps.
 RAMP = ("#30123b", "#4145ab", "#4675ed", "#39a2fc", "#1bcfd4", "#24eca6", "#61fc6c", "#a4fc3b", "#d1e834", "#f3c63a")
 
-COLOUR_BY = ("given label", "predicted label", "label-issue score", "confidence", "split")
+COLOUR_BY = ("given label", "predicted label", "label-issue score", "confidence", "split", "health issue", "outlier score")
 
 
 @dataclass(frozen=True)

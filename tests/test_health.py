@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from core.embed import EmbedderConfig, embed_dataset
-from core.health import CHECKS, compute_health
+from core.health import CHECKS, NOT_COMPUTED, compute_health
 from core.ingest import import_dataset
 from core.tables import ChangeSet
 from core.workspace import DatasetPaths, open_table
@@ -93,7 +93,12 @@ def test_label_checks_read_this_versions_labels_and_the_runs_probabilities(plant
     # Five sneakers called trousers: the trained model disagrees with those labels.
     flipped = rows[rows["label"] == "sneaker"]["sample_id"].head(5).tolist()
     table.commit(ChangeSet.relabel(flipped, "trouser"), parent=table.head_version(), message="flip")
+    compute_health(workspace, "fashion", embedding=KEY, image_workers=1)
     run = train(workspace, "fashion", HeadsSettings(heads=("logreg",), embedding=KEY))
+    # Only reading caches (as pages do): the new run's label checks are missing, the rest is there.
+    cached = compute_health(workspace, "fashion", embedding=KEY, compute=False)
+    assert cached.results["label"].status == "not run" and cached.results["label"].note.startswith(NOT_COMPUTED)
+    assert cached.results["outlier"].status == "ran" and cached.results["dark"].status == "ran"
     report = compute_health(workspace, "fashion", embedding=KEY, image_workers=1)
     assert report.run_id == run.run_id
     assert report.results["label"].status == "ran" and report.results["class_imbalance"].status == "ran"
@@ -144,3 +149,41 @@ def test_health_command_prints_the_checks_and_writes_every_sample(planted, tmp_p
     assert "Outlier" in written.set_index("sample_id").loc[ids["negative"], "health"]
     missing = cli(workspace, "health", "nope")
     assert missing.returncode != 0 and "No data set named 'nope'" in missing.stderr
+
+
+def test_health_page_computes_on_request_then_excludes_and_keeps_one_of_each_group(planted):
+    from tests.test_app import run_until
+    from tests.test_app_pages import page
+
+    workspace, ids = planted
+    app = page("health")
+    assert any("not computed yet" in i.value for i in app.info)
+    assert not (workspace / "fashion" / "health").exists()  # opening the page computed nothing
+    next(b for b in app.button if b.label == "Compute data health").click().run()
+    run_until(app, lambda a: any("104 samples" in c.value for c in a.caption))
+    assert any("**Outlier**" in m.value for m in app.markdown) and any("**Dark**" in m.value for m in app.markdown)
+
+    # One issue type: its samples, most severe first, all picked; exclude them in one commit.
+    show = app.get("button_group")[0]
+    outliers = next(o for o in show.options if o.startswith("Outlier ("))
+    show.set_value(outliers).run()
+    assert not app.exception, app.exception
+    listed = app.dataframe[0].value
+    assert listed["sample_id"].iloc[0] == ids["negative"] and listed["pick"].all()
+    next(b for b in app.button if b.label.startswith("Exclude ")).click().run()
+    table = open_table(workspace, "fashion")
+    assert table.head_version() == 2 and table.version_info(2).message.startswith(f"health: excluded {len(listed)} flagged as outlier")
+    weights = table.read(2).set_index("sample_id")["weight"]
+    assert (weights.loc[listed["sample_id"]] == 0).all() and (weights.drop(listed["sample_id"]) > 0).all()
+
+    # Near duplicates on the new version (its label checks are cached per version: computed again on request).
+    app.run()
+    assert not app.exception, app.exception
+    assert any("104 samples" in c.value for c in app.caption)  # no run: nothing label-dependent to compute for v2
+    app.get("button_group")[0].set_value("Near-duplicate groups").run()
+    keep = next(r for r in app.radio if f"#{ids['original']}" in r.options)
+    keep.set_value(ids["near"]).run()
+    next(b for b in app.button if b.label.startswith("Keep one of each")).click().run()
+    assert not app.exception, app.exception
+    weights = open_table(workspace, "fashion").read().set_index("sample_id")["weight"]
+    assert weights.loc[ids["near"]] > 0 and weights.loc[ids["original"]] == 0 and weights.loc[ids["exact"]] == 0
