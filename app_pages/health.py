@@ -9,7 +9,7 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from components.data_cache import servable_thumbnails, version_rows
+from components.data_cache import cached_health, servable_thumbnails, version_rows
 from components.gallery import plain, thumbnail_grid
 from components.jobs import follow_job, running, start_job
 from components.scatter3d import thumbnail_url
@@ -45,7 +45,7 @@ def compute(job) -> None:
     compute_health(workspace(), name, version=version, embedding=embedding, progress=job.progress)
 
 
-report = None if running(job_key) else compute_health(workspace(), name, version=version, embedding=embedding, compute=False)
+report = None if running(job_key) else cached_health(workspace(), name, version, embedding)
 follow_job(job_key)
 if report is None:
     if not running(job_key):

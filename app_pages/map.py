@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from components.data_cache import (
+    cached_health,
     cached_projection,
     forget_projection,
     servable_thumbnails,
@@ -44,7 +45,7 @@ from core.embed.models import config_of
 from core.embed.text import closest_to_text, text_config
 from core.similar import more_like_this, parse_sample_ids
 from core.errors import ConflictError, UserError
-from core.health import CHECKS, compute_health
+from core.health import CHECKS
 from core.mapping import (
     COLOUR_BY,
     categorical_colours,
@@ -176,7 +177,9 @@ except UserError:
 colour_by = right.selectbox("Colour by", COLOUR_BY, key="colour-by", help="Predicted label, label-issue score and confidence come from the latest training run on this version; "
                             "health issue and outlier score from the Health page's checks of this version and embedding (low outlier score = more unusual).")
 needs_scores = colour_by in ("predicted label", "label-issue score", "confidence")
-health = compute_health(workspace(), name, version=version, embedding=chosen_key, compute=False) if colour_by in ("health issue", "outlier score") else None
+health = cached_health(workspace(), name, version, chosen_key) if colour_by in ("health issue", "outlier score") else None
+if colour_by == "outlier score" and health is not None and health.results["outlier"].status != "ran":
+    health = None  # computed without this embedding's checks: nothing to colour by
 if health is not None:
     health_of = health.samples.set_index("sample_id").reindex(projection.sample_ids)
 excluded = (frame["weight"] <= 0).to_numpy()

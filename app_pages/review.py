@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from components.data_cache import servable_thumbnails, version_rows
+from components.data_cache import cached_health, servable_thumbnails, version_rows
 from components.gallery import plain
 from components.scatter3d import thumbnail_url
-from components.session import keys
+from components.session import hand_to_map, keys
 from components.sidebar import (
     open_current_version,
     show_head_moved,
@@ -20,8 +20,10 @@ from components.sidebar import (
     stale_edit_message,
     workspace,
 )
+from core.embed.cache import preferred_embedding
 from core.embed.text import PROMPT, text_embeddings, zero_shot
 from core.errors import ConflictError, UserError
+from core.health import CHECKS
 from core.review import (
     Decision,
     filter_review,
@@ -34,6 +36,7 @@ from core.review import (
     still_valid,
 )
 from core.runs import list_runs
+from core.similar import more_like_this
 from core.tables import UNDEFINED, ChangeSet
 from core.workspace import DatasetPaths
 
@@ -79,6 +82,7 @@ def scores_of(run_path: str) -> pd.DataFrame:
 
 
 frame = review_frame(scores_of(str(run.path)), rows, load_kept(paths.kept_labels))
+health = cached_health(workspace(), name, version)  # the Health page computes it
 clip_keys = text_embeddings(workspace(), name)
 
 
@@ -132,13 +136,24 @@ def show_conflict() -> bool:
     return True
 
 
+def health_flagged(titles: list[str]) -> list[int] | None:
+    """Ids of the samples any of the health checks ``titles`` flags (None: no filter)."""
+    if not titles or health is None:
+        return None
+    chosen = [c.name for c in CHECKS.values() if c.title in titles]
+    return health.samples.loc[health.samples[[f"is_{c}" for c in chosen]].any(axis=1), "sample_id"].tolist()
+
+
 def table_mode() -> None:
-    a, b, c, d = st.columns([2, 2, 1, 1])
+    a, b, e, c, d = st.columns([2, 2, 2, 1, 1])
     given = a.multiselect("Given label", [*classes, UNDEFINED])
     predicted = b.multiselect("Predicted label", classes)
+    flagged_titles = [CHECKS[r.check].title for r in health.results.values() if r.status == "ran" and r.count] if health is not None else []
+    issue_types = e.multiselect("Health issue", flagged_titles, disabled=health is None,
+                                help="Samples the Health page's checks flag (any of those picked)." if health is not None else f"Compute data health of v{version} on the Health page first.")
     flagged_only = c.checkbox("Flagged only", help="Open flags: the label-issue ranking flags them, the label differs from the prediction, and no reviewer kept it. The review queue walks the same samples.")
     undefined_only = d.checkbox("Undefined only", help="Active labelling: the least confident predictions first.")
-    shown = filter_review(frame, given=given, predicted=predicted, flagged_only=flagged_only, undefined_only=undefined_only)
+    shown = filter_review(frame, given=given, predicted=predicted, flagged_only=flagged_only, undefined_only=undefined_only, sample_ids=health_flagged(issue_types))
     pages = max(1, -(-len(shown) // PAGE_SIZE))
     left, right = st.columns([1, 3])
     page = left.number_input(f"Page (of {pages:,})", 1, pages, 1)
@@ -208,6 +223,21 @@ def table_mode() -> None:
         facts.markdown(f"**#{closer}** · given **{plain(row['label'])}** · predicted **{plain(row['predicted_label'])}**")
         facts.caption(plain(original))
         facts.dataframe(pd.DataFrame([row[["confidence", "given_confidence", "margin", "loss", "issue_score", "flagged"]]]), hide_index=True)
+        if health is not None:
+            facts.caption("Health: " + (plain(health.issue_types().get(closer, "")) or "no check flags it"))
+        more_like_this_button(facts, int(closer))
+
+
+def more_like_this_button(where, sample_id: int) -> None:
+    """The sample and its nearest neighbours in the default embedding become the Map page's selection."""
+    key = preferred_embedding(workspace(), name)
+    if key is None:
+        return
+    with where.container(horizontal=True, vertical_alignment="bottom"):
+        k = st.number_input("Neighbours", 1, 5000, 50, key="review-more-k")
+        if st.button(f"More like #{sample_id} on the map", key="review-more", help=f"Its {k} nearest samples in the embedding {key} (cosine) become the map's selection, ready to relabel or exclude."):
+            found = more_like_this(workspace(), name, key, [sample_id], k=int(k), version=version)
+            hand_to_map(name, found["sample_id"], "review-more-like-this")
 
 
 def queue_mode() -> None:

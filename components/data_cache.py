@@ -76,3 +76,20 @@ def _mirrored(thumbs_dir: str, images: str, _hashes) -> int:
 def servable_thumbnails(table: LabelTable, thumbs_dir, version: int) -> None:
     """Make sure the browser can load every thumbnail of ``version`` by URL (once per image set)."""
     _mirrored(str(thumbs_dir), image_set_digest(table, version), version_rows(table, version)["content_hash"])  # read only once per image set
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _health(workspace: str, name: str, version: int, embedding: str | None, files: tuple):  # files: the cache key, never read
+    from core.health import compute_health
+
+    return compute_health(workspace, name, version=version, embedding=embedding, compute=False)
+
+
+def cached_health(workspace, name: str, version: int, embedding: str | None = None):
+    """The data-health report of ``version`` from the Health page's caches (partial, or None if never
+    computed); never computes anything. Read again only when a health cache file changes."""
+    from core.workspace import DatasetPaths
+
+    folder = DatasetPaths(workspace, name).local / "health"
+    files = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.parquet"))) if folder.is_dir() else ()
+    return _health(str(workspace), name, version, embedding, files)

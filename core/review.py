@@ -109,8 +109,9 @@ def filter_review(
     predicted: Sequence[str] = (),
     flagged_only: bool = False,
     undefined_only: bool = False,
+    sample_ids: Sequence[int] | None = None,
 ) -> pd.DataFrame:
-    """Rows matching the filters, most suspicious first.
+    """Rows matching the filters, most suspicious first (``sample_ids``: only these, e.g. those a health check flags).
 
     Labelled samples sort by label-issue score (highest first); undefined ones
     by confidence (lowest first: labelling the least certain teaches a model most).
@@ -124,6 +125,8 @@ def filter_review(
         keep &= frame["flagged"].to_numpy()
     if undefined_only:
         keep &= (frame["label"] == UNDEFINED).to_numpy()
+    if sample_ids is not None:
+        keep &= frame["sample_id"].isin(sample_ids).to_numpy()
     chosen = frame[keep]
     undefined = chosen["label"] == UNDEFINED
     labelled = chosen[~undefined].sort_values(["issue_score", "loss"], ascending=False, na_position="last", kind="stable")

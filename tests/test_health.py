@@ -187,3 +187,29 @@ def test_health_page_computes_on_request_then_excludes_and_keeps_one_of_each_gro
     assert not app.exception, app.exception
     weights = open_table(workspace, "fashion").read().set_index("sample_id")["weight"]
     assert weights.loc[ids["near"]] > 0 and weights.loc[ids["original"]] == 0 and weights.loc[ids["exact"]] == 0
+
+
+def test_review_filters_by_health_issue_and_sends_more_like_a_sample_to_the_map(planted):
+    from components.session import keys
+    from core.train.heads import HeadsSettings
+    from core.train.pipeline import train
+    from tests.test_app_pages import page
+
+    workspace, ids = planted
+    train(workspace, "fashion", HeadsSettings(heads=("logreg",), embedding=KEY))
+    report = compute_health(workspace, "fashion", embedding=KEY, image_workers=1)
+    app = page("review")
+    health_filter = next(m for m in app.multiselect if m.label == "Health issue")
+    assert "Outlier" in health_filter.options and "Dark" in health_filter.options
+    health_filter.set_value(["Dark"]).run()
+    assert not app.exception, app.exception
+    assert set(app.dataframe[0].value["sample_id"]) <= set(report.flagged("dark")["sample_id"])
+    assert ids["dark"] in set(app.dataframe[0].value["sample_id"])
+    closer = next(s for s in app.selectbox if s.label == "Look closer at")
+    closer.set_value(ids["dark"]).run()
+    assert any(c.value.startswith("Health: ") and "Dark" in c.value for c in app.caption)
+    next(n for n in app.number_input if n.label == "Neighbours").set_value(7).run()
+    next(b for b in app.button if b.label == f"More like #{ids['dark']} on the map").click().run()
+    assert not app.exception, app.exception
+    selection = app.session_state[keys("fashion").selection]["sample_ids"]
+    assert len(selection) == 8 and selection[0] == ids["dark"]
