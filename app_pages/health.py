@@ -160,7 +160,7 @@ def duplicate_groups() -> None:
     for number, group in enumerate(groups[(page - 1) * GROUPS_PER_PAGE : page * GROUPS_PER_PAGE], start=(page - 1) * GROUPS_PER_PAGE + 1):
         members = [int(i) for i in group if weight.get(i, 0) > 0]
         with st.container(border=True):
-            columns = st.columns(min(len(members), 8))
+            columns = st.columns(8)  # side by side at one size, however many the group has
             for column, sample_id in zip(columns, members[:8]):
                 column.image(str(paths.thumbnail(by_id.at[sample_id, "content_hash"])), width=80)
                 column.caption(f"#{sample_id} · {plain(by_id.at[sample_id, 'label'])}")
