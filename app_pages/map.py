@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 from components.data_cache import (
     cached_health,
@@ -20,7 +22,7 @@ from components.gallery import labelled_thumbnails, plain
 from components.compute_setting import current_compute
 from components.jobs import follow_job, running, start_job
 from components.model_picker import model_picker
-from components.scatter3d import publish_map, scatter3d
+from components.scatter3d import PublishedMap, publish_map, scatter3d
 from components.session import (
     select_on_map,
     MAP_MESSAGE,
@@ -128,10 +130,15 @@ if embedded is not None:
 
 embedding_keys = [m["key"] for m in embeddings]
 descriptions = {m["key"]: m.get("description", m["key"]) for m in embeddings}
-left, middle, right, far = st.columns([3, 1, 2, 3])
+left, beside_column, middle, right, far = st.columns([3, 2, 1, 2, 2])  # one row: the map starts as high as a laptop screen allows
 chosen_key = left.selectbox(
     "Embedding", embedding_keys, index=embedding_keys.index(default_key) if default_key in embedding_keys else 0, format_func=lambda k: f"{descriptions[k]} ({k})",
     help="What the map is made of: the pretrained backbone, a model trained here (trained-...), or a triplet encoder (triplet-...).",
+)
+beside_key = beside_column.selectbox(
+    "Side by side with", [None, *[k for k in embedding_keys if k != chosen_key]], format_func=lambda k: "(one map)" if k is None else f"{descriptions[k]} ({k})",
+    key="map-beside", help="A second embedding's map beside this one (for example the pretrained one and a model trained here). "
+    "A lasso in either selects the same samples in both: a cluster that looks mixed in one space may be clean in the other.",
 )
 text_model = text_config(workspace(), name, chosen_key)  # a CLIP model made it: text search works
 dims = middle.radio("View", (3, 2), format_func=lambda d: f"{d}D", horizontal=True, help="PaCMAP to 3D (rotate it) or 2D.")
@@ -220,43 +227,93 @@ published = publish_map(projection.sample_ids, projection.coords, frame["content
 servable_thumbnails(table, paths.thumbs, version)
 
 
+@dataclass
+class MapView:
+    """One drawn map: its published points, their colour and label codes, and its component's keys."""
+
+    published: PublishedMap
+    colour_codes: np.ndarray
+    label_codes: np.ndarray
+    key: str
+    seen_key: str  # session key: the token of the last selection this map's component sent
+
+
+maps = [MapView(published, colouring.codes, label_codes, f"map-{name}", keys(name).selection_js)]
+beside_note = ""
+if beside_key is not None:
+    beside = cached_projection(workspace(), table, name, beside_key, dims, version)
+    if beside is None:
+        beside_note = f"No {dims}D map of {beside_key} for v{version} yet: pick it as Embedding and project it, then come back to see both."
+    else:
+        # Its points in the first map's colours: the same sample, the same colour, whichever space it sits in.
+        at = pd.Index(projection.sample_ids).get_indexer(beside.sample_ids)
+        beside_frame = rows.set_index("sample_id").reindex(beside.sample_ids)
+        colour_codes = np.where(at >= 0, colouring.codes[np.maximum(at, 0)], len(colouring.palette) - 1).astype(np.int16)
+        maps.append(MapView(
+            publish_map(beside.sample_ids, beside.coords, beside_frame["content_hash"], f"{name}/{beside_key}/{dims}"), colour_codes,
+            positions_in(beside_frame["label"], label_names).astype(np.int16), f"map-{name}-beside", keys(name).selection_js + ":beside",
+        ))
+        beside_note = f"Right: {beside.describe()}."
+
+
 @st.fragment
 def map_and_selection() -> None:
     """The map with its selection panel beside it reruns on its own: a lasso never reruns the whole page."""
-    map_column, panel = st.columns([9, 8], gap="medium")  # side by side: the lasso and what it caught in view together
-    with map_column:
-        map_slot, under_map = st.container(), st.container()
+    if len(maps) == 1:
+        map_column, panel = st.columns([9, 8], gap="medium")  # side by side: the lasso and what it caught in view together
+        with map_column:
+            map_slot, under_map = st.container(), st.container()
+        slots = [map_slot]
+    else:  # two spaces side by side, what the lasso caught under them
+        slots = list(st.columns(2, gap="small"))
+        map_slot = slots[0]
+        under_map, panel = st.container(), st.container()
     with under_map:  # drawn under the map, run before it: a search's selection is drawn in this same run
         if text_model is not None:
             find_by_description()
         find_more_like_this()
     selection_key = keys(name).selection
     wanted = st.session_state.get(selection_key)  # sample ids the user had selected (survives reloads)
-    pushed = None
-    if wanted is not None and st.session_state.get(keys(name).selection_push):
-        position = pd.Index(published.drawn_ids).get_indexer(np.asarray(wanted["sample_ids"]))
-        pushed = {"token": st.session_state[keys(name).selection_push], "indices": [int(i) for i in position[position >= 0]]}
+    states = []
+    for view, slot in zip(maps, slots):
+        pushed = None
+        if wanted is not None and st.session_state.get(keys(name).selection_push):
+            position = pd.Index(view.published.drawn_ids).get_indexer(np.asarray(wanted["sample_ids"]))
+            pushed = {"token": st.session_state[keys(name).selection_push], "indices": [int(i) for i in position[position >= 0]]}
+        with slot:
+            states.append(scatter3d(
+                view.published, dims=dims, colour_codes=view.colour_codes, palette=colouring.palette, label_codes=view.label_codes, label_names=label_names,
+                hidden=hidden, selection=pushed, key=view.key, height=MAP_HEIGHT,
+            ))
     with map_slot:
-        state = scatter3d(
-            published, dims=dims, colour_codes=colouring.codes, palette=colouring.palette, label_codes=label_codes, label_names=label_names,
-            hidden=hidden, selection=pushed, key=f"map-{name}", height=MAP_HEIGHT,
-        )
         st.caption(scores_note)
+        if beside_note:
+            st.caption(beside_note)
         about, refit = st.columns([5, 1], vertical_alignment="center")
         about.caption(f"{projection.describe()}.")
         if refit.button("Refit", help="Fit the map again on every image of this version (as at most 100,000 of them: the rest are placed). "
                         "Adding images never refits the map by itself: points stay where you learnt them.", disabled=running(project_key)):
             start_projecting(refit=True)
-    if state and state.get("token") != st.session_state.get(keys(name).selection_js):
+    for view, state in zip(maps, states):
+        if not state or state.get("token") == st.session_state.get(view.seen_key):
+            continue
         # A new lasso in the browser (the component keeps its last state across reruns: act on it once).
-        st.session_state[keys(name).selection_js] = state.get("token")
+        st.session_state[view.seen_key] = state.get("token")
         indices = np.asarray(state.get("indices") or [], dtype=np.int64)
-        chosen = published.drawn_ids[indices]
-        if published.budgeted and state.get("lasso"):  # the browser drew a subset: select among every point
-            chosen = lasso_over_all_points(state["lasso"], np.asarray((wanted or {}).get("sample_ids", []), dtype=np.int64))
+        chosen = view.published.drawn_ids[indices]
+        if view.published.budgeted and state.get("lasso"):  # the browser drew a subset: select among every point
+            chosen = lasso_over_all_points(view, state["lasso"], np.asarray((wanted or {}).get("sample_ids", []), dtype=np.int64))
         wanted = {"token": state["token"], "sample_ids": [int(i) for i in chosen]}
         st.session_state[selection_key] = wanted
-        st.session_state.pop(keys(name).selection_push, None)
+        if len(maps) == 1:
+            st.session_state.pop(keys(name).selection_push, None)
+        else:
+            # Draw it in the other space too: pushed under the lasso's own token, which the map that sent it ignores.
+            st.session_state[keys(name).selection_push] = state["token"]
+            try:
+                st.rerun(scope="fragment")
+            except StreamlitAPIException:  # a full-page run (not the fragment's own): rerun the page
+                st.rerun()
     selected_ids = np.asarray((wanted or {}).get("sample_ids", []), dtype=np.int64)
     with panel:
         show_selection(selected_ids, (wanted or {}).get("token"))
@@ -309,11 +366,11 @@ def find_more_like_this() -> None:
         st.caption(said)
 
 
-def lasso_over_all_points(lasso: dict, before: np.ndarray) -> np.ndarray:
+def lasso_over_all_points(view: MapView, lasso: dict, before: np.ndarray) -> np.ndarray:
     """A lasso's selection among all points of a map the browser draws only part of (hidden legend entries
     are not selectable, as in the browser); ``before`` is the selection it adds to or subtracts from."""
-    selectable = ~np.isin(colouring.codes, hidden) if hidden else None
-    caught = published.select(lasso, selectable)
+    selectable = ~np.isin(view.colour_codes, hidden) if hidden else None
+    caught = view.published.select(lasso, selectable)
     if lasso.get("operation") == "add":
         return np.union1d(before, caught)
     if lasso.get("operation") == "subtract":
