@@ -18,6 +18,7 @@ from components.sidebar import open_current_version, show_head_moved, show_versi
 from core.embed.cache import list_embeddings, preferred_embedding
 from core.errors import ConflictError, UserError
 from core.health import CHECKS, NOT_COMPUTED, compute_health
+from core.similar import more_like_this
 from core.tables import UNDEFINED, ChangeSet
 from core.workspace import DatasetPaths
 
@@ -142,6 +143,13 @@ def issue_list(check: str) -> None:
             commit(ChangeSet.relabel(picked, target), f"health: relabelled {len(picked)} flagged as {title} to {target}")
         if st.button(f"Show {len(picked)} picked on the map", disabled=not picked, key=f"health-map-{check}"):
             hand_to_map(name, picked, f"health-{check}")
+    if report.embedding is not None:
+        with st.container(horizontal=True, vertical_alignment="bottom"):
+            k = st.number_input("Neighbours", 1, 5000, 50, key=f"health-more-k-{check}")
+            if st.button(f"More like the {len(picked)} picked, on the map", disabled=not picked, key=f"health-more-{check}",
+                         help=f"The picked samples and the {k} samples nearest to them (their mean, cosine in {report.embedding}) become the map's selection."):
+                found = more_like_this(workspace(), name, report.embedding, picked, k=int(k), version=version)
+                hand_to_map(name, found["sample_id"], f"health-more-{check}")
 
 
 # ---------------------------------------------------------------- near-duplicate groups

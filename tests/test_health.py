@@ -152,6 +152,7 @@ def test_health_command_prints_the_checks_and_writes_every_sample(planted, tmp_p
 
 
 def test_health_page_computes_on_request_then_excludes_and_keeps_one_of_each_group(planted):
+    from components.session import keys
     from tests.test_app import run_until
     from tests.test_app_pages import page
 
@@ -175,6 +176,18 @@ def test_health_page_computes_on_request_then_excludes_and_keeps_one_of_each_gro
     assert table.head_version() == 2 and table.version_info(2).message.startswith(f"health: excluded {len(listed)} flagged as outlier")
     weights = table.read(2).set_index("sample_id")["weight"]
     assert (weights.loc[listed["sample_id"]] == 0).all() and (weights.drop(listed["sample_id"]) > 0).all()
+
+    # More like the dark copy: it and its 5 nearest become the map's selection.
+    show = app.get("button_group")[0]
+    show.set_value(next(o for o in show.options if o.startswith("Dark ("))).run()
+    picks = app.dataframe[0].value
+    assert ids["dark"] in picks["sample_id"].tolist()
+    next(n for n in app.number_input if n.label == "Neighbours").set_value(5).run()
+    next(b for b in app.button if b.label.startswith("More like the ")).click().run()
+    assert not app.exception, app.exception
+    selection = app.session_state[keys("fashion").selection]["sample_ids"]
+    assert set(picks["sample_id"]) <= set(selection) and len(selection) == len(picks) + 5
+    app.switch_page("app_pages/health.py").run()
 
     # Near duplicates on the new version (its label checks are cached per version: computed again on request).
     app.run()
