@@ -182,7 +182,7 @@ try:
 except UserError:
     run, scores = None, None
 colour_by = right.selectbox("Colour by", COLOUR_BY, key="colour-by", help="Predicted label, label-issue score and confidence come from the latest training run on this version; "
-                            "health issue and outlier score from the Health page's checks of this version and embedding (low outlier score = more unusual).")
+                            "health issue (the first check that flags each sample, in the Health page's order) and outlier score from the Health page's checks of this version and embedding (low outlier score = more unusual).")
 needs_scores = colour_by in ("predicted label", "label-issue score", "confidence")
 health = cached_health(workspace(), name, version, chosen_key) if colour_by in ("health issue", "outlier score") else None
 if colour_by == "outlier score" and health is not None and health.results["outlier"].status != "ran":
@@ -196,9 +196,9 @@ elif colour_by == "predicted label":
     colouring = categorical_colours(scores["predicted_label"].fillna(UNDEFINED).to_numpy(), classes)
 elif colour_by == "split":
     colouring = categorical_colours(frame["split"].fillna("none").astype(str).to_numpy(), ["train", "val", "test"])
-elif colour_by == "health issue":  # the first check that flags a sample, in the Health page's order
-    colouring = categorical_colours(health.issue_types().reindex(projection.sample_ids).fillna("").str.split(",").str[0].replace("", "no issue").to_numpy(),
-                                    ["no issue", *[c.title for c in CHECKS.values()]])
+elif colour_by == "health issue":  # the first check that flags a sample, in the Health page's order; unflagged in grey
+    first_issue = health.issue_types().reindex(projection.sample_ids).fillna("").str.split(",").str[0].replace("", "no issue").to_numpy()
+    colouring = categorical_colours(first_issue, [c.title for c in CHECKS.values() if c.title in set(first_issue)], grey="no issue")
 elif colour_by == "outlier score":
     colouring = continuous_colours(health_of["outlier_score"].to_numpy())
 elif colour_by == "label-issue score":

@@ -45,11 +45,11 @@ class Colouring:
     categorical: bool
 
 
-def categorical_colours(values: Sequence[str], order: Sequence[str], excluded: np.ndarray | None = None) -> Colouring:
-    """One colour per class in ``order`` (then any other value, sorted); undefined grey, excluded darker."""
+def categorical_colours(values: Sequence[str], order: Sequence[str], excluded: np.ndarray | None = None, grey: str = UNDEFINED) -> Colouring:
+    """One colour per class in ``order`` (then any other value, sorted); ``grey`` (undefined) grey and last, excluded darker."""
     values = as_strings(values)
-    names = [c for c in order if c != UNDEFINED] + sorted(set(pc.unique(values).to_pylist()) - set(order) - {UNDEFINED})
-    names += [UNDEFINED]
+    names = [c for c in order if c != grey] + sorted(set(pc.unique(values).to_pylist()) - set(order) - {grey})
+    names += [grey]
     if excluded is not None:
         names.append("excluded")
     codes = positions_in(values, names).astype(np.int16)
@@ -58,7 +58,7 @@ def categorical_colours(values: Sequence[str], order: Sequence[str], excluded: n
     counts = np.bincount(codes, minlength=len(names))
     palette = []
     for i, name in enumerate(names):
-        colour = UNDEFINED_COLOUR if name == UNDEFINED else EXCLUDED_COLOUR if excluded is not None and name == "excluded" else CLASS_COLOURS[i % len(CLASS_COLOURS)]
+        colour = UNDEFINED_COLOUR if name == grey else EXCLUDED_COLOUR if excluded is not None and name == "excluded" else CLASS_COLOURS[i % len(CLASS_COLOURS)]
         palette.append({"name": name, "color": colour, "count": int(counts[i])})
     return Colouring(codes, palette, True)
 

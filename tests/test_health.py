@@ -226,3 +226,12 @@ def test_review_filters_by_health_issue_and_sends_more_like_a_sample_to_the_map(
     assert not app.exception, app.exception
     selection = app.session_state[keys("fashion").selection]["sample_ids"]
     assert len(selection) == 8 and selection[0] == ids["dark"]
+
+
+def test_health_colours_draw_the_unflagged_samples_grey_and_list_only_the_issues_present():
+    from core.mapping import UNDEFINED_COLOUR, categorical_colours
+
+    colouring = categorical_colours(["no issue", "Dark", "no issue", "Outlier"], ["Outlier", "Dark"], grey="no issue")
+    assert [entry["name"] for entry in colouring.palette] == ["Outlier", "Dark", "no issue"]
+    assert colouring.palette[-1]["color"] == UNDEFINED_COLOUR and colouring.palette[-1]["count"] == 2
+    assert colouring.codes.tolist() == [2, 1, 2, 0]
