@@ -43,7 +43,7 @@ job_key = f"health-{name}"
 
 
 def compute(job) -> None:
-    compute_health(workspace(), name, version=version, embedding=embedding, progress=job.progress)
+    compute_health(workspace(), name, version=version, embedding=embedding, progress=job.progress, should_stop=job.should_stop)
 
 
 report = None if running(job_key) else cached_health(workspace(), name, version, embedding)

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.errors import UserError
+from core.errors import Cancelled, UserError
 from core.tables import image_set_digest, trainable_mask
 
 Progress = Callable[[str, float], None]  # (what is being done, fraction done in [0, 1])
@@ -133,6 +133,7 @@ class HealthReport:
 def compute_health(
     workspace: str | os.PathLike | None, name: str, *, version: int | None = None, embedding: str | None = None,
     run_id: str | None = None, progress: Progress | None = None, image_workers: int | None = None, compute: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> HealthReport | None:
     """Every check on ``version`` (default: the latest), from caches where they hold.
 
@@ -141,9 +142,11 @@ def compute_health(
     probabilities the label checks read (default: the newest run with per-sample scores); without
     a run they say so and the rest still run. ``image_workers``: processes for the image checks
     (default: all cores). ``compute=False`` only reads caches: None if any check would have to run.
+    ``should_stop``: polled while the image checks run and between stages; when it says so, a
+    :class:`~core.errors.Cancelled` is raised and the stage under way caches nothing.
     """
     try:
-        return _health(workspace, name, version, embedding, run_id, progress, image_workers, compute)
+        return _health(workspace, name, version, embedding, run_id, progress, image_workers, compute, should_stop or (lambda: False))
     except _NotCached:
         return None
 
@@ -155,7 +158,7 @@ class _NotCached(Exception):
 NOT_COMPUTED = "not computed yet for this version: press Compute on the Health page (or run `python -m core health`)"
 
 
-def _health(workspace, name, version, embedding, run_id, progress, image_workers, compute) -> HealthReport:
+def _health(workspace, name, version, embedding, run_id, progress, image_workers, compute, should_stop) -> HealthReport:
     from core.embed.cache import load_embeddings, preferred_embedding
     from core.runs import find_run, list_runs, load_samples
     from core.workspace import DatasetPaths, open_table
@@ -173,7 +176,8 @@ def _health(workspace, name, version, embedding, run_id, progress, image_workers
     started = time.perf_counter()
     report_progress(f"image checks (cleanvision) on {len(rows):,} images", 0.0)
     images = _cached(compute, folder / f"images-{image_set_digest(rows)}.parquet",
-                     lambda: image_checks(rows, progress=lambda f: report_progress(f"image checks (cleanvision) on {len(rows):,} images", 0.6 * f), workers=image_workers))
+                     lambda: image_checks(rows, progress=lambda f: report_progress(f"image checks (cleanvision) on {len(rows):,} images", 0.6 * f),
+                                         workers=image_workers, should_stop=should_stop))
     seconds["images"] = time.perf_counter() - started
     samples = rows[["sample_id", "content_hash", "label", "weight"]].reset_index(drop=True)
     samples = samples.merge(images.drop(columns=["content_hash"], errors="ignore"), on="sample_id", how="left")
@@ -187,6 +191,7 @@ def _health(workspace, name, version, embedding, run_id, progress, image_workers
         for check in CHECKS_OF["embedding"] + CHECKS_OF["labels"]:
             results[check] = CheckResult(check, "not run", note=f"needs an embedding: embed the images first (`python -m core embed {name}`, or Embed on the Map page)")
     else:
+        _stop_if_asked(should_stop)
         report_progress(f"embedding checks (Datalab) on '{key}'", 0.6)
         started = time.perf_counter()
         which = load_embeddings(workspace, name, key, version, rows=rows, with_vectors=False)  # the cache key; vectors only if computing
@@ -210,6 +215,7 @@ def _health(workspace, name, version, embedding, run_id, progress, image_workers
                 for check in CHECKS_OF["embedding"]:
                     results[check].note = (results[check].note + "; " if results[check].note else "") + f"{which.missing:,} samples are not embedded yet and were not checked"
 
+            _stop_if_asked(should_stop)
             report_progress("label checks (Datalab) with the newest run", 0.85)
             started = time.perf_counter()
             if run_id:
@@ -248,7 +254,14 @@ def _health(workspace, name, version, embedding, run_id, progress, image_workers
     return HealthReport(name, version, key, run.run_id if run is not None else None, samples[columns], results, groups, p_value, seconds)
 
 
-def image_checks(rows: pd.DataFrame, *, progress: Callable[[float], None] | None = None, workers: int | None = None) -> pd.DataFrame:
+def _stop_if_asked(should_stop: Callable[[], bool]) -> None:
+    if should_stop():
+        raise Cancelled("Data health stopped. The checks that had finished are cached; Compute again goes on from there.")
+
+
+def image_checks(
+    rows: pd.DataFrame, *, progress: Callable[[float], None] | None = None, workers: int | None = None, should_stop: Callable[[], bool] | None = None,
+) -> pd.DataFrame:
     """cleanvision's image checks on the images of ``rows`` (sample_id, path, content_hash).
 
     Returns sample_id, content_hash, ``unreadable`` (the file could not be read or decoded: it
@@ -258,11 +271,12 @@ def image_checks(rows: pd.DataFrame, *, progress: Callable[[float], None] | None
     """
     rows = rows.reset_index(drop=True)
     out = pd.DataFrame({"sample_id": rows["sample_id"].to_numpy(), "content_hash": rows["content_hash"].to_numpy()})
-    found, unreadable = _cleanvision(rows["path"].tolist(), progress, workers)
+    should_stop = should_stop or (lambda: False)
+    found, unreadable = _cleanvision(rows["path"].tolist(), progress, workers, should_stop)
     if found is None:
         # cleanvision's set-relative checks (odd size) cannot take an image without a size: check the rest again.
         readable = np.setdiff1d(np.arange(len(rows)), unreadable)
-        found, _ = _cleanvision(rows["path"].iloc[readable].tolist(), progress, workers)
+        found, _ = _cleanvision(rows["path"].iloc[readable].tolist(), progress, workers, should_stop)
         found.index = readable
         found = found.reindex(np.arange(len(rows)))
     out["unreadable"] = np.isin(np.arange(len(rows)), unreadable)
@@ -272,7 +286,7 @@ def image_checks(rows: pd.DataFrame, *, progress: Callable[[float], None] | None
     return out
 
 
-def _cleanvision(paths: list[str], progress: Callable[[float], None] | None, workers: int | None) -> tuple[pd.DataFrame | None, np.ndarray]:
+def _cleanvision(paths: list[str], progress: Callable[[float], None] | None, workers: int | None, should_stop: Callable[[], bool]) -> tuple[pd.DataFrame | None, np.ndarray]:
     """(cleanvision's issues table in the order of ``paths``, or None if it failed on unreadable images; their positions)."""
     from cleanvision import Imagelab
 
@@ -284,6 +298,8 @@ def _cleanvision(paths: list[str], progress: Callable[[float], None] | None, wor
             while not done.wait(0.5):
                 if progress:
                     progress(min(1.0, images.done() / max(len(paths), 1)))
+                if should_stop():
+                    images.stop.touch()  # the next image any worker reads raises: cleanvision ends in moments
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
@@ -291,13 +307,17 @@ def _cleanvision(paths: list[str], progress: Callable[[float], None] | None, wor
             lab = Imagelab(torchvision_dataset=images, verbose=False)
             lab.find_issues(issue_types={check: {} for check in CHECKS_OF["images"]}, n_jobs=workers or os.cpu_count() or 1, verbose=False)
             found = lab.issues.sort_index()
-        except ValueError:
+        except Cancelled:  # raised by the reading of an image after a stop (in a worker process: it ends the pool)
+            found = None
+        except ValueError:  # cleanvision's set-relative checks (odd size) fail on images without a size
             if not len(images.unreadable()):
                 raise
             found = None
         finally:
             done.set()
             watcher.join()
+        if images.stop.exists() or should_stop():
+            raise Cancelled("Data health stopped during the image checks; nothing of them was kept. Compute again to start them over.")
         return found, images.unreadable()
 
 
@@ -305,14 +325,16 @@ class _ImageFiles:
     """The images of a version as cleanvision reads a torchvision data set: ``files[i] -> (image, None)``.
 
     A file that cannot be read gives ``None`` (cleanvision skips it) instead of stopping the run.
-    cleanvision reads in worker processes, so what they report goes through files in ``folder``:
-    one byte per 32 images read (progress), one line per unreadable image.
+    cleanvision reads in worker processes, so what passes between them and us goes through files in
+    ``folder``: one byte per 32 images read (progress), one line per unreadable image, and ``stop``
+    (present: the user cancelled; reading raises, which ends cleanvision's run and its workers).
     """
 
     def __init__(self, paths: list[str], folder: Path):
-        self.paths, self.ticks, self.problems = paths, folder / "ticks", folder / "unreadable"
+        self.paths, self.ticks, self.problems, self.stop = paths, folder / "ticks", folder / "unreadable", folder / "stop"
         self.ticks.touch()
         self.problems.touch()
+        self.probing = True
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -320,6 +342,16 @@ class _ImageFiles:
     def __getitem__(self, index: int):
         from core.images import ImageProblem, decode, read_bytes
 
+        if self.probing:  # cleanvision's first look, in this process, to learn where the image is in the tuple: any readable one will do
+            self.probing = False
+            for path in self.paths:
+                try:
+                    return decode(read_bytes(path)), None
+                except ImageProblem:
+                    continue
+            raise UserError(f"None of the {len(self.paths):,} images can be read now (moved, deleted or unreachable since the import?): there is nothing to check.")
+        if self.stop.exists():
+            raise Cancelled("stopped")
         if (index + 1) % 32 == 0:
             with open(self.ticks, "ab") as ticks:
                 ticks.write(b"." * 32)

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from core.embed import EmbedderConfig, embed_dataset
-from core.health import CHECKS, NOT_COMPUTED, compute_health
+from core.errors import UserError
+from core.health import CHECKS, NOT_COMPUTED, compute_health, image_checks
 from core.ingest import import_dataset
 from core.tables import ChangeSet
 from core.workspace import DatasetPaths, open_table
@@ -235,3 +236,22 @@ def test_health_colours_draw_the_unflagged_samples_grey_and_list_only_the_issues
     assert [entry["name"] for entry in colouring.palette] == ["Outlier", "Dark", "no issue"]
     assert colouring.palette[-1]["color"] == UNDEFINED_COLOUR and colouring.palette[-1]["count"] == 2
     assert colouring.codes.tolist() == [2, 1, 2, 0]
+
+
+def test_a_stopped_check_caches_nothing_and_a_set_with_no_readable_image_says_so(tmp_path: Path, workspace: Path):
+    from core.errors import Cancelled
+
+    root = tmp_path / "stop"
+    for i in range(40):
+        draw_image(root / ("a" if i % 2 else "b") / f"{i}.png", i)
+    import_dataset(root, "stop", workspace)
+    with pytest.raises(Cancelled, match="stopped during the image checks"):
+        compute_health(workspace, "stop", image_workers=1, should_stop=lambda: True)
+    assert not list((workspace / "stop").glob("health/*.parquet"))
+    assert compute_health(workspace, "stop", compute=False) is None
+    # The first image unreadable is fine (cleanvision looks at one to learn the data's shape); none readable is said.
+    (root / "b" / "0.png").unlink()
+    assert compute_health(workspace, "stop", image_workers=1).samples["unreadable"].sum() == 1
+    shutil.rmtree(root)
+    with pytest.raises(UserError, match="None of the 40 images can be read"):
+        image_checks(open_table(workspace, "stop").read(), workers=1)
