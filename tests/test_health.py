@@ -255,3 +255,21 @@ def test_a_stopped_check_caches_nothing_and_a_set_with_no_readable_image_says_so
     shutil.rmtree(root)
     with pytest.raises(UserError, match="None of the 40 images can be read"):
         image_checks(open_table(workspace, "stop").read(), workers=1)
+
+
+def test_two_tabs_the_second_health_edit_on_an_old_version_is_refused(planted):
+    from tests.test_app_pages import page
+
+    workspace, ids = planted
+    compute_health(workspace, "fashion", embedding=KEY, image_workers=1)
+    tabs = [page("health"), page("health")]
+    for app in tabs:  # both show v1's dark images
+        show = app.get("button_group")[0]
+        show.set_value(next(o for o in show.options if o.startswith("Dark ("))).run()
+    next(b for b in tabs[0].button if b.label.startswith("Exclude ")).click().run()
+    table = open_table(workspace, "fashion")
+    assert table.head_version() == 2
+    next(b for b in tabs[1].button if b.label.startswith("Exclude ")).click().run()
+    assert not tabs[1].exception, tabs[1].exception
+    assert any("v2 was committed elsewhere" in e.value and "Nothing was written" in e.value for e in tabs[1].error)
+    assert open_table(workspace, "fashion").head_version() == 2
