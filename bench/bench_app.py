@@ -59,12 +59,12 @@ def write_pngs(source: Path, n: int) -> None:
 
 
 def build(workspace: Path, n: int) -> None:
-    from core.embed import EmbedderConfig, embed_dataset
-    from core.ingest import import_dataset
-    from core.project import ProjectionConfig, project_dataset
-    from core.train.heads import HeadsSettings
-    from core.train.pipeline import train
-    from core.workspace import list_datasets
+    from labelloop.data.ingest import import_dataset
+    from labelloop.data.workspace import list_datasets
+    from labelloop.embed import EmbedderConfig, embed_dataset
+    from labelloop.maps.project import ProjectionConfig, project_dataset
+    from labelloop.train.heads import HeadsSettings
+    from labelloop.train.pipeline import train
 
     if "big" in list_datasets(workspace):
         return
@@ -88,8 +88,8 @@ def build(workspace: Path, n: int) -> None:
 
 def build_synthetic(workspace: Path, n: int) -> None:
     from bench.bench_million import synthetic_dataset
-    from core.project import project_dataset
-    from core.workspace import list_datasets
+    from labelloop.data.workspace import list_datasets
+    from labelloop.maps.project import project_dataset
 
     if "big" in list_datasets(workspace):
         return
@@ -183,9 +183,9 @@ def main() -> None:
         # the build step timed the quick heads at this size; a synthetic set has no scores to review
         measure_map(url, "big", f"bench-{int(time.time())}", wait_for_scores=False, review=not args.synthetic, lasso_radius=args.lasso_radius)
     if args.demo:
-        from core.demo import ensure_demo
-        from core.embed import EmbedderConfig, embed_dataset
-        from core.project import ProjectionConfig, project_dataset
+        from labelloop.data.demo import ensure_demo
+        from labelloop.embed import EmbedderConfig, embed_dataset
+        from labelloop.maps.project import ProjectionConfig, project_dataset
 
         demo = Path(args.scratch) / "app-demo"
         demo.mkdir(parents=True, exist_ok=True)

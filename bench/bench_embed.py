@@ -25,9 +25,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.embed import EmbedderConfig, torch_feature_model, embed_dataset, load_embedder  # noqa: E402
-from core.images import load_square  # noqa: E402
-from core.ingest import import_dataset  # noqa: E402
+from labelloop.data.images import load_square  # noqa: E402
+from labelloop.data.ingest import import_dataset  # noqa: E402
+from labelloop.embed import (  # noqa: E402
+    EmbedderConfig,
+    embed_dataset,
+    load_embedder,
+    torch_feature_model,
+)
 
 
 def rate(run, batch: int, seconds: float = 6.0) -> float:
@@ -103,7 +108,7 @@ def main() -> None:
         try:
             import onnxruntime as ort
 
-            from core.embed.runtimes import export_onnx, probe_images
+            from labelloop.embed.runtimes import export_onnx, probe_images
 
             onnx_path = Path(models) / "m.onnx"
             export_onnx(module, probe_images(224), onnx_path)

@@ -30,12 +30,13 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.demo import build_demo, load_demo_truth  # noqa: E402
-from core.embed import EmbedderConfig, embed_dataset  # noqa: E402
-from core.fair_accuracy import accuracy_per_version  # noqa: E402
-from core.runs import list_runs, load_samples  # noqa: E402
-from core.tables import ChangeSet  # noqa: E402
-from core.train.pipeline import quick_heads_config, quick_heads_recipe, train  # noqa: E402
+from labelloop.data.demo import build_demo, load_demo_truth  # noqa: E402
+from labelloop.data.runs import list_runs, load_samples  # noqa: E402
+from labelloop.data.tables import ChangeSet  # noqa: E402
+from labelloop.embed import EmbedderConfig, embed_dataset  # noqa: E402
+from labelloop.scores.fair_accuracy import accuracy_per_version  # noqa: E402
+from labelloop.train.pipeline import quick_heads_config, quick_heads_recipe, train  # noqa: E402
+from labelloop.train.registry import run_recipe  # noqa: E402
 
 
 def main() -> None:
@@ -67,7 +68,7 @@ def main() -> None:
             print(f"v{version}: {len(flagged)} flagged, {len(wrong)} of them truly wrong; fixing the top {len(fix)}")
             new = table.commit(ChangeSet(updates=pd.DataFrame({"sample_id": fix, "label": true_label[fix].to_numpy()})), parent=version, message=f"fix {len(fix)} flips")
             run = train(workspace, name, config, version=new, trigger="after commit")
-        own = {r.version: r.summary.held_out_accuracy for r in list_runs(workspace, name) if r.recipe()[0] == recipe}
+        own = {r.version: r.summary.held_out_accuracy for r in list_runs(workspace, name) if run_recipe(r)[0] == recipe}
         fair = accuracy_per_version(workspace, name, main_recipe=recipe, truth=truth)
         print("\nversion  own labels (naive)  " + "  ".join(f"vs {ref:<28}" for ref in fair.line["reference"].unique()))
         for version in fair.versions:

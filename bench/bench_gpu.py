@@ -34,11 +34,11 @@ def main() -> None:
         return
 
     from bench.bench_ray import write_images
-    from core.compute import Compute, describe_device
-    from core.embed import EmbedderConfig, embed_dataset
-    from core.ingest import import_dataset
-    from core.train.pipeline import train
-    from core.train.registry import default_settings
+    from labelloop.compute.device import Compute, describe_device
+    from labelloop.data.ingest import import_dataset
+    from labelloop.embed import EmbedderConfig, embed_dataset
+    from labelloop.train.pipeline import train
+    from labelloop.train.registry import default_settings
 
     print(f"GPU: {describe_device(torch.device('cuda', 0))}; CPU: {describe_device(torch.device('cpu'))}; {args.images:,} images")
     with tempfile.TemporaryDirectory() as tmp:

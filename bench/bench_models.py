@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.embed import embed_dataset, embedding_cache  # noqa: E402
-from core.embed.models import RECOMMENDED, config_of, model_choices  # noqa: E402
-from core.ingest import import_dataset  # noqa: E402
+from labelloop.data.ingest import import_dataset  # noqa: E402
+from labelloop.embed import embed_dataset, embedding_cache  # noqa: E402
+from labelloop.embed.models import RECOMMENDED, config_of, model_choices  # noqa: E402
 from tests import model_caches  # noqa: E402
 from tests.conftest import write_fashion_folders  # noqa: E402
 

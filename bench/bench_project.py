@@ -22,17 +22,18 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_embed import fashion_arrays  # noqa: E402
-from core.project import ProjectionConfig, knn_accuracy, project_vectors  # noqa: E402
+from labelloop.compute.neighbours import knn_accuracy  # noqa: E402
+from labelloop.maps.project import ProjectionConfig, project_vectors  # noqa: E402
 
 
 def reopen_after_relabel(scratch: Path) -> None:
     from PIL import Image
 
-    from core.embed import EmbedderConfig, embed_dataset
-    from core.ingest import import_dataset
-    from core.project import project_dataset
-    from core.tables import ChangeSet
-    from core.workspace import open_table
+    from labelloop.data.ingest import import_dataset
+    from labelloop.data.tables import ChangeSet
+    from labelloop.data.workspace import open_table
+    from labelloop.embed import EmbedderConfig, embed_dataset
+    from labelloop.maps.project import project_dataset
 
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         tmp = Path(tmp)

@@ -23,14 +23,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.embed import EmbedderConfig, embed_dataset, load_embeddings  # noqa: E402
-from core.ingest import import_dataset  # noqa: E402
+from labelloop.data.ingest import import_dataset  # noqa: E402
+from labelloop.embed import EmbedderConfig, embed_dataset, load_embeddings  # noqa: E402
 
 
 def write_images(root: Path, n: int) -> None:
     from PIL import Image
 
-    from core.demo import load_source_images
+    from labelloop.data.demo import load_source_images
 
     source = load_source_images()
     for i in range(n):

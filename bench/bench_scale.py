@@ -32,20 +32,20 @@ LASSO_SIZE = 20_000
 
 
 def step_import(workspace: Path, source: Path) -> str:
-    from core.ingest import import_dataset
+    from labelloop.data.ingest import import_dataset
 
     _, report = import_dataset(source, "big", workspace)
     return f"{report.n_imported:,} images"
 
 
 def step_embed(workspace: Path, source: Path) -> str:
-    from core.embed import EmbedderConfig, embed_dataset
+    from labelloop.embed import EmbedderConfig, embed_dataset
 
     return embed_dataset(workspace, "big", EmbedderConfig(kind="pixels", resolution=8)).describe()
 
 
 def step_project(workspace: Path, source: Path) -> str:
-    from core.project import ProjectionConfig, project_dataset
+    from labelloop.maps.project import ProjectionConfig, project_dataset
 
     return project_dataset(workspace, "big", EMBEDDING, ProjectionConfig(dims=3)).describe()
 
@@ -54,9 +54,9 @@ def step_lasso(workspace: Path, source: Path) -> str:
     """What the map does for a lasso: the points inside a region of the screen, relabelled and committed."""
     import numpy as np
 
-    from core.mapping import default_message, selection_changes
-    from core.project import ProjectionConfig, project_dataset
-    from core.workspace import open_table
+    from labelloop.data.workspace import open_table
+    from labelloop.maps.project import ProjectionConfig, project_dataset
+    from labelloop.maps.view import default_message, selection_changes
 
     table = open_table(workspace, "big")
     head = table.head_version()
@@ -75,17 +75,17 @@ def step_lasso(workspace: Path, source: Path) -> str:
 
 
 def step_heads(workspace: Path, source: Path) -> str:
-    from core.train.heads import HeadsSettings
-    from core.train.pipeline import train
+    from labelloop.train.heads import HeadsSettings
+    from labelloop.train.pipeline import train
 
     run = train(workspace, "big", HeadsSettings(embedding=EMBEDDING, heads=("knn", "logreg")))
     return run.describe()
 
 
 def step_review(workspace: Path, source: Path) -> str:
-    from core.review import filter_review, review_frame
-    from core.runs import find_run, load_samples
-    from core.workspace import open_table
+    from labelloop.data.runs import find_run, load_samples
+    from labelloop.data.workspace import open_table
+    from labelloop.scores.review import filter_review, review_frame
 
     table = open_table(workspace, "big")
     run = find_run(workspace, "big", with_samples=True)

@@ -35,12 +35,12 @@ CLASSES = [f"class{i}" for i in range(10)]
 
 
 def demo_f1(scratch: Path, reduce_dims: int) -> None:
-    from core.demo import build_demo, load_demo_truth
-    from core.embed import EmbedderConfig, embed_dataset
-    from core.issues import precision_recall_f1
-    from core.runs import load_samples
-    from core.train.pipeline import QUICK_HEADS, train
-    from core.train.heads import HeadsSettings
+    from labelloop.data.demo import build_demo, load_demo_truth
+    from labelloop.data.runs import load_samples
+    from labelloop.embed import EmbedderConfig, embed_dataset
+    from labelloop.train.heads import HeadsSettings
+    from labelloop.train.pipeline import QUICK_HEADS, train
+    from labelloop.train.sample_scores import precision_recall_f1
 
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         workspace = Path(tmp)
@@ -65,9 +65,9 @@ def demo_f1(scratch: Path, reduce_dims: int) -> None:
 
 def synthetic_dataset(workspace: Path, n: int, dim: int = 1280, seed: int = 0) -> str:
     """A data set of ``n`` rows whose embedding is synthetic; returns the embedding key."""
-    from core.embed.cache import EmbeddingCache
-    from core.tables import LabelTable
-    from core.workspace import DatasetPaths
+    from labelloop.data.tables import LabelTable
+    from labelloop.data.workspace import DatasetPaths
+    from labelloop.embed.cache import EmbeddingCache
 
     rng = np.random.default_rng(seed)
     paths = DatasetPaths(workspace, "big")
@@ -93,8 +93,8 @@ def synthetic_dataset(workspace: Path, n: int, dim: int = 1280, seed: int = 0) -
 
 def refresh(workspace: str, key: str, reduce_dims: int) -> None:
     """The refresh a commit triggers, timed, in this process; prints seconds and peak memory."""
-    from core.train.pipeline import QUICK_HEADS, train
-    from core.train.heads import HeadsSettings
+    from labelloop.train.heads import HeadsSettings
+    from labelloop.train.pipeline import QUICK_HEADS, train
 
     started = time.perf_counter()
     stages: list[tuple[str, float]] = []

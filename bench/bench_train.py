@@ -25,14 +25,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.demo import build_demo, load_demo_truth  # noqa: E402
-from core.embed import EmbedderConfig, embed_dataset  # noqa: E402
-from core.issues import precision_recall_f1  # noqa: E402
-from core.runs import load_json, load_samples  # noqa: E402
-from core.train.heads import HeadsSettings  # noqa: E402
-from core.train.frozen import FrozenBackboneSettings  # noqa: E402
-from core.train.resnet import ResnetScratchSettings  # noqa: E402
-from core.train.pipeline import train  # noqa: E402
+from labelloop.data.demo import build_demo, load_demo_truth  # noqa: E402
+from labelloop.data.runs import load_json, load_samples  # noqa: E402
+from labelloop.embed import EmbedderConfig, embed_dataset  # noqa: E402
+from labelloop.train.frozen import FrozenBackboneSettings  # noqa: E402
+from labelloop.train.heads import HeadsSettings  # noqa: E402
+from labelloop.train.pipeline import train  # noqa: E402
+from labelloop.train.resnet import ResnetScratchSettings  # noqa: E402
+from labelloop.train.sample_scores import precision_recall_f1  # noqa: E402
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

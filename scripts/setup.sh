@@ -56,7 +56,7 @@ fi
 # Reinstall only when the dependency declarations changed.
 stamp_file=.venv/.labelloop-deps
 wanted_stamp="$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)"
-if [[ ! -f $stamp_file || $(cat "$stamp_file") != "$wanted_stamp" ]] || ! .venv/bin/python -c 'import core, torch, streamlit' 2>/dev/null; then
+if [[ ! -f $stamp_file || $(cat "$stamp_file") != "$wanted_stamp" ]] || ! .venv/bin/python -c 'import labelloop, torch, streamlit' 2>/dev/null; then
   say "installing Python packages into .venv/ (first time: a few minutes; torch is large)"
   # The torch build pip takes here needs about 7.5 GB in .venv/ plus room to unpack it;
   # stop early with a clear message instead of pip's traceback halfway through.
@@ -69,7 +69,7 @@ if [[ ! -f $stamp_file || $(cat "$stamp_file") != "$wanted_stamp" ]] || ! .venv/
   .venv/bin/python -m pip install --no-cache-dir --progress-bar on -c requirements.lock torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v '^WARNING: Location' || true
   say "installing LabelLoop and its other Python packages (about a minute)"
   .venv/bin/python -m pip install -q -c requirements.lock -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -c 'import core, torch, streamlit, deltalake' || { echo "error: Python packages did not install; see the pip output above." >&2; exit 1; }
+  .venv/bin/python -c 'import labelloop, torch, streamlit, deltalake' || { echo "error: Python packages did not install; see the pip output above." >&2; exit 1; }
   echo "$wanted_stamp" > "$stamp_file"
 fi
 
@@ -82,13 +82,13 @@ if command -v npm >/dev/null; then
     echo "$npm_stamp" > node_modules/.labelloop-stamp
   fi
   # Streamlit serves files under static/ at /app/static/; the browser imports three.js from there.
-  mkdir -p static/vendor/three
+  mkdir -p labelloop/app/static/vendor/three
   for f in build/three.module.js build/three.core.js; do
-    cmp -s "node_modules/three/$f" "static/vendor/three/$(basename "$f")" || cp "node_modules/three/$f" static/vendor/three/
+    cmp -s "node_modules/three/$f" "labelloop/app/static/vendor/three/$(basename "$f")" || cp "node_modules/three/$f" labelloop/app/static/vendor/three/
   done
   # The add-on imports the bare name 'three'; the page has no import map, so point it at the file beside it.
-  sed "s#from 'three';#from './three.module.js';#" node_modules/three/examples/jsm/controls/OrbitControls.js > static/vendor/three/OrbitControls.js.tmp
-  mv static/vendor/three/OrbitControls.js.tmp static/vendor/three/OrbitControls.js
+  sed "s#from 'three';#from './three.module.js';#" node_modules/three/examples/jsm/controls/OrbitControls.js > labelloop/app/static/vendor/three/OrbitControls.js.tmp
+  mv labelloop/app/static/vendor/three/OrbitControls.js.tmp labelloop/app/static/vendor/three/OrbitControls.js
 else
   say "npm not found: the 3D map needs three.js (install Node.js and npm, then run this again)."
 fi

@@ -33,9 +33,9 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_app(workspace: Path, log_path: Path, *, as_configured: bool = False):
-    """The app as `streamlit run app.py` starts it, on its own port; yields the base URL.
+    """The app as `labelloop app` starts it, on its own port; yields the base URL.
 
-    ``as_configured``: pass nothing but the port, as run.sh does, so .streamlit/config.toml
+    ``as_configured``: pass nothing but the port, as run.sh does, so the app's .streamlit/config.toml
     alone decides the rest (the bind address included).
     """
     port = free_port()
@@ -44,7 +44,7 @@ def running_app(workspace: Path, log_path: Path, *, as_configured: bool = False)
     ]
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), *settings],
+            [sys.executable, "-m", "labelloop", "app", "--port", str(port), *settings],
             cwd=REPO, env={**os.environ, "LABELLOOP_WORKSPACE": str(workspace)}, stdout=log, stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"
@@ -79,7 +79,7 @@ def screenshot(page, name: str) -> Path:
 
 def wait_for_version(workspace: Path, name: str, version: int, timeout: float = 30) -> None:
     """Wait until the data set's head reaches ``version`` (toasts vanish; the table is the truth)."""
-    from core.workspace import open_table
+    from labelloop.data.workspace import open_table
 
     deadline = time.time() + timeout
     while open_table(workspace, name).head_version() < version:

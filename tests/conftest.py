@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.tables import LabelTable
+from labelloop.data.tables import LabelTable
 
 REPO = Path(__file__).resolve().parent.parent
+APP_SCRIPT = REPO / "labelloop" / "app" / "main.py"  # the Streamlit entry script `labelloop app` runs
 
 
 def draw_image(path: Path, seed: int = 0, size: tuple[int, int] = (32, 24), mode: str = "RGB", fmt: str | None = None) -> Path:
@@ -31,7 +32,7 @@ def draw_image(path: Path, seed: int = 0, size: tuple[int, int] = (32, 24), mode
 
 def write_fashion_folders(root: Path, per_class: int, offset: int = 0) -> Path:
     """Real Fashion-MNIST images (or MNIST digits where it is not installed) as class folders."""
-    from core.demo import load_source_images
+    from labelloop.data.demo import load_source_images
 
     source = load_source_images()
     for cls, name in enumerate(source.class_names):

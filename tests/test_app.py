@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.ingest import import_dataset
-from core.tables import ChangeSet
-from core.workspace import list_datasets, open_table
-from tests.conftest import REPO
+from labelloop.data.ingest import import_dataset
+from labelloop.data.tables import ChangeSet
+from labelloop.data.workspace import list_datasets, open_table
+from tests.conftest import APP_SCRIPT
 
-APP = str(REPO / "app.py")
+APP = str(APP_SCRIPT)
 
 
 def run_app() -> AppTest:
@@ -102,7 +102,7 @@ def test_the_import_report_lists_skipped_files(class_folders: Path, workspace: P
 
 
 def test_the_demo_shows_its_score(workspace: Path):
-    from core.demo import DemoSettings, build_demo
+    from labelloop.data.demo import DemoSettings, build_demo
 
     build_demo(workspace, settings=DemoSettings(per_class=10))
     app = run_app()
@@ -112,7 +112,7 @@ def test_the_demo_shows_its_score(workspace: Path):
 def test_the_image_set_digest_follows_samples_and_images_not_labels(class_folders: Path, workspace: Path):
     """The key the map is cached under: a relabel, an exclusion or a restore that brings back the same
     images keeps it (no million-row rehash after a commit); adding or removing a sample changes it."""
-    from components.data_cache import _digest, image_set_digest
+    from labelloop.app.components.data_cache import _digest, image_set_digest
 
     table, _ = import_dataset(class_folders, "animals", workspace)
     rows = table.read()

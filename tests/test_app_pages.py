@@ -9,24 +9,24 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.embed import EmbedderConfig, embed_dataset
-from core.ingest import import_dataset
-from core.runs import list_runs, load_samples
-from core.tables import ChangeSet
-from core.train.heads import HeadsSettings
-from core.train.pipeline import train
-from core.workspace import open_table
-from tests.conftest import REPO, write_fashion_folders
+from labelloop.data.ingest import import_dataset
+from labelloop.data.runs import list_runs, load_samples
+from labelloop.data.tables import ChangeSet
+from labelloop.data.workspace import open_table
+from labelloop.embed import EmbedderConfig, embed_dataset
+from labelloop.train.heads import HeadsSettings
+from labelloop.train.pipeline import train
+from tests.conftest import APP_SCRIPT, REPO, write_fashion_folders
 from tests.test_app import run_until
 
-APP = str(REPO / "app.py")
+APP = str(APP_SCRIPT)
 QUICK = HeadsSettings(embedding="pixels-16px", heads=("knn", "logreg"))
 
 
 def page(name: str) -> AppTest:
     app = AppTest.from_file(APP, default_timeout=180)
     app.run()
-    app.switch_page(f"app_pages/{name}.py").run()
+    app.switch_page(f"pages/{name}.py").run()
     assert not app.exception, app.exception
     return app
 
@@ -61,8 +61,8 @@ def test_the_map_page_offers_projection_then_draws(fashion: Path):
 
 
 def test_added_images_are_placed_on_the_map_and_refitting_is_a_button(fashion: Path, tmp_path: Path):
-    from core.ingest import add_images
-    from core.project import ProjectionConfig, project_dataset
+    from labelloop.data.ingest import add_images
+    from labelloop.maps.project import ProjectionConfig, project_dataset
 
     project_dataset(fashion, "fashion", "pixels-16px")
     add_images(write_fashion_folders(tmp_path / "more", 2, offset=50), "fashion", fashion)  # version 2: 20 more images

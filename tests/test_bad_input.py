@@ -27,8 +27,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.errors import ConflictError, UserError
-from core.tables import ChangeSet, LabelTable
+from labelloop.data.tables import ChangeSet, LabelTable
+from labelloop.errors import ConflictError, UserError
 from tests.conftest import draw_image
 
 CLASSES = ["cat", "dog", "owl"]
@@ -39,10 +39,10 @@ CLASSES = ["cat", "dog", "owl"]
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
-    from core.embed import EmbedderConfig, embed_dataset
-    from core.ingest import import_dataset
-    from core.train.heads import HeadsSettings
-    from core.train.pipeline import train
+    from labelloop.data.ingest import import_dataset
+    from labelloop.embed import EmbedderConfig, embed_dataset
+    from labelloop.train.heads import HeadsSettings
+    from labelloop.train.pipeline import train
 
     root = tmp_path_factory.mktemp("template")
     source = root / "source"
@@ -126,7 +126,7 @@ def folder_with(tmp: Path, files: dict[str, bytes]) -> Path:
 
 
 def import_into(ctx: Ctx, source: Path, name: str = "new"):
-    from core.ingest import import_dataset
+    from labelloop.data.ingest import import_dataset
 
     return import_dataset(source, name, ctx.workspace, workers=1)
 
@@ -152,22 +152,22 @@ def change_file(ctx: Ctx, text: str) -> Path:
 
 
 def apply_file(ctx: Ctx, text: str, new_classes=()) -> int:
-    from core.exchange import read_change_file
+    from labelloop.data.exchange import read_change_file
 
     table = ctx.table
     return table.commit(read_change_file(change_file(ctx, text), new_classes), parent=table.head_version(), message="from a file")
 
 
 def train_with(ctx: Ctx, **settings) -> str:
-    from core.train.heads import HeadsSettings
-    from core.train.pipeline import train
+    from labelloop.train.heads import HeadsSettings
+    from labelloop.train.pipeline import train
 
     settings.setdefault("embedding", ctx.embedding)
     return error_of(lambda: train(ctx.workspace, "base", HeadsSettings(**settings)))
 
 
 def embed_with(ctx: Ctx, **settings) -> str:
-    from core.embed import EmbedderConfig, embed_dataset
+    from labelloop.embed import EmbedderConfig, embed_dataset
 
     return error_of(lambda: embed_dataset(ctx.workspace, "base", EmbedderConfig(**settings)))
 
@@ -193,7 +193,7 @@ def pickled_trap(ctx: Ctx) -> bytes:
 
 
 def predict_with(ctx: Ctx, folder: Path | None = None) -> str:
-    from core.predict import predict_folder
+    from labelloop.train.predict import predict_folder
 
     if folder is None:
         folder = folder_with(ctx.tmp, {})
@@ -205,7 +205,7 @@ def model_file(ctx: Ctx, name: str) -> Path:
 
 
 def load_run_model(ctx: Ctx) -> str:
-    from core.predict import load_model
+    from labelloop.train.predict import load_model
 
     return error_of(lambda: load_model(ctx.run_dir / "model"))
 
@@ -234,7 +234,7 @@ def read_only_commit(ctx: Ctx) -> str:
 
 
 def read_only_import(ctx: Ctx) -> str:
-    from core.ingest import import_dataset
+    from labelloop.data.ingest import import_dataset
 
     source = folder_with(ctx.tmp, {})
     view = ctx.tmp / "read-only-view"
@@ -272,7 +272,7 @@ def commit_on_full_disk(disk: Path) -> int:
 
 
 def import_on_full_disk(disk: Path):
-    from core.ingest import import_dataset
+    from labelloop.data.ingest import import_dataset
 
     source = disk.parent / "source-elsewhere"
     for i in range(30):
@@ -343,7 +343,7 @@ def symlink_loop(ctx: Ctx) -> str:
 
 
 def unicode_and_spaces(ctx: Ctx) -> str:
-    from core.workspace import open_table
+    from labelloop.data.workspace import open_table
 
     source = ctx.tmp / "mes données d'été" / "source folder"
     draw_image(source / "chat noir" / "ïmage 1.png", 1)
@@ -357,7 +357,7 @@ def unicode_and_spaces(ctx: Ctx) -> str:
 
 
 def manifest_with_unknown_files(ctx: Ctx) -> str:
-    from core.ingest import import_dataset
+    from labelloop.data.ingest import import_dataset
 
     path = manifest(ctx, "path,label\nsource/cat/good.png,cat\nsource/cat/missing.png,cat\n/etc/../nowhere.png,dog\n")
     _, report = import_dataset(path, "new", ctx.workspace, workers=1)
@@ -366,7 +366,7 @@ def manifest_with_unknown_files(ctx: Ctx) -> str:
 
 
 def import_manifest(ctx: Ctx, text: str | bytes, suffix: str = ".csv") -> str:
-    from core.ingest import import_dataset
+    from labelloop.data.ingest import import_dataset
 
     path = manifest(ctx, text, suffix)
     return error_of(lambda: import_dataset(path, "new", ctx.workspace, workers=1))
@@ -411,7 +411,7 @@ def model_from_another_dataset(ctx: Ctx) -> str:
 
 
 def predict_on_images(ctx: Ctx, files: dict[str, bytes]) -> str:
-    from core.predict import predict_folder
+    from labelloop.train.predict import predict_folder
 
     folder = ctx.tmp / "new images"
     for name, data in files.items():
@@ -468,7 +468,7 @@ CASES = [
     Case("table: stale parent version", stale_commit, r"no longer the latest.*nothing was written.*reload version 3"),
     Case("table: version that does not exist", lambda c: error_of(lambda: c.table.read(99)), r"version 99 does not exist.*1 to 3"),
     Case("table: version zero", lambda c: error_of(lambda: c.table.read(0)), r"version 0 does not exist"),
-    Case("table: not a table folder", lambda c: error_of(lambda: LabelTable(c.tmp)), r"not a label table.*python -m core import"),
+    Case("table: not a table folder", lambda c: error_of(lambda: LabelTable(c.tmp)), r"not a label table.*labelloop import"),
     Case("table: truncated log entry", tampered_log, r"log entry of version 3 is damaged.*backup"),
     Case("table: log entry not written by the app", log_not_ours, r"not written by this app"),
     Case("table: empty log", empty_log, r"has no versions.*re-import"),
@@ -496,7 +496,7 @@ CASES = [
     Case("settings: unknown head", lambda c: train_with(c, heads=("knn", "svm")), r"heads: 'svm' is not one of knn, logreg, mlp, softmax"),
     Case("settings: validation split of 1.5", lambda c: train_with(c, validation_split=1.5), r"validation split must be"),
     Case("settings: dropout of 1", lambda c: train_with(c, mlp_dropout=(1.0, 0.2)), r"mlp dropout must be 0 to 0.95, not 1.0"),
-    Case("settings: embedding that was never computed", lambda c: train_with(c, embedding="efficientnet-lite0-nope"), r"python -m core embed|no cached|not embedded|embedding"),
+    Case("settings: embedding that was never computed", lambda c: train_with(c, embedding="efficientnet-lite0-nope"), r"labelloop embed|no cached|not embedded|embedding"),
     Case("settings: version that does not exist", lambda c: error_of(lambda: _train_version(c, 42)), r"version 42 does not exist"),
     Case("settings: a single class to train on", lambda c: _single_class(c), r"class"),
     Case("settings: embedder resolution 3", lambda c: embed_with(c, kind="pixels", resolution=3), r"resolution 3 is out of range"),
@@ -517,12 +517,12 @@ CASES = [
     Case("predict: folder does not exist", lambda c: predict_with(c, c.tmp / "nope"), r"nope"),
     Case("predict: folder without images", lambda c: predict_with(c, Path(c.tmp / "void").mkdir() or c.tmp / "void"), r"no images to predict"),
     Case("predict: broken and good images", lambda c: predict_on_images(c, {"ok.png": good_png(4), "bad.png": b"\x89PNG broken", "bomb.png": png_claiming(70000, 70000)}), r"bad\.png: .*(truncated|not an image).*bomb\.png: too large"),
-    Case("predict: run that does not exist", lambda c: error_of(lambda: __import__("core.predict").predict.predict_folder("no-such-run", c.tmp, c.tmp / "p.csv", c.workspace)), r"no-such-run"),
+    Case("predict: run that does not exist", lambda c: error_of(lambda: __import__("labelloop.train.predict").predict.predict_folder("no-such-run", c.tmp, c.tmp / "p.csv", c.workspace)), r"no-such-run"),
 ]
 
 
 def _manifest_duplicates(ctx: Ctx) -> str:
-    from core.ingest import import_dataset
+    from labelloop.data.ingest import import_dataset
 
     path = manifest(ctx, "path,label\nsource/cat/good.png, \nsource/dog/good.png,undefined \nsource/dog/good.png,dog\n")
     table, report = import_dataset(path, "new", ctx.workspace, workers=1)
@@ -566,8 +566,8 @@ def _undefined_folder(ctx: Ctx) -> str:
 
 
 def _train_version(ctx: Ctx, version: int):
-    from core.train.heads import HeadsSettings
-    from core.train.pipeline import train
+    from labelloop.train.heads import HeadsSettings
+    from labelloop.train.pipeline import train
 
     return train(ctx.workspace, "base", HeadsSettings(heads=("knn",), embedding=ctx.embedding), version=version)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.ingest import import_dataset
-from core.tables import ChangeSet
+from labelloop.data.ingest import import_dataset
+from labelloop.data.tables import ChangeSet
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium, running_app
 
 pytestmark = [needs_chromium, pytest.mark.slow]
@@ -71,6 +71,6 @@ def test_importing_hundreds_of_images_through_the_page(server: str, tmp_path: Pa
         page.get_by_role("button", name="Import").click()
         page.get_by_text("Created 'many': imported 300 of 300 files").wait_for(timeout=120_000)
         browser.close()
-    from core.workspace import open_table
+    from labelloop.data.workspace import open_table
 
     assert len(open_table(workspace, "many").read()) == 300

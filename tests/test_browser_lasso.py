@@ -10,13 +10,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.scatter3d import _normalised
-from core.embed.cache import EmbeddingCache
-from core.lasso import lasso_select
-from core.project import project_dataset
-from core.tables import LabelTable
-from core.workspace import DatasetPaths
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, lasso, needs_chromium, running_app, screenshot
+from labelloop.app.components.scatter3d import _normalised
+from labelloop.data.tables import LabelTable
+from labelloop.data.workspace import DatasetPaths
+from labelloop.embed.cache import EmbeddingCache
+from labelloop.maps.lasso import lasso_select
+from labelloop.maps.project import project_dataset
+from tests.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    lasso,
+    needs_chromium,
+    running_app,
+    screenshot,
+)
 
 pytestmark = [needs_chromium, pytest.mark.slow]
 N = 10_000

@@ -9,10 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from core.ingest import import_dataset
-from core.runs import list_runs
-from core.workspace import open_table
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, click_a_cell_with_samples, lasso, needs_chromium, running_app, screenshot, wait_for_version
+from labelloop.data.ingest import import_dataset
+from labelloop.data.runs import list_runs
+from labelloop.data.workspace import open_table
+from tests.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    click_a_cell_with_samples,
+    lasso,
+    needs_chromium,
+    running_app,
+    screenshot,
+    wait_for_version,
+)
 from tests.conftest import write_fashion_folders
 
 pytestmark = [needs_chromium, pytest.mark.slow]

@@ -6,16 +6,24 @@ from pathlib import Path
 
 import pytest
 
-from core.embed import EmbedderConfig, embed_dataset
-from core.ingest import import_dataset
-from core.mapping import CONFIDENT
-from core.project import ProjectionConfig, project_dataset
-from core.runs import find_run, load_samples
-from core.tables import UNDEFINED, ChangeSet
-from core.train.heads import HeadsSettings
-from core.train.pipeline import train
-from core.workspace import open_table
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, lasso, needs_chromium, running_app, screenshot, wait_for_version
+from labelloop.data.ingest import import_dataset
+from labelloop.data.runs import find_run, load_samples
+from labelloop.data.tables import UNDEFINED, ChangeSet
+from labelloop.data.workspace import open_table
+from labelloop.embed import EmbedderConfig, embed_dataset
+from labelloop.maps.project import ProjectionConfig, project_dataset
+from labelloop.maps.view import CONFIDENT
+from labelloop.train.heads import HeadsSettings
+from labelloop.train.pipeline import train
+from tests.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    lasso,
+    needs_chromium,
+    running_app,
+    screenshot,
+    wait_for_version,
+)
 from tests.conftest import write_fashion_folders
 
 pytestmark = [needs_chromium, pytest.mark.slow]

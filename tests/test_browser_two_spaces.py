@@ -10,11 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.embed.cache import EmbeddingCache
-from core.project import project_dataset
-from core.tables import LabelTable
-from core.workspace import DatasetPaths
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, lasso, needs_chromium, running_app, screenshot
+from labelloop.data.tables import LabelTable
+from labelloop.data.workspace import DatasetPaths
+from labelloop.embed.cache import EmbeddingCache
+from labelloop.maps.project import project_dataset
+from tests.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    lasso,
+    needs_chromium,
+    running_app,
+    screenshot,
+)
 
 pytestmark = [needs_chromium, pytest.mark.slow]
 N = 2_000
@@ -47,8 +54,8 @@ def _selected(root) -> set[int]:
 def test_a_lasso_in_either_map_selects_the_same_samples_in_both(two_spaces: Path, tmp_path: Path):
     from playwright.sync_api import expect, sync_playwright
 
-    from components.scatter3d import publish_map
-    from core.project import ProjectionConfig, project_dataset
+    from labelloop.app.components.scatter3d import publish_map
+    from labelloop.maps.project import ProjectionConfig, project_dataset
 
     # Which sample each drawn point of each map is, as the page publishes them.
     ids = {}

@@ -15,16 +15,25 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.embed import EmbedderConfig, embed_dataset
-from core.ingest import import_dataset
-from core.mapping import default_message
-from core.project import ProjectionConfig, project_dataset
-from core.runs import list_runs
-from core.tables import ChangeSet
-from core.train.heads import HeadsSettings
-from core.train.pipeline import train
-from core.workspace import open_table
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, click_a_cell_with_samples, lasso, needs_chromium, running_app, screenshot, wait_for_version
+from labelloop.data.ingest import import_dataset
+from labelloop.data.runs import list_runs
+from labelloop.data.tables import ChangeSet
+from labelloop.data.workspace import open_table
+from labelloop.embed import EmbedderConfig, embed_dataset
+from labelloop.maps.project import ProjectionConfig, project_dataset
+from labelloop.maps.view import default_message
+from labelloop.train.heads import HeadsSettings
+from labelloop.train.pipeline import train
+from tests.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    click_a_cell_with_samples,
+    lasso,
+    needs_chromium,
+    running_app,
+    screenshot,
+    wait_for_version,
+)
 from tests.conftest import write_fashion_folders
 
 pytestmark = [needs_chromium, pytest.mark.slow]

@@ -1,4 +1,4 @@
-"""`python -m core ...` as a user runs it: real processes, real files, exit codes."""
+"""`labelloop ...` as a user runs it: real processes, real files, exit codes."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.workspace import open_table
+from labelloop.data.workspace import open_table
 from tests.conftest import REPO
 
 
 def cli(workspace: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "core", *args, "--workspace", str(workspace)],
+        [sys.executable, "-m", "labelloop", *args, "--workspace", str(workspace)],
         cwd=REPO,
         capture_output=True,
         text=True,

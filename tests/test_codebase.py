@@ -1,30 +1,134 @@
-"""Rules of the code base: core never imports streamlit; README, test.sh and CI agree."""
+"""Rules of the code base: the layers of the package, streamlit only in the app; README, test.sh and CI agree."""
 
 from __future__ import annotations
 
 import ast
 import re
+from pathlib import Path
 
 from tests.conftest import REPO
 
+PACKAGE = REPO / "labelloop"
+# Each sub-package and its layer: a module may import its own layer's package and lower layers only
+# (maps and train are peers: neither imports the other). The package face (labelloop/__init__.py)
+# and ``python -m labelloop`` sit with the CLI.
+LAYERS = {"errors": 0, "data": 1, "compute": 2, "embed": 3, "maps": 4, "train": 4, "scores": 5, "api": 6, "cli": 6, "__init__": 6, "__main__": 6, "app": 7}
 
-def imported_modules(path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    names = set()
-    for node in ast.walk(tree):
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    """(line, dotted name) of every import in a file, inside functions too; relative imports resolved."""
+    module = module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module.split(".")[0])
-    return names
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            found.extend((node.lineno, f"{base}.{alias.name}") for alias in node.names)
+    return found
 
 
-def test_core_never_imports_streamlit_or_the_ui():
-    files = sorted((REPO / "core").rglob("*.py"))
-    assert len(files) >= 6
-    for path in files:
-        forbidden = imported_modules(path) & {"streamlit", "app_pages", "components"}
-        assert not forbidden, f"{path.relative_to(REPO)} imports {forbidden}"
+def layer(module: str) -> tuple[int, str]:
+    """(layer number, sub-package) of a labelloop module."""
+    parts = module.split(".")
+    top = parts[1] if len(parts) > 1 else "__init__"
+    assert top in LAYERS, f"{module}: labelloop/{top} is in no layer; add it to LAYERS in tests/test_codebase.py"
+    return LAYERS[top], top
+
+
+def package_modules() -> dict[str, Path]:
+    return {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def internal_edges() -> dict[str, set[str]]:
+    """module -> the package's modules it imports (a name imported from a package counts as that package)."""
+    modules = package_modules()
+
+    def resolve(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    edges: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        targets = {resolve(name) for _, name in imports_of(path) if name.split(".")[0] == "labelloop"}
+        edges[module] = {t for t in targets if t and t != module}
+    return edges
+
+
+def test_lower_layers_never_import_higher_ones_not_even_inside_a_function():
+    wrong = []
+    for module, path in package_modules().items():
+        here, here_package = layer(module)
+        for line, name in imports_of(path):
+            if name.split(".")[0] != "labelloop" or name == "labelloop":
+                continue
+            there, there_package = layer(name)
+            if there > here or (there == here and there_package != here_package and here_package not in ("__init__", "__main__")):
+                wrong.append(f"{path.relative_to(REPO)}:{line} imports {name} ({there_package} is not below {here_package})")
+    assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
+
+
+def test_the_import_graph_has_no_cycles():
+    edges = internal_edges()
+    # A package's __init__ that only hands names on is not a node of its own: importing it is importing what it imports.
+    faces = {m for m, p in package_modules().items() if p.name == "__init__.py"}
+
+    def through_faces(targets: set[str], seen: frozenset = frozenset()) -> set[str]:
+        out = set()
+        for target in targets:
+            if target in faces and target not in seen:
+                out |= through_faces(edges[target], seen | {target})
+            elif target not in faces:
+                out.add(target)
+        return out
+
+    graph = {m: through_faces(ts) - {m} for m, ts in edges.items() if m not in faces}
+    index, low, stack, on_stack, cycles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_only_the_app_imports_streamlit():
+    for module, path in package_modules().items():
+        if layer(module)[1] == "app":
+            continue
+        names = {name.split(".")[0] for _, name in imports_of(path)}
+        assert "streamlit" not in names, f"{path.relative_to(REPO)} imports streamlit; only labelloop/app may"
 
 
 def test_the_readme_starts_with_the_two_commands_and_ci_runs_the_test_one():
@@ -42,7 +146,7 @@ def test_no_unused_imports_undefined_names_or_syntax_errors():
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "--select", "F,E9", "--output-format", "concise", "core", "app_pages", "components", "app.py", "tests", "bench"],
+        [sys.executable, "-m", "ruff", "check", "--select", "F,E9", "--output-format", "concise", "labelloop", "tests", "bench"],
         cwd=REPO, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr

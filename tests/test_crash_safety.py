@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.errors import ConflictError
-from core.tables import ChangeSet, LabelTable
+from labelloop.data.tables import ChangeSet, LabelTable
+from labelloop.errors import ConflictError
 from tests.conftest import draw_image, make_rows
 
 CLASSES = [f"class{i}" for i in range(10)]
@@ -34,7 +34,7 @@ RACERS = 8
 
 def _context():
     context = multiprocessing.get_context("forkserver")  # deltalake's runtime must not be forked once started
-    context.set_forkserver_preload(["core.tables", "core.ingest", "core.embed", "core.train.pipeline", "tests.test_crash_safety"])
+    context.set_forkserver_preload(["labelloop.data.tables", "labelloop.data.ingest", "labelloop.embed", "labelloop.train.pipeline", "tests.test_crash_safety"])
     return context
 
 
@@ -176,7 +176,7 @@ def test_of_many_processes_committing_on_the_same_parent_exactly_one_wins(tmp_pa
 
 
 def _import(source: str, workspace: str, ready) -> None:
-    from core.ingest import import_dataset
+    from labelloop.data.ingest import import_dataset
 
     ready.set()
     import_dataset(source, "big", workspace, workers=1)
@@ -184,8 +184,8 @@ def _import(source: str, workspace: str, ready) -> None:
 
 @pytest.mark.slow
 def test_a_killed_import_lists_nothing_half_made_and_the_next_import_cleans_up(tmp_path: Path):
-    from core.ingest import import_dataset
-    from core.workspace import list_datasets
+    from labelloop.data.ingest import import_dataset
+    from labelloop.data.workspace import list_datasets
 
     source = tmp_path / "source"
     n_images = 1200
@@ -216,11 +216,11 @@ def test_a_killed_import_lists_nothing_half_made_and_the_next_import_cleans_up(t
 
 
 def _embed(workspace: str, ready) -> None:
-    import core.embed.cache
-    from core.embed import EmbedderConfig, embed_dataset
+    import labelloop.embed.cache
+    from labelloop.embed import EmbedderConfig, embed_dataset
 
-    core.embed.cache.CHUNK_SIZE = 100  # small cache files, so a kill lands between several of them
-    load_embedder = core.embed.cache.load_embedder
+    labelloop.embed.cache.CHUNK_SIZE = 100  # small cache files, so a kill lands between several of them
+    load_embedder = labelloop.embed.cache.load_embedder
 
     def slow_model(*args, **kwargs):  # a pixel "model" as slow as a real one, so kills land mid-run
         embedder = load_embedder(*args, **kwargs)
@@ -232,14 +232,14 @@ def _embed(workspace: str, ready) -> None:
 
         return dataclasses.replace(embedder, embed_batch=embed_batch)
 
-    core.embed.cache.load_embedder = slow_model
+    labelloop.embed.cache.load_embedder = slow_model
     ready.set()
     embed_dataset(workspace, "big", EmbedderConfig(kind="pixels", resolution=24, batch_size=50))
 
 
 @pytest.fixture
 def big_dataset(tmp_path: Path, workspace: Path) -> Path:
-    from core.ingest import import_dataset
+    from labelloop.data.ingest import import_dataset
 
     source = tmp_path / "source"
     for i in range(1500):
@@ -250,7 +250,13 @@ def big_dataset(tmp_path: Path, workspace: Path) -> Path:
 
 @pytest.mark.slow
 def test_a_killed_embedding_keeps_whole_chunks_and_the_rerun_resumes(big_dataset: Path):
-    from core.embed import EmbedderConfig, embed_dataset, embedder_key, embedding_cache, load_embedder
+    from labelloop.embed import (
+        EmbedderConfig,
+        embed_dataset,
+        embedder_key,
+        embedding_cache,
+        load_embedder,
+    )
 
     workspace = big_dataset
     config = EmbedderConfig(kind="pixels", resolution=24, batch_size=50)
@@ -281,7 +287,7 @@ def test_a_killed_embedding_keeps_whole_chunks_and_the_rerun_resumes(big_dataset
     reference = load_embedder(config, workspace / ".models")
     by_hash = rows.drop_duplicates("content_hash").set_index("content_hash")["path"]
     sample = list(hashes[:: max(1, len(hashes) // 40)])
-    from core.embed import embed_paths
+    from labelloop.embed import embed_paths
 
     expected, _ = embed_paths(reference, [by_hash[h] for h in sample], sample, batch_size=50)
     np.testing.assert_allclose(vectors[hashes.get_indexer(sample)], expected, atol=1e-6)
@@ -294,8 +300,8 @@ def test_a_killed_embedding_keeps_whole_chunks_and_the_rerun_resumes(big_dataset
 def _train(workspace: str, embedding: str, ready) -> None:
     from joblib.externals.loky import get_reusable_executor
 
-    from core.train.heads import HeadsSettings
-    from core.train.pipeline import train
+    from labelloop.train.heads import HeadsSettings
+    from labelloop.train.pipeline import train
 
     ready.set()
     train(workspace, "big", HeadsSettings(heads=("knn", "logreg", "mlp"), embedding=embedding))
@@ -305,15 +311,15 @@ def _train(workspace: str, embedding: str, ready) -> None:
 
 @pytest.mark.slow
 def test_a_killed_training_run_never_lists_as_finished_and_the_next_run_cleans_up(big_dataset: Path):
-    from core.embed import EmbedderConfig, embed_dataset
-    from core.runs import list_runs
-    from core.train.heads import HeadsSettings
-    from core.train.pipeline import train
+    from labelloop.data.runs import list_runs
+    from labelloop.embed import EmbedderConfig, embed_dataset
+    from labelloop.train.heads import HeadsSettings
+    from labelloop.train.pipeline import train
 
     workspace = big_dataset
     embedding = embed_dataset(workspace, "big", EmbedderConfig(kind="pixels", resolution=16)).key
     runs_dir = workspace / "big" / "runs"
-    # A fresh interpreter, as `python -m core train` is: torch and joblib's workers must not start in a forked copy.
+    # A fresh interpreter, as `labelloop train` is: torch and joblib's workers must not start in a forked copy.
     context, rng = multiprocessing.get_context("spawn"), random.Random(11)
     duration = _seconds_to_finish(context, _train, (str(workspace), embedding))
     shutil.rmtree(runs_dir)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.demo import (
+from labelloop.data.demo import (
     FASHION_CLASSES,
     FASHION_MNIST_DIR,
     DemoSettings,
@@ -18,8 +18,8 @@ from core.demo import (
     load_source_images,
     plan_demo,
 )
-from core.errors import UserError
-from core.tables import UNDEFINED, ChangeSet
+from labelloop.data.tables import UNDEFINED, ChangeSet
+from labelloop.errors import UserError
 
 
 def test_the_plan_has_the_promised_proportions_and_is_deterministic():
@@ -85,7 +85,7 @@ def test_without_fashion_mnist_the_demo_falls_back_to_mnist_digits(tmp_path: Pat
 
 
 def test_a_data_set_that_is_not_a_demo_has_no_score(class_folders: Path, workspace: Path):
-    from core.ingest import import_dataset
+    from labelloop.data.ingest import import_dataset
 
     import_dataset(class_folders, "animals", workspace)
     assert demo_score(workspace, "animals") is None

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.embed import (
+from labelloop.data.ingest import add_images, import_dataset
+from labelloop.data.tables import ChangeSet
+from labelloop.embed import (
     EmbedderConfig,
     embed_dataset,
     embed_paths,
@@ -20,9 +22,7 @@ from core.embed import (
     load_embedder,
     load_embeddings,
 )
-from core.errors import Cancelled, UserError
-from core.ingest import add_images, import_dataset
-from core.tables import ChangeSet
+from labelloop.errors import Cancelled, UserError
 from tests.conftest import write_fashion_folders
 
 PIXELS = EmbedderConfig(kind="pixels", resolution=16)
@@ -47,7 +47,7 @@ def test_pixels_embed_every_image_and_the_cache_is_keyed_by_content(fashion: Pat
 
 
 def test_relabelling_never_re_embeds_and_adding_embeds_only_the_new_images(fashion: Path, tmp_path: Path):
-    from core.workspace import open_table
+    from labelloop.data.workspace import open_table
 
     embed_dataset(fashion, "fashion", PIXELS)
     table = open_table(fashion, "fashion")
@@ -62,7 +62,7 @@ def test_relabelling_never_re_embeds_and_adding_embeds_only_the_new_images(fashi
 
 
 def test_an_image_changed_or_deleted_since_import_is_reported_and_skipped(fashion: Path):
-    from core.workspace import open_table
+    from labelloop.data.workspace import open_table
 
     rows = open_table(fashion, "fashion").read()
     changed, deleted = rows["path"].iloc[0], rows["path"].iloc[1]

@@ -9,13 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.embed import EmbedderConfig, embed_dataset
-from core.fair_accuracy import accuracy_per_version, paired_difference, reference_labels, score_against, wilson_interval
-from core.ingest import import_dataset
-from core.runs import recipe_identity
-from core.tables import UNDEFINED, ChangeSet
-from core.train.heads import HeadsSettings
-from core.train.pipeline import QUICK_HEADS, train
+from labelloop.data.ingest import import_dataset
+from labelloop.data.tables import UNDEFINED, ChangeSet
+from labelloop.embed import EmbedderConfig, embed_dataset
+from labelloop.scores.fair_accuracy import (
+    accuracy_per_version,
+    paired_difference,
+    reference_labels,
+    score_against,
+    wilson_interval,
+)
+from labelloop.train.heads import HeadsSettings
+from labelloop.train.pipeline import QUICK_HEADS, train
+from labelloop.train.registry import recipe_identity
 from tests.conftest import write_fashion_folders
 
 

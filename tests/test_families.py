@@ -9,13 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import UserError
-from core.runs import ModelConfig, RunInfo, RunSummary, recipe_identity
-from core.train.frozen import FrozenBackboneSettings
-from core.train.heads import HeadsSettings
-from core.train.registry import FAMILIES, default_settings, family_of_model, settings_from_dict
-from core.train.resnet import ResnetScratchSettings
-from core.train.triplet import TripletSettings
+from labelloop.data.runs import ModelConfig, RunInfo, RunSummary
+from labelloop.errors import UserError
+from labelloop.train.frozen import FrozenBackboneSettings
+from labelloop.train.heads import HeadsSettings
+from labelloop.train.registry import (
+    FAMILIES,
+    default_settings,
+    family_of_model,
+    recipe_identity,
+    run_recipe,
+    run_settings,
+    settings_from_dict,
+)
+from labelloop.train.resnet import ResnetScratchSettings
+from labelloop.train.triplet import TripletSettings
 
 # What config.json held before each family had its own settings: every setting of every family, flat.
 OLD_FLAT = {
@@ -79,7 +87,7 @@ def test_an_old_untyped_run_folder_still_opens(tmp_path: Path):
         n_samples=80, not_embedded=0, embedding="pixels-8px", train_seconds=1.2, note="in-sample", figures={"knn_input": 0.5, "knn_encoded": 0.9},
         run_id=run.name, trigger="user", seconds=1.5, finished="2026-01-01T00:00:00+00:00",
     )
-    assert opened.recipe()[1] == "triplet" and opened.settings().output_dims == 64
+    assert run_recipe(opened)[1] == "triplet" and run_settings(opened).output_dims == 64
     model = opened.model_config()
     assert model == ModelConfig("triplet-encoder", ["a", "b"], "...", embedding="pixels-8px", input_dim=64, architecture={"hidden": 256, "output_dim": 64})
     assert family_of_model(model.model_type) is FAMILIES["triplet"]

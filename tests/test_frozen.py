@@ -10,15 +10,19 @@ import pandas as pd
 import pytest
 import torch
 
-from core.embed import list_embeddings
-from core.errors import UserError
-from core.ingest import import_dataset
-from core.predict import predict_folder
-from core.runs import list_runs, load_json, load_samples
-from core.tables import UNDEFINED, ChangeSet
-from core.train.frozen import FrozenBackboneSettings, parameter_groups, train_frozen
-from core.train.pipeline import train
-from core.workspace import open_table
+from labelloop.data.ingest import import_dataset
+from labelloop.data.runs import list_runs, load_json, load_samples
+from labelloop.data.tables import UNDEFINED, ChangeSet
+from labelloop.data.workspace import open_table
+from labelloop.embed import list_embeddings
+from labelloop.errors import UserError
+from labelloop.train.frozen import (
+    FrozenBackboneSettings,
+    parameter_groups,
+    train_frozen,
+)
+from labelloop.train.pipeline import train
+from labelloop.train.predict import predict_folder
 from tests.conftest import write_fashion_folders
 
 SMALL = {"image_size": 64}  # EfficientNet-Lite0 at 64 px: real pretrained features, test-sized cost
@@ -87,7 +91,7 @@ def test_gradual_unfreezing_trains_the_backbone_from_the_output_end(fashion: Pat
 
 
 def test_unfreezing_changes_only_the_unfrozen_groups():
-    from core.embed import EmbedderConfig, torch_feature_model
+    from labelloop.embed import EmbedderConfig, torch_feature_model
 
     backbone = torch_feature_model(EmbedderConfig())[0]
     before = [p.detach().clone() for p in backbone.parameters()]

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.compute import Compute
-from core.embed import EmbedderConfig, embed_dataset, load_embeddings
-from core.ingest import import_dataset
-from core.predict import predict_folder
-from core.train.pipeline import train
-from core.train.registry import default_settings
+from labelloop.compute.device import Compute
+from labelloop.data.ingest import import_dataset
+from labelloop.embed import EmbedderConfig, embed_dataset, load_embeddings
+from labelloop.train.pipeline import train
+from labelloop.train.predict import predict_folder
+from labelloop.train.registry import default_settings
 from tests.conftest import write_fashion_folders
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA GPU")
@@ -68,7 +68,7 @@ def test_each_family_trains_on_cuda_and_predicts(fashion: Path, images: Path, tm
     if family in ("heads", "triplet"):
         from dataclasses import replace
 
-        from core.embed import list_embeddings
+        from labelloop.embed import list_embeddings
 
         settings = replace(settings, embedding=list_embeddings(fashion, "fashion")[0]["key"])
     run = train(fashion, "fashion", settings, compute=Compute(device="cuda"))

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.embed import EmbedderConfig, embed_dataset
-from core.errors import UserError
-from core.health import CHECKS, NOT_COMPUTED, compute_health, image_checks
-from core.ingest import import_dataset
-from core.tables import ChangeSet
-from core.workspace import DatasetPaths, open_table
+from labelloop.data.ingest import import_dataset
+from labelloop.data.tables import ChangeSet
+from labelloop.data.workspace import DatasetPaths, open_table
+from labelloop.embed import EmbedderConfig, embed_dataset
+from labelloop.errors import UserError
+from labelloop.scores.health import CHECKS, NOT_COMPUTED, compute_health, image_checks
 from tests.conftest import draw_image, write_fashion_folders
 from tests.test_cli import cli
 
@@ -85,8 +85,8 @@ def test_planted_problems_are_found_and_a_relabel_reuses_the_label_free_checks(p
 
 
 def test_label_checks_read_this_versions_labels_and_the_runs_probabilities(planted):
-    from core.train.heads import HeadsSettings
-    from core.train.pipeline import train
+    from labelloop.train.heads import HeadsSettings
+    from labelloop.train.pipeline import train
 
     workspace, ids = planted
     table = open_table(workspace, "fashion")
@@ -153,7 +153,7 @@ def test_health_command_prints_the_checks_and_writes_every_sample(planted, tmp_p
 
 
 def test_health_page_computes_on_request_then_excludes_and_keeps_one_of_each_group(planted):
-    from components.session import keys
+    from labelloop.app.components.session import keys
     from tests.test_app import run_until
     from tests.test_app_pages import page
 
@@ -188,7 +188,7 @@ def test_health_page_computes_on_request_then_excludes_and_keeps_one_of_each_gro
     assert not app.exception, app.exception
     selection = app.session_state[keys("fashion").selection]["sample_ids"]
     assert set(picks["sample_id"]) <= set(selection) and len(selection) == len(picks) + 5
-    app.switch_page("app_pages/health.py").run()
+    app.switch_page("pages/health.py").run()
 
     # Near duplicates on the new version (its label checks are cached per version: computed again on request).
     app.run()
@@ -204,9 +204,9 @@ def test_health_page_computes_on_request_then_excludes_and_keeps_one_of_each_gro
 
 
 def test_review_filters_by_health_issue_and_sends_more_like_a_sample_to_the_map(planted):
-    from components.session import keys
-    from core.train.heads import HeadsSettings
-    from core.train.pipeline import train
+    from labelloop.app.components.session import keys
+    from labelloop.train.heads import HeadsSettings
+    from labelloop.train.pipeline import train
     from tests.test_app_pages import page
 
     workspace, ids = planted
@@ -230,7 +230,7 @@ def test_review_filters_by_health_issue_and_sends_more_like_a_sample_to_the_map(
 
 
 def test_health_colours_draw_the_unflagged_samples_grey_and_list_only_the_issues_present():
-    from core.mapping import UNDEFINED_COLOUR, categorical_colours
+    from labelloop.maps.view import UNDEFINED_COLOUR, categorical_colours
 
     colouring = categorical_colours(["no issue", "Dark", "no issue", "Outlier"], ["Outlier", "Dark"], grey="no issue")
     assert [entry["name"] for entry in colouring.palette] == ["Outlier", "Dark", "no issue"]
@@ -239,7 +239,7 @@ def test_health_colours_draw_the_unflagged_samples_grey_and_list_only_the_issues
 
 
 def test_a_stopped_check_caches_nothing_and_a_set_with_no_readable_image_says_so(tmp_path: Path, workspace: Path):
-    from core.errors import Cancelled
+    from labelloop.errors import Cancelled
 
     root = tmp_path / "stop"
     for i in range(40):

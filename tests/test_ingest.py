@@ -11,10 +11,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.errors import UserError
-from core.ingest import add_images, check_image, import_dataset, load_import_report
-from core.tables import UNDEFINED
-from core.workspace import DatasetPaths, list_datasets, thumbnail_path
+from labelloop.data.ingest import (
+    add_images,
+    check_image,
+    import_dataset,
+    load_import_report,
+)
+from labelloop.data.tables import UNDEFINED
+from labelloop.data.workspace import DatasetPaths, list_datasets, thumbnail_path
+from labelloop.errors import UserError
 from tests.conftest import draw_image
 
 
@@ -334,7 +339,7 @@ def test_decoding_workers_never_run_the_parents_main_script(tmp_path: Path, monk
     import sys
     import types
 
-    from core.images import worker_pool
+    from labelloop.data.images import worker_pool
 
     marker = tmp_path / "the script ran"
     script = tmp_path / "app_like.py"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.lasso import inside_polygon, lasso_select, screen_positions
+from labelloop.maps.lasso import inside_polygon, lasso_select, screen_positions
 
 
 def _look_at_origin(distance: float = 3.0, fov_deg: float = 50.0, aspect: float = 1.0) -> list[float]:

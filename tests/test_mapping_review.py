@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from core.errors import UserError
-from core.ingest import import_dataset
-from core.mapping import (
+from labelloop.data.ingest import import_dataset
+from labelloop.data.runs import list_runs
+from labelloop.data.tables import UNDEFINED, ChangeSet, revert_changes
+from labelloop.errors import UserError
+from labelloop.maps.view import (
     CLASS_COLOURS,
     CONFIDENT,
     EXCLUDED_COLOUR,
@@ -29,11 +30,20 @@ from core.mapping import (
     selection_changes,
     thumbnail_sample,
 )
-from core.review import Decision, filter_review, load_kept, queue_changes, queue_precision, record_kept, review_changes, review_frame, still_valid
-from core.runs import list_runs
-from core.tables import UNDEFINED, ChangeSet, revert_changes
-from core.train.heads import HeadsSettings
-from core.train.pipeline import quick_heads_config, quick_heads_recipe, train
+from labelloop.scores.review import (
+    Decision,
+    filter_review,
+    load_kept,
+    queue_changes,
+    queue_precision,
+    record_kept,
+    review_changes,
+    review_frame,
+    still_valid,
+)
+from labelloop.train.heads import HeadsSettings
+from labelloop.train.pipeline import quick_heads_config, quick_heads_recipe, train
+from labelloop.train.registry import run_recipe, run_settings
 from tests.conftest import write_fashion_folders
 
 CLASSES = ["T-shirt/top", "Trouser", "Shirt"]
@@ -289,7 +299,7 @@ def test_queue_decisions_apply_only_to_the_label_the_reviewer_saw():
 
 
 def test_reverting_a_label_flow_cell_and_the_quick_heads_recipe(tmp_path: Path, workspace: Path):
-    from core.embed import EmbedderConfig, embed_dataset
+    from labelloop.embed import EmbedderConfig, embed_dataset
 
     table, _ = import_dataset(write_fashion_folders(tmp_path / "f", 10), "f", workspace)
     rows = table.read(1)
@@ -315,13 +325,17 @@ def test_reverting_a_label_flow_cell_and_the_quick_heads_recipe(tmp_path: Path, 
     quick = quick_heads_config(workspace, "f")
     assert quick.heads == ("knn", "logreg") and quick.embedding == "pixels-8px"
     run = train(workspace, "f", quick, version=2, trigger="after commit")
-    assert run.automatic and run.recipe()[0] == quick_heads_recipe(workspace, "f")
-    assert not list_runs(workspace, "f", 1)[0].automatic and list_runs(workspace, "f", 1)[0].recipe()[0] != run.recipe()[0]
+    assert run.automatic and run_recipe(run)[0] == quick_heads_recipe(workspace, "f")
+    assert not list_runs(workspace, "f", 1)[0].automatic and run_recipe(list_runs(workspace, "f", 1)[0])[0] != run_recipe(run)[0]
 
 
 def test_the_quick_heads_refresh_once_per_version_and_then_say_how_long_the_next_takes(tmp_path: Path, workspace: Path):
-    from core.embed import EmbedderConfig, embed_dataset
-    from core.train.pipeline import QUICK_HEADS_DIMS, quick_heads_estimate, refresh_quick_heads
+    from labelloop.embed import EmbedderConfig, embed_dataset
+    from labelloop.train.pipeline import (
+        QUICK_HEADS_DIMS,
+        quick_heads_estimate,
+        refresh_quick_heads,
+    )
 
     import_dataset(write_fashion_folders(tmp_path / "f", 12), "f", workspace)
     assert refresh_quick_heads(workspace, "f", 1) is None  # nothing embedded: nothing quick to retrain
@@ -329,6 +343,6 @@ def test_the_quick_heads_refresh_once_per_version_and_then_say_how_long_the_next
     train(workspace, "f", HeadsSettings(embedding="pixels-16px", heads=("knn",)), version=1)
     assert quick_heads_estimate(workspace, "f", 1) is None  # no refresh measured yet: no promise
     run = refresh_quick_heads(workspace, "f", 1)
-    assert run.automatic and run.settings().reduce_dims == QUICK_HEADS_DIMS
+    assert run.automatic and run_settings(run).reduce_dims == QUICK_HEADS_DIMS
     assert refresh_quick_heads(workspace, "f", 1) is None  # the version has its quick heads already
     assert re.fullmatch(r"about \d+ s for 120 images \(the last job here ran at [\d,]+ per second\)", quick_heads_estimate(workspace, "f", 1))

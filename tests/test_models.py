@@ -18,17 +18,30 @@ import numpy as np
 import pytest
 import torch
 
-from core.embed import EmbedderConfig, embed_dataset, embedder_key, list_embeddings, load_embedder, load_embeddings
-from core.embed.config import parse_model_name
-from core.embed.models import RECOMMENDED, config_of, model_choices, model_facts, model_from_flags
-from core.embed.text import closest_to_text, zero_shot
-from core.errors import UserError
-from core.ingest import import_dataset
-from core.measured import record
-from core.predict import predict_folder
-from core.train.frozen import FrozenBackboneSettings
-from core.train.pipeline import train
-from core.workspace import open_table
+from labelloop.compute.measured import record
+from labelloop.data.ingest import import_dataset
+from labelloop.data.workspace import open_table
+from labelloop.embed import (
+    EmbedderConfig,
+    embed_dataset,
+    embedder_key,
+    list_embeddings,
+    load_embedder,
+    load_embeddings,
+)
+from labelloop.embed.config import parse_model_name
+from labelloop.embed.models import (
+    RECOMMENDED,
+    config_of,
+    model_choices,
+    model_facts,
+    model_from_flags,
+)
+from labelloop.embed.text import closest_to_text, zero_shot
+from labelloop.errors import UserError
+from labelloop.train.frozen import FrozenBackboneSettings
+from labelloop.train.pipeline import train
+from labelloop.train.predict import predict_folder
 from tests import model_caches
 from tests.conftest import REPO, write_fashion_folders
 
@@ -179,7 +192,7 @@ def test_clip_by_hub_name_embeds_searches_by_text_and_suggests_zero_shot_labels(
     assert len(found) == 10 and found["similarity"].is_monotonic_decreasing
     assert found["sample_id"].is_unique and set(found["sample_id"]) <= set(load_embeddings(fashion, "fashion", report.key).sample_ids)
     # The ranking is the cosine with the text tower's vector: the same as computing it by hand.
-    from core.embed.kinds.open_clip_models import KIND
+    from labelloop.embed.kinds.open_clip_models import KIND
 
     query = KIND.text_encoder(config_of(TINY_CLIP))(["a blurry photo"])[0]
     assert np.isclose(found["similarity"].iloc[0], (vectors @ query).max(), atol=1e-5)
@@ -265,9 +278,9 @@ def test_the_map_page_embeds_with_a_model_picked_from_the_list_or_named(offline:
 
 
 def test_clip_text_search_on_the_map_and_zero_shot_on_the_review_page(offline: Path, fashion: Path):
-    from core.project import ProjectionConfig, project_dataset
-    from core.tables import UNDEFINED, ChangeSet
-    from core.train.heads import HeadsSettings
+    from labelloop.data.tables import UNDEFINED, ChangeSet
+    from labelloop.maps.project import ProjectionConfig, project_dataset
+    from labelloop.train.heads import HeadsSettings
     from tests.test_app_pages import page
 
     clip = embed_dataset(fashion, "fashion", config_of(TINY_CLIP, runtime="torch")).key
@@ -294,7 +307,7 @@ def test_clip_text_search_on_the_map_and_zero_shot_on_the_review_page(offline: P
 
 
 def test_the_train_page_trains_a_frozen_backbone_named_in_its_picker(offline: Path, fashion: Path):
-    from core.runs import list_runs
+    from labelloop.data.runs import list_runs
     from tests.test_app import run_until
     from tests.test_app_pages import page
 

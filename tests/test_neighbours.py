@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import core.neighbours as neighbours
-from core.neighbours import nearest_neighbours
+import labelloop.compute.neighbours as neighbours
+from labelloop.compute.neighbours import nearest_neighbours
 
 
 def clustered(n: int, dim: int = 32, clusters: int = 20, seed: int = 0) -> np.ndarray:

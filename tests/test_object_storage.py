@@ -13,10 +13,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.errors import ConflictError, UserError
-from core.ingest import add_images, import_dataset, load_import_report
-from core.tables import ChangeSet, LabelTable
-from core.workspace import DatasetPaths, list_datasets, local_workspace, open_table
+from labelloop.data.ingest import add_images, import_dataset, load_import_report
+from labelloop.data.tables import ChangeSet, LabelTable
+from labelloop.data.workspace import (
+    DatasetPaths,
+    list_datasets,
+    local_workspace,
+    open_table,
+)
+from labelloop.errors import ConflictError, UserError
 from tests.conftest import REPO, draw_image, make_rows
 from tests.s3 import CuttingProxy, aws_env, s3_server
 
@@ -195,7 +200,7 @@ def test_a_manifest_in_s3_names_objects_relative_to_itself_or_by_uri_and_a_delet
 def test_an_object_deleted_between_import_and_embedding_is_listed_as_skipped(bucket: str, tmp_path: Path):
     import boto3
 
-    from core.embed import EmbedderConfig, embed_dataset
+    from labelloop.embed import EmbedderConfig, embed_dataset
 
     _upload_class_folders(bucket, "photos", tmp_path)
     workspace = f"s3://{bucket}/ws"

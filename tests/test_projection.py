@@ -7,13 +7,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.embed import EmbedderConfig, embed_dataset
-from core.errors import UserError
-from core.ingest import add_images, import_dataset
-from core.project import FittedMap, PlacementSearch, ProjectionConfig, knn_accuracy, place_by_neighbours, project_dataset, project_vectors, projection_quality
-from core.reduction import PcaReduction
-from core.tables import ChangeSet
-from core.workspace import open_table
+from labelloop.compute.neighbours import knn_accuracy
+from labelloop.compute.reduction import PcaReduction
+from labelloop.data.ingest import add_images, import_dataset
+from labelloop.data.tables import ChangeSet
+from labelloop.data.workspace import open_table
+from labelloop.embed import EmbedderConfig, embed_dataset
+from labelloop.errors import UserError
+from labelloop.maps.project import (
+    FittedMap,
+    PlacementSearch,
+    ProjectionConfig,
+    place_by_neighbours,
+    project_dataset,
+    project_vectors,
+    projection_quality,
+)
 from tests.conftest import draw_image, write_fashion_folders
 
 PIXELS = EmbedderConfig(kind="pixels", resolution=16)
@@ -48,7 +57,7 @@ def test_after_a_relabel_the_map_comes_from_the_cache_with_no_work(fashion: str,
 
 
 def test_a_map_opened_again_comes_from_its_saved_view_until_its_images_change(fashion: str, workspace: Path, monkeypatch: pytest.MonkeyPatch):
-    import core.project
+    import labelloop.maps.project
 
     table = open_table(workspace, "fashion")
     rows = table.read()
@@ -62,7 +71,7 @@ def test_a_map_opened_again_comes_from_its_saved_view_until_its_images_change(fa
 
     def no_matching(*args, **kwargs):
         raise Matched  # the view is what makes opening cheap: it must not need the embedding cache
-    monkeypatch.setattr(core.project, "load_embeddings", no_matching)
+    monkeypatch.setattr(labelloop.maps.project, "load_embeddings", no_matching)
     again = project_dataset(workspace, "fashion", fashion, rows=rows, compute=False)
     assert np.array_equal(again.sample_ids, opened.sample_ids) and np.array_equal(again.coords, opened.coords)
     assert again.describe() == opened.describe() and not again.computed_now
@@ -155,7 +164,7 @@ def test_a_damaged_projection_cache_is_recomputed(fashion: str, workspace: Path)
 
 
 def test_rates_are_recorded_only_from_jobs_large_enough_to_time(tmp_path: Path):
-    from core.measured import last_rate, record
+    from labelloop.compute.measured import last_rate, record
 
     assert last_rate(tmp_path, "embed efficientnet-lite0") is None  # nothing measured: no estimate
     record(tmp_path, "embed efficientnet-lite0", 50, 0.5)
@@ -225,7 +234,7 @@ def test_a_map_made_under_another_fit_size_that_fitted_every_image_is_kept(fashi
 
 def test_the_fit_sample_keeps_every_labels_share():
     labels = np.array(["a"] * 600 + ["b"] * 300 + ["undefined"] * 100)
-    from core.project import _fit_sample
+    from labelloop.maps.project import _fit_sample
 
     sample = _fit_sample(labels, 200, seed=0)
     assert len(sample) == 200 and len(np.unique(sample)) == 200

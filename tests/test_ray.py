@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.embed import EmbedderConfig, embed_dataset, load_embeddings
-from core.errors import UserError
-from core.ingest import import_dataset
-from core.runs import list_runs
-from tests.conftest import REPO, write_fashion_folders
+from labelloop.data.ingest import import_dataset
+from labelloop.data.runs import list_runs
+from labelloop.embed import EmbedderConfig, embed_dataset, load_embeddings
+from labelloop.errors import UserError
+from tests.conftest import APP_SCRIPT, REPO, write_fashion_folders
 from tests.test_cli import cli, one_error_line
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -101,7 +101,7 @@ def test_ray_embedding_is_the_local_embedding_in_the_same_cache(fashion: Path, c
 
 
 def test_an_image_a_worker_cannot_read_is_skipped_with_its_reason(fashion: Path, cluster: str):
-    from core.workspace import open_table
+    from labelloop.data.workspace import open_table
 
     rows = open_table(fashion, "fashion").read()
     victim = rows.iloc[3]
@@ -146,7 +146,7 @@ def test_a_four_trial_sweep_leaves_four_runs_and_names_the_best(fashion: Path, c
     assert result.returncode == 0, result.stderr
     runs = list_runs(fashion, "fashion")
     assert len(runs) == 4
-    from core.sweep import list_sweeps
+    from labelloop.train.sweep import list_sweeps
 
     record = list_sweeps(fashion, "fashion")[0]
     assert len(record.trials) == 4 and {t.status for t in record.trials} == {"finished"}
@@ -187,7 +187,7 @@ def test_compute_settings_are_checked_before_anything_runs(fashion: Path):
 def test_out_of_memory_becomes_advice_on_the_batch_size():
     import torch
 
-    from core.compute import out_of_memory_as_user_error
+    from labelloop.compute.device import out_of_memory_as_user_error
 
     with pytest.raises(UserError, match=r"ran out of memory with a batch of 64.*--batch-size 32.*Nothing of this job was saved"):
         with out_of_memory_as_user_error(torch.device("cpu"), 64):
@@ -199,7 +199,7 @@ def test_out_of_memory_becomes_advice_on_the_batch_size():
 
 def test_the_cli_module_needs_no_ray_to_start():
     # Ray is imported only by the jobs that use it: plain commands stay quick.
-    code = "import sys, core.cli; core.cli.build_parser(); print('ray' in sys.modules)"
+    code = "import sys, labelloop.cli.main; labelloop.cli.main.build_parser(); print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
 
@@ -228,9 +228,9 @@ def test_a_worker_killed_mid_job_is_retried_and_the_job_finishes(fashion: Path, 
 def test_the_apps_compute_setting_checks_the_address_it_is_given(fashion: Path, cluster: str):
     from streamlit.testing.v1 import AppTest
 
-    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    app = AppTest.from_file(str(APP_SCRIPT), default_timeout=120)
     app.run()
-    app.switch_page("app_pages/train.py").run()
+    app.switch_page("pages/train.py").run()
     assert not app.exception, app.exception
 
     def check(address: str) -> None:
@@ -253,7 +253,7 @@ def test_an_asha_sweep_keeps_runs_only_of_the_trials_it_let_finish(fashion: Path
     assert cli(fashion, "embed", "fashion").returncode == 0
     result = cli(fashion, "sweep", "fashion", "--family", "frozen-backbone", "--epochs", "4", "--grid", "lr=1e-2,1e-3,1e-5,1e-6", "--asha", "--ray", cluster)
     assert result.returncode == 0, result.stderr
-    from core.sweep import list_sweeps
+    from labelloop.train.sweep import list_sweeps
 
     record = list_sweeps(fashion, "fashion")[0]
     assert record.asha and len(record.trials) == 4

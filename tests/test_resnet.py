@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.embed import list_embeddings, load_embeddings
-from core.errors import Cancelled
-from core.ingest import import_dataset
-from core.project import project_dataset
-from core.runs import list_runs, load_json, load_samples
-from core.train.resnet import ResnetScratchSettings
-from core.train.pipeline import train
+from labelloop.data.ingest import import_dataset
+from labelloop.data.runs import list_runs, load_json, load_samples
+from labelloop.embed import list_embeddings, load_embeddings
+from labelloop.errors import Cancelled
+from labelloop.maps.project import project_dataset
+from labelloop.train.pipeline import train
+from labelloop.train.resnet import ResnetScratchSettings
 from tests.conftest import write_fashion_folders
 
 
@@ -47,7 +47,7 @@ def test_resnet18_trains_from_scratch_and_its_features_become_an_embedding(fashi
     projection = project_dataset(fashion, "fashion", key)
     assert projection.coords.shape == (80, 3)
 
-    from core.train.resnet import build_model
+    from labelloop.train.resnet import build_model
 
     model = build_model(10)
     from safetensors.torch import load_file

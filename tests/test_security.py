@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.browser import running_app
-from tests.conftest import REPO, draw_image
+from tests.conftest import APP_SCRIPT, REPO, draw_image
 
 SECRET = "labelloop-test-secret-7f3a"
 
@@ -20,7 +20,7 @@ SECRET = "labelloop-test-secret-7f3a"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The app exactly as run.sh starts it (no address flag: .streamlit/config.toml decides), on a free port."""
-    from core.ingest import import_dataset
+    from labelloop.data.ingest import import_dataset
 
     root = tmp_path_factory.mktemp("security")
     for i in range(4):
@@ -41,26 +41,26 @@ def raw_get(port: int, path: str) -> tuple[int, bytes]:
 
 
 TRAVERSALS = [
-    "/app/static/../app.py",
-    "/app/static/../../app.py",
-    "/app/static/%2e%2e/app.py",
-    "/app/static/%2e%2e%2fapp.py",
-    "/app/static/..%2f..%2fapp.py",
-    "/app/static/thumbs/../../core/tables.py",
-    "/app/static/thumbs/..%2f..%2fcore%2ftables.py",
+    "/app/static/../main.py",
+    "/app/static/../../app/main.py",
+    "/app/static/%2e%2e/main.py",
+    "/app/static/%2e%2e%2fmain.py",
+    "/app/static/..%2f..%2fapp%2fmain.py",
+    "/app/static/thumbs/../../../data/tables.py",
+    "/app/static/thumbs/..%2f..%2f..%2fdata%2ftables.py",
     "/app/static//etc/passwd",
     "/app/static/%2fetc%2fpasswd",
-    "/app/static/....//....//app.py",
-    "/app/static/thumbs/%252e%252e/%252e%252e/app.py",
+    "/app/static/....//....//main.py",
+    "/app/static/thumbs/%252e%252e/%252e%252e/main.py",
     "/app/static/{workspace}/pets/secret.txt",
     "/app/static/..%2f..%2f..%2f..%2f..%2f..{workspace}/pets/secret.txt",
-    "/app/static/thumbs/..\\..\\app.py",
+    "/app/static/thumbs/..\\..\\main.py",
 ]
 
 
 def test_the_static_route_serves_thumbnails_and_nothing_outside_static(server):
-    from components.scatter3d import mirror_thumbnails, thumbnail_url
-    from core.tables import LabelTable
+    from labelloop.app.components.scatter3d import mirror_thumbnails, thumbnail_url
+    from labelloop.data.tables import LabelTable
 
     port, root = server
     rows = LabelTable(root / "ws" / "pets" / "labels").read()
@@ -68,7 +68,7 @@ def test_the_static_route_serves_thumbnails_and_nothing_outside_static(server):
     status, body = raw_get(port, "/" + thumbnail_url(rows["content_hash"].iloc[0]))
     assert status == 200 and body[:2] == b"\xff\xd8"  # a real JPEG thumbnail
 
-    app_source = (REPO / "app.py").read_bytes()
+    app_source = APP_SCRIPT.read_bytes()
     for template in TRAVERSALS:
         path = template.format(workspace=str(root / "ws"))
         status, body = raw_get(port, path)
@@ -105,7 +105,7 @@ def test_the_server_listens_on_this_machine_only(server):
 
 
 def test_a_tampered_content_hash_cannot_link_other_files_into_static(tmp_path, monkeypatch):
-    import components.scatter3d as scatter3d
+    import labelloop.app.components.scatter3d as scatter3d
 
     served = tmp_path / "static" / "thumbs"
     monkeypatch.setattr(scatter3d, "THUMBS", served)
@@ -134,7 +134,7 @@ def keyword(call: ast.Call, name: str):
     return None
 
 
-PROJECT_FILES = sorted([*REPO.glob("core/**/*.py"), *REPO.glob("components/*.py"), *REPO.glob("app_pages/*.py"), REPO / "app.py"])
+PROJECT_FILES = sorted(REPO.glob("labelloop/**/*.py"))
 
 
 def test_no_code_path_unpickles_a_file():
@@ -151,16 +151,16 @@ def test_no_code_path_unpickles_a_file():
 
 def test_no_page_or_component_builds_raw_html():
     """Streamlit escapes text; the places that could turn a label into HTML are these, and none is used."""
-    for path in [*REPO.glob("app_pages/*.py"), *REPO.glob("components/*.py"), REPO / "app.py"]:
+    for path in REPO.glob("labelloop/app/**/*.py"):
         source = path.read_text(encoding="utf-8")
         assert "unsafe_allow_html" not in source and "st.html(" not in source and "components.html(" not in source, path
-    for path in REPO.glob("components/*.js"):
+    for path in REPO.glob("labelloop/app/components/*.js"):
         source = path.read_text(encoding="utf-8")
         assert "innerHTML" not in source and "outerHTML" not in source and "insertAdjacentHTML" not in source and "document.write" not in source, path
 
 
 def test_text_shown_as_markdown_is_escaped_to_plain_characters():
-    from components.gallery import plain
+    from labelloop.app.components.gallery import plain
 
     hostile = '<img src=x onerror=alert(1)> **bold** [link](javascript:alert(1)) `code` # head & "q" \'s\''
     escaped = plain(hostile)

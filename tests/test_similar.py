@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.embed import EmbedderConfig, embed_dataset, load_embeddings
-from core.errors import UserError
-from core.ingest import import_dataset
-from core.project import ProjectionConfig, project_dataset
-from core.similar import more_like_this, parse_sample_ids
-from core.workspace import open_table
+from labelloop.data.ingest import import_dataset
+from labelloop.data.workspace import open_table
+from labelloop.embed import EmbedderConfig, embed_dataset, load_embeddings
+from labelloop.embed.similar import more_like_this, parse_sample_ids
+from labelloop.errors import UserError
+from labelloop.maps.project import ProjectionConfig, project_dataset
 from tests.conftest import write_fashion_folders
 from tests.test_cli import cli
 

@@ -11,8 +11,14 @@ import pandas as pd
 import polars as pl
 import pytest
 
-from core.errors import ConflictError, UserError
-from core.tables import IDS_PER_FILE, UNDEFINED, ChangeSet, LabelTable, check_class_name
+from labelloop.data.tables import (
+    IDS_PER_FILE,
+    UNDEFINED,
+    ChangeSet,
+    LabelTable,
+    check_class_name,
+)
+from labelloop.errors import ConflictError, UserError
 from tests.conftest import make_rows
 
 
@@ -186,8 +192,8 @@ def test_a_tampered_log_is_reported_not_crashed(small_table: LabelTable):
 
 
 def test_a_delta_table_written_by_someone_else_is_refused(tmp_path):
-    from deltalake import write_deltalake
     import pyarrow as pa
+    from deltalake import write_deltalake
 
     write_deltalake(str(tmp_path / "foreign"), pa.table({"x": [1]}))
     with pytest.raises(UserError, match="not written by this app"):
@@ -370,7 +376,7 @@ def test_a_table_written_by_an_earlier_release_keeps_working(tmp_path):
     import pyarrow as pa
     from deltalake import CommitProperties, write_deltalake
 
-    from core.tables import SCHEMA, _TABLE_CONFIGURATION
+    from labelloop.data.tables import _TABLE_CONFIGURATION, SCHEMA
 
     path = tmp_path / "old" / "labels"
     rows = make_rows(3 * IDS_PER_FILE, ["a", "b"])

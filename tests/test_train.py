@@ -10,18 +10,28 @@ import pandas as pd
 import pytest
 import torch
 
-from core.embed import EmbedderConfig, embed_dataset
-from core.errors import Cancelled, UserError
-from core.ingest import import_dataset
-from core.issues import knn_disagreement, precision_recall_f1, sample_metrics
-from core.runs import list_runs, load_json, load_samples
-from core.tables import UNDEFINED, ChangeSet
-from core.train.heads import HeadsSettings
-from core.train.registry import settings_from_dict
-from core.train.common import class_weights
-from core.train.head_models import LogisticHead, MlpTraining, fit_mlps, mlp_predict_proba, sequential_mlp
-from core.train.pipeline import train
-from core.workspace import open_table
+from labelloop.data.ingest import import_dataset
+from labelloop.data.runs import list_runs, load_json, load_samples
+from labelloop.data.tables import UNDEFINED, ChangeSet
+from labelloop.data.workspace import open_table
+from labelloop.embed import EmbedderConfig, embed_dataset
+from labelloop.errors import Cancelled, UserError
+from labelloop.train.common import class_weights
+from labelloop.train.head_models import (
+    LogisticHead,
+    MlpTraining,
+    fit_mlps,
+    mlp_predict_proba,
+    sequential_mlp,
+)
+from labelloop.train.heads import HeadsSettings
+from labelloop.train.pipeline import train
+from labelloop.train.registry import settings_from_dict
+from labelloop.train.sample_scores import (
+    knn_disagreement,
+    precision_recall_f1,
+    sample_metrics,
+)
 from tests.conftest import write_fashion_folders
 
 PIXELS = EmbedderConfig(kind="pixels", resolution=16)
@@ -108,7 +118,7 @@ def test_untrainable_versions_get_a_clear_error_and_no_run(fashion: Path, setup:
 
 def test_no_embeddings_says_which_command_makes_them(tmp_path: Path, workspace: Path):
     import_dataset(write_fashion_folders(tmp_path / "f", 3), "bare", workspace)
-    with pytest.raises(UserError, match="python -m core embed bare"):
+    with pytest.raises(UserError, match="labelloop embed bare"):
         train(workspace, "bare", HeadsSettings())
     with pytest.raises(UserError, match="versions 1 to 1"):
         train(workspace, "bare", HeadsSettings(), version=7)
@@ -136,7 +146,7 @@ def test_saved_models_load_without_pickle_and_reproduce_predictions(fashion: Pat
         run = train(fashion, "fashion", HeadsSettings(embedding="pixels-16px", heads=heads, epochs=20, final_epochs=20, patience=5))
         samples = load_samples(run)
         unlabelled = samples[~samples["trained_on"]]
-        from core.embed import load_embeddings
+        from labelloop.embed import load_embeddings
 
         embeddings = load_embeddings(fashion, "fashion", "pixels-16px", 2)
         vectors = embeddings.vectors[pd.Index(embeddings.sample_ids).get_indexer(unlabelled["sample_id"])]
@@ -154,7 +164,7 @@ def test_saved_models_load_without_pickle_and_reproduce_predictions(fashion: Pat
             if heads == ("logreg",):
                 got = LogisticHead.from_arrays(arrays).predict_proba(vectors)
             else:
-                from core.train.head_models import KnnHead
+                from labelloop.train.head_models import KnnHead
 
                 got = KnnHead.from_arrays(arrays).predict_proba(vectors)
         assert np.allclose(got, expected, atol=1e-5), heads
@@ -241,7 +251,7 @@ def test_settings_round_trip_through_json():
 
 
 def test_predict_a_folder_of_new_images(fashion: Path, tmp_path: Path):
-    from core.predict import predict_folder
+    from labelloop.train.predict import predict_folder
 
     run = train(fashion, "fashion", HeadsSettings(embedding="pixels-16px", heads=("logreg",)))
     new = write_fashion_folders(tmp_path / "new", 3, offset=200)  # images the model never saw
@@ -257,7 +267,7 @@ def test_predict_a_folder_of_new_images(fashion: Path, tmp_path: Path):
 
 
 def test_a_model_from_another_data_set_is_refused(fashion: Path, tmp_path: Path):
-    from core.predict import predict_folder
+    from labelloop.train.predict import predict_folder
 
     run = train(fashion, "fashion", HeadsSettings(embedding="pixels-16px", heads=("knn",)))
     config_path = run.path / "model" / "model_config.json"
@@ -269,8 +279,8 @@ def test_a_model_from_another_data_set_is_refused(fashion: Path, tmp_path: Path)
 
 
 def test_the_softmax_head_is_a_linear_model_with_its_own_patience(fashion: Path):
-    from core.embed import load_embeddings
-    from core.predict import load_model
+    from labelloop.embed import load_embeddings
+    from labelloop.train.predict import load_model
 
     run = train(fashion, "fashion", HeadsSettings(embedding="pixels-16px", heads=("softmax",), epochs=40, final_epochs=40, softmax_patience=8))
     cv = load_json(run, "cv.json")
@@ -287,11 +297,11 @@ def test_the_softmax_head_is_a_linear_model_with_its_own_patience(fashion: Path)
 
 
 def test_heads_on_principal_components_save_the_reduction_with_the_model(fashion: Path, tmp_path: Path):
-    from core.embed import load_embeddings
-    from core.predict import predict_folder
-    from core.runs import ModelConfig
-    from core.reduction import PcaReduction
-    from core.train.heads import load_head
+    from labelloop.compute.reduction import PcaReduction
+    from labelloop.data.runs import ModelConfig
+    from labelloop.embed import load_embeddings
+    from labelloop.train.heads import load_head
+    from labelloop.train.predict import predict_folder
 
     embeddings = load_embeddings(fashion, "fashion", "pixels-16px", 2)
     for heads in (("logreg",), ("knn",), ("mlp",)):
@@ -320,9 +330,9 @@ def test_heads_on_principal_components_save_the_reduction_with_the_model(fashion
 def test_one_shared_neighbour_search_gives_each_fold_exactly_its_own_knn():
     from sklearn.model_selection import StratifiedKFold
 
-    from core.neighbours import nearest_neighbours
-    from core.train.head_models import KnnHead
-    from core.train.heads import knn_out_of_fold
+    from labelloop.compute.neighbours import nearest_neighbours
+    from labelloop.train.head_models import KnnHead
+    from labelloop.train.heads import knn_out_of_fold
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, size=600)
@@ -338,7 +348,7 @@ def test_one_shared_neighbour_search_gives_each_fold_exactly_its_own_knn():
 
 
 def test_a_run_with_the_shared_search_matches_one_with_a_search_per_fold(fashion: Path, monkeypatch):
-    import core.train.heads as heads_module
+    import labelloop.train.heads as heads_module
 
     settings = HeadsSettings(embedding="pixels-16px", heads=("knn", "logreg"))
     per_fold = load_samples(train(fashion, "fashion", settings))

@@ -6,13 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from core.embed import EmbedderConfig, embed_dataset, list_embeddings, load_embeddings
-from core.errors import Cancelled, UserError
-from core.ingest import import_dataset
-from core.project import knn_accuracy, project_dataset
-from core.runs import find_run, list_runs
-from core.train.triplet import TripletSettings
-from core.train.pipeline import train
+from labelloop.compute.neighbours import knn_accuracy
+from labelloop.data.ingest import import_dataset
+from labelloop.data.runs import find_run, list_runs
+from labelloop.embed import (
+    EmbedderConfig,
+    embed_dataset,
+    list_embeddings,
+    load_embeddings,
+)
+from labelloop.errors import Cancelled, UserError
+from labelloop.maps.project import project_dataset
+from labelloop.train.pipeline import train
+from labelloop.train.triplet import TripletSettings
 from tests.conftest import write_fashion_folders
 
 

@@ -1,1 +1,0 @@
-"""LabelLoop's core: everything that is not UI. Never imports streamlit."""

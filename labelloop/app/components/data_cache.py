@@ -1,0 +1,95 @@
+"""Cached reads every page shares. A version never changes, so (table, version, commit time) is a safe key."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from labelloop.data.tables import LabelTable
+from labelloop.data.tables import image_set_digest as rows_digest
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _rows(table_path: str, version: int, committed_at: float) -> pd.DataFrame:
+    return LabelTable(table_path).read(version)
+
+
+def version_rows(table: LabelTable, version: int) -> pd.DataFrame:
+    """The rows of ``version``, shared by every session without copying (at 100k rows a copy per
+    call costs more than the page): treat them as read-only."""
+    return _rows(str(table.path), version, table.version_info(version).timestamp.timestamp())
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _projection(workspace: str, name: str, embedding_key: str, dims: int, images: str, _version: int, _rows_of_version: pd.DataFrame):
+    from labelloop.maps.project import ProjectionConfig, project_dataset
+
+    # _version is not part of the key (leading underscore): any version with these images gives this map.
+    return project_dataset(workspace, name, embedding_key, ProjectionConfig(dims=dims), version=_version, compute=False, rows=_rows_of_version)
+
+
+def cached_projection(workspace, table: LabelTable, name: str, embedding_key: str, dims: int, version: int):
+    """The cached map of ``version`` or None; never computes one (opening a page starts no heavy work).
+
+    Keyed by which samples and images the version holds, not by the version:
+    a relabel keeps the same map, so a commit reloads nothing.
+    """
+    return _projection(str(workspace), name, embedding_key, dims, image_set_digest(table, version), version, version_rows(table, version))
+
+
+def forget_projection() -> None:
+    _projection.clear()
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _digest(table_path: str, version: int, committed_at: float) -> str:
+    return rows_digest(_rows(table_path, version, committed_at))
+
+
+def image_set_digest(table: LabelTable, version: int) -> str:
+    """Which samples and images a version holds: equal for versions that differ only in labels.
+
+    A version that added and removed no sample holds its parent's images (a sample's content hash
+    never changes and its id is never given again), so after a relabel the digest is the parent's,
+    without hashing a million rows again.
+    """
+    info = table.version_info(version)
+    while info.kind != "import" and info.parent is not None and _adds_or_removes_nothing(info):
+        info = table.version_info(info.parent)
+    return _digest(str(table.path), info.version, info.timestamp.timestamp())
+
+
+def _adds_or_removes_nothing(info) -> bool:
+    counts = info.summary.get("counts")
+    return isinstance(counts, dict) and counts.get("added", 0) == 0 and counts.get("removed", 0) == 0
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _mirrored(thumbs_dir: str, images: str, _hashes) -> int:
+    from pathlib import Path
+
+    from labelloop.app.components.scatter3d import mirror_thumbnails
+
+    return mirror_thumbnails(Path(thumbs_dir), _hashes)
+
+
+def servable_thumbnails(table: LabelTable, thumbs_dir, version: int) -> None:
+    """Make sure the browser can load every thumbnail of ``version`` by URL (once per image set)."""
+    _mirrored(str(thumbs_dir), image_set_digest(table, version), version_rows(table, version)["content_hash"])  # read only once per image set
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _health(workspace: str, name: str, version: int, embedding: str | None, files: tuple):  # files: the cache key, never read
+    from labelloop.scores.health import compute_health
+
+    return compute_health(workspace, name, version=version, embedding=embedding, compute=False)
+
+
+def cached_health(workspace, name: str, version: int, embedding: str | None = None):
+    """The data-health report of ``version`` from the Health page's caches (partial, or None if never
+    computed); never computes anything. Read again only when a health cache file changes."""
+    from labelloop.data.workspace import DatasetPaths
+
+    folder = DatasetPaths(workspace, name).local / "health"
+    files = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.parquet"))) if folder.is_dir() else ()
+    return _health(str(workspace), name, version, embedding, files)

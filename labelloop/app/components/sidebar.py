@@ -1,0 +1,185 @@
+"""The sidebar every page shares: which data set and which version the user is looking at."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import streamlit as st
+
+from labelloop.app.components.compute_setting import compute_setting
+from labelloop.app.components.session import choose_dataset, current_dataset, keys
+from labelloop.data.storage import Location
+from labelloop.data.tables import LabelTable
+from labelloop.data.workspace import list_datasets, open_table, resolve_workspace
+
+
+def workspace() -> Location:
+    return resolve_workspace(None)
+
+
+def pick_dataset() -> str | None:
+    """Sidebar data set picker; the choice survives page changes and reloads (it is in the URL)."""
+    names = list_datasets(workspace())
+    if not names:
+        st.sidebar.info("No data sets yet: build the demo or import images.")
+        return None
+    wanted = current_dataset() or st.query_params.get("dataset")
+    index = names.index(wanted) if wanted in names else 0
+    name = st.sidebar.selectbox("Data set", names, index=index, help=f"Data sets in {workspace()}")
+    choose_dataset(name)
+    st.query_params["dataset"] = name
+    return name
+
+
+def current_table() -> LabelTable | None:
+    name = current_dataset()
+    return open_table(workspace(), name) if name else None
+
+
+def pick_version(table: LabelTable) -> int:
+    """Sidebar version picker, newest first.
+
+    A session keeps showing the version it showed last: a commit from another
+    tab or user never changes what this page shows (its edits would land on
+    samples the user never saw); the sidebar says a newer version exists and
+    offers it. The session's own commits move it to the new head.
+    """
+    history = table.history()
+    head = history[-1].version
+    versions = [info.version for info in reversed(history)]
+    labels = {info.version: f"v{info.version} · {info.message[:48]}" for info in history}
+    name = current_dataset()
+    chosen = st.session_state.get(keys(name).version)
+    if chosen not in versions:
+        chosen = head  # first look at this data set: the latest version
+    version = st.sidebar.selectbox("Version", versions, index=versions.index(chosen), format_func=labels.get, help="Every edit is a new version; pick one to inspect, compare, restore or export.")
+    if version != chosen:  # the user picked another version on purpose
+        st.session_state[keys(name).picked_old] = version != head
+    st.session_state[keys(name).version] = version
+    if version != head:
+        if st.session_state.get(keys(name).picked_old):
+            st.sidebar.caption(f"Viewing an old version; the latest is v{head}. Edits need the latest version.")
+        else:
+            st.sidebar.warning(f"v{head} was committed elsewhere (another tab or user) while you were on v{version}. This page still shows v{version}.")
+            if st.sidebar.button(f"Show v{head}", key="show-head"):
+                show_version(head)
+                st.rerun()
+    return version
+
+
+def show_version(version: int) -> None:
+    """Make ``version`` the one this session shows (it stays put until the user or this session moves it)."""
+    name = current_dataset()
+    st.session_state[keys(name).version] = version
+    st.session_state[keys(name).picked_old] = False
+
+
+def stale_edit_message(table: LabelTable, shown: int) -> str:
+    """Why an edit made on version ``shown`` was refused, and what to do: the same words on every page."""
+    head = table.head_version()
+    if st.session_state.get(keys(current_dataset()).picked_old):
+        return f"You are viewing v{shown}, an old version (the latest is v{head}); nothing was written. Edits go on the latest version: pick v{head} in the sidebar (or restore v{shown} on the Data page first)."
+    return f"This data set changed since this page showed it: v{head} was committed elsewhere while you were on v{shown}. Nothing was written. Reload to see v{head}; what you selected or decided stays, to commit again on v{head}."
+
+
+def show_head_moved(new_version: int) -> None:
+    """After this session's own commit: look at the new head, and start refreshing its scores in the background."""
+    show_version(new_version)
+    name = current_dataset()
+    if name:
+        refresh_scores(name, new_version)
+
+
+@st.cache_resource
+def _refresh_queue() -> dict:
+    """Versions waiting for their quick heads, per data set (one server-wide queue)."""
+    return {"lock": threading.Lock(), "pending": {}}
+
+
+def refresh_scores(name: str, version: int) -> None:
+    """Retrain the quick heads (k-NN, logistic regression) on ``version`` so issue scores, the review
+    table, the confusion matrix, the map's colours and the accuracy line follow the edit without anyone asking.
+
+    Versions queue up: two quick commits both get scores (the newest first), one job at a time.
+    """
+    from labelloop.app.components.jobs import (
+        current_job,
+        start_job,
+        wait_until_pages_drawn,
+    )
+
+    queue = _refresh_queue()
+    key = f"quick:{name}"
+
+    def work(job):
+        # Let the page redraw the commit first: the retrain competes for the same cores, and its imports (torch)
+        # hold the GIL. The rerun the commit asked for starts within this second; then wait for it to end
+        # (at a million rows it takes seconds, and sharing them with the import doubled the time to recolour).
+        time.sleep(1.0)
+        wait_until_pages_drawn(timeout=30)
+        from threadpoolctl import threadpool_limits
+
+        from labelloop.train.pipeline import (  # imports torch: never on the page's own time
+            quick_heads_estimate,
+            refresh_quick_heads,
+        )
+
+        # One BLAS thread: beside the page and the browser on a small machine, two spinning BLAS threads
+        # made a 160-sample logistic regression 2.5x slower (21 s against 8.5 s, measured here under load).
+        with threadpool_limits(limits=1, user_api="blas"):
+            result = None
+            while True:
+                with queue["lock"]:
+                    waiting = queue["pending"].get(name, set())
+                    if not waiting:
+                        job.finished = time.time()  # under the lock: a version queued from now on starts a new job
+                        return result
+                    next_version = max(waiting)
+                    waiting.discard(next_version)
+                estimate = quick_heads_estimate(workspace(), name, next_version)
+                job.description = f"updating scores for v{next_version}" + (f" ({estimate})" if estimate else "")
+                result = refresh_quick_heads(workspace(), name, next_version, progress=job.progress, should_stop=job.should_stop) or result
+
+    with queue["lock"]:
+        queue["pending"].setdefault(name, set()).add(version)
+        job = current_job(key)
+        if job is not None and job.running:
+            return  # the running job takes it from the queue
+        start_job(key, f"updating scores for v{version}", work, background=True)
+
+
+def refresh_status() -> None:
+    """A small "updating..." line while the quick heads retrain (polled only while they run)."""
+    from labelloop.app.components.jobs import current_job
+
+    name = current_dataset()
+    job = current_job(f"quick:{name}") if name else None
+    if job is None:
+        return
+    if job.running:
+        _poll_refresh(job.key)
+    elif job.error and not job.cancelled:
+        st.caption(f":material/error: scores not updated: {job.error.splitlines()[0][:160]}")
+
+
+@st.fragment(run_every=1.0)
+def _poll_refresh(key: str) -> None:
+    from labelloop.app.components.jobs import current_job
+
+    job = current_job(key)
+    if job.running:
+        st.caption(f":material/sync: {job.description}: {job.stage}")
+    else:
+        st.rerun(scope="app")  # fresh scores: every page redraws with them
+
+
+def open_current_version() -> tuple[LabelTable, str, int]:
+    """(table, data set name, version) the sidebar points at; stops the page with a hint if there is no data set."""
+    table = current_table()
+    if table is None:
+        st.info("No data set yet: open the Data page to build the demo or import images.")
+        st.stop()
+    version = pick_version(table)
+    compute_setting()  # under the version: where this page's jobs run
+    return table, current_dataset(), version

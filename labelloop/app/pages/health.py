@@ -1,0 +1,201 @@
+"""Health page: outliers, near duplicates, poor images and label issues (cleanlab Datalab + cleanvision),
+each type with its count and examples; its samples to exclude or relabel in one commit; near-duplicate
+groups side by side with "keep one". Computing is a button: opening the page only reads caches."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+import streamlit as st
+
+from labelloop.app.components.data_cache import (
+    cached_health,
+    servable_thumbnails,
+    version_rows,
+)
+from labelloop.app.components.gallery import plain, thumbnail_grid
+from labelloop.app.components.jobs import follow_job, running, start_job
+from labelloop.app.components.scatter3d import thumbnail_url
+from labelloop.app.components.session import hand_to_map
+from labelloop.app.components.sidebar import (
+    open_current_version,
+    show_head_moved,
+    show_version,
+    stale_edit_message,
+    workspace,
+)
+from labelloop.data.tables import UNDEFINED, ChangeSet
+from labelloop.data.workspace import DatasetPaths
+from labelloop.embed.cache import list_embeddings, preferred_embedding
+from labelloop.embed.similar import more_like_this
+from labelloop.errors import ConflictError, UserError
+from labelloop.scores.health import CHECKS, NOT_COMPUTED, compute_health
+
+PAGE_SIZE = 100
+GROUPS_PER_PAGE = 10
+
+table, name, version = open_current_version()
+rows = version_rows(table, version)
+classes = table.classes(version)
+paths = DatasetPaths(workspace(), name)
+st.title("Health")
+st.caption("Problems other than one wrong label: images unlike the rest, near duplicates, poor images, and the label checks of cleanlab's Datalab. "
+           "Scores are the libraries' own (low = more severe) at their default thresholds.")
+
+embeddings = [meta["key"] for meta in list_embeddings(workspace(), name)]
+default = preferred_embedding(workspace(), name)
+embedding = st.selectbox("Embedding", embeddings, index=embeddings.index(default) if default in embeddings else 0,
+                         help="The vectors the outlier, near-duplicate and label checks compare.") if embeddings else None
+if not embeddings:
+    st.info("No embedding yet: only the image checks and exact duplicates can run. Embed the images on the Map page for the rest.")
+job_key = f"health-{name}"
+
+
+def compute(job) -> None:
+    compute_health(workspace(), name, version=version, embedding=embedding, progress=job.progress, should_stop=job.should_stop)
+
+
+report = None if running(job_key) else cached_health(workspace(), name, version, embedding)
+follow_job(job_key)
+if report is None:
+    if not running(job_key):
+        st.info(f"Data health of v{version} is not computed yet for this embedding (or this version's labels). "
+                f"The image checks read every image once (about 300 images/s on 2 cores); a relabel later reuses them.")
+        if st.button("Compute data health", type="primary"):
+            start_job(job_key, f"checking v{version}", compute)
+            st.rerun()
+    st.stop()
+
+servable_thumbnails(table, paths.thumbs, version)
+samples = report.samples.merge(rows[["sample_id", "path"]], on="sample_id", how="left")
+summary = report.summary()
+st.caption(f"v{version} · {len(samples):,} samples · embedding {report.embedding or 'none'} · label checks from run {report.run_id or '(no run yet)'}")
+missing = [CHECKS[r.check].title for r in report.results.values() if r.note.startswith(NOT_COMPUTED)]
+if missing and not running(job_key):
+    st.info(f"Not computed yet for v{version}: {', '.join(missing)} (a new version or a new run since; the image checks are reused).")
+    if st.button("Compute the missing checks", type="primary"):
+        start_job(job_key, f"checking v{version}", compute)
+        st.rerun()
+
+
+# ---------------------------------------------------------------- overview
+def overview() -> None:
+    others = summary[summary["status"] != "ran"]
+    for row in summary[summary["status"] == "ran"].itertuples():
+        check = CHECKS[row.check]
+        with st.container(border=True):
+            st.markdown(f"**{check.title}** · {row.flagged:,} of {row.scored:,} · {plain(check.meaning)}")
+            if row.note:
+                st.caption(plain(row.note))
+            if row.flagged:
+                examples = report.flagged(row.check).head(8)
+                thumbnail_grid(paths.thumbs, examples.assign(caption=[f"#{i}" for i in examples["sample_id"]]), limit=8, caption_column="caption", width=64)
+    if len(others):
+        st.markdown("**Not shown as issues**")
+        st.dataframe(others[["title", "status", "note"]], hide_index=True, width="stretch")
+
+
+# ---------------------------------------------------------------- one issue type
+def commit(changes: ChangeSet, message: str) -> None:
+    try:
+        new_version = table.commit(changes, parent=version, message=message)
+    except ConflictError:
+        st.error(stale_edit_message(table, version))
+        if st.button(f"Reload v{table.head_version()}", key="health-reload"):
+            show_version(table.head_version())
+            st.rerun()
+        return
+    except UserError as error:
+        st.error(str(error))
+        return
+    show_head_moved(new_version)
+    st.toast(f"Committed v{new_version}: {plain(message)}")
+    st.rerun()
+
+
+def issue_list(check: str) -> None:
+    flagged = report.flagged(check)
+    excluded = int((flagged["weight"] <= 0).sum())
+    flagged = flagged[flagged["weight"] > 0]
+    pages = max(1, -(-len(flagged) // PAGE_SIZE))
+    left, right = st.columns([1, 3])
+    page = left.number_input(f"Page (of {pages:,})", 1, pages, 1, key=f"health-page-{check}")
+    right.caption(f"{len(flagged):,} flagged and not excluded, most severe first" + (f"; {excluded:,} flagged ones are excluded already" if excluded else "") + ".")
+    part = flagged.iloc[(page - 1) * PAGE_SIZE : page * PAGE_SIZE].reset_index(drop=True)
+    if part.empty:
+        st.success("Nothing left to decide here.")
+        return
+    thumbnail_grid(paths.thumbs, part.assign(caption=[f"#{i} {label}" for i, label in zip(part["sample_id"], part["label"])]), limit=24, caption_column="caption", width=80)
+    view = pd.DataFrame({
+        "thumbnail": [thumbnail_url(h) for h in part["content_hash"]],
+        "sample_id": part["sample_id"], "label": part["label"], "score": part[f"{check}_score"].round(3),
+        "also": report.issue_types().reindex(part["sample_id"]).to_numpy(), "pick": True,
+    })
+    shown_rows = hashlib.blake2b(pd.util.hash_pandas_object(part[["sample_id", "label"]], index=False).to_numpy().tobytes(), digest_size=8).hexdigest()
+    edited = st.data_editor(
+        view, key=f"health-{check}-{version}-{shown_rows}", hide_index=True, width="stretch", row_height=38, height=min(38 * (len(view) + 1), 500),
+        disabled=["thumbnail", "sample_id", "label", "score", "also"],
+        column_config={
+            "thumbnail": st.column_config.ImageColumn("image", width="small"),
+            "score": st.column_config.NumberColumn(f"{CHECKS[check].title.lower()} score", help="Low = more severe."),
+            "also": st.column_config.TextColumn("every check that flags it"),
+            "pick": st.column_config.CheckboxColumn("pick", help="The buttons below act on the picked rows of this page only."),
+        },
+    )
+    picked = edited.loc[edited["pick"], "sample_id"].astype(int).tolist()
+    title = CHECKS[check].title.lower()
+    with st.container(horizontal=True, vertical_alignment="bottom"):
+        if st.button(f"Exclude {len(picked)} picked", type="primary", disabled=not picked, key=f"health-exclude-{check}"):
+            commit(ChangeSet.set_weight(picked, 0.0), f"health: excluded {len(picked)} flagged as {title}")
+        target = st.selectbox("Relabel as", classes + [UNDEFINED], key=f"health-target-{check}")
+        if st.button(f"Relabel {len(picked)} picked as '{plain(target)}'", disabled=not picked, key=f"health-relabel-{check}"):
+            commit(ChangeSet.relabel(picked, target), f"health: relabelled {len(picked)} flagged as {title} to {target}")
+        if st.button(f"Show {len(picked)} picked on the map", disabled=not picked, key=f"health-map-{check}"):
+            hand_to_map(name, picked, f"health-{check}")
+    if report.embedding is not None:
+        with st.container(horizontal=True, vertical_alignment="bottom"):
+            k = st.number_input("Neighbours", 1, 5000, 50, key=f"health-more-k-{check}")
+            if st.button(f"More like the {len(picked)} picked, on the map", disabled=not picked, key=f"health-more-{check}",
+                         help=f"The picked samples and the {k} samples nearest to them (their mean, cosine in {report.embedding}) become the map's selection."):
+                found = more_like_this(workspace(), name, report.embedding, picked, k=int(k), version=version)
+                hand_to_map(name, found["sample_id"], f"health-more-{check}")
+
+
+# ---------------------------------------------------------------- near-duplicate groups
+def duplicate_groups() -> None:
+    weight = samples.set_index("sample_id")["weight"]
+    groups = [g for g in report.duplicate_groups if (weight.reindex(g) > 0).sum() > 1]
+    if not groups:
+        st.success("No near-duplicate group has more than one sample left in training.")
+        return
+    pages = max(1, -(-len(groups) // GROUPS_PER_PAGE))
+    left, right = st.columns([1, 3])
+    page = left.number_input(f"Page (of {pages:,})", 1, pages, 1, key="health-groups-page")
+    right.caption(f"{len(groups):,} groups with two or more samples still in training, largest first. Pick the one to keep in each; the others are excluded.")
+    by_id = samples.set_index("sample_id")
+    keep: dict[int, list[int]] = {}
+    for number, group in enumerate(groups[(page - 1) * GROUPS_PER_PAGE : page * GROUPS_PER_PAGE], start=(page - 1) * GROUPS_PER_PAGE + 1):
+        members = [int(i) for i in group if weight.get(i, 0) > 0]
+        with st.container(border=True):
+            columns = st.columns(8)  # side by side at one size, however many the group has
+            for column, sample_id in zip(columns, members[:8]):
+                column.image(str(paths.thumbnail(by_id.at[sample_id, "content_hash"])), width=80)
+                column.caption(f"#{sample_id} · {plain(by_id.at[sample_id, 'label'])}")
+            if len(members) > 8:
+                st.caption(f"and {len(members) - 8} more")
+            kept = st.radio(f"Group {number}: keep", members, horizontal=True, format_func=lambda i: f"#{i}", key=f"health-keep-{version}-{members[0]}")
+            keep[kept] = [i for i in members if i != kept]
+    excluded = [i for others in keep.values() for i in others]
+    if st.button(f"Keep one of each of these {len(keep)} groups, exclude the other {len(excluded)}", type="primary", key="health-keep-one"):
+        commit(ChangeSet.set_weight(excluded, 0.0), f"health: kept one of {len(keep)} near-duplicate groups, excluded {len(excluded)}")
+
+
+choices = ["Overview", "Near-duplicate groups"] + [f"{CHECKS[r.check].title} ({r.flagged:,})" for r in summary.itertuples() if r.status == "ran" and r.flagged]
+view = st.segmented_control("Show", choices, default="Overview", key="health-view")
+if view == "Near-duplicate groups":
+    duplicate_groups()
+elif view and view != "Overview":
+    issue_list(next(c.name for c in CHECKS.values() if view.startswith(c.title + " (")))
+else:
+    overview()

@@ -1,0 +1,504 @@
+"""Map page: the 3D PaCMAP cloud; lasso a cluster, look at it, relabel or exclude it, commit."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from streamlit.errors import StreamlitAPIException
+
+from labelloop.app.components.compute_setting import current_compute
+from labelloop.app.components.data_cache import (
+    cached_health,
+    cached_projection,
+    forget_projection,
+    servable_thumbnails,
+    version_rows,
+)
+from labelloop.app.components.gallery import labelled_thumbnails, plain
+from labelloop.app.components.jobs import follow_job, running, start_job
+from labelloop.app.components.model_picker import model_picker
+from labelloop.app.components.scatter3d import PublishedMap, publish_map, scatter3d
+from labelloop.app.components.session import (
+    MAP_MESSAGE,
+    MAP_MESSAGE_DEFAULT,
+    MAP_SELECTED_COUNT,
+    keys,
+    select_on_map,
+)
+from labelloop.app.components.sidebar import (
+    open_current_version,
+    refresh_scores,
+    show_head_moved,
+    show_version,
+    stale_edit_message,
+    workspace,
+)
+from labelloop.compute.measured import last_rate
+from labelloop.data.lookup import positions_in
+from labelloop.data.runs import find_run, load_samples
+from labelloop.data.tables import UNDEFINED
+from labelloop.data.workspace import DatasetPaths
+from labelloop.embed import (
+    embed_dataset,
+    list_embeddings,
+    preferred_embedding,
+)
+from labelloop.embed.models import config_of
+from labelloop.embed.similar import more_like_this, parse_sample_ids
+from labelloop.embed.text import closest_to_text, text_config
+from labelloop.errors import ConflictError, UserError
+from labelloop.maps.project import ProjectionConfig, has_map, project_dataset
+from labelloop.maps.view import (
+    COLOUR_BY,
+    categorical_colours,
+    confidence_warning,
+    confidently_right,
+    continuous_colours,
+    default_message,
+    edit_targets,
+    label_mix,
+    resolve_label,
+    selection_changes,
+)
+from labelloop.scores.health import CHECKS
+
+# Sized so that on a 1440x900 window the header, the whole map and the first rows of the selection's
+# thumbnails (in the column beside the map) are in view together: judging a lasso means seeing both.
+MAP_HEIGHT = 560
+THUMBNAILS = 30  # of a selection, a few per label (labelloop.maps.view.thumbnail_sample)
+
+table, name, version = open_current_version()
+rows = version_rows(table, version)
+st.title("Map")
+
+# ---------------------------------------------------------------- which embedding, which map
+embeddings = list_embeddings(workspace(), name)
+default_key = preferred_embedding(workspace(), name)
+embed_key = f"embed:{name}"
+
+
+def embed_with_a_model(*, first: bool) -> None:
+    """Pick a model and embed this version's images with it (a background job; the cache keeps what is done)."""
+    if running(embed_key):
+        return
+    picker, button = st.columns([4, 1], vertical_alignment="bottom")
+    model = model_picker(picker, workspace(), key="map-embed-model")
+    rate = last_rate(workspace(), f"embed {model}")
+    if rate:
+        st.caption(f"{model}: {rate.estimate(len(rows))}.")
+    if button.button("Embed the images", type="primary" if first else "secondary", key="map-embed", disabled=not model):
+        try:
+            config = config_of(model, device=current_compute().device)
+            config.validate()
+        except UserError as error:
+            st.error(str(error))
+            return
+        compute = current_compute()
+        published = config.published()
+        download = "" if published is None or published.cached else " (its weights download first, once: the server's log shows that progress)"
+        start_job(embed_key, f"embedding with {model}{download}", lambda job: embed_dataset(
+            workspace(), name, config, version=version, should_stop=job.should_stop, ray=compute.ray,
+            progress=lambda done, total: job.progress(f"{done:,} of {total:,} images", done / max(total, 1)),
+        ))
+        st.rerun()
+
+
+def other_model() -> None:
+    with st.expander("Embed with another model"):
+        st.caption("Each model's vectors are cached apart (keyed by model and weights), and each gets its own map: pick it under Embedding once it is done.")
+        embed_with_a_model(first=False)
+
+
+if not embeddings:
+    failed = follow_job(embed_key)
+    if failed is not None:  # it ended without caching a vector: every image failed
+        st.warning(failed.result.describe())
+    if not running(embed_key):
+        st.info("These images have no embeddings yet. Pick the model to embed them with: the bundled EfficientNet-Lite0 works "
+                "offline; the others download their weights once into their library's cache.")
+        embed_with_a_model(first=True)
+    st.stop()
+embedded = follow_job(embed_key)  # the embedding job's end, seen once: its report, and the first scores
+if embedded is not None:
+    st.success(embedded.result.describe())
+    refresh_scores(name, version)  # first scores (and the first point of the accuracy line) without asking
+
+embedding_keys = [m["key"] for m in embeddings]
+descriptions = {m["key"]: m.get("description", m["key"]) for m in embeddings}
+left, beside_column, middle, right, far = st.columns([3, 2, 1, 2, 2])  # one row: the map starts as high as a laptop screen allows
+chosen_key = left.selectbox(
+    "Embedding", embedding_keys, index=embedding_keys.index(default_key) if default_key in embedding_keys else 0, format_func=lambda k: f"{descriptions[k]} ({k})",
+    help="What the map is made of: the pretrained backbone, a model trained here (trained-...), or a triplet encoder (triplet-...).",
+)
+beside_key = beside_column.selectbox(
+    "Side by side with", [None, *[k for k in embedding_keys if k != chosen_key]], format_func=lambda k: "(one map)" if k is None else f"{descriptions[k]} ({k})",
+    key="map-beside", help="A second embedding's map beside this one (for example the pretrained one and a model trained here). "
+    "A lasso in either selects the same samples in both: a cluster that looks mixed in one space may be clean in the other.",
+)
+text_model = text_config(workspace(), name, chosen_key)  # a CLIP model made it: text search works
+dims = middle.radio("View", (3, 2), format_func=lambda d: f"{d}D", horizontal=True, help="PaCMAP to 3D (rotate it) or 2D.")
+projection = cached_projection(workspace(), table, name, chosen_key, dims, version)
+project_key = f"project:{name}:{chosen_key}:{dims}d"
+if follow_job(project_key) is not None:
+    forget_projection()
+    projection = cached_projection(workspace(), table, name, chosen_key, dims, version)
+
+
+def start_projecting(*, refit: bool) -> None:
+    """Fit the map (the first time, or when asked to refit), or place the images added since on it."""
+    start_job(project_key, f"{'refitting' if refit else 'projecting'} to {dims}D with PaCMAP", lambda job: project_dataset(
+        workspace(), name, chosen_key, ProjectionConfig(dims=dims), version=version, refit=refit,
+        progress=lambda done, total: job.progress("optimising the layout", done / max(total, 1)),
+    ))
+    st.rerun()
+
+
+if projection is None:
+    if not running(project_key):
+        if has_map(workspace(), name, chosen_key, ProjectionConfig(dims=dims)):
+            st.info(f"Some images of v{version} are not on the {dims}D map yet: they were added since it was fitted. Placing puts each "
+                    "where its nearest fitted images are; the map itself does not move. Refit it later to fit them too.")
+            if st.button("Place them on the map", type="primary"):
+                start_projecting(refit=False)
+        else:
+            rate = last_rate(workspace(), f"project {ProjectionConfig().method} {dims}d")
+            st.info(f"No {dims}D map of this embedding yet" + (f". PaCMAP: {rate.estimate(len(rows))}." if rate else "."))
+            if st.button(f"Project to {dims}D with PaCMAP", type="primary"):
+                start_projecting(refit=False)
+    other_model()
+    st.stop()
+
+# ---------------------------------------------------------------- colours
+frame = rows.set_index("sample_id").reindex(projection.sample_ids)  # every id is a row of this version: reindex is .loc without the checks (instant when all are on the map)
+classes = table.classes(version)
+try:
+    run = find_run(workspace(), name, version=version, with_samples=True)
+    scores = load_samples(run).set_index("sample_id").reindex(projection.sample_ids)
+except UserError:
+    run, scores = None, None
+colour_by = right.selectbox("Colour by", COLOUR_BY, key="colour-by", help="Predicted label, label-issue score and confidence come from the latest training run on this version; "
+                            "health issue (the first check that flags each sample, in the Health page's order) and outlier score from the Health page's checks of this version and embedding (low outlier score = more unusual).")
+needs_scores = colour_by in ("predicted label", "label-issue score", "confidence")
+health = cached_health(workspace(), name, version, chosen_key) if colour_by in ("health issue", "outlier score") else None
+if colour_by == "outlier score" and health is not None and health.results["outlier"].status != "ran":
+    health = None  # computed without this embedding's checks: nothing to colour by
+if health is not None:
+    health_of = health.samples.set_index("sample_id").reindex(projection.sample_ids)
+excluded = (frame["weight"] <= 0).to_numpy()
+if colour_by == "given label" or (needs_scores and scores is None) or (colour_by in ("health issue", "outlier score") and health is None):
+    colouring = categorical_colours(frame["label"], classes, excluded)
+elif colour_by == "predicted label":
+    colouring = categorical_colours(scores["predicted_label"].fillna(UNDEFINED).to_numpy(), classes)
+elif colour_by == "split":
+    colouring = categorical_colours(frame["split"].fillna("none").astype(str).to_numpy(), ["train", "val", "test"])
+elif colour_by == "health issue":  # the first check that flags a sample, in the Health page's order; unflagged in grey
+    first_issue = health.issue_types().reindex(projection.sample_ids).fillna("").str.split(",").str[0].replace("", "no issue").to_numpy()
+    colouring = categorical_colours(first_issue, [c.title for c in CHECKS.values() if c.title in set(first_issue)], grey="no issue")
+elif colour_by == "outlier score":
+    colouring = continuous_colours(health_of["outlier_score"].to_numpy())
+elif colour_by == "label-issue score":
+    colouring = continuous_colours(scores["issue_score"].to_numpy())
+else:
+    colouring = continuous_colours(scores["confidence"].to_numpy())
+# The same elements above the map on every run: a changed count would make Streamlit remount the
+# map (re-fetching and rebuilding 100k points) instead of updating its colours. Whatever varies
+# (where the scores come from, the selection) goes under the map or beside it.
+if colour_by in ("health issue", "outlier score"):
+    scores_note = ("Health checks of this version and embedding (Health page)." if health is not None else
+                   f"No health checks of v{version} with this embedding yet: coloured by given label. Compute them on the Health page.")
+elif run is not None:
+    scores_note = f"Scores from run {run.run_id} ({run.summary.best_model})."
+else:
+    scores_note = f"No scores for v{version} yet{': coloured by given label' if needs_scores else ''}. They follow each commit once the images are embedded, or train on the Train page."
+
+legend_names = [entry["name"] for entry in colouring.palette]
+hidden_names = far.multiselect("Hide", legend_names if colouring.categorical else [], key=f"hide-{colour_by}", disabled=not colouring.categorical, help="Hidden points are not drawn and cannot be lassoed (for colourings by a label).")
+hidden = [legend_names.index(n) for n in hidden_names]
+label_names = list(dict.fromkeys([*classes, UNDEFINED, *frame["label"].unique()]))
+label_codes = positions_in(frame["label"], label_names).astype(np.int16)  # every label is among the names
+
+paths = DatasetPaths(workspace(), name)
+published = publish_map(projection.sample_ids, projection.coords, frame["content_hash"], f"{name}/{chosen_key}/{dims}")
+servable_thumbnails(table, paths.thumbs, version)
+
+
+@dataclass
+class MapView:
+    """One drawn map: its published points, their colour and label codes, and its component's keys."""
+
+    published: PublishedMap
+    colour_codes: np.ndarray
+    label_codes: np.ndarray
+    key: str
+    seen_key: str  # session key: the token of the last selection this map's component sent
+
+
+maps = [MapView(published, colouring.codes, label_codes, f"map-{name}", keys(name).selection_js)]
+beside_note = ""
+if beside_key is not None:
+    beside = cached_projection(workspace(), table, name, beside_key, dims, version)
+    if beside is None:
+        beside_note = f"No {dims}D map of {beside_key} for v{version} yet: pick it as Embedding and project it, then come back to see both."
+    else:
+        # Its points in the first map's colours: the same sample, the same colour, whichever space it sits in.
+        at = pd.Index(projection.sample_ids).get_indexer(beside.sample_ids)
+        beside_frame = rows.set_index("sample_id").reindex(beside.sample_ids)
+        colour_codes = np.where(at >= 0, colouring.codes[np.maximum(at, 0)], len(colouring.palette) - 1).astype(np.int16)
+        maps.append(MapView(
+            publish_map(beside.sample_ids, beside.coords, beside_frame["content_hash"], f"{name}/{beside_key}/{dims}"), colour_codes,
+            positions_in(beside_frame["label"], label_names).astype(np.int16), f"map-{name}-beside", keys(name).selection_js + ":beside",
+        ))
+        beside_note = f"Right: {beside.describe()}."
+
+
+@st.fragment
+def map_and_selection() -> None:
+    """The map with its selection panel beside it reruns on its own: a lasso never reruns the whole page."""
+    if len(maps) == 1:
+        map_column, panel = st.columns([9, 8], gap="medium")  # side by side: the lasso and what it caught in view together
+        with map_column:
+            map_slot, under_map = st.container(), st.container()
+        slots = [map_slot]
+    else:  # two spaces side by side, what the lasso caught under them
+        slots = list(st.columns(2, gap="small"))
+        map_slot = slots[0]
+        under_map, panel = st.container(), st.container()
+    with under_map:  # drawn under the map, run before it: a search's selection is drawn in this same run
+        if text_model is not None:
+            find_by_description()
+        find_more_like_this()
+    selection_key = keys(name).selection
+    wanted = st.session_state.get(selection_key)  # sample ids the user had selected (survives reloads)
+    states = []
+    for view, slot in zip(maps, slots):
+        pushed = None
+        if wanted is not None and st.session_state.get(keys(name).selection_push):
+            position = pd.Index(view.published.drawn_ids).get_indexer(np.asarray(wanted["sample_ids"]))
+            pushed = {"token": st.session_state[keys(name).selection_push], "indices": [int(i) for i in position[position >= 0]]}
+        with slot:
+            states.append(scatter3d(
+                view.published, dims=dims, colour_codes=view.colour_codes, palette=colouring.palette, label_codes=view.label_codes, label_names=label_names,
+                hidden=hidden, selection=pushed, key=view.key, height=MAP_HEIGHT,
+            ))
+    with map_slot:
+        st.caption(scores_note)
+        if beside_note:
+            st.caption(beside_note)
+        about, refit = st.columns([5, 1], vertical_alignment="center")
+        about.caption(f"{projection.describe()}.")
+        if refit.button("Refit", help="Fit the map again on every image of this version (as at most 100,000 of them: the rest are placed). "
+                        "Adding images never refits the map by itself: points stay where you learnt them.", disabled=running(project_key)):
+            start_projecting(refit=True)
+    for view, state in zip(maps, states):
+        if not state or state.get("token") == st.session_state.get(view.seen_key):
+            continue
+        # A new lasso in the browser (the component keeps its last state across reruns: act on it once).
+        st.session_state[view.seen_key] = state.get("token")
+        indices = np.asarray(state.get("indices") or [], dtype=np.int64)
+        chosen = view.published.drawn_ids[indices]
+        if view.published.budgeted and state.get("lasso"):  # the browser drew a subset: select among every point
+            chosen = lasso_over_all_points(view, state["lasso"], np.asarray((wanted or {}).get("sample_ids", []), dtype=np.int64))
+        wanted = {"token": state["token"], "sample_ids": [int(i) for i in chosen]}
+        st.session_state[selection_key] = wanted
+        if len(maps) == 1:
+            st.session_state.pop(keys(name).selection_push, None)
+        else:
+            # Draw it in the other space too: pushed under the lasso's own token, which the map that sent it ignores.
+            st.session_state[keys(name).selection_push] = state["token"]
+            try:
+                st.rerun(scope="fragment")
+            except StreamlitAPIException:  # a full-page run (not the fragment's own): rerun the page
+                st.rerun()
+    selected_ids = np.asarray((wanted or {}).get("sample_ids", []), dtype=np.int64)
+    with panel:
+        show_selection(selected_ids, (wanted or {}).get("token"))
+
+
+def find_by_description() -> None:
+    """CLIP embeddings only: select the images closest to a typed description (cosine with the text tower's vector)."""
+    with st.form("map-text-search", border=False):
+        query, count, go = st.columns([5, 3, 2], vertical_alignment="bottom")
+        text = query.text_input("Find images by description", placeholder="a blurry photo", key="map-text",
+                                help=f"{text_model.model_name} compares your text with every image; the closest become the selection.")
+        top = count.number_input("How many", 1, max(1, len(projection.sample_ids)), min(50, len(projection.sample_ids)), key="map-text-top")
+        submitted = go.form_submit_button("Select")
+    if submitted:
+        try:
+            found = closest_to_text(workspace(), name, chosen_key, text, version=version, top=int(top))
+        except UserError as error:
+            st.error(str(error))
+            return
+        token = select_on_map(name, found["sample_id"], "text")
+        st.session_state["map-text-found"] = (token, f"Selected the {len(found):,} images closest to '{plain(text.strip())}' "
+                                                     f"(cosine {found['similarity'].max():.2f} to {found['similarity'].min():.2f}).")
+    token, said = st.session_state.get("map-text-found") or (None, "")
+    if token is not None and token == (st.session_state.get(keys(name).selection) or {}).get("token"):  # until another selection
+        st.caption(said)
+
+
+def find_more_like_this() -> None:
+    """Select samples and their nearest neighbours in this embedding (cosine): given ids, or the current selection."""
+    with st.form("map-similar", border=False):
+        ids_column, count, go = st.columns([5, 3, 2], vertical_alignment="bottom")
+        typed = ids_column.text_input("More like sample", placeholder="#id (or several); empty: the selection", key="map-similar-ids",
+                                      help="These samples and their nearest neighbours in this embedding become the selection.")
+        k = count.number_input("How many more", 1, max(1, len(projection.sample_ids) - 1), min(50, max(1, len(projection.sample_ids) - 1)), key="map-similar-k")
+        submitted = go.form_submit_button("Select", key="map-similar-go")
+    if submitted:
+        current = (st.session_state.get(keys(name).selection) or {}).get("sample_ids", [])
+        try:
+            wanted = parse_sample_ids(typed) if typed.strip() else list(current)
+            found = more_like_this(workspace(), name, chosen_key, wanted, k=int(k), version=version)
+        except UserError as error:
+            st.error(str(error))
+            return
+        token = select_on_map(name, found["sample_id"], "similar")
+        queries = ", ".join(f"#{i}" for i in found.loc[found["is_query"], "sample_id"][:5]) + (" ..." if found["is_query"].sum() > 5 else "")
+        st.session_state["map-similar-found"] = (token, f"Selected {queries} and the {int((~found['is_query']).sum()):,} samples nearest to "
+                                                        f"{'it' if found['is_query'].sum() == 1 else 'them'} (cosine down to {found['similarity'].min():.3f}).")
+    token, said = st.session_state.get("map-similar-found") or (None, "")
+    if token is not None and token == (st.session_state.get(keys(name).selection) or {}).get("token"):
+        st.caption(said)
+
+
+def lasso_over_all_points(view: MapView, lasso: dict, before: np.ndarray) -> np.ndarray:
+    """A lasso's selection among all points of a map the browser draws only part of (hidden legend entries
+    are not selectable, as in the browser); ``before`` is the selection it adds to or subtracts from."""
+    selectable = ~np.isin(view.colour_codes, hidden) if hidden else None
+    caught = view.published.select(lasso, selectable)
+    if lasso.get("operation") == "add":
+        return np.union1d(before, caught)
+    if lasso.get("operation") == "subtract":
+        return np.setdiff1d(before, caught)
+    return caught
+
+
+def left_out_of_edit(token: str | None) -> dict:
+    """What the user left out of the edit of this selection: labels, and samples by id. A new selection starts empty."""
+    kept = st.session_state.get(keys(name).map_left_out)
+    if kept is None or kept["token"] != token:
+        kept = st.session_state[keys(name).map_left_out] = {"token": token, "labels": set(), "ids": set()}
+    return kept
+
+
+def show_selection(selected_ids: np.ndarray, token: str | None) -> None:
+    st.markdown(f"**{len(selected_ids):,} selected**", help="Lasso: press L or the Lasso button, then draw; Escape leaves lasso mode. Shift adds to the selection, Alt or Ctrl subtracts.")
+    st.session_state[MAP_SELECTED_COUNT] = len(selected_ids)
+    if not len(selected_ids):
+        st.caption("Press L (or the Lasso button), then draw around a cluster to see its thumbnails and relabel it.")
+        return
+    chosen = frame.loc[selected_ids]
+    labels = chosen["label"].to_numpy()
+    mix = label_mix(labels)
+    left_out = left_out_of_edit(token)
+    options = mix["label"].tolist()
+    count_of = dict(zip(mix["label"], mix["count"]))
+    # Keyed by the labels present: after a commit the mix changes and the pills start again from what
+    # the user left out, which is kept per selection (a label left out stays out).
+    options_digest = hashlib.blake2b("\0".join(options).encode(), digest_size=6).hexdigest()
+    included = st.pills(
+        "Labels in the edit (click one to leave it out)", options, selection_mode="multi", default=[o for o in options if o not in left_out["labels"]],
+        format_func=lambda option: plain(f"{option} · {count_of[option]:,}"), key=f"map-include:{token}:{options_digest}",
+        help="The label mix of the selection, most common first. The edit applies only to samples whose label is highlighted.", wrap=True,
+    )
+    left_out["labels"] = (left_out["labels"] - set(options)) | (set(options) - set(included))
+    labelled_thumbnails(paths.thumbs, chosen, limit=THUMBNAILS, width=70, key="map-thumbnails")
+
+    action = st.radio("Action", ("relabel", "exclude", "include"), horizontal=True, key="map-action", help="Exclude keeps the samples in the table with weight 0: never trained on, easy to include again.")
+    label, new_class = None, False
+    if action == "relabel":
+        choice_column, new_column = st.columns(2)
+        label_options = [*classes, UNDEFINED]
+        majority = next((label for label in mix["label"] if label in classes), label_options[0])  # the usual fix: the cluster's own majority
+        picked = choice_column.selectbox("Label", label_options, index=label_options.index(majority), key=f"map-label-{majority}", help="An existing class, exactly as listed.")
+        typed = new_column.text_input("or a new class", key="map-new-label", help="Creates this class with the commit.")
+        label, new_class = (typed.strip(), True) if typed.strip() else (picked, False)
+    targets = edit_targets(selected_ids, labels, chosen["weight"].to_numpy(), action=action, label=label, include=included, leave_out=sorted(left_out["ids"]))
+    if action == "relabel":
+        warn_confidently_right(chosen, targets, label, left_out)
+    describe_edit(chosen, targets, action, label, set(included), left_out["ids"])
+    if left_out["ids"] and st.button("Put the samples the model is sure of back in the edit", key="map-put-back"):
+        left_out["ids"] = set()
+        st.rerun(scope="fragment")
+
+    # The same edit of the same selection is committed once: after a commit the button stays off (and
+    # says so) until the selection, the action, the label or what is left out changes.
+    signature = [token, action, label, sorted(left_out["labels"]), sorted(left_out["ids"])]
+    committed = st.session_state.get(keys(name).map_committed)
+    done = committed is not None and committed["signature"] == signature and committed["version"] == version
+    prefilled = default_message(len(targets), action, label)
+    if not done and st.session_state.get(MAP_MESSAGE_DEFAULT) != prefilled:  # a new selection or action: a new suggestion
+        st.session_state[MAP_MESSAGE_DEFAULT] = st.session_state[MAP_MESSAGE] = prefilled
+    message = st.text_input("Commit message", key=MAP_MESSAGE)  # after a commit: the message it was committed with
+    conflict = st.session_state.get(keys(name).map_conflict)
+    if conflict:
+        st.error(stale_edit_message(table, version))
+        if st.button(f"Reload v{table.head_version()}", key="map-reload"):
+            del st.session_state[keys(name).map_conflict]
+            st.session_state[keys(name).selection_push] = f"reload-{time.time()}"
+            show_version(table.head_version())
+            st.rerun(scope="app")
+        return
+    if done:
+        st.success(f"Committed as v{version}: {plain(committed['message'])}", icon=":material/check:")
+    if st.button("Commit as a new version", type="primary", key="map-commit", disabled=done or not len(targets)):
+        try:
+            if action == "relabel":
+                label, new_class = resolve_label(label, classes, create=new_class)
+            changes = selection_changes(targets, action, label, new_class=new_class)
+            new_version = table.commit(changes, parent=version, message=message)
+        except ConflictError:
+            st.session_state[keys(name).map_conflict] = table.head_version()
+            st.rerun(scope="fragment")
+        except UserError as error:
+            st.error(str(error))
+            return
+        st.session_state[keys(name).map_committed] = {"signature": signature, "version": new_version, "message": message}
+        show_head_moved(new_version)
+        st.session_state[keys(name).selection_push] = f"commit-{new_version}"
+        st.toast(f"Committed v{new_version}: {plain(message)}")
+        st.rerun(scope="app")
+
+
+def warn_confidently_right(chosen: pd.DataFrame, targets: np.ndarray, label: str, left_out: dict) -> None:
+    """Before a relabel: which of the samples it changes the latest model confidently thinks are already right; one click leaves them out."""
+    if scores is not None and len(targets) and {"predicted_label", "confidence"} <= set(scores.columns):
+        predicted, confidence = scores.loc[targets, "predicted_label"], scores.loc[targets, "confidence"]
+        sure = targets[confidently_right(chosen.loc[targets, "label"].to_numpy(), predicted.to_numpy(), confidence.to_numpy(), label)]
+        if len(sure):
+            st.warning(plain(confidence_warning(predicted.loc[sure].to_numpy())), icon=":material/warning:")
+            captions = chosen.loc[sure, "label"].astype(str) + " " + confidence.loc[sure].map("{:.2f}".format)
+            labelled_thumbnails(paths.thumbs, chosen.loc[sure], limit=12, width=70, captions=captions, key="map-confident-thumbnails")
+            if st.button(f"Leave these {len(sure):,} out of the edit", key="map-leave-out-confident"):
+                left_out["ids"] |= {int(i) for i in sure}
+                st.rerun(scope="fragment")
+
+
+def describe_edit(chosen: pd.DataFrame, targets: np.ndarray, action: str, label: str | None, included: set, left_out_ids: set) -> None:
+    """One line: how many of the selection the edit changes, and why the others are not (the reasons add up)."""
+    reasons = []
+    out = chosen.loc[~chosen["label"].isin(included), "label"].value_counts()
+    if len(out):
+        reasons.append("leaves out " + ", ".join(f"{plain(name)} ({count:,})" for name, count in out.items()))
+    kept_in = chosen["label"].isin(included).to_numpy()
+    if action == "relabel":
+        already = kept_in & (chosen["label"] == label).to_numpy()
+        what = f"already {plain(label)}"
+    else:
+        already = kept_in & ((chosen["weight"] <= 0) == (action == "exclude")).to_numpy()
+        what = f"already {action}d"
+    if already.any():
+        reasons.append(f"{int(already.sum()):,} {what}")
+    sure = int((kept_in & ~already & chosen.index.isin(list(left_out_ids))).sum())
+    if sure:
+        reasons.append(f"{sure:,} the model is sure of left out")
+    st.caption(f"The edit changes **{len(targets):,}** of {len(chosen):,}" + (f": {'; '.join(reasons)}." if reasons else "."))
+
+
+map_and_selection()
+other_model()

@@ -1,0 +1,319 @@
+"""Review page: the per-sample table of a run, sorted by suspicion; fix labels in place, accept
+predictions in bulk, or walk the flagged samples one at a time in the review queue."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from labelloop.app.components.data_cache import (
+    cached_health,
+    servable_thumbnails,
+    version_rows,
+)
+from labelloop.app.components.gallery import plain
+from labelloop.app.components.scatter3d import thumbnail_url
+from labelloop.app.components.session import hand_to_map, keys
+from labelloop.app.components.sidebar import (
+    open_current_version,
+    show_head_moved,
+    show_version,
+    stale_edit_message,
+    workspace,
+)
+from labelloop.data.runs import list_runs
+from labelloop.data.tables import UNDEFINED, ChangeSet
+from labelloop.data.workspace import DatasetPaths
+from labelloop.embed.cache import preferred_embedding
+from labelloop.embed.similar import more_like_this
+from labelloop.embed.text import PROMPT, text_embeddings, zero_shot
+from labelloop.errors import ConflictError, UserError
+from labelloop.scores.health import CHECKS
+from labelloop.scores.review import (
+    Decision,
+    filter_review,
+    load_kept,
+    queue_changes,
+    queue_precision,
+    record_kept,
+    review_changes,
+    review_frame,
+    still_valid,
+)
+
+PAGE_SIZE = 100
+
+table, name, version = open_current_version()
+rows = version_rows(table, version)
+classes = table.classes(version)
+paths = DatasetPaths(workspace(), name)
+st.title("Review")
+
+runs = [r for r in list_runs(workspace(), name) if (r.path / "samples.parquet").exists() and r.version <= version]
+if not runs:
+    st.info("No scores yet: train on this version (Train page) to get per-sample loss, confidence and label-issue scores.")
+    st.stop()
+on_version = [r for r in runs if r.version == version]
+newest = (on_version or runs)[0]
+run_ids = [r.run_id for r in runs]
+by_id = {r.run_id: r for r in runs}
+# The page follows the newest run on this version (a background run after a commit included) unless
+# the user picked one: then it stays on that run until they pick the newest again.
+pinned = st.session_state.get(keys(name).review_pin)
+default = pinned if pinned in run_ids else newest.run_id
+chosen = st.selectbox(
+    "Scores from run", run_ids, index=run_ids.index(default),
+    format_func=lambda i: f"{i} · v{by_id[i].version} · {by_id[i].summary.best_model}" + (" · automatic, after a commit" if by_id[i].automatic else "") + (" (newest)" if i == newest.run_id else ""),
+    help="Follows the newest run on this version unless you pick another one.",
+)
+st.session_state[keys(name).review_pin] = None if chosen == newest.run_id else chosen
+run = by_id[chosen]
+if chosen != newest.run_id:
+    st.caption(f"Pinned to this run; the newest on v{version} is {newest.run_id}.")
+
+
+def warn_if_scores_are_older() -> None:
+    if run.version != version:
+        st.warning(f"These scores come from a run on v{run.version}; labels shown are those of v{version}. Train on v{version} for fresh scores (they also follow each commit by themselves).")
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def scores_of(run_path: str) -> pd.DataFrame:
+    return pd.read_parquet(Path(run_path) / "samples.parquet")
+
+
+frame = review_frame(scores_of(str(run.path)), rows, load_kept(paths.kept_labels))
+health = cached_health(workspace(), name, version)  # the Health page computes it
+clip_keys = text_embeddings(workspace(), name)
+
+
+@st.cache_data(max_entries=4, show_spinner="Matching the undefined images with the class names (CLIP zero-shot)...")
+def zero_shot_of(workspace_text: str, dataset: str, key: str, shown_version: int, class_names: tuple[str, ...], _undefined: tuple[int, ...]) -> pd.DataFrame:
+    # A version never changes, so (version, classes) fixes which samples are undefined: they need no hashing.
+    return zero_shot(workspace_text, dataset, key, list(class_names), version=shown_version, sample_ids=list(_undefined)).set_index("sample_id")
+
+
+def zero_shot_column(part: pd.DataFrame) -> pd.Series | None:
+    """'label 0.83' from the CLIP model for the undefined samples of ``part`` (None without a CLIP embedding)."""
+    if not clip_keys or not classes:
+        return None
+    undefined = tuple(int(i) for i in rows.loc[rows["label"] == UNDEFINED, "sample_id"])
+    try:
+        found = zero_shot_of(str(workspace()), name, clip_keys[0], version, tuple(classes), undefined)
+    except UserError as error:
+        st.warning(f"No zero-shot suggestions: {error}")
+        return None
+    picked = found.reindex(part["sample_id"])
+    text = picked["zero_shot_label"].astype(object) + " " + picked["zero_shot_confidence"].map(lambda c: f"{c:.2f}")
+    return text.where(picked["zero_shot_label"].notna(), "").reset_index(drop=True)
+servable_thumbnails(table, paths.thumbs, version)
+
+
+def commit(changes: ChangeSet, message: str) -> bool:
+    """Commit on the version this page shows; False (and a message) if it cannot be written."""
+    try:
+        new_version = table.commit(changes, parent=version, message=message)
+    except ConflictError:
+        st.session_state[keys(name).review_conflict] = table.head_version()
+        return False
+    except UserError as error:
+        st.error(str(error))
+        return False
+    show_head_moved(new_version)
+    st.toast(f"Committed v{new_version}: {plain(message)}")
+    return True
+
+
+def show_conflict() -> bool:
+    """The refused-commit message with a Reload that keeps the user's work; True while it is shown."""
+    head = st.session_state.get(keys(name).review_conflict)
+    if head is None:
+        return False
+    st.error(stale_edit_message(table, version))
+    if st.button(f"Reload v{table.head_version()}", key="review-reload"):
+        del st.session_state[keys(name).review_conflict]
+        show_version(table.head_version())
+        st.rerun()
+    return True
+
+
+def health_flagged(titles: list[str]) -> list[int] | None:
+    """Ids of the samples any of the health checks ``titles`` flags (None: no filter)."""
+    if not titles or health is None:
+        return None
+    chosen = [c.name for c in CHECKS.values() if c.title in titles]
+    return health.samples.loc[health.samples[[f"is_{c}" for c in chosen]].any(axis=1), "sample_id"].tolist()
+
+
+def table_mode() -> None:
+    a, b, e, c, d = st.columns([2, 2, 2, 1, 1])
+    given = a.multiselect("Given label", [*classes, UNDEFINED])
+    predicted = b.multiselect("Predicted label", classes)
+    flagged_titles = [CHECKS[r.check].title for r in health.results.values() if r.status == "ran" and r.count] if health is not None else []
+    issue_types = e.multiselect("Health issue", flagged_titles, disabled=health is None,
+                                help="Samples the Health page's checks flag (any of those picked)." if health is not None else f"Compute data health of v{version} on the Health page first.")
+    flagged_only = c.checkbox("Flagged only", help="Open flags: the label-issue ranking flags them, the label differs from the prediction, and no reviewer kept it. The review queue walks the same samples.")
+    undefined_only = d.checkbox("Undefined only", help="Active labelling: the least confident predictions first.")
+    shown = filter_review(frame, given=given, predicted=predicted, flagged_only=flagged_only, undefined_only=undefined_only, sample_ids=health_flagged(issue_types))
+    pages = max(1, -(-len(shown) // PAGE_SIZE))
+    left, right = st.columns([1, 3])
+    page = left.number_input(f"Page (of {pages:,})", 1, pages, 1)
+    right.caption(f"{len(shown):,} samples match; {int(shown['flagged'].sum()):,} of them flagged and still to review. Sorted by label-issue score (undefined: least confident first).")
+    part = shown.iloc[(page - 1) * PAGE_SIZE : page * PAGE_SIZE].reset_index(drop=True)
+    view = pd.DataFrame({
+        "thumbnail": [thumbnail_url(h) for h in part["content_hash"]],
+        "sample_id": part["sample_id"],
+        "label": part["label"],
+        "predicted_label": part["predicted_label"],
+        "accept": False,
+        "confidence": part["confidence"].round(3),
+        "margin": part["margin"].round(3),
+        "loss": part["loss"].round(3),
+        "issue_score": part["issue_score"].round(3),
+        "flagged": part["flagged"],
+    })
+    suggestions = zero_shot_column(part)
+    if suggestions is not None:  # beside the trained model's suggestion
+        view.insert(view.columns.get_loc("predicted_label") + 1, "zero_shot", suggestions)
+    # The editor's state belongs to exactly these rows with these labels on this version: if any of that
+    # changes (another run, a filter, a keep in another tab), its edits can never move onto other samples.
+    shown_rows = hashlib.blake2b(pd.util.hash_pandas_object(part[["sample_id", "label", "predicted_label"]], index=False).to_numpy().tobytes(), digest_size=8).hexdigest()
+    editor_key = f"review-{version}-{shown_rows}"
+    if st.button("Tick 'accept' on every row of this page", key=f"all-{editor_key}"):
+        st.session_state[f"accept-all-{editor_key}"] = True
+    if st.session_state.get(f"accept-all-{editor_key}"):
+        view["accept"] = True
+    edited = st.data_editor(
+        view,
+        key=editor_key,
+        hide_index=True,
+        width="stretch",
+        height=min(38 * (len(view) + 1), 700),
+        row_height=38,
+        disabled=["thumbnail", "sample_id", "predicted_label", "zero_shot", "confidence", "margin", "loss", "issue_score", "flagged"],
+        column_config={
+            "thumbnail": st.column_config.ImageColumn("image", width="small"),
+            "label": st.column_config.SelectboxColumn("label (edit)", options=[*classes, UNDEFINED], required=True, help="The given label: pick another to fix it."),
+            "accept": st.column_config.CheckboxColumn("accept prediction", help="Take the predicted label for this sample."),
+            "zero_shot": st.column_config.TextColumn("zero-shot (CLIP)", help=f"Undefined samples only: the class whose name ('{PROMPT.format('{class}')}') "
+                                                     f"the CLIP embedding {clip_keys[0] if clip_keys else ''} matches best, with its probability. From the class names alone, not from your labels."),
+            "issue_score": st.column_config.ProgressColumn("issue score", min_value=0.0, max_value=1.0, format="%.2f"),
+        },
+    )
+    changed = int(((edited["label"] != view["label"]) | edited["accept"]).sum())
+    if not show_conflict() and st.button(f"Commit {changed} change(s) as a new version", type="primary", disabled=not changed, key=f"commit-{editor_key}"):
+        try:
+            changes, message = review_changes(part.assign(label=view["label"]), edited["label"], edited["accept"], classes)
+        except UserError as error:
+            st.error(str(error))
+        else:
+            if commit(changes, message):
+                st.rerun()
+            st.rerun()  # refused: show the conflict with its Reload (the edits stay in the editor)
+
+    if len(part):
+        closer = st.selectbox("Look closer at", part["sample_id"], format_func=lambda i: f"#{i}", help="The full image and its scores.")
+        row = part[part["sample_id"] == closer].iloc[0]
+        original = rows.loc[rows["sample_id"] == closer, "path"].iloc[0]
+        image_column, facts = st.columns([1, 2])
+        try:
+            image_column.image(original, width=320)
+        except Exception:  # the file moved or broke since import: the thumbnail still shows what it was
+            image_column.image(str(paths.thumbnail(row["content_hash"])), width=320)
+            image_column.caption(f"{plain(original)} cannot be read now; showing the thumbnail.")
+        facts.markdown(f"**#{closer}** · given **{plain(row['label'])}** · predicted **{plain(row['predicted_label'])}**")
+        facts.caption(plain(original))
+        facts.dataframe(pd.DataFrame([row[["confidence", "given_confidence", "margin", "loss", "issue_score", "flagged"]]]), hide_index=True)
+        if health is not None:
+            facts.caption("Health: " + (plain(health.issue_types().get(closer, "")) or "no check flags it"))
+        more_like_this_button(facts, int(closer))
+
+
+def more_like_this_button(where, sample_id: int) -> None:
+    """The sample and its nearest neighbours in the default embedding become the Map page's selection."""
+    key = preferred_embedding(workspace(), name)
+    if key is None:
+        return
+    with where.container(horizontal=True, vertical_alignment="bottom"):
+        k = st.number_input("Neighbours", 1, 5000, 50, key="review-more-k")
+        if st.button(f"More like #{sample_id} on the map", key="review-more", help=f"Its {k} nearest samples in the embedding {key} (cosine) become the map's selection, ready to relabel or exclude."):
+            found = more_like_this(workspace(), name, key, [sample_id], k=int(k), version=version)
+            hand_to_map(name, found["sample_id"], "review-more-like-this")
+
+
+def queue_mode() -> None:
+    # Decisions belong to the data set, not to a run or a version: they survive a new run, a commit and a
+    # reload; each one carries the version, label and prediction the reviewer saw.
+    pending: dict[int, Decision] = st.session_state.setdefault(keys(name).queue_decisions, {})
+    tally = st.session_state.setdefault(keys(name).queue_tally, {"changed": 0, "kept": 0})
+    queue = filter_review(frame, flagged_only=True)
+    todo = queue[~queue["sample_id"].isin(list(pending))]
+    # The item on screen stays on screen until the reviewer decides it, whatever reruns in between.
+    current = st.session_state.get(keys(name).queue_current)
+    if current in set(todo["sample_id"]):
+        todo = pd.concat([todo[todo["sample_id"] == current], todo[todo["sample_id"] != current]])
+    decided = len(pending) + tally["kept"]
+    precision = queue_precision(tally["changed"] + len(pending), tally["kept"])
+    st.progress(
+        decided / max(decided + len(todo), 1),
+        text=f"{len(todo):,} flagged samples to review · {len(pending):,} decision(s) waiting to be committed · {tally['kept']:,} kept"
+        + (f" · {precision:.0%} of the flags decided so far were real label errors" if precision is not None else ""),
+    )
+
+    def decide(sample_id: int, action: str, shown_version: int, shown_label: str, predicted: str) -> None:
+        """Runs before the rerun, with what was on screen when the key was pressed (never the next item)."""
+        if action == "keep":
+            record_kept(paths.kept_labels, sample_id, shown_label, shown_version)
+            tally["kept"] += 1
+        else:
+            pending[sample_id] = Decision(sample_id, action, shown_version, shown_label, predicted)
+        st.session_state.pop(keys(name).queue_current, None)
+
+    if len(todo):
+        row = todo.iloc[0]
+        sample_id = int(row["sample_id"])
+        st.session_state[keys(name).queue_current] = sample_id
+        shown = (sample_id, version, str(row["label"]), str(row["predicted_label"]))
+        # The buttons come first, right under the progress line, in a plain row: nothing above them
+        # changes size while the page draws. Inside the image's columns they moved while the picture
+        # and the columns laid out, and a click aimed at them could land on the image (the lost click).
+        with st.container(horizontal=True, key="queue-actions"):
+            st.button(f"Accept '{plain(row['predicted_label'])}'", shortcut="a", type="primary", key="queue-accept", on_click=decide, args=(*shown[:1], "accept", *shown[1:]))
+            st.button("Keep the label", shortcut="k", key="queue-keep", on_click=decide, args=(*shown[:1], "keep", *shown[1:]))
+            st.button("Exclude", shortcut="x", key="queue-exclude", on_click=decide, args=(*shown[:1], "exclude", *shown[1:]))
+        st.caption("Keyboard: A accept · K keep (recorded at once; it does not come back) · X exclude")
+        image_column, facts = st.columns([1, 2])
+        image_column.image(str(paths.thumbnail(row["content_hash"])), width=320)
+        facts.markdown(f"**#{sample_id}**  \ngiven label: **{plain(row['label'])}**  \npredicted: **{plain(row['predicted_label'])}** (confidence {row['confidence']:.2f})")
+        facts.caption(f"issue score {row['issue_score']:.3f} · loss {row['loss']:.3f} · margin {row['margin']:.3f}")
+    else:
+        st.success("Every flagged sample is decided.")
+    if not pending or show_conflict():
+        return
+    accepted = sum(d.action == "accept" for d in pending.values())
+    if st.button(f"Commit {len(pending)} decision(s) as a new version ({accepted} accepted, {len(pending) - accepted} excluded)", key="queue-commit"):
+        valid, stale = still_valid(list(pending.values()), rows)
+        if stale:
+            for decision in stale:
+                del pending[decision.sample_id]
+            st.warning(f"{len(stale)} decision(s) were made on a label v{version} no longer has ({', '.join(f'#{d.sample_id}' for d in stale[:10])}); they were dropped, the rest is kept. Commit again.")
+            return
+        changes, message = queue_changes(valid)
+        if commit(changes, message):
+            tally["changed"] += len(pending)
+            pending.clear()
+        st.rerun()
+
+
+mode = st.segmented_control("Mode", ["Table", "Review queue"], default="Table", help="The queue shows one flagged sample at a time.")
+if mode == "Review queue":
+    queue_mode()
+    # Under the item, not above it: the warning comes and goes as background runs finish after each
+    # commit, and above the item it would move the A/K/X buttons while the reviewer aims at them.
+    warn_if_scores_are_older()
+else:
+    warn_if_scores_are_older()
+    table_mode()

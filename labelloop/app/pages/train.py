@@ -1,0 +1,239 @@
+"""Train page: every training setting, live progress and curves, then the CV table, the report,
+and a clickable confusion matrix; run history, model downloads, predicting a folder."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from labelloop.app.components.charts import confusion_chart
+from labelloop.app.components.compute_setting import current_compute
+from labelloop.app.components.data_cache import version_rows
+from labelloop.app.components.gallery import plain, thumbnail_grid
+from labelloop.app.components.jobs import current_job, follow_job, start_job
+from labelloop.app.components.jobs import running as job_running
+from labelloop.app.components.session import TRAIN_ANNOUNCED, hand_to_map, keys, owner
+from labelloop.app.components.settings_form import settings_form
+from labelloop.app.components.sidebar import open_current_version, workspace
+from labelloop.data.runs import (
+    ModelConfig,
+    held_out,
+    list_runs,
+    load_json,
+    load_samples,
+)
+from labelloop.data.tables import trainable_mask
+from labelloop.data.workspace import DatasetPaths
+from labelloop.embed import list_embeddings, preferred_embedding
+from labelloop.train.pipeline import train
+from labelloop.train.registry import FAMILIES, measured_speed
+from labelloop.train.settings import FamilySettings
+
+table, name, version = open_current_version()
+rows = version_rows(table, version)
+paths = DatasetPaths(workspace(), name)
+st.title("Train")
+st.caption(f"Version {version} of '{name}': {int(trainable_mask(rows).sum()):,} labelled samples to train on.")
+job_key = f"train:{name}"
+
+
+def new_run_form() -> FamilySettings | None:
+    family = FAMILIES[st.selectbox("Model family", list(FAMILIES), format_func=lambda f: FAMILIES[f].title, help="What to train. Each family starts from its recipe's settings and shows only the settings it reads.")]
+    speed = measured_speed(list_runs(workspace(), name), family.name)
+    st.caption(family.help + (f" Last run of this family here: {speed}." if speed else " No run of this family here yet, so no time estimate."))
+    keys = [m["key"] for m in list_embeddings(workspace(), name)]
+    return settings_form(family.settings_class, f"settings-{family.name}", keys, preferred_embedding(workspace(), name), "Start training")
+
+
+def job_panel() -> None:
+    job = current_job(job_key)
+    if job is None:
+        return
+    if job.running:
+        st.progress(job.fraction, text=f"{job.description}: {job.stage}")
+        if st.button("Cancel", key="cancel-training"):
+            job.stop_requested.set()
+    elif job.error:
+        (st.warning if job.cancelled else st.error)(job.error)
+    if job.curves:
+        curves = pd.DataFrame(job.curves)
+        curves["series"] = curves["stage"].astype(str)
+        left, right = st.columns(2)
+        for column, where in (("val_accuracy", left), ("train_loss", right)):
+            if column in curves:
+                where.caption(column.replace("_", " "))
+                where.line_chart(curves, x="epoch", y=column, color="series", height=220)
+    if not job.running and job.result is not None and st.session_state.get(TRAIN_ANNOUNCED) != job.result.run_id:
+        st.session_state[TRAIN_ANNOUNCED] = job.result.run_id
+        st.session_state[keys(name).train_show] = job.result.run_id  # the user's own run, not a background one
+        st.rerun(scope="app")
+
+
+def start(settings: FamilySettings) -> None:
+    compute = current_compute()
+    if not FAMILIES[settings.family].trains_on_ray:  # heads and the triplet encoder train here in seconds; Ray is for the image models
+        compute = replace(compute, ray=None, workers=1, gpus_per_worker=0.0)
+    description = f"{settings.family} on v{version}" + (f" on Ray ({compute.ray})" if compute.ray else "")
+    start_job(job_key, description, lambda job: train(workspace(), name, settings, version=version, progress=job.progress, should_stop=job.should_stop, on_curve=job.add_curve, compute=compute))
+    st.session_state[keys(name).train_started] = True
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def model_zip(run_path: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(Path(run_path, "model").iterdir()):
+            archive.write(file, f"model/{file.name}")
+    return buffer.getvalue()
+
+
+def show_run(run) -> None:
+    summary = run.summary
+    cv = load_json(run, "cv.json") if (run.path / "cv.json").exists() else {"heads": {}}
+    st.subheader(f"Run {run.run_id}")
+    where = f" Trained on {summary.device}" + (f", {summary.launcher}" if summary.launcher != "local" else "") + "." if summary.device else ""
+    st.caption((summary.note or f"{summary.folds}-fold cross-validation; per-sample scores are out of fold.") + where)
+    if cv["heads"]:
+        table_rows = [{"model": head, "mean accuracy": round(v["mean"], 4), "std": round(v["std"], 4), "folds": ", ".join(f"{a:.3f}" for a in v["fold_accuracy"]), "seconds": v.get("seconds"), "best": head == cv.get("best")} for head, v in cv["heads"].items()]
+        st.dataframe(pd.DataFrame(table_rows), hide_index=True, width="stretch")
+    if summary.kind in FAMILIES and summary.kind != "heads":
+        st.write(FAMILIES[summary.kind].describe(run) + ".")
+    if (run.path / "confusion.json").exists():
+        confusion = load_json(run, "confusion.json")
+        left, right = st.columns([3, 2])
+        with left:
+            st.markdown("**Confusion matrix** — click a cell to see its samples")
+            event = st.altair_chart(confusion_chart(confusion), on_select="rerun", key=f"confusion-{run.run_id}", width="stretch")
+        with right:
+            report = pd.DataFrame(load_json(run, "report.json")).T.reset_index(names="class")
+            st.markdown("**Classification report**")
+            st.dataframe(report.round(3), hide_index=True, width="stretch", height=36 * (len(report) + 1))
+        picked = (event.selection.get("cell") or [None])[0] if event and event.selection else None
+        if picked:
+            samples = load_samples(run)
+            evaluated = held_out(samples)
+            cell = samples[evaluated & (samples["label"] == picked["given"]) & (samples["predicted_label"] == picked["predicted"])]
+            cell = cell.merge(rows[["sample_id", "content_hash"]], on="sample_id")
+            st.markdown(f"**{len(cell):,} samples labelled {plain(picked['given'])}, predicted {plain(picked['predicted'])}**")
+            thumbnail_grid(paths.thumbs, cell.sort_values("issue_score", ascending=False), caption_column="sample_id")
+            if len(cell) and st.button("Send these to the map as a selection", key=f"to-map-{run.run_id}"):
+                hand_to_map(name, cell["sample_id"], "confusion")
+    model_config = run.path / "model" / ModelConfig.FILENAME
+    if model_config.exists():
+        a, b = st.columns(2)
+        a.download_button("Download the model (zip)", model_zip(str(run.path)), file_name=f"{run.run_id}-model.zip", key=f"zip-{run.run_id}")
+        b.download_button("Download model_config.json", model_config.read_bytes(), file_name="model_config.json", mime="application/json", key=f"config-{run.run_id}")
+
+
+def predict_section(run) -> None:
+    from labelloop.train.predict import predict_folder
+
+    key = f"predict:{owner()}"  # the CSV is this session's to download
+    finished = follow_job(key)
+    if finished is not None:
+        csv, count, skipped = finished.result
+        st.success(f"Wrote {count:,} predictions to {csv}" + (f"; skipped {len(skipped)} file(s)" if skipped else ""))
+        st.download_button("Download the CSV", csv.read_bytes(), file_name=csv.name, mime="text/csv")
+    if job_running(key):
+        return
+    with st.form(f"predict-{run.run_id}"):
+        folder = st.text_input("Folder of new images", help="Every image under it is classified; the CSV has filename,label (and, if asked, one probability column per class).")
+        out = st.text_input("Write the CSV to", str(paths.predictions(run.run_id)))
+        with_probabilities = st.checkbox("Add one probability column per class")
+        go = st.form_submit_button("Predict")
+    if go:
+        compute = current_compute()
+        start_job(key, f"predicting with {run.run_id}", lambda job: predict_folder(
+            run.run_id, folder, out, workspace(), probabilities=with_probabilities, compute=replace(compute, workers=1, gpus_per_worker=0.0),
+            progress=lambda done, total: job.progress(f"{done:,} of {total:,} images", done / max(total, 1)),
+        ))
+        st.rerun()
+
+
+def sweep_section() -> None:
+    """A grid of settings of one family, trained as Ray Tune trials (labelloop.train.sweep); the trials, best first."""
+    from labelloop.train.sweep import list_sweeps, parse_grid, run_sweep
+
+    key = f"sweep:{name}"
+    follow_job(key)  # progress and Cancel while it runs; its error, if it fails
+    if not job_running(key):
+        compute = current_compute()
+        family = st.selectbox("Model family", list(FAMILIES), format_func=lambda f: FAMILIES[f].title, key="sweep-family")
+        with st.form(f"sweep-{family}"):
+            names = ", ".join(info.name for info in FAMILIES[family].settings_class.settings() if info.name != "seed")
+            grid_text = st.text_area(
+                "Grid: one setting per line, its values separated by commas", "learning_rate=1e-3,5e-4\nbatch_size=16,32" if family != "heads" else "heads=mlp\nlearning_rate=1e-3,5e-4\nbatch_size=32,64",
+                help=f"Settings of this family: {names}. A setting that is itself a list (hidden units) separates its values by ';'. Every other setting keeps the family's recipe.",
+            )
+            left, right = st.columns(2)
+            samples = left.number_input("Seeds per combination", 1, 100, 1)
+            asha = right.checkbox("ASHA early stopping", help="End the trials whose validation accuracy trails at each rung (their runs are not kept).")
+            st.caption(f"Runs on {'a Ray started on this machine' if compute.ray is None else 'Ray at ' + compute.ray} (the Compute setting in the sidebar).")
+            go = st.form_submit_button("Start the sweep")
+        if go:
+            lines = [line.strip() for line in grid_text.splitlines() if line.strip()]
+            grid = parse_grid(family, lines)
+            start_job(key, f"sweep of {family} on v{version}", lambda job: run_sweep(
+                workspace(), name, family, grid, samples=int(samples), asha=asha, ray=compute.ray or "local", device=compute.device, version=version,
+                progress=job.progress, should_stop=job.should_stop,
+            ))
+            st.rerun()
+    sweeps = [record for record in list_sweeps(workspace(), name) if record.version == version]
+    if sweeps:
+        record = sweeps[0]
+        st.markdown(f"**Latest sweep on version {version}**: {record.family}, {len(record.trials)} trials in {record.seconds:.0f} s"
+                    + (f"; best: run {record.best_run}" if record.best_run else "; no trial finished"))
+        frame = record.frame()
+        st.dataframe(frame.drop(columns=["error"] if not frame["error"].astype(bool).any() else []), hide_index=True, width="stretch",
+                     column_config={"accuracy": st.column_config.NumberColumn("accuracy (own labels, held out)", format="%.4f"), "best": st.column_config.CheckboxColumn("best")})
+
+
+job = current_job(job_key)
+running = job is not None and job.running
+# The settings stay folded once the user has started a run: its progress and results belong in view.
+with st.expander("New training run", expanded=not running and not st.session_state.get(keys(name).train_started)):
+    settings = new_run_form()
+    if settings is not None:
+        start(settings)
+        st.rerun()
+if running:
+    # Polls once a second only while the job runs: a timer left ticking after it (or after the user went
+    # to another page) asks Streamlit to rerun a fragment that no longer exists.
+    st.fragment(job_panel, run_every=1.0)()
+else:
+    job_panel()
+
+with st.expander("Sweep: try several settings, each as a run"):
+    sweep_section()
+
+runs = list_runs(workspace(), name, version)
+if not runs:
+    st.info(f"No training runs on version {version} yet.")
+    st.stop()
+history = pd.DataFrame([{
+    "run": r.run_id, "started by": "automatic, after a commit" if r.automatic else "you", "kind": r.summary.kind, "best": r.summary.best_model,
+    "accuracy": r.summary.held_out_accuracy, "labelled": r.summary.n_labelled, "seconds": r.summary.seconds,
+} for r in runs])
+st.markdown(f"**Runs on version {version}**")
+st.dataframe(history, hide_index=True, width="stretch", height=min(36 * (len(history) + 1), 250), column_config={"accuracy": st.column_config.NumberColumn("accuracy (own labels, held out)", format="%.4f")})
+run_ids = [r.run_id for r in runs]
+by_id = {r.run_id: r for r in runs}
+if running:
+    st.caption(f"Your run ({job.description}) is still training; the runs below are finished ones.")
+# Show the user's own run when there is one; a background run never takes its place.
+wanted = st.session_state.get(keys(name).train_show)
+own = next((r.run_id for r in runs if not r.automatic), None)
+default = wanted if wanted in run_ids else own or run_ids[0]
+chosen = st.selectbox("Show run", run_ids, index=run_ids.index(default), format_func=lambda i: i + (" · automatic, after a commit" if by_id[i].automatic else ""), help="Newest first.")
+st.session_state[keys(name).train_show] = chosen
+run = by_id[chosen]
+show_run(run)
+model = run.model_config()
+if model is not None and model.model_type != "triplet-encoder":
+    with st.expander("Predict a folder of new images"):
+        predict_section(run)
