@@ -76,5 +76,19 @@ def small_table(tmp_path: Path) -> LabelTable:
     return LabelTable.create(tmp_path / "ds" / "labels", make_rows(50, ["a", "b", "c", "undefined"]), ["a", "b", "c"], "import")
 
 
+# Markers by the file a test is in: one place, so a new test in these files is marked without thinking of it.
+FILE_MARKERS = {"test_browser": "browser", "test_ray": "ray", "test_crash_safety": "crash", "test_models": "models", "test_gpu": "gpu"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        stem = item.path.stem
+        for prefix, marker in FILE_MARKERS.items():
+            if stem == prefix or stem.startswith(prefix + "_"):
+                item.add_marker(marker)
+        if item.get_closest_marker("browser") or item.get_closest_marker("ray") or item.get_closest_marker("crash"):
+            item.add_marker("slow")
+
+
 def pytest_report_header(config):
     return f"workspace env: {os.environ.get('LABELLOOP_WORKSPACE', '(default)')}"

@@ -938,7 +938,7 @@ def _apply_updates(frame: pd.DataFrame, updates: pd.DataFrame, classes: set[str]
             raise UserError(
                 f"Label(s) {', '.join(repr(u) for u in unknown[:10])} are not classes of this table "
                 f"(classes: {', '.join(sorted(classes)) or 'none yet'}). "
-                "Add them as new classes explicitly (the 'new label' action, or --new-class), or fix the spelling."
+                "Add them as new classes explicitly (the 'new label' action, --new-class, or new_class=True in Python), or fix the spelling."
             )
         frame.loc[ids[given], "label"] = new_labels.to_numpy()
 

@@ -77,7 +77,7 @@ class Trial:
     status: str  # "finished", "stopped early" (ASHA) or "failed"
     run_id: str | None = None
     accuracy: float | None = None  # the run's held-out accuracy (what `runs` and Compare show)
-    epochs_reported: int = 0
+    epochs_reported: int = 0  # epochs it trained (a stopped trial: up to the last one it reported)
     error: str = ""
 
 
@@ -142,16 +142,21 @@ def _trial(config: dict) -> None:
     from labelloop.train.registry import default_settings
 
     settings = default_settings(config["family"], **config["base"], **config["params"], seed=config["seed"])
-    reported = [0]
+    last_epoch = int(settings.to_dict().get("epochs") or 0)
+    trained = [0]
 
     def on_curve(row: dict) -> None:
-        if row.get("val_accuracy") is not None and row.get("epoch"):
-            reported[0] += 1
-            tune.report({"val_accuracy": float(row["val_accuracy"]), "epoch": int(row["epoch"]), "final": False})
+        if row.get("val_accuracy") is None or not row.get("epoch"):
+            return
+        trained[0] = int(row["epoch"])
+        # The last epoch is not an intermediate result: ASHA could stop the trial at a rung there, after it
+        # did all the work, and the finished run would be lost. Its outcome is the final report below.
+        if trained[0] < last_epoch:
+            tune.report({"val_accuracy": float(row["val_accuracy"]), "epoch": trained[0], "final": False})
 
     run = train(config["workspace"], config["name"], settings, version=config["version"], on_curve=on_curve, compute=Compute(device=config["device"]))
     accuracy = run.summary.held_out_accuracy
-    tune.report({"val_accuracy": float(accuracy if accuracy is not None else 0.0), "accuracy": accuracy, "run_id": run.run_id, "epochs_reported": reported[0], "final": True})
+    tune.report({"val_accuracy": float(accuracy if accuracy is not None else 0.0), "accuracy": accuracy, "run_id": run.run_id, "epochs_reported": trained[0], "final": True})
 
 
 def run_sweep(
@@ -215,7 +220,8 @@ def run_sweep(
         scheduler = None
         if asha:
             epochs = max(int(default_settings(family, **base, **combo).to_dict().get("epochs", 1) or 1) for combo in combos)
-            scheduler = ASHAScheduler(time_attr="training_iteration", metric="val_accuracy", mode="max", max_t=max(epochs + 1, 2), grace_period=1, reduction_factor=2)
+            # A trial reports epochs 1 .. epochs - 1, then its finished run: at most ``epochs`` results.
+            scheduler = ASHAScheduler(time_attr="training_iteration", metric="val_accuracy", mode="max", max_t=max(epochs, 2), grace_period=1, reduction_factor=2)
         tuner = tune.Tuner(
             tune.with_resources(_unpack_trial, {"cpu": 1, "gpu": gpus}),
             param_space=space,
