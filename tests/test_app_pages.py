@@ -26,7 +26,7 @@ QUICK = HeadsSettings(embedding="pixels-16px", heads=("knn", "logreg"))
 def page(name: str) -> AppTest:
     app = AppTest.from_file(APP, default_timeout=180)
     app.run()
-    app.switch_page(f"pages/{name}.py").run()
+    app.switch_page(f"views/{name}.py").run()
     assert not app.exception, app.exception
     return app
 
@@ -56,7 +56,7 @@ def test_the_map_page_offers_projection_then_draws(fashion: Path):
     assert any("selected" in m.value for m in app.markdown)  # the selection panel under the map
     # The map the browser loads: one point per sample of this data set, complete (thumbs.bin is written last).
     ids = sorted(open_table(fashion, "fashion").read()["sample_id"])
-    drawn = [f for f in (REPO / "static" / "maps").iterdir() if (f / "thumbs.bin").exists() and sorted(np.fromfile(f / "ids.bin", dtype=np.int32)) == ids]
+    drawn = [f for f in (REPO / "labelloop" / "app" / "static" / "maps").iterdir() if (f / "thumbs.bin").exists() and sorted(np.fromfile(f / "ids.bin", dtype=np.int32)) == ids]
     assert drawn and np.fromfile(drawn[0] / "points.bin", dtype=np.float32).shape == (3 * len(ids),)
 
 

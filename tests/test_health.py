@@ -188,7 +188,7 @@ def test_health_page_computes_on_request_then_excludes_and_keeps_one_of_each_gro
     assert not app.exception, app.exception
     selection = app.session_state[keys("fashion").selection]["sample_ids"]
     assert set(picks["sample_id"]) <= set(selection) and len(selection) == len(picks) + 5
-    app.switch_page("pages/health.py").run()
+    app.switch_page("views/health.py").run()
 
     # Near duplicates on the new version (its label checks are cached per version: computed again on request).
     app.run()

@@ -37,10 +37,11 @@ def installed(tmp_path_factory) -> Path:
     assert build.returncode == 0, build.stdout + build.stderr
     (wheel,) = (root / "dist").glob("labelloop-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for shipped in ("labelloop/app/main.py", "labelloop/app/.streamlit/config.toml", "labelloop/app/pages/map.py",
+    for shipped in ("labelloop/app/main.py", "labelloop/app/.streamlit/config.toml", "labelloop/app/views/map.py",
                     "labelloop/app/components/scatter3d.js", "labelloop/app/static/vendor/three/three.module.js"):
         assert shipped in names, f"the wheel lacks {shipped}"
-    assert not any(name.startswith(("core/", "tests/", "app_pages/", "components/")) for name in names)
+    # No old top-level packages; no app/pages/ (Streamlit would list such a folder beside main.py as pages of its own).
+    assert not any(name.startswith(("core/", "tests/", "app_pages/", "components/", "labelloop/app/pages/")) for name in names)
     target = root / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)], capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stdout + install.stderr

@@ -230,7 +230,7 @@ def test_the_apps_compute_setting_checks_the_address_it_is_given(fashion: Path, 
 
     app = AppTest.from_file(str(APP_SCRIPT), default_timeout=120)
     app.run()
-    app.switch_page("pages/train.py").run()
+    app.switch_page("views/train.py").run()
     assert not app.exception, app.exception
 
     def check(address: str) -> None:

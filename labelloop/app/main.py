@@ -2,7 +2,7 @@
 
 The Streamlit entry script: `labelloop app` runs it (`./run.sh` sets everything up first).
 Its settings are in .streamlit/config.toml beside it; the workspace is $LABELLOOP_WORKSPACE
-(see labelloop.data.workspace for the default). Pages are pages/*.py, one module each.
+(see labelloop.data.workspace for the default). Pages are views/*.py, one module each (not pages/: Streamlit would list that folder as pages of its own).
 """
 
 import streamlit as st
@@ -15,12 +15,12 @@ st.set_page_config(page_title="LabelLoop", page_icon=":material/label:", layout=
 
 navigation = st.navigation(
     [
-        st.Page("pages/data.py", title="Data", icon=":material/table_view:", default=True),
-        st.Page("pages/map.py", title="Map", icon=":material/scatter_plot:"),
-        st.Page("pages/review.py", title="Review", icon=":material/fact_check:"),
-        st.Page("pages/health.py", title="Health", icon=":material/health_and_safety:"),
-        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-        st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+        st.Page("views/data.py", title="Data", icon=":material/table_view:", default=True),
+        st.Page("views/map.py", title="Map", icon=":material/scatter_plot:"),
+        st.Page("views/review.py", title="Review", icon=":material/fact_check:"),
+        st.Page("views/health.py", title="Health", icon=":material/health_and_safety:"),
+        st.Page("views/train.py", title="Train", icon=":material/model_training:"),
+        st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
     ],
 )
 st.sidebar.title("LabelLoop")

@@ -135,4 +135,4 @@ def select_on_map(name: str, sample_ids, origin: str) -> str:
 def hand_to_map(name: str, sample_ids, origin: str) -> None:
     """Make these samples the Map page's selection and open it (the confusion matrix, a label-flow cell)."""
     select_on_map(name, sample_ids, origin)
-    st.switch_page("pages/map.py")
+    st.switch_page("views/map.py")
