@@ -30,9 +30,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from labelloop.data.changes import ChangeSet  # noqa: E402
 from labelloop.data.demo import build_demo, load_demo_truth  # noqa: E402
 from labelloop.data.runs import list_runs, load_samples  # noqa: E402
-from labelloop.data.tables import ChangeSet  # noqa: E402
 from labelloop.embed import EmbedderConfig, embed_dataset  # noqa: E402
 from labelloop.scores.fair_accuracy import accuracy_per_version  # noqa: E402
 from labelloop.train.pipeline import quick_heads_config, quick_heads_recipe, train  # noqa: E402

@@ -42,7 +42,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from labelloop.data.tables import IDS_PER_FILE, ChangeSet, LabelTable  # noqa: E402
+from labelloop.data.changes import ChangeSet  # noqa: E402
+from labelloop.data.tables import IDS_PER_FILE, LabelTable  # noqa: E402
 
 CLASSES = [f"class{i:02d}" for i in range(20)]
 

@@ -29,8 +29,8 @@ from labelloop.maps.project import ProjectionConfig, project_vectors  # noqa: E4
 def reopen_after_relabel(scratch: Path) -> None:
     from PIL import Image
 
+    from labelloop.data.changes import ChangeSet
     from labelloop.data.ingest import import_dataset
-    from labelloop.data.tables import ChangeSet
     from labelloop.data.workspace import open_table
     from labelloop.embed import EmbedderConfig, embed_dataset
     from labelloop.maps.project import project_dataset

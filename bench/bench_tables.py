@@ -25,9 +25,10 @@ from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from labelloop.data.changes import ChangeSet  # noqa: E402
 from labelloop.data.demo import load_source_images  # noqa: E402
 from labelloop.data.ingest import import_dataset  # noqa: E402
-from labelloop.data.tables import ChangeSet, LabelTable  # noqa: E402
+from labelloop.data.tables import LabelTable  # noqa: E402
 
 
 def write_fashion_pngs(folder: Path, n: int) -> None:

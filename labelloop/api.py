@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from labelloop.data.changes import ChangeSet
 from labelloop.data.exchange import EXPORT_SUFFIXES, export_version
 from labelloop.data.ingest import ImportReport, import_dataset
 from labelloop.data.runs import RunInfo, find_run, load_samples
-from labelloop.data.tables import ChangeSet, LabelTable, VersionInfo
+from labelloop.data.tables import LabelTable, VersionInfo
 from labelloop.data.workspace import (
     DatasetPaths,
     list_datasets,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from labelloop.data.changes import ChangeSet
 from labelloop.data.ingest import import_dataset
-from labelloop.data.tables import ChangeSet
 from labelloop.data.workspace import list_datasets, open_table
 from tests.conftest import APP_SCRIPT
 
@@ -112,7 +112,7 @@ def test_the_demo_shows_its_score(workspace: Path):
 def test_the_image_set_digest_follows_samples_and_images_not_labels(class_folders: Path, workspace: Path):
     """The key the map is cached under: a relabel, an exclusion or a restore that brings back the same
     images keeps it (no million-row rehash after a commit); adding or removing a sample changes it."""
-    from labelloop.app.components.data_cache import _digest, image_set_digest
+    from labelloop.app.components.data_cache import _digest, cached_image_set_digest
 
     table, _ = import_dataset(class_folders, "animals", workspace)
     rows = table.read()
@@ -121,10 +121,11 @@ def test_the_image_set_digest_follows_samples_and_images_not_labels(class_folder
     excluded = table.commit(ChangeSet.set_weight([second], 0), parent=relabelled, message="exclude")
     removed = table.commit(ChangeSet(removed_ids=[second]), parent=excluded, message="remove")
     restored = table.restore(excluded, parent=removed)
-    digest = image_set_digest(table, 1)
-    assert image_set_digest(table, relabelled) == image_set_digest(table, excluded) == digest
-    assert image_set_digest(table, removed) != digest
-    assert image_set_digest(table, restored) == digest  # the same images again, by their own hash
+    digest = cached_image_set_digest(table, 1)
+    assert table.image_set_version(excluded) == 1 and table.image_set_version(removed) == removed
+    assert cached_image_set_digest(table, relabelled) == cached_image_set_digest(table, excluded) == digest
+    assert cached_image_set_digest(table, removed) != digest
+    assert cached_image_set_digest(table, restored) == digest  # the same images again, by their own hash
     # The shortcut agrees with hashing the version's rows itself.
     for version in (relabelled, excluded, restored):
         assert _digest(str(table.path), version, table.version_info(version).timestamp.timestamp()) == digest

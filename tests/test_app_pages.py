@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from labelloop.data.changes import ChangeSet
 from labelloop.data.ingest import import_dataset
 from labelloop.data.runs import list_runs, load_samples
-from labelloop.data.tables import ChangeSet
 from labelloop.data.workspace import open_table
 from labelloop.embed import EmbedderConfig, embed_dataset
 from labelloop.train.heads import HeadsSettings

@@ -27,7 +27,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from labelloop.data.tables import ChangeSet, LabelTable
+from labelloop.data.changes import ChangeSet
+from labelloop.data.tables import LabelTable
 from labelloop.errors import ConflictError, UserError
 from tests.conftest import draw_image
 

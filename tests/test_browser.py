@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from labelloop.data.changes import ChangeSet
 from labelloop.data.ingest import import_dataset
-from labelloop.data.tables import ChangeSet
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium, running_app
 
 pytestmark = [needs_chromium, pytest.mark.slow]

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from labelloop.data.changes import ChangeSet
 from labelloop.data.ingest import import_dataset
 from labelloop.data.runs import find_run, load_samples
-from labelloop.data.tables import UNDEFINED, ChangeSet
+from labelloop.data.schema import UNDEFINED
 from labelloop.data.workspace import open_table
 from labelloop.embed import EmbedderConfig, embed_dataset
 from labelloop.maps.project import ProjectionConfig, project_dataset

@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from labelloop.data.changes import ChangeSet
 from labelloop.data.ingest import import_dataset
 from labelloop.data.runs import list_runs
-from labelloop.data.tables import ChangeSet
 from labelloop.data.workspace import open_table
 from labelloop.embed import EmbedderConfig, embed_dataset
 from labelloop.maps.project import ProjectionConfig, project_dataset

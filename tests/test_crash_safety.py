@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from labelloop.data.tables import ChangeSet, LabelTable
+from labelloop.data.changes import ChangeSet
+from labelloop.data.tables import LabelTable
 from labelloop.errors import ConflictError
 from tests.conftest import draw_image, make_rows
 

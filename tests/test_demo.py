@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from labelloop.data.changes import ChangeSet
 from labelloop.data.demo import (
     FASHION_CLASSES,
     FASHION_MNIST_DIR,
@@ -18,7 +19,7 @@ from labelloop.data.demo import (
     load_source_images,
     plan_demo,
 )
-from labelloop.data.tables import UNDEFINED, ChangeSet
+from labelloop.data.schema import UNDEFINED
 from labelloop.errors import UserError
 
 

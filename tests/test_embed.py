@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from labelloop.data.changes import ChangeSet
 from labelloop.data.ingest import add_images, import_dataset
-from labelloop.data.tables import ChangeSet
 from labelloop.embed import (
     EmbedderConfig,
     embed_dataset,

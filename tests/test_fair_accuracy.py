@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from labelloop.data.changes import ChangeSet
 from labelloop.data.ingest import import_dataset
-from labelloop.data.tables import UNDEFINED, ChangeSet
+from labelloop.data.schema import UNDEFINED
 from labelloop.embed import EmbedderConfig, embed_dataset
 from labelloop.scores.fair_accuracy import (
     accuracy_per_version,

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from labelloop.data.changes import ChangeSet
 from labelloop.data.ingest import import_dataset
-from labelloop.data.tables import ChangeSet
 from labelloop.data.workspace import DatasetPaths, open_table
 from labelloop.embed import EmbedderConfig, embed_dataset
 from labelloop.errors import UserError

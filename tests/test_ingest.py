@@ -17,7 +17,7 @@ from labelloop.data.ingest import (
     import_dataset,
     load_import_report,
 )
-from labelloop.data.tables import UNDEFINED
+from labelloop.data.schema import UNDEFINED
 from labelloop.data.workspace import DatasetPaths, list_datasets, thumbnail_path
 from labelloop.errors import UserError
 from tests.conftest import draw_image

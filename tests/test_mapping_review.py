@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from labelloop.data.changes import ChangeSet, revert_changes
 from labelloop.data.ingest import import_dataset
 from labelloop.data.runs import list_runs
-from labelloop.data.tables import UNDEFINED, ChangeSet, revert_changes
+from labelloop.data.schema import UNDEFINED
 from labelloop.errors import UserError
 from labelloop.maps.view import (
     CLASS_COLOURS,

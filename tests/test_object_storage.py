@@ -13,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from labelloop.data.changes import ChangeSet
 from labelloop.data.ingest import add_images, import_dataset, load_import_report
-from labelloop.data.tables import ChangeSet, LabelTable
+from labelloop.data.tables import LabelTable
 from labelloop.data.workspace import (
     DatasetPaths,
     list_datasets,

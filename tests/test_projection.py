@@ -9,8 +9,8 @@ import pytest
 
 from labelloop.compute.neighbours import knn_accuracy
 from labelloop.compute.reduction import PcaReduction
+from labelloop.data.changes import ChangeSet
 from labelloop.data.ingest import add_images, import_dataset
-from labelloop.data.tables import ChangeSet
 from labelloop.data.workspace import open_table
 from labelloop.embed import EmbedderConfig, embed_dataset
 from labelloop.errors import UserError

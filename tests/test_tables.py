@@ -11,13 +11,9 @@ import pandas as pd
 import polars as pl
 import pytest
 
-from labelloop.data.tables import (
-    IDS_PER_FILE,
-    UNDEFINED,
-    ChangeSet,
-    LabelTable,
-    check_class_name,
-)
+from labelloop.data.changes import ChangeSet
+from labelloop.data.schema import UNDEFINED, check_class_name
+from labelloop.data.tables import IDS_PER_FILE, LabelTable
 from labelloop.errors import ConflictError, UserError
 from tests.conftest import make_rows
 
@@ -376,7 +372,8 @@ def test_a_table_written_by_an_earlier_release_keeps_working(tmp_path):
     import pyarrow as pa
     from deltalake import CommitProperties, write_deltalake
 
-    from labelloop.data.tables import _TABLE_CONFIGURATION, SCHEMA
+    from labelloop.data.schema import SCHEMA
+    from labelloop.data.tables import _TABLE_CONFIGURATION
 
     path = tmp_path / "old" / "labels"
     rows = make_rows(3 * IDS_PER_FILE, ["a", "b"])

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
+from labelloop.data.changes import ChangeSet
 from labelloop.data.ingest import import_dataset
 from labelloop.data.runs import list_runs, load_json, load_samples
-from labelloop.data.tables import UNDEFINED, ChangeSet
+from labelloop.data.schema import UNDEFINED
 from labelloop.data.workspace import open_table
 from labelloop.embed import EmbedderConfig, embed_dataset
 from labelloop.errors import Cancelled, UserError

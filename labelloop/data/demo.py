@@ -25,7 +25,8 @@ import pandas as pd
 from PIL import Image
 
 from labelloop.data.ingest import ImportReport, Progress, import_dataset
-from labelloop.data.tables import UNDEFINED, LabelTable
+from labelloop.data.schema import UNDEFINED
+from labelloop.data.tables import LabelTable
 from labelloop.data.workspace import (
     DatasetPaths,
     list_datasets,

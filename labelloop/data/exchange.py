@@ -11,12 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from labelloop.data.tables import (
-    EDITABLE_COLUMNS,
-    ChangeSet,
-    LabelTable,
-    trainable_mask,
-)
+from labelloop.data.changes import ChangeSet
+from labelloop.data.schema import EDITABLE_COLUMNS, trainable_mask
+from labelloop.data.tables import LabelTable
 from labelloop.data.workspace import DatasetPaths
 from labelloop.errors import UserError
 

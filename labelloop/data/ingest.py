@@ -32,6 +32,7 @@ import pandas as pd
 from PIL import Image
 
 from labelloop.data import storage
+from labelloop.data.changes import ChangeSet
 from labelloop.data.images import (
     ImageProblem,
     content_hash,
@@ -40,13 +41,8 @@ from labelloop.data.images import (
     to_rgb,
     worker_pool,
 )
-from labelloop.data.tables import (
-    SPLITS,
-    UNDEFINED,
-    ChangeSet,
-    LabelTable,
-    check_class_name,
-)
+from labelloop.data.schema import SPLITS, UNDEFINED, check_class_name
+from labelloop.data.tables import LabelTable
 from labelloop.data.workspace import (
     DatasetPaths,
     check_dataset_name,

@@ -1,4 +1,7 @@
-"""Versioned label tables.
+"""Versioned label tables: the Delta Lake table, its versions and commits.
+
+What a row is lives in :mod:`labelloop.data.schema`, what a commit changes in
+:mod:`labelloop.data.changes`, what differs between versions in :mod:`labelloop.data.diff`.
 
 A label table is a Delta Lake table (Parquet data files plus a transaction
 log) with one row per sample. Any version can be read back exactly, by this
@@ -41,10 +44,10 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -59,33 +62,19 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
 from labelloop.data import storage
-from labelloop.errors import ConflictError, StorageError, UserError
-
-UNDEFINED = "undefined"
-"""The label of a sample nobody has labelled yet. Reserved: never a class name."""
-
-SPLITS = ("train", "val", "test", "none")
-
-SCHEMA = pa.schema(
-    [
-        pa.field("sample_id", pa.int64(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("label", pa.string(), nullable=False),
-        # 0 excludes a sample from training; undefined samples are never trained on
-        # whatever their weight, so labelling one needs no second edit.
-        pa.field("weight", pa.float64(), nullable=False),
-        pa.field("split", pa.string(), nullable=False),
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
-        pa.field("mode", pa.string()),
-        pa.field("file_size", pa.int64()),
-        # Hash of the file's bytes: finds exact duplicates, names thumbnails,
-        # and keys embeddings by content rather than by label version.
-        pa.field("content_hash", pa.string()),
-    ]
+from labelloop.data.changes import ChangeSet, apply_changes, touched_ids
+from labelloop.data.diff import DIFF_COLUMNS, Diff, compare_snapshots, describe_summary
+from labelloop.data.schema import (
+    COLUMNS,
+    SCHEMA,
+    UNDEFINED,
+    empty_rows,
+    fill_defaults,
+    normalise_class_list,
+    to_arrow,
+    validate_rows,
 )
-COLUMNS = SCHEMA.names
-EDITABLE_COLUMNS = ("label", "weight", "split")
+from labelloop.errors import ConflictError, StorageError, UserError
 
 _METADATA_KEY = "labelloop"
 _TABLE_CONFIGURATION = {
@@ -105,207 +94,8 @@ IDS_PER_FILE = 1024
 """Sample ids per data file. A commit rewrites every file that holds a changed
 row, so this bounds what a small edit costs (about 35 KB per touched file)
 against how many files a full read opens (about 1,000 at a million rows)."""
-_MAX_CLASS_NAME = 100
 _LOG_ENTRY = re.compile(r"^\d{20}\.json$")
 _LOCK_TIMEOUT_S = 60.0
-
-
-# --------------------------------------------------------------------------- classes
-
-
-def trainable_mask(rows: pd.DataFrame) -> np.ndarray:
-    """Which rows a model may learn from: a defined label and a weight above 0 (not excluded)."""
-    return (rows["label"] != UNDEFINED).to_numpy() & (rows["weight"] > 0).to_numpy()
-
-
-def check_class_name(name: object) -> str:
-    """Return ``name`` stripped if it can be a class name, else raise :class:`UserError`."""
-    if not isinstance(name, str) or not name.strip():
-        raise UserError(f"{name!r} cannot be a class name: give a non-empty name.")
-    stripped = name.strip()
-    if stripped.lower() == UNDEFINED:
-        raise UserError(
-            f"'{UNDEFINED}' is reserved for samples with no label yet and cannot be a class name; "
-            f"to unlabel samples, set their label to '{UNDEFINED}'."
-        )
-    if len(stripped) > _MAX_CLASS_NAME:
-        raise UserError(f"Class name '{stripped[:40]}...' is longer than {_MAX_CLASS_NAME} characters: shorten it.")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in stripped):
-        raise UserError(f"Class name {stripped!r} contains control characters: remove them.")
-    return stripped
-
-
-# --------------------------------------------------------------------------- change sets
-
-
-@dataclass
-class ChangeSet:
-    """What one commit changes.
-
-    ``updates`` has a ``sample_id`` column and any of ``label``, ``weight`` and
-    ``split``; a missing value (None/NaN) leaves that field as it is. Labels
-    must be classes of the parent version, ``undefined``, or listed in
-    ``new_classes``: a commit never invents a class silently.
-    """
-
-    updates: pd.DataFrame | None = None
-    added: pd.DataFrame | None = None
-    removed_ids: Sequence[int] = ()
-    new_classes: Sequence[str] = ()
-    removed_classes: Sequence[str] = ()
-
-    @classmethod
-    def relabel(cls, sample_ids: Iterable[int], label: str, *, new_class: bool = False) -> ChangeSet:
-        ids = np.asarray(list(sample_ids), dtype=np.int64)
-        updates = pd.DataFrame({"sample_id": ids, "label": [label] * len(ids)})
-        return cls(updates=updates, new_classes=[label] if new_class else [])
-
-    @classmethod
-    def set_weight(cls, sample_ids: Iterable[int], weight: float) -> ChangeSet:
-        ids = np.asarray(list(sample_ids), dtype=np.int64)
-        return cls(updates=pd.DataFrame({"sample_id": ids, "weight": np.full(len(ids), float(weight))}))
-
-
-# --------------------------------------------------------------------------- diffs
-
-_CHANGE_KINDS = ("relabelled", "excluded", "included", "reweighted", "split_changed", "added", "removed")
-
-
-@dataclass
-class Diff:
-    """Per-sample differences between version ``a`` and version ``b``.
-
-    ``samples`` has one row per sample that differs, with its old and new
-    label, weight and split and one boolean column per kind of change:
-    relabelled, excluded (weight went to 0), included (weight left 0),
-    reweighted (any other weight change), split_changed, added, removed.
-    """
-
-    a: int
-    b: int
-    samples: pd.DataFrame
-    classes_added: list[str] = field(default_factory=list)
-    classes_removed: list[str] = field(default_factory=list)
-
-    def counts(self) -> dict[str, int]:
-        return {kind: int(self.samples[kind].sum()) for kind in _CHANGE_KINDS}
-
-    def label_flow(self) -> pd.DataFrame:
-        """Old label x new label counts of the relabelled samples."""
-        moved = self.samples[self.samples["relabelled"]]
-        if moved.empty:
-            return pd.DataFrame(dtype=np.int64)
-        return pd.crosstab(moved["old_label"], moved["new_label"]).rename_axis(index="old label", columns="new label")
-
-    def is_empty(self) -> bool:
-        return self.samples.empty and not self.classes_added and not self.classes_removed
-
-    def summary(self) -> dict:
-        """A JSON-able summary, stored with each commit."""
-        moved = self.samples[self.samples["relabelled"]]
-        transitions = (
-            moved.groupby(["old_label", "new_label"]).size().sort_values(ascending=False)
-            if not moved.empty
-            else pd.Series(dtype=np.int64)
-        )
-        return {
-            "counts": self.counts(),
-            "transitions": [[old, new, int(n)] for (old, new), n in transitions.items()],
-            "classes_added": list(self.classes_added),
-            "classes_removed": list(self.classes_removed),
-        }
-
-
-_DIFF_COLUMNS = ("sample_id", "path", "label", "weight", "split")
-
-
-def compare_snapshots(old: pd.DataFrame, new: pd.DataFrame, a: int = 0, b: int = 0, old_classes: Sequence[str] = (), new_classes: Sequence[str] = ()) -> Diff:
-    """The :class:`Diff` between two snapshots (DataFrames in :data:`SCHEMA`)."""
-    keep = list(_DIFF_COLUMNS)
-    if len(old) == len(new) and np.array_equal(old["sample_id"].to_numpy(), new["sample_id"].to_numpy()):
-        # The same samples in the same order (any edit but an add or a remove): no join needed.
-        merged = pd.concat([old[keep].add_suffix("_old").reset_index(drop=True), new[keep[1:]].add_suffix("_new").reset_index(drop=True)], axis=1)
-        merged = merged.rename(columns={"sample_id_old": "sample_id"}).assign(_merge="both")
-    else:
-        merged = old[keep].merge(new[keep], on="sample_id", how="outer", suffixes=("_old", "_new"), indicator=True)
-    added = (merged["_merge"] == "right_only").to_numpy()
-    removed = (merged["_merge"] == "left_only").to_numpy()
-    both = ~(added | removed)
-    old_w = merged["weight_old"].to_numpy(dtype=float)
-    new_w = merged["weight_new"].to_numpy(dtype=float)
-    relabelled = both & (merged["label_old"] != merged["label_new"]).to_numpy()
-    excluded = both & (old_w > 0) & (new_w == 0)
-    included = both & (old_w == 0) & (new_w > 0)
-    reweighted = both & (old_w != new_w) & ~excluded & ~included
-    split_changed = both & (merged["split_old"] != merged["split_new"]).to_numpy()
-    changed = added | removed | relabelled | excluded | included | reweighted | split_changed
-    rows = merged[changed]
-    samples = pd.DataFrame(
-        {
-            "sample_id": rows["sample_id"].to_numpy(dtype=np.int64),
-            "path": rows["path_new"].fillna(rows["path_old"]).to_numpy(dtype=object),
-            "old_label": rows["label_old"].to_numpy(dtype=object),
-            "new_label": rows["label_new"].to_numpy(dtype=object),
-            "old_weight": rows["weight_old"].to_numpy(dtype=float),
-            "new_weight": rows["weight_new"].to_numpy(dtype=float),
-            "old_split": rows["split_old"].to_numpy(dtype=object),
-            "new_split": rows["split_new"].to_numpy(dtype=object),
-            "relabelled": relabelled[changed],
-            "excluded": excluded[changed],
-            "included": included[changed],
-            "reweighted": reweighted[changed],
-            "split_changed": split_changed[changed],
-            "added": added[changed],
-            "removed": removed[changed],
-        }
-    ).sort_values("sample_id", ignore_index=True)
-    return Diff(
-        a=a,
-        b=b,
-        samples=samples,
-        classes_added=[c for c in new_classes if c not in set(old_classes)],
-        classes_removed=[c for c in old_classes if c not in set(new_classes)],
-    )
-
-
-def describe_summary(summary: dict) -> str:
-    """One line for people: '412 relabelled (shirt -> t-shirt 300, ...), 3 excluded'."""
-    counts = summary.get("counts", {})
-    parts = []
-    for kind in _CHANGE_KINDS:
-        n = counts.get(kind, 0)
-        if not n:
-            continue
-        text = f"{n} {kind.replace('_', ' ')}"
-        if kind == "relabelled" and summary.get("transitions"):
-            top = summary["transitions"][:3]
-            more = len(summary["transitions"]) - len(top)
-            text += " (" + ", ".join(f"{o} -> {n_} {c}" for o, n_, c in top) + (f", +{more} more" if more else "") + ")"
-        parts.append(text)
-    if summary.get("classes_added"):
-        parts.append("new classes: " + ", ".join(summary["classes_added"]))
-    if summary.get("classes_removed"):
-        parts.append("removed classes: " + ", ".join(summary["classes_removed"]))
-    return "; ".join(parts) if parts else "no changes"
-
-
-def image_set_digest(rows: pd.DataFrame) -> str:
-    """Which samples and images ``rows`` hold (their sample ids and content hashes, in order), as 24 hex digits.
-
-    Equal for two versions that differ only in labels, weights or splits. Hashed from the columns'
-    Arrow buffers: joining a million hashes as Python strings takes 2.4 s, this 0.07 s.
-    """
-    import hashlib
-
-    digest = hashlib.blake2b(np.ascontiguousarray(rows["sample_id"].to_numpy(), dtype=np.int64).tobytes(), digest_size=12)
-    hashes = pa.chunked_array(pa.Table.from_pandas(rows[["content_hash"]], preserve_index=False).column(0)).combine_chunks()
-    if not pa.types.is_large_string(hashes.type):
-        hashes = hashes.cast(pa.large_string())  # one offset width for every input
-    offsets = np.frombuffer(hashes.buffers()[1], dtype=np.int64)[hashes.offset : hashes.offset + len(hashes) + 1]
-    digest.update((offsets - offsets[0]).tobytes())  # where each string ends: "ab", "c" differs from "a", "bc"
-    if hashes.buffers()[2] is not None:
-        digest.update(memoryview(hashes.buffers()[2])[offsets[0] : offsets[-1]])
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- history
@@ -333,16 +123,8 @@ class VersionInfo:
 # --------------------------------------------------------------------------- the table
 
 
-def to_arrow(frame: pd.DataFrame) -> pa.Table:
-    return pa.Table.from_pandas(frame[COLUMNS], schema=SCHEMA, preserve_index=False)
-
-
 _DELTA_SCHEMA = DeltaSchema.from_arrow(SCHEMA)
 _WRITE_THREADS = min(8, os.cpu_count() or 1)
-
-
-def _empty_rows(columns: Sequence[str] = COLUMNS) -> pd.DataFrame:
-    return pa.Table.from_pylist([], schema=pa.schema([SCHEMA.field(c) for c in columns])).to_pandas()
 
 
 @dataclass(frozen=True)
@@ -460,12 +242,12 @@ class LabelTable:
             raise storage.explain(exc, path, "create a label table at") from exc
         if exists:
             raise UserError(f"{path} already holds a label table; open it instead of creating it again.")
-        class_list = _normalise_class_list(classes)
+        class_list = normalise_class_list(classes)
         frame = rows.copy()
         if "sample_id" not in frame.columns:
             frame.insert(0, "sample_id", np.arange(1, len(frame) + 1, dtype=np.int64))
-        frame = _fill_defaults(frame)
-        _validate_snapshot(frame, class_list)
+        frame = fill_defaults(frame)
+        validate_rows(frame, class_list)
         meta = {"message": message, "kind": "import", "parent": None, "classes": class_list, "summary": {}, "n_samples": len(frame), "next_id": int(frame["sample_id"].max()) + 1 if len(frame) else 1}
         with _write_errors_explained(path, "version 1"):
             if not storage.is_remote(path):
@@ -510,7 +292,7 @@ class LabelTable:
         if "sample_id" not in columns:
             columns.insert(0, "sample_id")
         if files.files.empty:
-            return _empty_rows(columns)
+            return empty_rows(columns)
         try:
             # Polars opens many small files in parallel, several times faster than a pyarrow dataset.
             frame = pl.read_parquet([str(storage.join(self.path, name)) for name in files.files["path"]], columns=columns).to_pandas()
@@ -549,6 +331,16 @@ class LabelTable:
     def history(self) -> list[VersionInfo]:
         """Every version, oldest first."""
         return [self.version_info(v) for v in range(1, self.head_version() + 1)]
+
+    def image_set_version(self, version: int | None = None) -> int:
+        """The oldest version holding the same samples and images as ``version`` (see
+        :func:`labelloop.data.schema.image_set_digest`): a version that added and removed no sample holds
+        its parent's images (a content hash never changes and an id is never given again), so a cache of
+        the image set made for that version holds after any number of relabels, without hashing a million rows again."""
+        info = self.version_info(version)
+        while info.kind != "import" and info.parent is not None and _adds_or_removes_nothing(info):
+            info = self.version_info(info.parent)
+        return info.version
 
     def version_info(self, version: int | None = None) -> VersionInfo:
         """Message, time, class list and change summary of ``version`` (default: the head)."""
@@ -618,8 +410,8 @@ class LabelTable:
         a, b = self._check_version(a), self._check_version(b)
         files_a, files_b = self.data_files(a), self.data_files(b)
         # A file both versions share holds the same rows in both: only the others can differ.
-        old = self._read_files(files_a.without(files_b), f"version {a} of {self.path}", _DIFF_COLUMNS)
-        new = self._read_files(files_b.without(files_a), f"version {b} of {self.path}", _DIFF_COLUMNS)
+        old = self._read_files(files_a.without(files_b), f"version {a} of {self.path}", DIFF_COLUMNS)
+        new = self._read_files(files_b.without(files_a), f"version {b} of {self.path}", DIFF_COLUMNS)
         return compare_snapshots(old, new, a, b, self.classes(a), self.classes(b))
 
     def parquet_files(self, version: int | None = None) -> list[str]:
@@ -641,7 +433,7 @@ class LabelTable:
             self._check_parent(parent)
             head = self._delta(parent)  # loaded once: read from it and write through it
             files = self._files_of(head, parent)
-            touched = files.holding(_touched_ids(changes))
+            touched = files.holding(touched_ids(changes))
             old = self._read_files(touched, f"version {parent} of {self.path}")
             old_classes = self.classes(parent)
             labels_elsewhere = None
@@ -669,9 +461,9 @@ class LabelTable:
             return self._write(
                 head,
                 leaving,
-                self._read_files(leaving, f"version {parent} of {self.path}", _DIFF_COLUMNS),
+                self._read_files(leaving, f"version {parent} of {self.path}", DIFF_COLUMNS),
                 self.classes(parent),
-                self._read_files(returning, f"version {version} of {self.path}", _DIFF_COLUMNS),
+                self._read_files(returning, f"version {version} of {self.path}", DIFF_COLUMNS),
                 self.classes(version),
                 parent=parent,
                 message=message,
@@ -842,175 +634,6 @@ def _write_data_files(table_path: storage.Location, rows: pd.DataFrame) -> DataF
         return DataFiles(pd.DataFrame(list(pool.map(write, spans))))
 
 
-def _touched_ids(changes: ChangeSet) -> np.ndarray:
-    """The sample ids a change set edits or removes (ids that are not whole numbers are left to validation)."""
-    parts = [np.asarray(list(changes.removed_ids or ()), dtype=np.int64)]
-    if changes.updates is not None and "sample_id" in changes.updates.columns:
-        ids = pd.to_numeric(changes.updates["sample_id"], errors="coerce").dropna()
-        parts.append(ids[ids % 1 == 0].to_numpy(dtype=np.int64))
-    return np.unique(np.concatenate(parts))
-
-
-# --------------------------------------------------------------------------- applying changes
-
-
-def apply_changes(
-    old: pd.DataFrame,
-    old_classes: Sequence[str],
-    changes: ChangeSet,
-    *,
-    next_id: int | None = None,
-    labels_elsewhere: pd.Series | None = None,
-) -> tuple[pd.DataFrame, list[str]]:
-    """Return (new rows, new class list) after ``changes``; raise :class:`UserError` on bad input.
-
-    ``old`` may be part of a version: the rows that hold every sample the
-    changes edit or remove. Then ``next_id`` is the id the first added sample
-    gets (default: one above ``old``'s largest), and ``labels_elsewhere`` the
-    labels of the version's other rows, needed only to refuse removing a
-    class still in use.
-    """
-    classes = list(old_classes)
-    for name in changes.new_classes:
-        name = check_class_name(name)
-        if name not in classes:
-            classes.append(name)
-    frame = old.set_index("sample_id", drop=False)
-
-    if changes.removed_ids is not None and len(changes.removed_ids):
-        removed = np.asarray(list(changes.removed_ids), dtype=np.int64)
-        _check_known_ids(removed, frame.index, "remove")
-        frame = frame.drop(index=removed)
-
-    if changes.updates is not None and len(changes.updates):
-        frame = _apply_updates(frame, changes.updates, set(classes))
-
-    if changes.added is not None and len(changes.added):
-        added = _fill_defaults(changes.added.drop(columns=["sample_id"], errors="ignore").copy())
-        if next_id is None:
-            next_id = int(old["sample_id"].max()) + 1 if len(old) else 1
-        added.insert(0, "sample_id", np.arange(next_id, next_id + len(added), dtype=np.int64))
-        frame = pd.concat([frame.reset_index(drop=True), added[COLUMNS]], ignore_index=True)
-
-    for name in changes.removed_classes:
-        if name not in classes:
-            raise UserError(f"Cannot remove class '{name}': it is not a class of this table.")
-        in_use = int((frame["label"] == name).sum())
-        if labels_elsewhere is not None:
-            in_use += int((labels_elsewhere == name).sum())
-        if in_use:
-            raise UserError(f"Cannot remove class '{name}': {in_use} samples still have it. Relabel them first.")
-        classes.remove(name)
-
-    new = frame.reset_index(drop=True).sort_values("sample_id", ignore_index=True)[COLUMNS]
-    _validate_snapshot(new, classes)
-    return new, classes
-
-
-def _apply_updates(frame: pd.DataFrame, updates: pd.DataFrame, classes: set[str]) -> pd.DataFrame:
-    if "sample_id" not in updates.columns:
-        raise UserError("The changes have no 'sample_id' column: say which samples to change.")
-    unknown_columns = set(updates.columns) - {"sample_id", *EDITABLE_COLUMNS}
-    if unknown_columns:
-        raise UserError(
-            f"Cannot change column(s) {', '.join(sorted(unknown_columns))}: only {', '.join(EDITABLE_COLUMNS)} can be edited."
-        )
-    ids = pd.to_numeric(updates["sample_id"], errors="coerce")
-    if ids.isna().any() or (ids % 1 != 0).any():
-        bad = updates.loc[ids.isna() | (ids % 1 != 0), "sample_id"].head(5).tolist()
-        raise UserError(f"sample_id must be whole numbers; found {bad}.")
-    ids = ids.to_numpy(dtype=np.int64)
-    duplicated = pd.Series(ids)[pd.Series(ids).duplicated()].unique()
-    if len(duplicated):
-        raise UserError(
-            f"{len(duplicated)} sample_id(s) appear more than once in the changes (e.g. {duplicated[:5].tolist()}); "
-            "give each sample one row."
-        )
-    _check_known_ids(ids, frame.index, "change")
-    frame = frame.copy()
-
-    if "label" in updates.columns:
-        labels = updates["label"]
-        given = labels.notna().to_numpy() & (labels.astype(str).str.strip() != "").to_numpy()
-        new_labels = labels[given].astype(str).str.strip()
-        unknown = sorted(set(new_labels) - classes - {UNDEFINED})
-        if unknown:
-            raise UserError(
-                f"Label(s) {', '.join(repr(u) for u in unknown[:10])} are not classes of this table "
-                f"(classes: {', '.join(sorted(classes)) or 'none yet'}). "
-                "Add them as new classes explicitly (the 'new label' action, --new-class, or new_class=True in Python), or fix the spelling."
-            )
-        frame.loc[ids[given], "label"] = new_labels.to_numpy()
-
-    if "weight" in updates.columns:
-        weights = pd.to_numeric(updates["weight"], errors="coerce")
-        raw_given = updates["weight"].notna().to_numpy() & (updates["weight"].astype(str).str.strip() != "").to_numpy()
-        if (raw_given & weights.isna().to_numpy()).any():
-            bad = updates.loc[raw_given & weights.isna().to_numpy(), "weight"].head(5).tolist()
-            raise UserError(f"Weights must be numbers (0 excludes a sample); found {bad}.")
-        values = weights[raw_given].to_numpy(dtype=float)
-        if not np.all(np.isfinite(values)) or (values < 0).any():
-            raise UserError("Weights must be finite numbers of 0 or more (0 excludes a sample from training).")
-        frame.loc[ids[raw_given], "weight"] = values
-
-    if "split" in updates.columns:
-        splits = updates["split"]
-        given = splits.notna().to_numpy() & (splits.astype(str).str.strip() != "").to_numpy()
-        values = splits[given].astype(str).str.strip().str.lower()
-        bad = sorted(set(values) - set(SPLITS))
-        if bad:
-            raise UserError(f"Unknown split(s) {bad}: use one of {', '.join(SPLITS)}.")
-        frame.loc[ids[given], "split"] = values.to_numpy()
-    return frame
-
-
-def _check_known_ids(ids: np.ndarray, known: pd.Index, verb: str) -> None:
-    missing = ~np.isin(ids, known.to_numpy())
-    if missing.any():
-        raise UserError(
-            f"Cannot {verb} {int(missing.sum())} sample(s) that are not in this version "
-            f"(e.g. sample_id {ids[missing][:5].tolist()}). Check the ids against the version you named as parent."
-        )
-
-
-def _fill_defaults(frame: pd.DataFrame) -> pd.DataFrame:
-    if "path" not in frame.columns:
-        raise UserError("New rows need a 'path' column.")
-    defaults = {"label": UNDEFINED, "weight": 1.0, "split": "none", "width": None, "height": None, "mode": None, "file_size": None, "content_hash": None}
-    for column, default in defaults.items():
-        if column not in frame.columns:
-            frame[column] = default
-    frame["label"] = frame["label"].fillna(UNDEFINED).astype(str)
-    frame["weight"] = frame["weight"].fillna(1.0).astype(float)
-    frame["split"] = frame["split"].fillna("none").astype(str)
-    return frame
-
-
-def _normalise_class_list(classes: Sequence[str]) -> list[str]:
-    seen: list[str] = []
-    for name in classes:
-        name = check_class_name(name)
-        if name not in seen:
-            seen.append(name)
-    return seen
-
-
-def _validate_snapshot(frame: pd.DataFrame, classes: Sequence[str]) -> None:
-    if frame["sample_id"].duplicated().any():
-        raise UserError("Two rows share a sample_id; every sample needs its own id.")
-    unknown = sorted(set(frame["label"].unique()) - set(classes) - {UNDEFINED})
-    if unknown:
-        raise UserError(
-            f"Label(s) {', '.join(repr(u) for u in unknown[:10])} are not in the class list; add them as classes explicitly."
-        )
-    bad_splits = sorted(set(frame["split"].unique()) - set(SPLITS))
-    if bad_splits:
-        raise UserError(f"Unknown split(s) {bad_splits}: use one of {', '.join(SPLITS)}.")
-    weights = frame["weight"].to_numpy(dtype=float)
-    if not np.all(np.isfinite(weights)) or (weights < 0).any():
-        raise UserError("Weights must be finite numbers of 0 or more (0 excludes a sample from training).")
-
-
 def _check_message(message: str | None) -> str:
     message = (message or "").strip()
     if not message:
@@ -1018,17 +641,6 @@ def _check_message(message: str | None) -> str:
     return message
 
 
-def revert_changes(samples: pd.DataFrame, current: pd.DataFrame | None = None) -> tuple[ChangeSet, int]:
-    """Put these relabelled samples (rows of :attr:`Diff.samples`) back to their old labels.
-
-    With ``current`` (the rows of the version the revert is committed on), only
-    samples that still carry the label the diff moved them to are reverted: a
-    sample changed again since was not what the user was shown. Returns the
-    change set and how many samples were left alone for that reason.
-    """
-    chosen = samples
-    if current is not None:
-        now = current.set_index("sample_id")["label"].reindex(samples["sample_id"]).to_numpy()
-        chosen = samples[now == samples["new_label"].to_numpy()]
-    updates = pd.DataFrame({"sample_id": chosen["sample_id"].to_numpy(dtype=np.int64), "label": chosen["old_label"].to_numpy(dtype=object)})
-    return ChangeSet(updates=updates), len(samples) - len(chosen)
+def _adds_or_removes_nothing(info: VersionInfo) -> bool:
+    counts = info.summary.get("counts")
+    return isinstance(counts, dict) and counts.get("added", 0) == 0 and counts.get("removed", 0) == 0

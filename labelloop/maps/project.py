@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from labelloop.compute.measured import record as record_rate
 from labelloop.compute.neighbours import NeighbourIndex, knn_accuracy
 from labelloop.compute.reduction import PcaReduction
-from labelloop.data.tables import UNDEFINED, image_set_digest
+from labelloop.data.schema import UNDEFINED, image_set_digest
 from labelloop.data.workspace import DatasetPaths, open_table
 from labelloop.embed import embedding_cache, load_embeddings
 from labelloop.errors import UserError

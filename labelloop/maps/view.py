@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
+from labelloop.data.changes import ChangeSet
 from labelloop.data.lookup import as_strings, positions_in
-from labelloop.data.tables import UNDEFINED, ChangeSet
+from labelloop.data.schema import UNDEFINED
 from labelloop.errors import UserError
 
 # Class colours a person can tell apart on the map's dark background (#0e1117), also with a colour

@@ -31,7 +31,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from labelloop.data.runs import RunInfo, held_out, list_runs
-from labelloop.data.tables import trainable_mask
+from labelloop.data.schema import trainable_mask
 from labelloop.train.registry import run_recipe
 
 LINE_COLUMNS = ("version", "recipe", "recipe_name", "automatic", "run", "reference", "n", "correct", "accuracy", "low", "high")

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from labelloop.data.tables import image_set_digest, trainable_mask
+from labelloop.data.schema import image_set_digest, trainable_mask
 from labelloop.errors import Cancelled, UserError
 
 Progress = Callable[[str, float], None]  # (what is being done, fraction done in [0, 1])

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from labelloop.data.tables import UNDEFINED, ChangeSet, trainable_mask
+from labelloop.data.changes import ChangeSet
+from labelloop.data.schema import UNDEFINED, trainable_mask
 from labelloop.errors import UserError
 
 REVIEW_COLUMNS = ("sample_id", "content_hash", "label", "weight", "predicted_label", "confidence", "given_confidence", "margin", "loss", "issue_score", "flagged")

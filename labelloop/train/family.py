@@ -25,7 +25,7 @@ import pandas as pd
 
 from labelloop.compute.device import Compute, resolve_device
 from labelloop.data.runs import ModelConfig, RunBuilder, RunInfo
-from labelloop.data.tables import trainable_mask
+from labelloop.data.schema import trainable_mask
 from labelloop.errors import Cancelled, UserError
 from labelloop.train.settings import FamilySettings
 

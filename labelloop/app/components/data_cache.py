@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from labelloop.data.schema import image_set_digest
 from labelloop.data.tables import LabelTable
-from labelloop.data.tables import image_set_digest as rows_digest
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -34,7 +34,7 @@ def cached_projection(workspace, table: LabelTable, name: str, embedding_key: st
     Keyed by which samples and images the version holds, not by the version:
     a relabel keeps the same map, so a commit reloads nothing.
     """
-    return _projection(str(workspace), name, embedding_key, dims, image_set_digest(table, version), version, version_rows(table, version))
+    return _projection(str(workspace), name, embedding_key, dims, cached_image_set_digest(table, version), version, version_rows(table, version))
 
 
 def forget_projection() -> None:
@@ -43,25 +43,14 @@ def forget_projection() -> None:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _digest(table_path: str, version: int, committed_at: float) -> str:
-    return rows_digest(_rows(table_path, version, committed_at))
+    return image_set_digest(_rows(table_path, version, committed_at))
 
 
-def image_set_digest(table: LabelTable, version: int) -> str:
-    """Which samples and images a version holds: equal for versions that differ only in labels.
-
-    A version that added and removed no sample holds its parent's images (a sample's content hash
-    never changes and its id is never given again), so after a relabel the digest is the parent's,
-    without hashing a million rows again.
-    """
-    info = table.version_info(version)
-    while info.kind != "import" and info.parent is not None and _adds_or_removes_nothing(info):
-        info = table.version_info(info.parent)
+def cached_image_set_digest(table: LabelTable, version: int) -> str:
+    """:func:`labelloop.data.schema.image_set_digest` of a version, computed once per image set
+    (:meth:`LabelTable.image_set_version`): a relabel reuses its parent's."""
+    info = table.version_info(table.image_set_version(version))
     return _digest(str(table.path), info.version, info.timestamp.timestamp())
-
-
-def _adds_or_removes_nothing(info) -> bool:
-    counts = info.summary.get("counts")
-    return isinstance(counts, dict) and counts.get("added", 0) == 0 and counts.get("removed", 0) == 0
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -75,7 +64,7 @@ def _mirrored(thumbs_dir: str, images: str, _hashes) -> int:
 
 def servable_thumbnails(table: LabelTable, thumbs_dir, version: int) -> None:
     """Make sure the browser can load every thumbnail of ``version`` by URL (once per image set)."""
-    _mirrored(str(thumbs_dir), image_set_digest(table, version), version_rows(table, version)["content_hash"])  # read only once per image set
+    _mirrored(str(thumbs_dir), cached_image_set_digest(table, version), version_rows(table, version)["content_hash"])  # read only once per image set
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)

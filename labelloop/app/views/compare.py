@@ -18,8 +18,9 @@ from labelloop.app.components.sidebar import (
     stale_edit_message,
     workspace,
 )
+from labelloop.data.changes import revert_changes
 from labelloop.data.runs import list_runs, load_json
-from labelloop.data.tables import LabelTable, revert_changes
+from labelloop.data.tables import LabelTable
 from labelloop.data.workspace import DatasetPaths
 from labelloop.errors import ConflictError, UserError
 from labelloop.scores.fair_accuracy import accuracy_per_version

@@ -31,7 +31,8 @@ from labelloop.data.ingest import (
     import_dataset,
     load_import_report,
 )
-from labelloop.data.tables import UNDEFINED, LabelTable
+from labelloop.data.schema import UNDEFINED
+from labelloop.data.tables import LabelTable
 from labelloop.data.workspace import DatasetPaths
 from labelloop.errors import UserError
 

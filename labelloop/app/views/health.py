@@ -25,7 +25,8 @@ from labelloop.app.components.sidebar import (
     stale_edit_message,
     workspace,
 )
-from labelloop.data.tables import UNDEFINED, ChangeSet
+from labelloop.data.changes import ChangeSet
+from labelloop.data.schema import UNDEFINED
 from labelloop.data.workspace import DatasetPaths
 from labelloop.embed.cache import list_embeddings, preferred_embedding
 from labelloop.embed.similar import more_like_this

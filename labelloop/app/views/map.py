@@ -41,7 +41,7 @@ from labelloop.app.components.sidebar import (
 from labelloop.compute.measured import last_rate
 from labelloop.data.lookup import positions_in
 from labelloop.data.runs import find_run, load_samples
-from labelloop.data.tables import UNDEFINED
+from labelloop.data.schema import UNDEFINED
 from labelloop.data.workspace import DatasetPaths
 from labelloop.embed import (
     embed_dataset,

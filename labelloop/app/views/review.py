@@ -24,8 +24,9 @@ from labelloop.app.components.sidebar import (
     stale_edit_message,
     workspace,
 )
+from labelloop.data.changes import ChangeSet
 from labelloop.data.runs import list_runs
-from labelloop.data.tables import UNDEFINED, ChangeSet
+from labelloop.data.schema import UNDEFINED
 from labelloop.data.workspace import DatasetPaths
 from labelloop.embed.cache import preferred_embedding
 from labelloop.embed.similar import more_like_this

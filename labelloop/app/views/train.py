@@ -27,7 +27,7 @@ from labelloop.data.runs import (
     load_json,
     load_samples,
 )
-from labelloop.data.tables import trainable_mask
+from labelloop.data.schema import trainable_mask
 from labelloop.data.workspace import DatasetPaths
 from labelloop.embed import list_embeddings, preferred_embedding
 from labelloop.train.pipeline import train
