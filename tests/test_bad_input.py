@@ -518,7 +518,7 @@ CASES = [
     Case("predict: folder does not exist", lambda c: predict_with(c, c.tmp / "nope"), r"nope"),
     Case("predict: folder without images", lambda c: predict_with(c, Path(c.tmp / "void").mkdir() or c.tmp / "void"), r"no images to predict"),
     Case("predict: broken and good images", lambda c: predict_on_images(c, {"ok.png": good_png(4), "bad.png": b"\x89PNG broken", "bomb.png": png_claiming(70000, 70000)}), r"bad\.png: .*(truncated|not an image).*bomb\.png: too large"),
-    Case("predict: run that does not exist", lambda c: error_of(lambda: __import__("labelloop.train.predict").predict.predict_folder("no-such-run", c.tmp, c.tmp / "p.csv", c.workspace)), r"no-such-run"),
+    Case("predict: run that does not exist", lambda c: error_of(lambda: __import__("labelloop.train.predict").train.predict.predict_folder("no-such-run", c.tmp, c.tmp / "p.csv", c.workspace)), r"no-such-run"),
 ]
 
 

@@ -130,6 +130,8 @@ def test_every_edit_applies_only_to_what_its_tab_showed(flipped: Path, tmp_path:
             two.get_by_text(CONFLICT).wait_for(timeout=30_000)
             screenshot(two, "two-tabs-2-revert-conflict")
             assert open_table(workspace, "fashion").head_version() == 4
+            two.get_by_role("button", name="Reload v4").click()
+            expect(two.get_by_text(CONFLICT)).to_have_count(0, timeout=30_000)
 
             # ---- 3. The review table: tab 2's page of accepted predictions is refused.
             wait_for_runs(workspace, 4)
@@ -143,6 +145,8 @@ def test_every_edit_applies_only_to_what_its_tab_showed(flipped: Path, tmp_path:
             two.get_by_text(CONFLICT).wait_for(timeout=30_000)
             screenshot(two, "two-tabs-3-table-conflict")
             assert open_table(workspace, "fashion").head_version() == 5
+            two.get_by_role("button", name="Reload v5").click()
+            expect(two.get_by_text(CONFLICT)).to_have_count(0, timeout=30_000)
 
             # ---- 4. A confusion cell sent to the map: tab 2's relabel of it is refused and keeps the selection.
             wait_for_runs(workspace, 5)
@@ -174,6 +178,10 @@ def test_every_edit_applies_only_to_what_its_tab_showed(flipped: Path, tmp_path:
             expect(root).to_have_attribute("data-selected", str(sent))  # the selection is kept
             screenshot(two, "two-tabs-4-map-conflict")
             assert open_table(workspace, "fashion").head_version() == 6
+            two.get_by_role("button", name="Reload v6").click()
+            expect(two.get_by_text(CONFLICT)).to_have_count(0, timeout=30_000)
+            expect(root).to_have_attribute("data-selected", str(sent), timeout=30_000)  # still the user's selection, now on v6
+            expect(two.get_by_role("button", name="Commit as a new version")).to_be_enabled(timeout=30_000)
         except Exception:
             for number, tab in enumerate(tabs, 1):
                 screenshot(tab, f"two-tabs-failure-tab{number}")

@@ -273,3 +273,12 @@ def test_two_tabs_the_second_health_edit_on_an_old_version_is_refused(planted):
     assert not tabs[1].exception, tabs[1].exception
     assert any("v2 was committed elsewhere" in e.value and "Nothing was written" in e.value for e in tabs[1].error)
     assert open_table(workspace, "fashion").head_version() == 2
+    # The refusal stays on later runs (not only the one where the commit failed), with its Reload, and no
+    # button offers the refused edit again; the Reload works.
+    tabs[1].run()
+    assert any("v2 was committed elsewhere" in e.value for e in tabs[1].error)
+    assert all(b.disabled for b in tabs[1].button if b.label.startswith(("Exclude ", "Relabel ")))
+    next(b for b in tabs[1].button if b.label == "Reload v2").click().run()
+    assert not tabs[1].exception, tabs[1].exception
+    assert not any("committed elsewhere" in e.value for e in tabs[1].error)
+    assert any(c.value.startswith("v2 · ") for c in tabs[1].caption)  # it shows the latest version now

@@ -394,3 +394,13 @@ def test_a_table_written_by_an_earlier_release_keeps_working(tmp_path):
     assert table.diff(1, v3).counts()["relabelled"] == int(rows.loc[4, "label"] != "b") + int(rows.loc[2 * IDS_PER_FILE + 4, "label"] != "a")
     v4 = table.restore(1, parent=v3)
     assert table.read(v4).equals(table.read(1)) and table.version_info(v4).n_samples == len(rows)
+
+
+def test_a_table_whose_log_went_away_is_not_called_damaged(small_table: LabelTable):
+    """deltalake's errors are told apart by type: TableNotFoundError says the folder went, not that it is damaged."""
+    import shutil
+
+    moved = LabelTable(small_table.path)
+    shutil.rmtree(small_table.path / "_delta_log")
+    with pytest.raises(UserError, match=r"no label table at .* any more.*moved or deleted"):
+        moved._delta()

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import deltalake
 import numpy as np
 import pandas as pd
 import polars as pl
@@ -58,7 +59,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties
 from deltalake import Schema as DeltaSchema
-from deltalake.exceptions import CommitFailedError, DeltaError
+from deltalake.exceptions import (
+    CommitFailedError,
+    DeltaError,
+    DeltaProtocolError,
+    TableNotFoundError,
+)
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
 from labelloop.data import storage
@@ -269,7 +275,21 @@ class LabelTable:
     def _delta(self, version: int | None = None) -> DeltaTable:
         try:
             return DeltaTable(str(self.path), version=None if version is None else version - 1)
-        except Exception as exc:  # deltalake raises several types for a damaged log
+        except TableNotFoundError:
+            raise UserError(
+                f"There is no label table at {self.path} any more (its _delta_log is gone): was the data set folder moved or deleted? "
+                "Restore it from a backup, or re-import the images."
+            ) from None
+        except DeltaProtocolError as exc:
+            raise UserError(
+                f"The label table at {self.path} needs Delta features this deltalake {deltalake.__version__} cannot read ({str(exc)[:200]}): "
+                "it was written by a newer tool. Read it with that tool, or upgrade deltalake in this environment."
+            ) from exc
+        except OSError as exc:  # the disk or the object store, not the table
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            hint = "check the network and the credentials" if storage.is_remote(self.path) else "check that the folder is readable and the disk is healthy"
+            raise StorageError(f"Could not read the label table at {self.path}: {reason}. Nothing was changed; {hint}, then try again.", reason=reason) from exc
+        except Exception as exc:  # DeltaError and whatever else deltalake raises for a log it cannot parse
             raise UserError(
                 f"The label table at {self.path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}). "
                 "Its log may be damaged: restore the folder from a backup, or re-import the images."

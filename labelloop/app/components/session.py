@@ -65,17 +65,9 @@ class DatasetKeys:
         return f"map-committed:{self.name}"
 
     @property
-    def map_conflict(self) -> str:
-        return f"map-conflict:{self.name}"
-
-    @property
     def review_pin(self) -> str:
         """The run the Review page stays on (None: follow the newest)."""
         return f"review-pin:{self.name}"
-
-    @property
-    def review_conflict(self) -> str:
-        return f"review-conflict:{self.name}"
 
     @property
     def queue_decisions(self) -> str:
@@ -99,10 +91,6 @@ class DatasetKeys:
     @property
     def train_started(self) -> str:
         return f"train-started:{self.name}"
-
-    @property
-    def compare_conflict(self) -> str:
-        return f"compare-conflict:{self.name}"
 
 
 def keys(name: str) -> DatasetKeys:

@@ -8,21 +8,17 @@ import pandas as pd
 import streamlit as st
 
 from labelloop.app.components.charts import confusion_chart
+from labelloop.app.components.commit import commit_edit, refused_commit
 from labelloop.app.components.data_cache import version_rows
 from labelloop.app.components.gallery import plain, thumbnail_grid
-from labelloop.app.components.session import keys
 from labelloop.app.components.sidebar import (
     open_current_version,
-    show_head_moved,
-    show_version,
-    stale_edit_message,
     workspace,
 )
 from labelloop.data.changes import revert_changes
 from labelloop.data.runs import list_runs, load_json
 from labelloop.data.tables import LabelTable
 from labelloop.data.workspace import DatasetPaths
-from labelloop.errors import ConflictError, UserError
 from labelloop.scores.fair_accuracy import accuracy_per_version
 
 table, name, current = open_current_version()
@@ -84,23 +80,11 @@ if picked:
     revert, left_alone = revert_changes(moved, version_rows(table, current))
     if left_alone:
         st.caption(f"{left_alone:,} of them no longer carry '{plain(picked['new'])}' in v{current} (changed again since): a revert leaves them alone.")
-    if st.session_state.get(keys(name).compare_conflict) is not None:
-        st.error(stale_edit_message(table, current))
-        if st.button(f"Reload v{table.head_version()}", key="compare-reload"):
-            del st.session_state[keys(name).compare_conflict]
-            show_version(table.head_version())
-            st.rerun()
-    elif len(revert.updates) and st.button(f"Revert these {len(revert.updates):,} to '{plain(picked['old'])}' as a new version on v{current}", key=f"revert-{a}-{b}-{picked['old']}-{picked['new']}"):
-        try:
-            new_version = table.commit(revert, parent=current, message=f"revert {len(revert.updates)} samples {picked['new']} -> {picked['old']} (as in v{a})")
-        except ConflictError:
-            st.session_state[keys(name).compare_conflict] = table.head_version()
-            st.rerun()
-        except UserError as error:
-            st.error(str(error))
-        else:
-            show_head_moved(new_version)
-            st.toast(f"Committed v{new_version}")
+    if not refused_commit(table, "compare") and len(revert.updates) and st.button(
+        f"Revert these {len(revert.updates):,} to '{plain(picked['old'])}' as a new version on v{current}", key=f"revert-{a}-{b}-{picked['old']}-{picked['new']}"
+    ):
+        message = f"revert {len(revert.updates)} samples {picked['new']} -> {picked['old']} (as in v{a})"
+        if commit_edit(table, revert, parent=current, message=message, page="compare") is not None:
             st.rerun()
 
 st.divider()

@@ -9,6 +9,7 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
+from labelloop.app.components.commit import commit_edit, refused_commit
 from labelloop.app.components.data_cache import (
     cached_health,
     servable_thumbnails,
@@ -20,9 +21,6 @@ from labelloop.app.components.scatter3d import thumbnail_url
 from labelloop.app.components.session import hand_to_map
 from labelloop.app.components.sidebar import (
     open_current_version,
-    show_head_moved,
-    show_version,
-    stale_edit_message,
     workspace,
 )
 from labelloop.data.changes import ChangeSet
@@ -30,7 +28,6 @@ from labelloop.data.schema import UNDEFINED
 from labelloop.data.workspace import DatasetPaths
 from labelloop.embed.cache import list_embeddings, preferred_embedding
 from labelloop.embed.similar import more_like_this
-from labelloop.errors import ConflictError, UserError
 from labelloop.scores.health import CHECKS, NOT_COMPUTED, compute_health
 
 PAGE_SIZE = 100
@@ -99,20 +96,8 @@ def overview() -> None:
 
 # ---------------------------------------------------------------- one issue type
 def commit(changes: ChangeSet, message: str) -> None:
-    try:
-        new_version = table.commit(changes, parent=version, message=message)
-    except ConflictError:
-        st.error(stale_edit_message(table, version))
-        if st.button(f"Reload v{table.head_version()}", key="health-reload"):
-            show_version(table.head_version())
-            st.rerun()
-        return
-    except UserError as error:
-        st.error(str(error))
-        return
-    show_head_moved(new_version)
-    st.toast(f"Committed v{new_version}: {plain(message)}")
-    st.rerun()
+    if commit_edit(table, changes, parent=version, message=message, page="health") is not None:
+        st.rerun()
 
 
 def issue_list(check: str) -> None:
@@ -147,10 +132,10 @@ def issue_list(check: str) -> None:
     picked = edited.loc[edited["pick"], "sample_id"].astype(int).tolist()
     title = CHECKS[check].title.lower()
     with st.container(horizontal=True, vertical_alignment="bottom"):
-        if st.button(f"Exclude {len(picked)} picked", type="primary", disabled=not picked, key=f"health-exclude-{check}"):
+        if st.button(f"Exclude {len(picked)} picked", type="primary", disabled=refused or not picked, key=f"health-exclude-{check}"):
             commit(ChangeSet.set_weight(picked, 0.0), f"health: excluded {len(picked)} flagged as {title}")
         target = st.selectbox("Relabel as", classes + [UNDEFINED], key=f"health-target-{check}")
-        if st.button(f"Relabel {len(picked)} picked as '{plain(target)}'", disabled=not picked, key=f"health-relabel-{check}"):
+        if st.button(f"Relabel {len(picked)} picked as '{plain(target)}'", disabled=refused or not picked, key=f"health-relabel-{check}"):
             commit(ChangeSet.relabel(picked, target), f"health: relabelled {len(picked)} flagged as {title} to {target}")
         if st.button(f"Show {len(picked)} picked on the map", disabled=not picked, key=f"health-map-{check}"):
             hand_to_map(name, picked, f"health-{check}")
@@ -188,10 +173,11 @@ def duplicate_groups() -> None:
             kept = st.radio(f"Group {number}: keep", members, horizontal=True, format_func=lambda i: f"#{i}", key=f"health-keep-{version}-{members[0]}")
             keep[kept] = [i for i in members if i != kept]
     excluded = [i for others in keep.values() for i in others]
-    if st.button(f"Keep one of each of these {len(keep)} groups, exclude the other {len(excluded)}", type="primary", key="health-keep-one"):
+    if st.button(f"Keep one of each of these {len(keep)} groups, exclude the other {len(excluded)}", type="primary", disabled=refused, key="health-keep-one"):
         commit(ChangeSet.set_weight(excluded, 0.0), f"health: kept one of {len(keep)} near-duplicate groups, excluded {len(excluded)}")
 
 
+refused = refused_commit(table, "health")  # a refused exclude or relabel: why, and a Reload (the picks stay)
 choices = ["Overview", "Near-duplicate groups"] + [f"{CHECKS[r.check].title} ({r.flagged:,})" for r in summary.itertuples() if r.status == "ran" and r.flagged]
 view = st.segmented_control("Show", choices, default="Overview", key="health-view")
 if view == "Near-duplicate groups":

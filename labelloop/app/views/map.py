@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
+from labelloop.app.components.commit import commit_edit, refused_commit
 from labelloop.app.components.compute_setting import current_compute
 from labelloop.app.components.data_cache import (
     cached_health,
@@ -33,9 +34,6 @@ from labelloop.app.components.session import (
 from labelloop.app.components.sidebar import (
     open_current_version,
     refresh_scores,
-    show_head_moved,
-    show_version,
-    stale_edit_message,
     workspace,
 )
 from labelloop.compute.measured import last_rate
@@ -51,7 +49,7 @@ from labelloop.embed import (
 from labelloop.embed.models import config_of
 from labelloop.embed.similar import more_like_this, parse_sample_ids
 from labelloop.embed.text import closest_to_text, text_config
-from labelloop.errors import ConflictError, UserError
+from labelloop.errors import UserError
 from labelloop.maps.project import ProjectionConfig, has_map, project_dataset
 from labelloop.maps.view import (
     COLOUR_BY,
@@ -435,14 +433,7 @@ def show_selection(selected_ids: np.ndarray, token: str | None) -> None:
     if not done and st.session_state.get(MAP_MESSAGE_DEFAULT) != prefilled:  # a new selection or action: a new suggestion
         st.session_state[MAP_MESSAGE_DEFAULT] = st.session_state[MAP_MESSAGE] = prefilled
     message = st.text_input("Commit message", key=MAP_MESSAGE)  # after a commit: the message it was committed with
-    conflict = st.session_state.get(keys(name).map_conflict)
-    if conflict:
-        st.error(stale_edit_message(table, version))
-        if st.button(f"Reload v{table.head_version()}", key="map-reload"):
-            del st.session_state[keys(name).map_conflict]
-            st.session_state[keys(name).selection_push] = f"reload-{time.time()}"
-            show_version(table.head_version())
-            st.rerun(scope="app")
+    if refused_commit(table, "map", on_reload=lambda: st.session_state.__setitem__(keys(name).selection_push, f"reload-{time.time()}")):
         return
     if done:
         st.success(f"Committed as v{version}: {plain(committed['message'])}", icon=":material/check:")
@@ -451,17 +442,14 @@ def show_selection(selected_ids: np.ndarray, token: str | None) -> None:
             if action == "relabel":
                 label, new_class = resolve_label(label, classes, create=new_class)
             changes = selection_changes(targets, action, label, new_class=new_class)
-            new_version = table.commit(changes, parent=version, message=message)
-        except ConflictError:
-            st.session_state[keys(name).map_conflict] = table.head_version()
-            st.rerun(scope="fragment")
         except UserError as error:
             st.error(str(error))
             return
+        new_version = commit_edit(table, changes, parent=version, message=message, page="map", rerun_scope="fragment")
+        if new_version is None:
+            return
         st.session_state[keys(name).map_committed] = {"signature": signature, "version": new_version, "message": message}
-        show_head_moved(new_version)
         st.session_state[keys(name).selection_push] = f"commit-{new_version}"
-        st.toast(f"Committed v{new_version}: {plain(message)}")
         st.rerun(scope="app")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from labelloop.app.components.commit import commit_edit, refused_commit
 from labelloop.app.components.data_cache import (
     cached_health,
     servable_thumbnails,
@@ -19,9 +20,6 @@ from labelloop.app.components.scatter3d import thumbnail_url
 from labelloop.app.components.session import hand_to_map, keys
 from labelloop.app.components.sidebar import (
     open_current_version,
-    show_head_moved,
-    show_version,
-    stale_edit_message,
     workspace,
 )
 from labelloop.data.changes import ChangeSet
@@ -31,7 +29,7 @@ from labelloop.data.workspace import DatasetPaths
 from labelloop.embed.cache import preferred_embedding
 from labelloop.embed.similar import more_like_this
 from labelloop.embed.text import PROMPT, text_embeddings, zero_shot
-from labelloop.errors import ConflictError, UserError
+from labelloop.errors import UserError
 from labelloop.scores.health import CHECKS
 from labelloop.scores.review import (
     Decision,
@@ -114,31 +112,13 @@ servable_thumbnails(table, paths.thumbs, version)
 
 
 def commit(changes: ChangeSet, message: str) -> bool:
-    """Commit on the version this page shows; False (and a message) if it cannot be written."""
-    try:
-        new_version = table.commit(changes, parent=version, message=message)
-    except ConflictError:
-        st.session_state[keys(name).review_conflict] = table.head_version()
-        return False
-    except UserError as error:
-        st.error(str(error))
-        return False
-    show_head_moved(new_version)
-    st.toast(f"Committed v{new_version}: {plain(message)}")
-    return True
+    """Commit on the version this page shows; False (and why) if it was not written."""
+    return commit_edit(table, changes, parent=version, message=message, page="review") is not None
 
 
 def show_conflict() -> bool:
     """The refused-commit message with a Reload that keeps the user's work; True while it is shown."""
-    head = st.session_state.get(keys(name).review_conflict)
-    if head is None:
-        return False
-    st.error(stale_edit_message(table, version))
-    if st.button(f"Reload v{table.head_version()}", key="review-reload"):
-        del st.session_state[keys(name).review_conflict]
-        show_version(table.head_version())
-        st.rerun()
-    return True
+    return refused_commit(table, "review")
 
 
 def health_flagged(titles: list[str]) -> list[int] | None:
@@ -213,7 +193,6 @@ def table_mode() -> None:
         else:
             if commit(changes, message):
                 st.rerun()
-            st.rerun()  # refused: show the conflict with its Reload (the edits stay in the editor)
 
     if len(part):
         closer = st.selectbox("Look closer at", part["sample_id"], format_func=lambda i: f"#{i}", help="The full image and its scores.")
