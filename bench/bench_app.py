@@ -62,7 +62,8 @@ def build(workspace: Path, n: int) -> None:
     from labelloop.data.ingest import import_dataset
     from labelloop.data.workspace import list_datasets
     from labelloop.embed import EmbedderConfig, embed_dataset
-    from labelloop.maps.project import ProjectionConfig, project_dataset
+    from labelloop.maps.config import ProjectionConfig
+    from labelloop.maps.project import project_dataset
     from labelloop.train.heads import HeadsSettings
     from labelloop.train.pipeline import train
 
@@ -185,7 +186,8 @@ def main() -> None:
     if args.demo:
         from labelloop.data.demo import ensure_demo
         from labelloop.embed import EmbedderConfig, embed_dataset
-        from labelloop.maps.project import ProjectionConfig, project_dataset
+        from labelloop.maps.config import ProjectionConfig
+        from labelloop.maps.project import project_dataset
 
         demo = Path(args.scratch) / "app-demo"
         demo.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_embed import fashion_arrays  # noqa: E402
 from labelloop.compute.neighbours import knn_accuracy  # noqa: E402
-from labelloop.maps.project import ProjectionConfig, project_vectors  # noqa: E402
+from labelloop.maps.config import ProjectionConfig  # noqa: E402
+from labelloop.maps.fit import project_vectors  # noqa: E402
 
 
 def reopen_after_relabel(scratch: Path) -> None:

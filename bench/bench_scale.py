@@ -45,7 +45,8 @@ def step_embed(workspace: Path, source: Path) -> str:
 
 
 def step_project(workspace: Path, source: Path) -> str:
-    from labelloop.maps.project import ProjectionConfig, project_dataset
+    from labelloop.maps.config import ProjectionConfig
+    from labelloop.maps.project import project_dataset
 
     return project_dataset(workspace, "big", EMBEDDING, ProjectionConfig(dims=3)).describe()
 
@@ -55,7 +56,8 @@ def step_lasso(workspace: Path, source: Path) -> str:
     import numpy as np
 
     from labelloop.data.workspace import open_table
-    from labelloop.maps.project import ProjectionConfig, project_dataset
+    from labelloop.maps.config import ProjectionConfig
+    from labelloop.maps.project import project_dataset
     from labelloop.maps.view import default_message, selection_changes
 
     table = open_table(workspace, "big")

@@ -46,7 +46,9 @@ from labelloop.embed import (
 from labelloop.embed.models import parse_model_name
 from labelloop.embed.similar import more_like_this
 from labelloop.errors import UserError
-from labelloop.maps.project import Projection, ProjectionConfig, project_dataset
+from labelloop.maps.cache import Projection
+from labelloop.maps.config import ProjectionConfig
+from labelloop.maps.project import project_dataset
 from labelloop.scores.health import HealthReport, compute_health
 from labelloop.train.pipeline import train as train_run
 from labelloop.train.registry import default_settings, get_family

@@ -62,7 +62,8 @@ def test_the_map_page_offers_projection_then_draws(fashion: Path):
 
 def test_added_images_are_placed_on_the_map_and_refitting_is_a_button(fashion: Path, tmp_path: Path):
     from labelloop.data.ingest import add_images
-    from labelloop.maps.project import ProjectionConfig, project_dataset
+    from labelloop.maps.config import ProjectionConfig
+    from labelloop.maps.project import project_dataset
 
     project_dataset(fashion, "fashion", "pixels-16px")
     add_images(write_fashion_folders(tmp_path / "more", 2, offset=50), "fashion", fashion)  # version 2: 20 more images

@@ -12,7 +12,8 @@ from labelloop.data.runs import find_run, load_samples
 from labelloop.data.schema import UNDEFINED
 from labelloop.data.workspace import open_table
 from labelloop.embed import EmbedderConfig, embed_dataset
-from labelloop.maps.project import ProjectionConfig, project_dataset
+from labelloop.maps.config import ProjectionConfig
+from labelloop.maps.project import project_dataset
 from labelloop.maps.view import CONFIDENT
 from labelloop.train.heads import HeadsSettings
 from labelloop.train.pipeline import train

@@ -55,7 +55,8 @@ def test_a_lasso_in_either_map_selects_the_same_samples_in_both(two_spaces: Path
     from playwright.sync_api import expect, sync_playwright
 
     from labelloop.app.components.scatter3d import publish_map
-    from labelloop.maps.project import ProjectionConfig, project_dataset
+    from labelloop.maps.config import ProjectionConfig
+    from labelloop.maps.project import project_dataset
 
     # Which sample each drawn point of each map is, as the page publishes them.
     ids = {}

@@ -20,7 +20,8 @@ from labelloop.data.ingest import import_dataset
 from labelloop.data.runs import list_runs
 from labelloop.data.workspace import open_table
 from labelloop.embed import EmbedderConfig, embed_dataset
-from labelloop.maps.project import ProjectionConfig, project_dataset
+from labelloop.maps.config import ProjectionConfig
+from labelloop.maps.project import project_dataset
 from labelloop.maps.view import default_message
 from labelloop.train.heads import HeadsSettings
 from labelloop.train.pipeline import train

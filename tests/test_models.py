@@ -280,7 +280,8 @@ def test_the_map_page_embeds_with_a_model_picked_from_the_list_or_named(offline:
 def test_clip_text_search_on_the_map_and_zero_shot_on_the_review_page(offline: Path, fashion: Path):
     from labelloop.data.changes import ChangeSet
     from labelloop.data.schema import UNDEFINED
-    from labelloop.maps.project import ProjectionConfig, project_dataset
+    from labelloop.maps.config import ProjectionConfig
+    from labelloop.maps.project import project_dataset
     from labelloop.train.heads import HeadsSettings
     from tests.test_app_pages import page
 

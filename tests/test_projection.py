@@ -14,15 +14,15 @@ from labelloop.data.ingest import add_images, import_dataset
 from labelloop.data.workspace import open_table
 from labelloop.embed import EmbedderConfig, embed_dataset
 from labelloop.errors import UserError
-from labelloop.maps.project import (
+from labelloop.maps.config import ProjectionConfig
+from labelloop.maps.fit import (
     FittedMap,
-    PlacementSearch,
-    ProjectionConfig,
     place_by_neighbours,
-    project_dataset,
     project_vectors,
     projection_quality,
 )
+from labelloop.maps.placement import PlacementSearch
+from labelloop.maps.project import project_dataset
 from tests.conftest import draw_image, write_fashion_folders
 
 PIXELS = EmbedderConfig(kind="pixels", resolution=16)
@@ -234,13 +234,13 @@ def test_a_map_made_under_another_fit_size_that_fitted_every_image_is_kept(fashi
 
 def test_the_fit_sample_keeps_every_labels_share():
     labels = np.array(["a"] * 600 + ["b"] * 300 + ["undefined"] * 100)
-    from labelloop.maps.project import _fit_sample
+    from labelloop.maps.fit import fit_sample
 
-    sample = _fit_sample(labels, 200, seed=0)
+    sample = fit_sample(labels, 200, seed=0)
     assert len(sample) == 200 and len(np.unique(sample)) == 200
     counts = {label: int((labels[sample] == label).sum()) for label in ("a", "b", "undefined")}
     assert counts == {"a": 120, "b": 60, "undefined": 20}
-    assert np.array_equal(_fit_sample(labels, 2000, seed=0), np.arange(1000))  # under the limit: everything
+    assert np.array_equal(fit_sample(labels, 2000, seed=0), np.arange(1000))  # under the limit: everything
 
 
 def test_added_images_are_placed_on_the_map_and_only_an_explicit_refit_moves_it(fashion: str, workspace: Path, tmp_path: Path):

@@ -12,7 +12,8 @@ from labelloop.data.workspace import open_table
 from labelloop.embed import EmbedderConfig, embed_dataset, load_embeddings
 from labelloop.embed.similar import more_like_this, parse_sample_ids
 from labelloop.errors import UserError
-from labelloop.maps.project import ProjectionConfig, project_dataset
+from labelloop.maps.config import ProjectionConfig
+from labelloop.maps.project import project_dataset
 from tests.conftest import write_fashion_folders
 from tests.test_cli import cli
 

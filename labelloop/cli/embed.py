@@ -75,7 +75,8 @@ def cmd_similar(args: argparse.Namespace) -> None:
 
 
 def cmd_project(args: argparse.Namespace) -> None:
-    from labelloop.maps.project import ProjectionConfig, project_dataset
+    from labelloop.maps.config import ProjectionConfig
+    from labelloop.maps.project import project_dataset
 
     open_table(args.workspace, args.name)
     key = args.embedding or default_embedding_key(args.workspace, args.name)
@@ -94,7 +95,7 @@ def cmd_project(args: argparse.Namespace) -> None:
 def register(sub, common: argparse.ArgumentParser) -> None:
     """Add this group's commands to the parser."""
     from labelloop.embed import EMBEDDER_KINDS, PRECISIONS, RUNTIMES
-    from labelloop.maps.project import METHODS, ProjectionConfig
+    from labelloop.maps.config import METHODS, ProjectionConfig
 
     p = sub.add_parser("embed", parents=[common], help="embed the images of a data set (cached: only new images are computed)")
     p.add_argument("name")

@@ -22,7 +22,8 @@ def version_rows(table: LabelTable, version: int) -> pd.DataFrame:
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _projection(workspace: str, name: str, embedding_key: str, dims: int, images: str, _version: int, _rows_of_version: pd.DataFrame):
-    from labelloop.maps.project import ProjectionConfig, project_dataset
+    from labelloop.maps.config import ProjectionConfig
+    from labelloop.maps.project import project_dataset
 
     # _version is not part of the key (leading underscore): any version with these images gives this map.
     return project_dataset(workspace, name, embedding_key, ProjectionConfig(dims=dims), version=_version, compute=False, rows=_rows_of_version)

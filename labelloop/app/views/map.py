@@ -50,7 +50,8 @@ from labelloop.embed.models import config_of
 from labelloop.embed.similar import more_like_this, parse_sample_ids
 from labelloop.embed.text import closest_to_text, text_config
 from labelloop.errors import UserError
-from labelloop.maps.project import ProjectionConfig, has_map, project_dataset
+from labelloop.maps.config import ProjectionConfig
+from labelloop.maps.project import has_map, project_dataset
 from labelloop.maps.view import (
     COLOUR_BY,
     categorical_colours,
