@@ -111,7 +111,7 @@ WRITE_STEPS = [("locked", 1), ("data file written", 1), ("data file written", 2)
 
 def _commit_paused_at(path: str, step: str, nth: int, ready) -> None:
     """Commit every row to the next label, stopping (as if the machine froze) at the ``nth`` ``step``."""
-    import labelloop.data.tables as tables
+    from labelloop.data import write_steps
 
     reached: dict[str, int] = {}
 
@@ -121,7 +121,7 @@ def _commit_paused_at(path: str, step: str, nth: int, ready) -> None:
             ready.set()
             time.sleep(600)  # killed here
 
-    tables.write_step_hook = pause
+    write_steps.hook = pause
     table = LabelTable(path)
     head = table.head_version()
     label = CLASSES[head % 10]
@@ -350,20 +350,30 @@ def test_a_killed_embedding_keeps_whole_chunks_and_the_rerun_resumes(big_dataset
 # --------------------------------------------------------------------------- training
 
 
-def _train(workspace: str, embedding: str, ready) -> None:
-    from joblib.externals.loky import get_reusable_executor
+# Each step a training run writes, and which occurrence to stop at: staged (its hidden folder made), a
+# file written into it, complete (every file, not yet renamed into place), published (renamed).
+RUN_STEPS = [("run staged", 1), ("run file written", 2), ("run complete", 1), ("run published", 1)]
 
+
+def _train_paused_at(workspace: str, embedding: str, step: str, nth: int, ready) -> None:
+    from labelloop.data import write_steps
     from labelloop.train.heads import HeadsSettings
     from labelloop.train.pipeline import train
 
-    ready.set()
-    train(workspace, "big", HeadsSettings(heads=("knn", "logreg", "mlp"), embedding=embedding))
-    # A multiprocessing child joins its children on exit, and joblib's reusable workers wait for more work.
-    get_reusable_executor().shutdown(wait=True)
+    reached: dict[str, int] = {}
+
+    def pause(name: str) -> None:
+        reached[name] = reached.get(name, 0) + 1
+        if name == step and reached[name] == nth:
+            ready.set()
+            time.sleep(600)  # killed here
+
+    write_steps.hook = pause
+    train(workspace, "big", HeadsSettings(heads=("knn", "logreg"), embedding=embedding))
 
 
 @pytest.mark.slow
-def test_a_killed_training_run_never_lists_as_finished_and_the_next_run_cleans_up(big_dataset: Path):
+def test_a_training_run_killed_at_each_write_step_never_lists_half_made_and_the_next_run_cleans_up(big_dataset: Path):
     from labelloop.data.runs import list_runs
     from labelloop.embed import EmbedderConfig, embed_dataset
     from labelloop.train.heads import HeadsSettings
@@ -373,22 +383,18 @@ def test_a_killed_training_run_never_lists_as_finished_and_the_next_run_cleans_u
     embedding = embed_dataset(workspace, "big", EmbedderConfig(kind="pixels", resolution=16)).key
     runs_dir = workspace / "big" / "runs"
     # A fresh interpreter, as `labelloop train` is: torch and joblib's workers must not start in a forked copy.
-    context, rng = multiprocessing.get_context("spawn"), random.Random(11)
-    duration = _seconds_to_finish(context, _train, (str(workspace), embedding))
-    shutil.rmtree(runs_dir)
-    killed_mid_run = 0
-    for _ in range(4):
-        _run_and_kill(context, _train, (str(workspace), embedding), kill_after=rng.uniform(0.05, 0.75) * duration)
+    context = multiprocessing.get_context("spawn")
+    for step, nth in RUN_STEPS:
+        assert _run_and_kill(context, _train_paused_at, (str(workspace), embedding, step, nth), kill_after=0.0, ready_timeout=300)
         finished = list_runs(workspace, "big")
-        for run in finished:  # a listed run is complete
-            assert (run.path / "samples.parquet").is_file() and (run.path / "model" / "model_config.json").is_file()
-        killed_mid_run += not finished
-        if finished:
+        if step == "run published":  # renamed into place before the kill: listed, and complete
+            assert len(finished) == 1
+            assert (finished[0].path / "samples.parquet").is_file() and (finished[0].path / "model" / "model_config.json").is_file()
             shutil.rmtree(finished[0].path)
-    assert killed_mid_run >= 3
-    assert list(runs_dir.glob(".staging-*")), "the kills should leave staging folders behind"
+        else:
+            assert finished == [], f"a run killed at '{step}' is listed"
+            assert list(runs_dir.glob(".staging-*")), f"a run killed at '{step}' leaves its staging folder (unlisted) behind"
 
     run = train(workspace, "big", HeadsSettings(heads=("knn", "logreg"), embedding=embedding))
     assert [r.run_id for r in list_runs(workspace, "big")] == [run.run_id]
     assert not list(runs_dir.glob(".staging-*"))  # the killed runs' leftovers are gone
-    print(f"killed training runs (a whole run takes {duration:.1f} s here): {killed_mid_run}/4 killed mid-run listed nothing; the next run finished and cleaned up")

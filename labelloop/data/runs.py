@@ -25,6 +25,7 @@ from labelloop.data.workspace import (
     remove_abandoned_staging,
     staging_folder,
 )
+from labelloop.data.write_steps import reached
 from labelloop.errors import UserError
 
 
@@ -150,6 +151,7 @@ class RunBuilder:
         self.model_dir.mkdir()
         self.started = time.time()
         self.trigger = trigger
+        reached("run staged")
 
     @property
     def model_dir(self) -> Path:
@@ -157,9 +159,11 @@ class RunBuilder:
 
     def json(self, filename: str, data) -> None:
         _write_json(self.path / filename, data)
+        reached("run file written")
 
     def table(self, filename: str, frame: pd.DataFrame) -> None:
         frame.to_parquet(self.path / filename, index=False)
+        reached("run file written")
 
     def weights(self, filename: str, module) -> None:
         """A torch module's state dict as safetensors in the model folder (never a pickle)."""
@@ -170,7 +174,9 @@ class RunBuilder:
     def finish(self, summary: RunSummary) -> Path:
         summary = replace(summary, run_id=self.run_id, trigger=self.trigger, seconds=round(time.time() - self.started, 2), finished=datetime.now(timezone.utc).isoformat())
         _write_json(self.path / "run.json", {**summary.to_json(), "status": "finished"})
+        reached("run complete")  # every file written, not yet published
         os.rename(self.path, self.final)
+        reached("run published")
         return self.final
 
     def abandon(self) -> None:

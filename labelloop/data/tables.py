@@ -44,7 +44,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -80,6 +80,7 @@ from labelloop.data.schema import (
     to_arrow,
     validate_rows,
 )
+from labelloop.data.write_steps import reached
 from labelloop.errors import ConflictError, StorageError, UserError
 
 _METADATA_KEY = "labelloop"
@@ -103,15 +104,6 @@ against how many files a full read opens (about 1,000 at a million rows)."""
 _LOG_ENTRY = re.compile(r"^\d{20}\.json$")
 _LOCK_TIMEOUT_S = 60.0
 
-# Called with the name of each write step a commit reaches ("locked", "data file written" after each file,
-# "data files written", "log entry written"), in the committing process. None in the app: tests set it to
-# stop a committing process at exactly that step and kill it there (tests/test_crash_safety.py).
-write_step_hook: Callable[[str], None] | None = None
-
-
-def _reached(step: str) -> None:
-    if write_step_hook is not None:
-        write_step_hook(step)
 
 
 # --------------------------------------------------------------------------- history
@@ -461,7 +453,7 @@ class LabelTable:
         message = _check_message(message)
         with self._lock():
             self._check_parent(parent)
-            _reached("locked")
+            reached("locked")
             head = self._delta(parent)  # loaded once: read from it and write through it
             files = self._files_of(head, parent)
             touched = files.holding(touched_ids(changes))
@@ -484,7 +476,7 @@ class LabelTable:
         message = _check_message(message or f"restore version {version}")
         with self._lock():
             self._check_parent(parent)
-            _reached("locked")
+            reached("locked")
             if version == parent:
                 raise UserError(f"Version {version} is already the latest; pick an older version to restore.")
             head = self._delta(parent)
@@ -549,7 +541,7 @@ class LabelTable:
                 # Data files first, the log entry last: a crash in between leaves
                 # only files no version refers to.
                 added = reuse if reuse is not None else _write_data_files(self.path, new)
-                _reached("data files written")
+                reached("data files written")
                 try:
                     head.create_write_transaction(
                         [*replaced.remove_actions(), *added.add_actions()],
@@ -560,7 +552,7 @@ class LabelTable:
                     )
                 except CommitFailedError as exc:  # version parent + 1 exists already
                     raise self._conflict(parent) from exc
-                _reached("log entry written")
+                reached("log entry written")
         except StorageError:
             # The log entry went in and only the checkpoint after it failed: the version is
             # committed (a checkpoint only speeds up reading; a later commit writes one).
@@ -659,7 +651,7 @@ def _write_data_files(table_path: storage.Location, rows: pd.DataFrame) -> DataF
         else:
             pq.write_table(rows_of_file, table_path / name, compression="zstd", write_statistics=["sample_id"])
             size = (table_path / name).stat().st_size
-        _reached("data file written")
+        reached("data file written")
         return {"path": name, "size": size, "rows": end - start, "first_id": int(ids[start]), "last_id": int(ids[end - 1])}
 
     spans = list(zip(starts.tolist(), ends.tolist()))
