@@ -69,10 +69,21 @@ def running_app(workspace: Path, log_path: Path, *, as_configured: bool = False)
                 process.wait(timeout=20)
 
 
+def settled(page, timeout: float = 30_000) -> None:
+    """Wait until Streamlit's script run is over (the app root says so) and every image on the page has loaded."""
+    page.wait_for_function(
+        """() => {
+            const app = document.querySelector('[data-testid="stApp"]');
+            return app !== null && app.getAttribute('data-test-script-state') === 'notRunning' && [...document.images].every(i => i.complete);
+        }""",
+        timeout=timeout,
+    )
+
+
 def screenshot(page, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.wait_for_timeout(1500)  # tables and images draw a moment after the text
+    settled(page)  # tables and images draw a moment after the text
     page.screenshot(path=str(path))
     return path
 

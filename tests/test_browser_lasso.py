@@ -23,6 +23,7 @@ from tests.browser import (
     needs_chromium,
     running_app,
     screenshot,
+    settled,
 )
 
 pytestmark = [needs_chromium, pytest.mark.slow]
@@ -66,8 +67,9 @@ def _draw_lasso(url: str, tmp_path: Path, name: str) -> tuple[dict, list[int], i
         expect(root).not_to_have_attribute("data-lasso", "", timeout=10_000)
         geometry = json.loads(root.get_attribute("data-lasso"))
         indices = [int(i) for i in (root.get_attribute("data-selected-indices") or "").split(",") if i]
-        page.wait_for_function("() => [...document.querySelectorAll('strong')].some(e => / selected$/.test(e.textContent))", timeout=20_000)
-        page.wait_for_timeout(1500)
+        # The server's count of the lasso (not the "0 selected" of the run before the lasso reached it).
+        page.wait_for_function("() => [...document.querySelectorAll('strong')].some(e => /^[1-9][0-9,]* selected$/.test(e.textContent))", timeout=20_000)
+        settled(page)
         count = int(page.evaluate("() => [...document.querySelectorAll('strong')].map(e => e.textContent).find(t => / selected$/.test(t))").split()[0].replace(",", ""))
         status = page.locator(".map-status").text_content()
         screenshot(page, name)

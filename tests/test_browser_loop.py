@@ -20,6 +20,7 @@ from tests.browser import (
     needs_chromium,
     running_app,
     screenshot,
+    settled,
     wait_for_version,
 )
 from tests.conftest import write_fashion_folders
@@ -91,7 +92,7 @@ def test_the_whole_loop_in_chromium(tmp_path: Path, workspace: Path):
             expect(show_run).not_to_contain_text("automatic", timeout=240_000)
             expect(page.get_by_role("button", name="Cancel")).to_have_count(0, timeout=120_000)  # the job is done and the page settled
             page.get_by_text("Confusion matrix").first.wait_for(timeout=60_000)
-            page.wait_for_timeout(1500)
+            settled(page)
             chart = page.locator('[class*="st-key-confusion-"] [data-testid="stVegaLiteChart"]').first
             click_a_cell_with_samples(page, chart)
             page.wait_for_function("() => [...document.querySelectorAll('[data-testid=stImage] img')].some(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
