@@ -193,6 +193,20 @@ def test_logistic_head_matches_scikit_learn():
     assert np.allclose(binary, LogisticRegression(max_iter=1000, class_weight="balanced").fit(X, y > 0).predict_proba(X), atol=1e-5)
 
 
+def test_a_head_checks_it_was_fitted_before_it_predicts_or_is_saved():
+    from labelloop.train.head_models import KnnHead, NotFittedError
+
+    X = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    for head in (KnnHead(3), LogisticHead()):
+        with pytest.raises(NotFittedError, match="call fit"):
+            head.predict_proba(X)
+        with pytest.raises(NotFittedError):
+            head.arrays()
+        fitted = head.fit(X, np.arange(20) % 2, 2)
+        again = type(head).from_arrays(fitted.arrays())  # the learned state round-trips through the saved arrays
+        assert np.allclose(again.predict_proba(X), fitted.predict_proba(X))
+
+
 def test_stacked_mlps_stop_early_each_on_its_own_and_keep_their_best_weights():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(400, 8)).astype(np.float32)

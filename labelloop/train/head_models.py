@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -44,28 +44,33 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 @dataclass
 class KnnHead:
-    """k nearest neighbours by cosine similarity, probabilities = neighbour label shares."""
+    """k nearest neighbours by cosine similarity, probabilities = neighbour label shares.
+
+    Settings first; what :meth:`fit` learns ends in ``_`` (scikit-learn's convention) and is checked
+    before use (:func:`check_is_fitted`)."""
 
     k: int = 5
-    n_classes: int = 0
-    train_vectors: np.ndarray | None = None
-    train_labels: np.ndarray | None = None
+    n_classes_: int | None = None
+    train_vectors_: np.ndarray | None = None
+    train_labels_: np.ndarray | None = None
 
     def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int) -> KnnHead:
-        self.n_classes = n_classes
-        self.train_vectors = unit_rows(X)
-        self.train_labels = y.astype(np.int64)
+        self.n_classes_ = n_classes
+        self.train_vectors_ = unit_rows(X)
+        self.train_labels_ = y.astype(np.int64)
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        k = max(1, min(self.k, len(self.train_vectors)))
-        neighbour_labels = self.train_labels[nearest_neighbours(self.train_vectors, X, k)]
-        probabilities = np.zeros((len(X), self.n_classes), dtype=np.float32)
+        check_is_fitted(self)
+        k = max(1, min(self.k, len(self.train_vectors_)))
+        neighbour_labels = self.train_labels_[nearest_neighbours(self.train_vectors_, X, k)]
+        probabilities = np.zeros((len(X), self.n_classes_), dtype=np.float32)
         np.add.at(probabilities, (np.arange(len(X))[:, None], neighbour_labels), 1.0 / k)
         return probabilities
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"train_vectors": self.train_vectors, "train_labels": self.train_labels, "k": np.array(self.k), "n_classes": np.array(self.n_classes)}
+        check_is_fitted(self)  # the file keys stay those of earlier releases: old runs still open
+        return {"train_vectors": self.train_vectors_, "train_labels": self.train_labels_, "k": np.array(self.k), "n_classes": np.array(self.n_classes_)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> KnnHead:
@@ -77,44 +82,59 @@ class KnnHead:
 
 @dataclass
 class LogisticHead:
-    """scikit-learn's LogisticRegression (lbfgs), kept as its coefficients: saved as arrays, not a pickle."""
+    """scikit-learn's LogisticRegression (lbfgs), kept as its coefficients: saved as arrays, not a pickle.
+
+    Settings first; what :meth:`fit` learns ends in ``_`` and is checked before use (:func:`check_is_fitted`)."""
 
     c: float = 1.0
     max_iter: int = 1000
     balanced: bool = True
-    n_classes: int = 0
-    coef: np.ndarray | None = None  # (n_classes, d), or (1, d) for two classes
-    intercept: np.ndarray | None = None
-    classes: np.ndarray | None = None  # the codes seen in training (a fold may lack none: stratified)
+    n_classes_: int | None = None
+    coef_: np.ndarray | None = None  # (n_classes, d), or (1, d) for two classes
+    intercept_: np.ndarray | None = None
+    classes_: np.ndarray | None = None  # the codes seen in training (a fold may lack none: stratified)
 
     def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int) -> LogisticHead:
         from sklearn.linear_model import LogisticRegression
 
         model = LogisticRegression(C=self.c, max_iter=self.max_iter, class_weight="balanced" if self.balanced else None)
         model.fit(np.asarray(X, dtype=np.float32), y)
-        self.n_classes = n_classes
-        self.coef = model.coef_.astype(np.float32)
-        self.intercept = model.intercept_.astype(np.float32)
-        self.classes = model.classes_.astype(np.int64)
+        self.n_classes_ = n_classes
+        self.coef_ = model.coef_.astype(np.float32)
+        self.intercept_ = model.intercept_.astype(np.float32)
+        self.classes_ = model.classes_.astype(np.int64)
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        scores = np.asarray(X, dtype=np.float32) @ self.coef.T + self.intercept
-        if self.coef.shape[0] == 1:  # scikit-learn's binary case: one score for the second class
+        check_is_fitted(self)
+        scores = np.asarray(X, dtype=np.float32) @ self.coef_.T + self.intercept_
+        if self.coef_.shape[0] == 1:  # scikit-learn's binary case: one score for the second class
             p = 1 / (1 + np.exp(-scores[:, 0]))
             seen = np.stack([1 - p, p], axis=1)
         else:
             seen = _softmax(scores)
-        probabilities = np.zeros((len(X), self.n_classes), dtype=np.float32)
-        probabilities[:, self.classes] = seen
+        probabilities = np.zeros((len(X), self.n_classes_), dtype=np.float32)
+        probabilities[:, self.classes_] = seen
         return probabilities
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"coef": self.coef, "intercept": self.intercept, "classes": self.classes, "n_classes": np.array(self.n_classes)}
+        check_is_fitted(self)  # the file keys stay those of earlier releases: old runs still open
+        return {"coef": self.coef_, "intercept": self.intercept_, "classes": self.classes_, "n_classes": np.array(self.n_classes_)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> LogisticHead:
-        return cls(n_classes=int(arrays["n_classes"]), coef=arrays["coef"], intercept=arrays["intercept"], classes=arrays["classes"])
+        return cls(n_classes_=int(arrays["n_classes"]), coef_=arrays["coef"], intercept_=arrays["intercept"], classes_=arrays["classes"])
+
+
+class NotFittedError(RuntimeError):
+    """A head asked to predict or to be saved before it learned anything: a bug in the caller, not the user's doing."""
+
+
+def check_is_fitted(head) -> None:
+    """Raise :class:`NotFittedError` unless every learned attribute of ``head`` (a name ending in ``_``) is set."""
+    missing = [f.name for f in fields(head) if f.name.endswith("_") and getattr(head, f.name) is None]
+    if missing:
+        raise NotFittedError(f"{type(head).__name__} has not been fitted (no {', '.join(missing)}): call fit() before predicting or saving it.")
 
 
 def _fit_one(head, X, y, n_classes):

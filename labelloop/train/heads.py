@@ -334,8 +334,8 @@ def _load_head_itself(model_dir: Path, model: ModelConfig) -> Callable[[np.ndarr
         head = (LogisticHead if model.model_type == "logreg" else KnnHead).from_arrays(arrays)
     except KeyError as exc:
         raise UserError(f"The model file in {model_dir} cannot be read as a {model.model_type} model (KeyError: {exc}); the run folder is damaged. Train again.") from exc
-    if head.n_classes != model.n_classes:
-        raise UserError(f"The model in {model_dir} has {head.n_classes} classes but its config names {model.n_classes}; the folder is inconsistent.")
+    if head.n_classes_ != model.n_classes:
+        raise UserError(f"The model in {model_dir} has {head.n_classes_} classes but its config names {model.n_classes}; the folder is inconsistent.")
     return head.predict_proba
 
 
