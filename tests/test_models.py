@@ -237,7 +237,7 @@ def test_the_cli_embeds_by_name_with_the_caches_set_by_environment(caches: Path,
     env = {**os.environ, "TORCH_HOME": str(caches / "torch"), "HF_HOME": str(caches / "hf"), "HF_HUB_OFFLINE": "1"}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "core", *args, "--workspace", str(workspace)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.run([sys.executable, "-m", "labelloop", *args, "--workspace", str(workspace)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
     assert cli("import", str(write_fashion_folders(tmp_path / "f", 2)), "--name", "f").returncode == 0
     done = cli("embed", "f", "--arch", "mobilenet_v3_small", "--weights", "IMAGENET1K_V1", "--runtime", "torch")

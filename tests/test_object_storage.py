@@ -161,7 +161,7 @@ def test_the_cli_imports_an_s3_folder_into_an_s3_workspace(bucket: str, tmp_path
     _upload_class_folders(bucket, "photos", tmp_path)
     workspace = f"s3://{bucket}/labelloop"
     result = subprocess.run(
-        [sys.executable, "-m", "core", "import", f"s3://{bucket}/photos", "--name", "pets", "--workspace", workspace],
+        [sys.executable, "-m", "labelloop", "import", f"s3://{bucket}/photos", "--name", "pets", "--workspace", workspace],
         cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
@@ -181,7 +181,7 @@ def test_the_cli_imports_an_s3_folder_into_an_s3_workspace(bucket: str, tmp_path
     assert not any(k.startswith("labelloop/pets/thumbs") for k in keys(bucket))
     # A second machine (another cache) opens the same workspace and makes its own thumbnails.
     second = {**os.environ, "LABELLOOP_CACHE": str(tmp_path / "second-machine")}
-    result = subprocess.run([sys.executable, "-m", "core", "thumbnails", "pets", "--workspace", workspace], cwd=REPO, env=second, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "labelloop", "thumbnails", "pets", "--workspace", workspace], cwd=REPO, env=second, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "made 7 thumbnail(s)" in result.stdout and len(list((tmp_path / "second-machine").rglob("*.jpg"))) == 7
 
