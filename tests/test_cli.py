@@ -248,3 +248,16 @@ def test_frozen_backbone_from_the_command_line(tmp_path: Path, workspace: Path):
     assert len(pd.read_csv(tmp_path / "p.csv")) == 60
     bad = cli(workspace, "train", "f", "--family", "frozen-backbone", "--unfreeze-from", "9", "--epochs", "3")
     assert "unfreeze from epoch must be 0 (never) to the number of epochs (3)" in one_error_line(bad)
+
+
+def test_each_command_group_lists_what_it_registers_and_a_table_command_loads_no_torch():
+    import argparse
+
+    from labelloop.cli.main import COMMAND_GROUPS
+
+    for group in COMMAND_GROUPS:
+        sub = argparse.ArgumentParser().add_subparsers()
+        group.register(sub, argparse.ArgumentParser(add_help=False))
+        assert tuple(sub.choices) == group.COMMANDS, group.__name__
+    code = "import sys; from labelloop.cli.main import build_parser; build_parser('list'); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO).stdout.strip() == "False"

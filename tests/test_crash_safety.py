@@ -85,13 +85,15 @@ def _fingerprint(frame: pd.DataFrame) -> str:
 
 
 def _commit_forever(path: str, ready) -> None:
+    """Commit one version after another; ``ready`` once the first is in, so every kill lands amid later commits
+    however slow a loaded machine makes the first."""
     table = LabelTable(path)
     ids = table.read()["sample_id"].tolist()
-    ready.set()
     while True:
         head = table.head_version()
         label = CLASSES[head % 10]
         table.commit(ChangeSet.relabel(ids, label), parent=head, message=f"all -> {label}")
+        ready.set()
 
 
 def _check_version(table: LabelTable, version: int, n_rows: int) -> str:
@@ -163,22 +165,18 @@ def test_a_committing_process_killed_at_random_moments_never_damages_the_table(t
     LabelTable.create(path, make_rows(n_rows, CLASSES), CLASSES)
     fingerprints = {1: _fingerprint(LabelTable(path).read(1))}
     context, rng = _context(), random.Random(7)
-    last_head, killed_before_first_commit = 1, 0
+    last_head = 1
     for trial in range(1, KILL_TRIALS + 1):
-        _run_and_kill(context, _commit_forever, (str(path),), kill_after=rng.uniform(0.05, 0.8))
+        _run_and_kill(context, _commit_forever, (str(path),), kill_after=rng.uniform(0.0, 0.3))
         table = LabelTable(path)  # opens: no torn log entry or checkpoint stops it
         head = table.head_version()
-        assert head >= last_head
-        killed_before_first_commit += head == last_head
+        assert head > last_head  # the worker's first commit is in before it can be killed
         for version in range(last_head + 1, head + 1):  # the new versions: whole, never a mix of two
             fingerprints[version] = _check_version(table, version, n_rows)
         last_head = head
     fresh = LabelTable(path)  # and every earlier version is still what it was
     assert {v: _fingerprint(fresh.read(v)) for v in fingerprints} == fingerprints
     assert list(path.glob("_delta_log/*.checkpoint.parquet")), "checkpoints should have been written (and some killed)"
-    # Every kill lands inside a commit (the worker commits as soon as it is ready); a
-    # commit takes about 0.1 s, so most kills should come after at least one finished.
-    assert killed_before_first_commit < KILL_TRIALS // 2, "most kills should land after a first commit finished"
     # The table still takes commits: no lock or half-written file is left in the way.
     table = LabelTable(path)
     assert table.commit(ChangeSet.set_weight([1], 0.0), parent=last_head, message="after the kills") == last_head + 1

@@ -164,6 +164,9 @@ def cmd_thumbnails(args: argparse.Namespace) -> None:
         print(f"... and {len(problems) - 20} more")
 
 
+COMMANDS = ("demo", "app", "list", "import", "history", "classes", "diff", "restore", "apply", "export", "thumbnails")  # what register() adds, known without importing what the commands use
+
+
 def register(sub, common: argparse.ArgumentParser) -> None:
     """Add this group's commands to the parser."""
     p = sub.add_parser("demo", parents=[common], help="build the Fashion-MNIST demo data set")

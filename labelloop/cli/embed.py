@@ -92,6 +92,9 @@ def cmd_project(args: argparse.Namespace) -> None:
         print(f"warning: {projection.missing} samples have no embedding and are not on the map; run `embed {args.name}` to add them")
 
 
+COMMANDS = ("embed", "embeddings", "models", "similar", "project")  # what register() adds, known without importing what the commands use
+
+
 def register(sub, common: argparse.ArgumentParser) -> None:
     """Add this group's commands to the parser."""
     from labelloop.embed import EMBEDDER_KINDS, PRECISIONS, RUNTIMES

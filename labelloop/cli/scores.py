@@ -92,6 +92,9 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
         print_table(others[["recipe_name", "recipe", "version", "accuracy", "n", "run"]].round(4))
 
 
+COMMANDS = ("issues", "health", "accuracy")  # what register() adds, known without importing what the commands use
+
+
 def register(sub, common: argparse.ArgumentParser) -> None:
     """Add this group's commands to the parser."""
     p = sub.add_parser("issues", parents=[common], help="the most suspicious labels of a run")

@@ -128,6 +128,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"skipped: {path}: {reason}")
 
 
+COMMANDS = ("train", "sweep", "runs", "predict")  # what register() adds, known without importing what the commands use
+
+
 def register(sub, common: argparse.ArgumentParser) -> None:
     """Add this group's commands to the parser."""
     from labelloop.train.registry import FAMILIES
