@@ -18,6 +18,7 @@ def folder(tmp_path_factory) -> Path:
     return write_fashion_folders(tmp_path_factory.mktemp("images") / "fashion", per_class=12)
 
 
+@pytest.mark.slow
 def test_a_notebook_session_imports_edits_embeds_trains_and_reads_its_scores(folder: Path, tmp_path: Path):
     ds = labelloop.import_folder(folder, "fashion", workspace=tmp_path / "ws")
     assert isinstance(ds, labelloop.Dataset) and "fashion" in repr(ds) and labelloop.datasets(tmp_path / "ws") == ["fashion"]

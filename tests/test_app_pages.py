@@ -38,6 +38,7 @@ def fashion(tmp_path: Path, workspace: Path) -> Path:
     return workspace
 
 
+@pytest.mark.slow
 def test_the_map_page_starts_no_heavy_work_by_itself(class_folders: Path, workspace: Path):
     import_dataset(class_folders, "animals", workspace)
     app = page("map")
@@ -60,6 +61,7 @@ def test_the_map_page_offers_projection_then_draws(fashion: Path):
     assert drawn and np.fromfile(drawn[0] / "points.bin", dtype=np.float32).shape == (3 * len(ids),)
 
 
+@pytest.mark.slow
 def test_added_images_are_placed_on_the_map_and_refitting_is_a_button(fashion: Path, tmp_path: Path):
     from labelloop.data.ingest import add_images
     from labelloop.maps.config import ProjectionConfig
@@ -80,6 +82,7 @@ def test_added_images_are_placed_on_the_map_and_refitting_is_a_button(fashion: P
     assert project_dataset(fashion, "fashion", "pixels-16px", ProjectionConfig(), compute=False).n_fitted == 120
 
 
+@pytest.mark.slow
 def test_training_from_the_page_runs_in_the_background_and_shows_the_results(fashion: Path):
     app = page("train")
     assert any("No training runs on version 1" in i.value for i in app.info)
@@ -98,6 +101,7 @@ def test_training_from_the_page_runs_in_the_background_and_shows_the_results(fas
     assert any("Confusion matrix" in m.value for m in app.markdown)
 
 
+@pytest.mark.slow
 def test_the_review_queue_accepts_a_prediction_and_commits_it(fashion: Path):
     run = train(fashion, "fashion", QUICK)
     flagged = load_samples(run).query("flagged").sort_values(["issue_score", "loss"], ascending=False)
@@ -142,6 +146,7 @@ def test_the_train_form_shows_only_the_settings_a_family_reads(fashion: Path):
     assert "Validation split" not in labels() and {"Output dimensions", "Margin"} <= labels()
 
 
+@pytest.mark.slow
 def test_a_user_error_on_a_page_is_an_error_box_not_a_traceback(fashion: Path):
     run = train(fashion, "fashion", QUICK)
     (run.path / "model" / "model_config.json").write_text("{damaged")  # a run folder damaged on disk

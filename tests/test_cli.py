@@ -38,6 +38,7 @@ def animals(class_folders: Path, workspace: Path) -> Path:
     return workspace
 
 
+@pytest.mark.slow
 def test_import_history_diff_apply_restore_round_trip(animals: Path, tmp_path: Path):
     table = open_table(animals, "animals")
     cats = table.read().query("label == 'cat'")["sample_id"].tolist()
@@ -66,6 +67,7 @@ def test_import_history_diff_apply_restore_round_trip(animals: Path, tmp_path: P
     assert "animals" in listing.stdout and "restore version 1" in listing.stdout
 
 
+@pytest.mark.slow
 def test_a_stale_parent_exits_2_with_one_line_and_writes_nothing(animals: Path, tmp_path: Path):
     changes = tmp_path / "c.csv"
     changes.write_text("sample_id,weight\n1,0\n")
@@ -76,6 +78,7 @@ def test_a_stale_parent_exits_2_with_one_line_and_writes_nothing(animals: Path, 
     assert open_table(animals, "animals").head_version() == 2
 
 
+@pytest.mark.slow
 def test_a_new_label_needs_new_class(animals: Path, tmp_path: Path):
     changes = tmp_path / "c.csv"
     changes.write_text("sample_id,label\n1,fox\n")
@@ -85,6 +88,7 @@ def test_a_new_label_needs_new_class(animals: Path, tmp_path: Path):
     assert ok.returncode == 0 and "new classes: fox" in ok.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, match",
     [
@@ -100,6 +104,7 @@ def test_user_errors_exit_2_with_one_clear_line(animals: Path, args: list[str], 
     assert match in one_error_line(cli(animals, *args))
 
 
+@pytest.mark.slow
 def test_change_files_with_wrong_columns_are_refused(animals: Path, tmp_path: Path):
     bad = tmp_path / "bad.csv"
     bad.write_text("id,label\n1,dog\n")
@@ -108,6 +113,7 @@ def test_change_files_with_wrong_columns_are_refused(animals: Path, tmp_path: Pa
     assert "cannot be applied: path" in one_error_line(cli(animals, "apply", "animals", str(bad), "--parent", "1", "-m", "x"))
 
 
+@pytest.mark.slow
 def test_export_in_every_format(animals: Path, tmp_path: Path):
     table = open_table(animals, "animals")
     changes = tmp_path / "c.csv"
@@ -132,6 +138,7 @@ def test_export_in_every_format(animals: Path, tmp_path: Path):
     assert "already exists" in one_error_line(cli(animals, "export", "animals", "--format", "csv", "--out", str(csv_out)))
 
 
+@pytest.mark.slow
 def test_demo_if_missing_builds_once(workspace: Path):
     first = cli(workspace, "demo", "--if-missing", "--per-class", "10")
     assert first.returncode == 0, first.stderr
@@ -140,6 +147,7 @@ def test_demo_if_missing_builds_once(workspace: Path):
     assert second.returncode == 0 and "already has data sets" in second.stdout
 
 
+@pytest.mark.slow
 def test_embed_and_project_from_the_command_line(animals: Path):
     embedded = cli(animals, "embed", "animals", "--embedder", "pixels", "--resolution", "8")
     assert embedded.returncode == 0, embedded.stderr
@@ -152,6 +160,7 @@ def test_embed_and_project_from_the_command_line(animals: Path):
     assert "(from the cache)" in again.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, match",
     [
@@ -166,6 +175,7 @@ def test_embed_and_project_errors_exit_2(animals: Path, args: list[str], match: 
     assert match in one_error_line(cli(animals, *args))
 
 
+@pytest.mark.slow
 def test_train_runs_issues_and_predict_from_the_command_line(tmp_path: Path, workspace: Path):
     from tests.conftest import write_fashion_folders
 
@@ -185,6 +195,7 @@ def test_train_runs_issues_and_predict_from_the_command_line(tmp_path: Path, wor
     assert len(pd.read_csv(tmp_path / "p.csv")) == 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, match",
     [
@@ -202,6 +213,7 @@ def test_train_and_predict_errors_exit_2(animals: Path, args: list[str], match: 
     assert match in one_error_line(cli(animals, *args))
 
 
+@pytest.mark.slow
 def test_resnet18_from_scratch_from_the_command_line(tmp_path: Path, workspace: Path):
     from tests.conftest import write_fashion_folders
 
@@ -217,6 +229,7 @@ def test_resnet18_from_scratch_from_the_command_line(tmp_path: Path, workspace: 
     assert len(predictions) == 60 and set(predictions["label"]) <= {p.name for p in (tmp_path / "f").iterdir()}
 
 
+@pytest.mark.slow
 def test_triplet_encoder_from_the_command_line(tmp_path: Path, workspace: Path):
     from tests.conftest import write_fashion_folders
 
@@ -235,6 +248,7 @@ def test_triplet_encoder_from_the_command_line(tmp_path: Path, workspace: Path):
     assert "an embedding, not a classifier" in one_error_line(cli(workspace, "predict", triplet_run, str(tmp_path / "f"), "--out", str(tmp_path / "p.csv")))
 
 
+@pytest.mark.slow
 def test_frozen_backbone_from_the_command_line(tmp_path: Path, workspace: Path):
     from tests.conftest import write_fashion_folders
 

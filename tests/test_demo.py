@@ -76,6 +76,7 @@ def test_the_full_demo_is_fashion_mnist_with_flips_kept_outside_the_table(worksp
         build_demo(workspace)
 
 
+@pytest.mark.slow
 def test_without_fashion_mnist_the_demo_falls_back_to_mnist_digits(tmp_path: Path, workspace: Path):
     source = load_source_images(fashion_dir=tmp_path / "not-installed")
     assert source.images.shape == (5000, 28, 28) and source.class_names[0] == "digit-0"

@@ -46,6 +46,7 @@ def test_pixels_embed_every_image_and_the_cache_is_keyed_by_content(fashion: Pat
     assert len(np.unique(embeddings.vectors.round(4), axis=0)) == 100
 
 
+@pytest.mark.slow
 def test_relabelling_never_re_embeds_and_adding_embeds_only_the_new_images(fashion: Path, tmp_path: Path):
     from labelloop.data.workspace import open_table
 
@@ -76,6 +77,7 @@ def test_an_image_changed_or_deleted_since_import_is_reported_and_skipped(fashio
     assert load_embeddings(fashion, "fashion", report.key).missing == 2
 
 
+@pytest.mark.slow
 def test_a_cancelled_run_keeps_its_work_and_the_next_one_resumes(tmp_path: Path, workspace: Path):
     import_dataset(write_fashion_folders(tmp_path / "many", 520), "many", workspace)  # 5,200 images: two cache chunks
     calls = {"n": 0}
@@ -125,6 +127,7 @@ def test_a_cache_written_with_vectors_as_float_lists_still_loads_beside_new_chun
     np.testing.assert_array_equal(vectors, np.concatenate([old_vectors, new_vectors]))  # bit for bit, both layouts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "config",
     [EmbedderConfig(), EmbedderConfig(runtime="onnxruntime"), EmbedderConfig(runtime="openvino", precision="fp32")],
@@ -204,6 +207,7 @@ def test_bad_checkpoints_get_clear_errors(tmp_path: Path):
         load_embedder(EmbedderConfig(kind="torchvision", arch="resnet9000"), tmp_path)
 
 
+@pytest.mark.slow
 def test_weights_full_of_nan_are_caught_not_cached(fashion: Path, tmp_path: Path):
     import torchvision
 
@@ -238,6 +242,7 @@ def tiny_clip(tmp_path: Path) -> str:
     return str(checkpoint)
 
 
+@pytest.mark.slow
 def test_open_clip_loads_a_local_checkpoint(tiny_clip: str, fashion: Path):
     config = EmbedderConfig(kind="open_clip", arch="tiny-test-clip", weights=tiny_clip, runtime="torch")
     report = embed_dataset(fashion, "fashion", config)

@@ -45,6 +45,7 @@ def test_scores_count_only_samples_the_reference_labels():
     assert d["n"] == 2 and d["before"] == 0.5 and d["after"] == 1.0 and d["difference"] == 0.5
 
 
+@pytest.mark.slow
 def test_fixing_flipped_labels_raises_the_line_against_the_reference_and_the_truth(tmp_path: Path, workspace: Path):
     """Real Fashion-MNIST photos, 35% of the labels flipped, then half and then 90% of the flips fixed:
     the same recipe on every version, scored against the latest labels and against the truth, rises."""

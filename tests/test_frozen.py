@@ -38,6 +38,7 @@ def fashion(tmp_path: Path, workspace: Path) -> Path:
     return workspace
 
 
+@pytest.mark.slow
 def test_the_frozen_backbone_head_trains_on_cached_backbone_features_and_predicts_new_images(fashion: Path, tmp_path: Path):
     config = FrozenBackboneSettings(epochs=12, **SMALL)
     assert (config.head_hidden, config.head_dropout, config.optimizer, config.learning_rate, config.weight_decay) == (512, (0.5, 0.5), "adamw", 5e-4, 1e-4)
@@ -68,6 +69,7 @@ def test_the_frozen_backbone_head_trains_on_cached_backbone_features_and_predict
     assert (predictions["label"] == predictions["filename"].str.split("/").str[0]).mean() > 0.4
 
 
+@pytest.mark.slow
 def test_k_fold_gives_every_labelled_sample_an_out_of_fold_score(fashion: Path):
     run = train(fashion, "fashion", FrozenBackboneSettings(epochs=4, folds=3, **SMALL))
     samples = load_samples(run)
@@ -78,6 +80,7 @@ def test_k_fold_gives_every_labelled_sample_an_out_of_fold_score(fashion: Path):
     assert labelled["issue_score"].notna().all()
 
 
+@pytest.mark.slow
 def test_gradual_unfreezing_trains_the_backbone_from_the_output_end(fashion: Path, tmp_path: Path):
     config = FrozenBackboneSettings(epochs=3, unfreeze_from=2, augmentation="randaugment", batch_size=16, **SMALL)
     run = train(fashion, "fashion", config)
@@ -117,6 +120,7 @@ def test_bad_frozen_backbone_settings_are_refused_clearly(fashion: Path):
         FrozenBackboneSettings(backbone="torchvision:resnet18", backbone_weights="/nowhere/r18.pth").validate()
 
 
+@pytest.mark.slow
 def test_any_backbone_with_a_local_weights_file_can_be_the_frozen_backbone(fashion: Path, tmp_path: Path):
     import torchvision
 

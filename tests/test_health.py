@@ -84,6 +84,7 @@ def test_planted_problems_are_found_and_a_relabel_reuses_the_label_free_checks(p
     pd.testing.assert_frame_equal(again.samples.drop(columns=["label"]), report.samples.drop(columns=["label"]))
 
 
+@pytest.mark.slow
 def test_label_checks_read_this_versions_labels_and_the_runs_probabilities(planted):
     from labelloop.train.heads import HeadsSettings
     from labelloop.train.pipeline import train
@@ -138,6 +139,7 @@ def test_grayscale_flags_the_few_gray_images_of_a_colour_set_and_unreadable_imag
     assert report.results["outlier"].status == "not run" and "embed the images first" in report.results["outlier"].note
 
 
+@pytest.mark.slow
 def test_health_command_prints_the_checks_and_writes_every_sample(planted, tmp_path: Path):
     workspace, ids = planted
     out = tmp_path / "health.csv"
@@ -152,6 +154,7 @@ def test_health_command_prints_the_checks_and_writes_every_sample(planted, tmp_p
     assert missing.returncode != 0 and "No data set named 'nope'" in missing.stderr
 
 
+@pytest.mark.slow
 def test_health_page_computes_on_request_then_excludes_and_keeps_one_of_each_group(planted):
     from labelloop.app.components.session import keys
     from tests.test_app import run_until
@@ -203,6 +206,7 @@ def test_health_page_computes_on_request_then_excludes_and_keeps_one_of_each_gro
     assert weights.loc[ids["near"]] > 0 and weights.loc[ids["original"]] == 0 and weights.loc[ids["exact"]] == 0
 
 
+@pytest.mark.slow
 def test_review_filters_by_health_issue_and_sends_more_like_a_sample_to_the_map(planted):
     from labelloop.app.components.session import keys
     from labelloop.train.heads import HeadsSettings
@@ -257,6 +261,7 @@ def test_a_stopped_check_caches_nothing_and_a_set_with_no_readable_image_says_so
         image_checks(open_table(workspace, "stop").read(), workers=1)
 
 
+@pytest.mark.slow
 def test_two_tabs_the_second_health_edit_on_an_old_version_is_refused(planted):
     from tests.test_app_pages import page
 

@@ -334,6 +334,7 @@ def _marker_exists(path: str) -> bool:
     return os.path.exists(path)
 
 
+@pytest.mark.slow
 def test_decoding_workers_never_run_the_parents_main_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Under `streamlit run` the parent's __main__ is the app script; workers used to run all of it."""
     import sys

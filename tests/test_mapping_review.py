@@ -299,6 +299,7 @@ def test_queue_decisions_apply_only_to_the_label_the_reviewer_saw():
         queue_changes([])
 
 
+@pytest.mark.slow
 def test_reverting_a_label_flow_cell_and_the_quick_heads_recipe(tmp_path: Path, workspace: Path):
     from labelloop.embed import EmbedderConfig, embed_dataset
 
@@ -330,6 +331,7 @@ def test_reverting_a_label_flow_cell_and_the_quick_heads_recipe(tmp_path: Path, 
     assert not list_runs(workspace, "f", 1)[0].automatic and run_recipe(list_runs(workspace, "f", 1)[0])[0] != run_recipe(run)[0]
 
 
+@pytest.mark.slow
 def test_the_quick_heads_refresh_once_per_version_and_then_say_how_long_the_next_takes(tmp_path: Path, workspace: Path):
     from labelloop.embed import EmbedderConfig, embed_dataset
     from labelloop.train.pipeline import (

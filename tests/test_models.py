@@ -111,6 +111,7 @@ def test_two_weights_of_one_architecture_never_share_an_embedding_key():
         embedder_key(config_of("open_clip:ViT-B-32:laion9b"))
 
 
+@pytest.mark.slow
 def test_torchvision_weights_by_name_load_from_torch_cache_with_their_own_transforms(offline: Path, fashion: Path):
     import torchvision
     from PIL import Image
@@ -139,6 +140,7 @@ def test_timm_weights_by_name_load_from_the_hugging_face_cache(offline: Path, fa
     assert vectors.shape == (60, 64) and np.isfinite(vectors).all() and len(np.unique(vectors.round(5), axis=0)) == 60
 
 
+@pytest.mark.slow
 def test_an_open_clip_pretrained_tag_loads_from_the_hub_repository_it_names(offline: Path, tmp_path: Path):
     """ViT-B-32's laion2b_s34b_b79k tag is the repository laion/CLIP-ViT-B-32-laion2B-s34B-b79K: random weights placed there load by the tag."""
     model_caches.open_clip_tag_snapshot(offline / "hf" / "hub", "ViT-B-32", "laion2b_s34b_b79k")
@@ -204,6 +206,7 @@ def test_clip_by_hub_name_embeds_searches_by_text_and_suggests_zero_shot_labels(
         closest_to_text(fashion, "fashion", embed_dataset(fashion, "fashion", config_of(TIMM, runtime="torch")).key, "a dog")
 
 
+@pytest.mark.slow
 def test_the_frozen_backbone_family_trains_on_a_backbone_named_by_the_hub(offline: Path, fashion: Path, tmp_path: Path):
     settings = FrozenBackboneSettings(backbone=TIMM, epochs=2, batch_size=16)
     run = train(fashion, "fashion", settings)
@@ -213,6 +216,7 @@ def test_the_frozen_backbone_family_trains_on_a_backbone_named_by_the_hub(offlin
     assert rows == 10
 
 
+@pytest.mark.slow
 def test_model_facts_count_the_real_architecture_without_downloading(offline: Path, workspace: Path):
     facts = model_facts("torchvision:resnet50:IMAGENET1K_V2", workspace / ".models")
     assert facts.parameters == 23_508_032  # resnet50 without its 1000-class layer (25,557,032 - 2,049,000)
@@ -255,6 +259,7 @@ def test_the_cli_embeds_by_name_with_the_caches_set_by_environment(caches: Path,
 # --------------------------------------------------------------------------- the pages
 
 
+@pytest.mark.slow
 def test_the_map_page_embeds_with_a_model_picked_from_the_list_or_named(offline: Path, fashion: Path):
     from tests.test_app import run_until
     from tests.test_app_pages import page
@@ -308,6 +313,7 @@ def test_clip_text_search_on_the_map_and_zero_shot_on_the_review_page(offline: P
     assert (view.loc[~undefined, "zero_shot"] == "").all()
 
 
+@pytest.mark.slow
 def test_the_train_page_trains_a_frozen_backbone_named_in_its_picker(offline: Path, fashion: Path):
     from labelloop.data.runs import list_runs
     from tests.test_app import run_until

@@ -67,6 +67,7 @@ def image_bytes(seed: int, tmp_path: Path) -> bytes:
 # --------------------------------------------------------------------------- label tables
 
 
+@pytest.mark.slow
 def test_a_label_table_in_s3_commits_reads_diffs_and_restores_like_a_local_one(bucket: str):
     uri = f"s3://{bucket}/tables/flowers/labels"
     rows = make_rows(3000, ["cat", "dog"])
@@ -102,6 +103,7 @@ def _commit_on_parent(args: tuple[str, int, dict]) -> str:
         return "conflict"
 
 
+@pytest.mark.slow
 def test_of_many_writers_on_one_parent_in_s3_exactly_one_wins(bucket: str, endpoint: str):
     uri = f"s3://{bucket}/race/labels"
     LabelTable.create(uri, make_rows(50, ["cat", "dog"]).assign(label="cat"), ["cat", "dog"])
@@ -115,6 +117,7 @@ def test_of_many_writers_on_one_parent_in_s3_exactly_one_wins(bucket: str, endpo
     assert (table.read()["label"] == "dog").sum() == 1 and table.read().set_index("sample_id").at[winner + 1, "label"] == "dog"
 
 
+@pytest.mark.slow
 def test_a_network_failure_in_the_middle_of_a_commit_leaves_the_table_at_its_previous_version(bucket: str, endpoint: str, monkeypatch: pytest.MonkeyPatch):
     uri = f"s3://{bucket}/flaky/labels"
     LabelTable.create(uri, make_rows(100, ["cat", "dog"]).assign(label="cat"), ["cat", "dog"])
@@ -226,6 +229,7 @@ def test_adding_images_to_an_s3_workspace_commits_a_new_version_with_its_report(
         import_dataset(f"s3://{bucket}/more", "pets", workspace)
 
 
+@pytest.mark.slow
 def test_the_app_opens_a_workspace_in_s3_and_a_restore_from_the_page_commits_there(bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from tests.test_app import run_app
 

@@ -34,6 +34,7 @@ def fashion(tmp_path: Path, workspace: Path) -> str:
     return embed_dataset(workspace, "fashion", PIXELS).key
 
 
+@pytest.mark.slow
 def test_a_pacmap_map_keeps_neighbourhoods_and_reports_its_quality(fashion: str, workspace: Path):
     projection = project_dataset(workspace, "fashion", fashion)
     assert projection.computed_now and projection.method_used == "pacmap"
@@ -46,6 +47,7 @@ def test_a_pacmap_map_keeps_neighbourhoods_and_reports_its_quality(fashion: str,
     assert list(frame.columns) == ["sample_id", "x", "y", "z"] and len(frame) == 300
 
 
+@pytest.mark.slow
 def test_after_a_relabel_the_map_comes_from_the_cache_with_no_work(fashion: str, workspace: Path):
     first = project_dataset(workspace, "fashion", fashion)
     table = open_table(workspace, "fashion")
@@ -56,6 +58,7 @@ def test_after_a_relabel_the_map_comes_from_the_cache_with_no_work(fashion: str,
     assert "from the cache" in again.describe()
 
 
+@pytest.mark.slow
 def test_a_map_opened_again_comes_from_its_saved_view_until_its_images_change(fashion: str, workspace: Path, monkeypatch: pytest.MonkeyPatch):
     import labelloop.maps.project
 
@@ -81,6 +84,7 @@ def test_a_map_opened_again_comes_from_its_saved_view_until_its_images_change(fa
         project_dataset(workspace, "fashion", fashion, rows=rows.iloc[:-5], compute=False)
 
 
+@pytest.mark.slow
 def test_other_settings_are_other_maps(fashion: str, workspace: Path):
     three = project_dataset(workspace, "fashion", fashion)
     two = project_dataset(workspace, "fashion", fashion, ProjectionConfig(dims=2))
@@ -156,6 +160,7 @@ def test_knn_accuracy_never_counts_a_point_as_its_own_neighbour():
     assert knn_accuracy(points, np.array(["a", "a", "b", "b"]), k=1) == 1.0
 
 
+@pytest.mark.slow
 def test_a_damaged_projection_cache_is_recomputed(fashion: str, workspace: Path):
     project_dataset(workspace, "fashion", fashion)
     for cached in (workspace / "fashion" / "projections").rglob("*.parquet"):
@@ -177,6 +182,7 @@ def test_rates_are_recorded_only_from_jobs_large_enough_to_time(tmp_path: Path):
 # --------------------------------------------------------------------------- fitted on a sample, the rest placed
 
 
+@pytest.mark.slow
 def test_a_map_fitted_on_a_sample_places_the_rest_and_says_how_well_each_way_did(fashion: str, workspace: Path):
     config = ProjectionConfig(fit_points=150)
     projection = project_dataset(workspace, "fashion", fashion, config)
@@ -210,6 +216,7 @@ def test_a_search_beside_a_fit_hands_its_error_to_whoever_waits_for_it():
         wrong_width.result()
 
 
+@pytest.mark.slow
 def test_when_more_images_are_left_out_than_fitted_transform_is_not_tried_and_the_map_says_why(fashion: str, workspace: Path):
     projection = project_dataset(workspace, "fashion", fashion, ProjectionConfig(fit_points=100))
     assert (projection.n_fitted, projection.n_placed) == (100, 200) and np.isfinite(projection.coords).all()
@@ -219,6 +226,7 @@ def test_when_more_images_are_left_out_than_fitted_transform_is_not_tried_and_th
     assert "transform was not tried" in projection.describe()
 
 
+@pytest.mark.slow
 def test_a_map_made_under_another_fit_size_that_fitted_every_image_is_kept(fashion: str, workspace: Path):
     # An older default fit size: 300 images all fitted, so a limit of 250 could not have made the same map, one of 400 would.
     old = project_dataset(workspace, "fashion", fashion, ProjectionConfig(fit_points=500))
@@ -243,6 +251,7 @@ def test_the_fit_sample_keeps_every_labels_share():
     assert np.array_equal(fit_sample(labels, 2000, seed=0), np.arange(1000))  # under the limit: everything
 
 
+@pytest.mark.slow
 def test_added_images_are_placed_on_the_map_and_only_an_explicit_refit_moves_it(fashion: str, workspace: Path, tmp_path: Path):
     first = project_dataset(workspace, "fashion", fashion)
     assert (first.n_fitted, first.n_placed) == (300, 0)

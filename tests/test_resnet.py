@@ -25,6 +25,7 @@ def fashion(tmp_path: Path, workspace: Path) -> Path:
     return workspace
 
 
+@pytest.mark.slow
 def test_resnet18_trains_from_scratch_and_its_features_become_an_embedding(fashion: Path):
     run = train(fashion, "fashion", ResnetScratchSettings(epochs=2, validation_split=0.25))
     curves = pd.read_parquet(run.path / "curves.parquet")

@@ -58,6 +58,7 @@ TRAVERSALS = [
 ]
 
 
+@pytest.mark.slow
 def test_the_static_route_serves_thumbnails_and_nothing_outside_static(server):
     from labelloop.app.components.scatter3d import mirror_thumbnails, thumbnail_url
     from labelloop.data.tables import LabelTable

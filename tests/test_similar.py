@@ -59,6 +59,7 @@ def test_more_like_this_refuses_what_it_cannot_answer(fashion: Path):
         parse_sample_ids("12, cat")
 
 
+@pytest.mark.slow
 def test_the_cli_lists_similar_samples_with_their_paths(fashion: Path):
     first = int(open_table(fashion, "fashion").read()["sample_id"].iloc[0])
     done = cli(fashion, "similar", "fashion", str(first), "--k", "5")
@@ -68,6 +69,7 @@ def test_the_cli_lists_similar_samples_with_their_paths(fashion: Path):
     assert refused.returncode == 2 and "not among the embedded samples" in refused.stderr
 
 
+@pytest.mark.slow
 def test_the_map_page_selects_a_sample_and_its_neighbours(fashion: Path):
     from tests.test_app_pages import page
 

@@ -208,6 +208,7 @@ def test_every_version_is_readable_by_polars_and_duckdb(small_table: LabelTable)
         assert excluded == (3 if version == v2 else 0)
 
 
+@pytest.mark.slow
 def test_history_survives_many_commits_and_checkpoints(tmp_path):
     # delta-rs writes a checkpoint every 100 commits; messages and class lists must survive it.
     table = LabelTable.create(tmp_path / "labels", make_rows(20, ["a", "b"]), ["a", "b"])

@@ -49,6 +49,7 @@ def fashion(tmp_path: Path, workspace: Path) -> Path:
     return workspace
 
 
+@pytest.mark.slow
 def test_a_run_cross_validates_every_head_keeps_the_best_and_stores_everything(fashion: Path):
     stages = []
     run = train(fashion, "fashion", QUICK, progress=lambda stage, fraction: stages.append((stage, fraction)))
@@ -77,6 +78,7 @@ def test_a_run_cross_validates_every_head_keeps_the_best_and_stores_everything(f
     assert model_config["label_names"] == confusion["labels"]
 
 
+@pytest.mark.slow
 def test_flipped_labels_rise_to_the_top(fashion: Path):
     table = open_table(fashion, "fashion")
     rows = table.read()
@@ -93,6 +95,7 @@ def test_flipped_labels_rise_to_the_top(fashion: Path):
     assert found_in_top_56 >= 14, found_in_top_56  # at least half of the flips among the top 2x (chance: 5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "setup, match",
     [
@@ -125,6 +128,7 @@ def test_no_embeddings_says_which_command_makes_them(tmp_path: Path, workspace: 
         train(workspace, "bare", HeadsSettings(), version=7)
 
 
+@pytest.mark.slow
 def test_a_cancelled_run_leaves_nothing_listed(fashion: Path):
     with pytest.raises(Cancelled):
         train(fashion, "fashion", QUICK, progress=lambda stage, fraction: None, should_stop=lambda: True)
@@ -132,6 +136,7 @@ def test_a_cancelled_run_leaves_nothing_listed(fashion: Path):
     assert not any((fashion / "fashion" / "runs").iterdir())  # no staging folder left either
 
 
+@pytest.mark.slow
 def test_folds_follow_the_smallest_class(fashion: Path):
     table = open_table(fashion, "fashion")
     bags = table.read().query("label == 'bag'")["sample_id"]
@@ -142,6 +147,7 @@ def test_folds_follow_the_smallest_class(fashion: Path):
         train(fashion, "fashion", HeadsSettings(embedding="pixels-16px", heads=("knn",), folds=4), version=version)
 
 
+@pytest.mark.slow
 def test_saved_models_load_without_pickle_and_reproduce_predictions(fashion: Path):
     for heads in (("mlp",), ("logreg",), ("knn",)):
         run = train(fashion, "fashion", HeadsSettings(embedding="pixels-16px", heads=heads, epochs=20, final_epochs=20, patience=5))
@@ -207,6 +213,7 @@ def test_a_head_checks_it_was_fitted_before_it_predicts_or_is_saved():
         assert np.allclose(again.predict_proba(X), fitted.predict_proba(X))
 
 
+@pytest.mark.slow
 def test_stacked_mlps_stop_early_each_on_its_own_and_keep_their_best_weights():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(400, 8)).astype(np.float32)
@@ -265,6 +272,7 @@ def test_settings_round_trip_through_json():
     assert settings_from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
+@pytest.mark.slow
 def test_predict_a_folder_of_new_images(fashion: Path, tmp_path: Path):
     from labelloop.train.predict import predict_folder
 
@@ -293,6 +301,7 @@ def test_a_model_from_another_data_set_is_refused(fashion: Path, tmp_path: Path)
         predict_folder(str(run.path), write_fashion_folders(tmp_path / "new", 1), tmp_path / "p.csv", fashion)
 
 
+@pytest.mark.slow
 def test_the_softmax_head_is_a_linear_model_with_its_own_patience(fashion: Path):
     from labelloop.embed import load_embeddings
     from labelloop.train.predict import load_model
@@ -311,6 +320,7 @@ def test_the_softmax_head_is_a_linear_model_with_its_own_patience(fashion: Path)
     assert np.allclose(predict(vectors), np.stack(unlabelled["probabilities"]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_heads_on_principal_components_save_the_reduction_with_the_model(fashion: Path, tmp_path: Path):
     from labelloop.compute.reduction import PcaReduction
     from labelloop.data.runs import ModelConfig
@@ -362,6 +372,7 @@ def test_one_shared_neighbour_search_gives_each_fold_exactly_its_own_knn():
         assert np.allclose(got, expected), candidates
 
 
+@pytest.mark.slow
 def test_a_run_with_the_shared_search_matches_one_with_a_search_per_fold(fashion: Path, monkeypatch):
     import labelloop.train.heads as heads_module
 
