@@ -1,1 +1,2 @@
-"""UI building blocks shared by the pages (and, later, the custom 3D lasso component)."""
+"""What the pages share: the three.js map (scatter3d.*), the commit-conflict component, background jobs, caches,
+the settings form, session keys, the sidebar and the error boundary every page runs in."""
