@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 
@@ -11,7 +10,6 @@ import pandas as pd
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from labelloop.app.components.commit import commit_edit, refused_commit
 from labelloop.app.components.compute_setting import current_compute
 from labelloop.app.components.data_cache import (
     cached_health,
@@ -20,14 +18,12 @@ from labelloop.app.components.data_cache import (
     servable_thumbnails,
     version_rows,
 )
-from labelloop.app.components.gallery import labelled_thumbnails, plain
+from labelloop.app.components.gallery import plain
 from labelloop.app.components.jobs import follow_job, running, start_job
 from labelloop.app.components.model_picker import model_picker
 from labelloop.app.components.scatter3d import PublishedMap, publish_map, scatter3d
+from labelloop.app.components.selection_editor import MapEdit, selection_editor
 from labelloop.app.components.session import (
-    MAP_MESSAGE,
-    MAP_MESSAGE_DEFAULT,
-    MAP_SELECTED_COUNT,
     keys,
     select_on_map,
 )
@@ -55,21 +51,13 @@ from labelloop.maps.project import has_map, project_dataset
 from labelloop.maps.view import (
     COLOUR_BY,
     categorical_colours,
-    confidence_warning,
-    confidently_right,
     continuous_colours,
-    default_message,
-    edit_targets,
-    label_mix,
-    resolve_label,
-    selection_changes,
 )
 from labelloop.scores.health import CHECKS
 
 # Sized so that on a 1440x900 window the header, the whole map and the first rows of the selection's
 # thumbnails (in the column beside the map) are in view together: judging a lasso means seeing both.
 MAP_HEIGHT = 560
-THUMBNAILS = 30  # of a selection, a few per label (labelloop.maps.view.thumbnail_sample)
 
 table, name, version = open_current_version()
 rows = version_rows(table, version)
@@ -315,7 +303,11 @@ def map_and_selection() -> None:
                 st.rerun()
     selected_ids = np.asarray((wanted or {}).get("sample_ids", []), dtype=np.int64)
     with panel:
-        show_selection(selected_ids, (wanted or {}).get("token"))
+        selection_editor(
+            MapEdit(table, name, version, classes, frame, scores, paths.thumbs),
+            selected_ids, (wanted or {}).get("token"),
+            on_reload=lambda: st.session_state.__setitem__(keys(name).selection_push, f"reload-{time.time()}"),
+        )
 
 
 def find_by_description() -> None:
@@ -375,118 +367,6 @@ def lasso_over_all_points(view: MapView, lasso: dict, before: np.ndarray) -> np.
     if lasso.get("operation") == "subtract":
         return np.setdiff1d(before, caught)
     return caught
-
-
-def left_out_of_edit(token: str | None) -> dict:
-    """What the user left out of the edit of this selection: labels, and samples by id. A new selection starts empty."""
-    kept = st.session_state.get(keys(name).map_left_out)
-    if kept is None or kept["token"] != token:
-        kept = st.session_state[keys(name).map_left_out] = {"token": token, "labels": set(), "ids": set()}
-    return kept
-
-
-def show_selection(selected_ids: np.ndarray, token: str | None) -> None:
-    st.markdown(f"**{len(selected_ids):,} selected**", help="Lasso: press L or the Lasso button, then draw; Escape leaves lasso mode. Shift adds to the selection, Alt or Ctrl subtracts.")
-    st.session_state[MAP_SELECTED_COUNT] = len(selected_ids)
-    if not len(selected_ids):
-        st.caption("Press L (or the Lasso button), then draw around a cluster to see its thumbnails and relabel it.")
-        return
-    chosen = frame.loc[selected_ids]
-    labels = chosen["label"].to_numpy()
-    mix = label_mix(labels)
-    left_out = left_out_of_edit(token)
-    options = mix["label"].tolist()
-    count_of = dict(zip(mix["label"], mix["count"]))
-    # Keyed by the labels present: after a commit the mix changes and the pills start again from what
-    # the user left out, which is kept per selection (a label left out stays out).
-    options_digest = hashlib.blake2b("\0".join(options).encode(), digest_size=6).hexdigest()
-    included = st.pills(
-        "Labels in the edit (click one to leave it out)", options, selection_mode="multi", default=[o for o in options if o not in left_out["labels"]],
-        format_func=lambda option: plain(f"{option} · {count_of[option]:,}"), key=f"map-include:{token}:{options_digest}",
-        help="The label mix of the selection, most common first. The edit applies only to samples whose label is highlighted.", wrap=True,
-    )
-    left_out["labels"] = (left_out["labels"] - set(options)) | (set(options) - set(included))
-    labelled_thumbnails(paths.thumbs, chosen, limit=THUMBNAILS, width=70, key="map-thumbnails")
-
-    action = st.radio("Action", ("relabel", "exclude", "include"), horizontal=True, key="map-action", help="Exclude keeps the samples in the table with weight 0: never trained on, easy to include again.")
-    label, new_class = None, False
-    if action == "relabel":
-        choice_column, new_column = st.columns(2)
-        label_options = [*classes, UNDEFINED]
-        majority = next((label for label in mix["label"] if label in classes), label_options[0])  # the usual fix: the cluster's own majority
-        picked = choice_column.selectbox("Label", label_options, index=label_options.index(majority), key=f"map-label-{majority}", help="An existing class, exactly as listed.")
-        typed = new_column.text_input("or a new class", key="map-new-label", help="Creates this class with the commit.")
-        label, new_class = (typed.strip(), True) if typed.strip() else (picked, False)
-    targets = edit_targets(selected_ids, labels, chosen["weight"].to_numpy(), action=action, label=label, include=included, leave_out=sorted(left_out["ids"]))
-    if action == "relabel":
-        warn_confidently_right(chosen, targets, label, left_out)
-    describe_edit(chosen, targets, action, label, set(included), left_out["ids"])
-    if left_out["ids"] and st.button("Put the samples the model is sure of back in the edit", key="map-put-back"):
-        left_out["ids"] = set()
-        st.rerun(scope="fragment")
-
-    # The same edit of the same selection is committed once: after a commit the button stays off (and
-    # says so) until the selection, the action, the label or what is left out changes.
-    signature = [token, action, label, sorted(left_out["labels"]), sorted(left_out["ids"])]
-    committed = st.session_state.get(keys(name).map_committed)
-    done = committed is not None and committed["signature"] == signature and committed["version"] == version
-    prefilled = default_message(len(targets), action, label)
-    if not done and st.session_state.get(MAP_MESSAGE_DEFAULT) != prefilled:  # a new selection or action: a new suggestion
-        st.session_state[MAP_MESSAGE_DEFAULT] = st.session_state[MAP_MESSAGE] = prefilled
-    message = st.text_input("Commit message", key=MAP_MESSAGE)  # after a commit: the message it was committed with
-    if refused_commit(table, "map", on_reload=lambda: st.session_state.__setitem__(keys(name).selection_push, f"reload-{time.time()}")):
-        return
-    if done:
-        st.success(f"Committed as v{version}: {plain(committed['message'])}", icon=":material/check:")
-    if st.button("Commit as a new version", type="primary", key="map-commit", disabled=done or not len(targets)):
-        try:
-            if action == "relabel":
-                label, new_class = resolve_label(label, classes, create=new_class)
-            changes = selection_changes(targets, action, label, new_class=new_class)
-        except UserError as error:
-            st.error(str(error))
-            return
-        new_version = commit_edit(table, changes, parent=version, message=message, page="map", rerun_scope="fragment")
-        if new_version is None:
-            return
-        st.session_state[keys(name).map_committed] = {"signature": signature, "version": new_version, "message": message}
-        st.session_state[keys(name).selection_push] = f"commit-{new_version}"
-        st.rerun(scope="app")
-
-
-def warn_confidently_right(chosen: pd.DataFrame, targets: np.ndarray, label: str, left_out: dict) -> None:
-    """Before a relabel: which of the samples it changes the latest model confidently thinks are already right; one click leaves them out."""
-    if scores is not None and len(targets) and {"predicted_label", "confidence"} <= set(scores.columns):
-        predicted, confidence = scores.loc[targets, "predicted_label"], scores.loc[targets, "confidence"]
-        sure = targets[confidently_right(chosen.loc[targets, "label"].to_numpy(), predicted.to_numpy(), confidence.to_numpy(), label)]
-        if len(sure):
-            st.warning(plain(confidence_warning(predicted.loc[sure].to_numpy())), icon=":material/warning:")
-            captions = chosen.loc[sure, "label"].astype(str) + " " + confidence.loc[sure].map("{:.2f}".format)
-            labelled_thumbnails(paths.thumbs, chosen.loc[sure], limit=12, width=70, captions=captions, key="map-confident-thumbnails")
-            if st.button(f"Leave these {len(sure):,} out of the edit", key="map-leave-out-confident"):
-                left_out["ids"] |= {int(i) for i in sure}
-                st.rerun(scope="fragment")
-
-
-def describe_edit(chosen: pd.DataFrame, targets: np.ndarray, action: str, label: str | None, included: set, left_out_ids: set) -> None:
-    """One line: how many of the selection the edit changes, and why the others are not (the reasons add up)."""
-    reasons = []
-    out = chosen.loc[~chosen["label"].isin(included), "label"].value_counts()
-    if len(out):
-        reasons.append("leaves out " + ", ".join(f"{plain(name)} ({count:,})" for name, count in out.items()))
-    kept_in = chosen["label"].isin(included).to_numpy()
-    if action == "relabel":
-        already = kept_in & (chosen["label"] == label).to_numpy()
-        what = f"already {plain(label)}"
-    else:
-        already = kept_in & ((chosen["weight"] <= 0) == (action == "exclude")).to_numpy()
-        what = f"already {action}d"
-    if already.any():
-        reasons.append(f"{int(already.sum()):,} {what}")
-    sure = int((kept_in & ~already & chosen.index.isin(list(left_out_ids))).sum())
-    if sure:
-        reasons.append(f"{sure:,} the model is sure of left out")
-    st.caption(f"The edit changes **{len(targets):,}** of {len(chosen):,}" + (f": {'; '.join(reasons)}." if reasons else "."))
 
 
 map_and_selection()

@@ -1,0 +1,177 @@
+"""The Map's selection editor: what a lasso (or any selection sent to the map) holds, and one edit of it.
+
+Everything it acts on comes in as arguments (:class:`MapEdit`); what it keeps between runs (what was left
+out of the edit, whether this edit of this selection was committed) is in the session under the data set's keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from labelloop.app.components.commit import commit_edit, refused_commit
+from labelloop.app.components.gallery import labelled_thumbnails, plain
+from labelloop.app.components.session import (
+    MAP_MESSAGE,
+    MAP_MESSAGE_DEFAULT,
+    MAP_SELECTED_COUNT,
+    keys,
+)
+from labelloop.data.schema import UNDEFINED
+from labelloop.data.tables import LabelTable
+from labelloop.errors import UserError
+from labelloop.maps.view import (
+    confidence_warning,
+    confidently_right,
+    default_message,
+    edit_targets,
+    label_mix,
+    resolve_label,
+    selection_changes,
+)
+
+THUMBNAILS = 30  # of a selection, a few per label (labelloop.maps.view.thumbnail_sample)
+
+
+@dataclass(frozen=True)
+class MapEdit:
+    """What an edit on the map acts on: the version the page shows and its rows."""
+
+    table: LabelTable
+    name: str
+    version: int
+    classes: list[str]
+    rows: pd.DataFrame  # the version's rows on the map, indexed by sample_id
+    scores: pd.DataFrame | None  # the newest run's per-sample scores on this version, indexed by sample_id
+    thumbs: Path
+
+
+def _left_out_of_edit(name: str, token: str | None) -> dict:
+    """What the user left out of the edit of this selection: labels, and samples by id. A new selection starts empty."""
+    kept = st.session_state.get(keys(name).map_left_out)
+    if kept is None or kept["token"] != token:
+        kept = st.session_state[keys(name).map_left_out] = {"token": token, "labels": set(), "ids": set()}
+    return kept
+
+
+def selection_editor(edit: MapEdit, selected_ids: np.ndarray, token: str | None, *, on_reload: Callable[[], None] | None = None) -> None:
+    """What a selection holds and one edit of it: its count, its label mix as pills (a label clicked off is left
+    out), thumbnails, relabel / exclude / include, a warning about samples the model is confidently right about,
+    the commit message and the commit. ``token`` names the selection: what the user left out of the edit, and
+    whether this edit was committed already, are kept per selection. ``on_reload``: what the page resets when
+    the user reloads after a refused commit."""
+    name, classes, frame, scores, thumbs = edit.name, edit.classes, edit.rows, edit.scores, edit.thumbs
+    st.markdown(f"**{len(selected_ids):,} selected**", help="Lasso: press L or the Lasso button, then draw; Escape leaves lasso mode. Shift adds to the selection, Alt or Ctrl subtracts.")
+    st.session_state[MAP_SELECTED_COUNT] = len(selected_ids)
+    if not len(selected_ids):
+        st.caption("Press L (or the Lasso button), then draw around a cluster to see its thumbnails and relabel it.")
+        return
+    chosen = frame.loc[selected_ids]
+    labels = chosen["label"].to_numpy()
+    mix = label_mix(labels)
+    left_out = _left_out_of_edit(name, token)
+    options = mix["label"].tolist()
+    count_of = dict(zip(mix["label"], mix["count"]))
+    # Keyed by the labels present: after a commit the mix changes and the pills start again from what
+    # the user left out, which is kept per selection (a label left out stays out).
+    options_digest = hashlib.blake2b("\0".join(options).encode(), digest_size=6).hexdigest()
+    included = st.pills(
+        "Labels in the edit (click one to leave it out)", options, selection_mode="multi", default=[o for o in options if o not in left_out["labels"]],
+        format_func=lambda option: plain(f"{option} · {count_of[option]:,}"), key=f"map-include:{token}:{options_digest}",
+        help="The label mix of the selection, most common first. The edit applies only to samples whose label is highlighted.", wrap=True,
+    )
+    left_out["labels"] = (left_out["labels"] - set(options)) | (set(options) - set(included))
+    labelled_thumbnails(thumbs, chosen, limit=THUMBNAILS, width=70, key="map-thumbnails")
+
+    action = st.radio("Action", ("relabel", "exclude", "include"), horizontal=True, key="map-action", help="Exclude keeps the samples in the table with weight 0: never trained on, easy to include again.")
+    label, new_class = None, False
+    if action == "relabel":
+        choice_column, new_column = st.columns(2)
+        label_options = [*classes, UNDEFINED]
+        majority = next((label for label in mix["label"] if label in classes), label_options[0])  # the usual fix: the cluster's own majority
+        picked = choice_column.selectbox("Label", label_options, index=label_options.index(majority), key=f"map-label-{majority}", help="An existing class, exactly as listed.")
+        typed = new_column.text_input("or a new class", key="map-new-label", help="Creates this class with the commit.")
+        label, new_class = (typed.strip(), True) if typed.strip() else (picked, False)
+    targets = edit_targets(selected_ids, labels, chosen["weight"].to_numpy(), action=action, label=label, include=included, leave_out=sorted(left_out["ids"]))
+    if action == "relabel":
+        _warn_confidently_right(scores, thumbs, chosen, targets, label, left_out)
+    _describe_edit(chosen, targets, action, label, set(included), left_out["ids"])
+    if left_out["ids"] and st.button("Put the samples the model is sure of back in the edit", key="map-put-back"):
+        left_out["ids"] = set()
+        st.rerun(scope="fragment")
+
+    _commit_the_edit(edit, targets, action, label, new_class, [token, action, label, sorted(left_out["labels"]), sorted(left_out["ids"])], on_reload)
+
+
+def _commit_the_edit(edit: MapEdit, targets: np.ndarray, action: str, label: str | None, new_class: bool, signature: list, on_reload: Callable[[], None] | None) -> None:
+    """The commit message (suggested, editable) and the commit of ``targets`` on the version shown."""
+    table, name, version, classes = edit.table, edit.name, edit.version, edit.classes
+    # The same edit of the same selection is committed once: after a commit the button stays off (and
+    # says so) until the selection, the action, the label or what is left out changes.
+    committed = st.session_state.get(keys(name).map_committed)
+    done = committed is not None and committed["signature"] == signature and committed["version"] == version
+    prefilled = default_message(len(targets), action, label)
+    if not done and st.session_state.get(MAP_MESSAGE_DEFAULT) != prefilled:  # a new selection or action: a new suggestion
+        st.session_state[MAP_MESSAGE_DEFAULT] = st.session_state[MAP_MESSAGE] = prefilled
+    message = st.text_input("Commit message", key=MAP_MESSAGE)  # after a commit: the message it was committed with
+    if refused_commit(table, "map", on_reload=on_reload):
+        return
+    if done:
+        st.success(f"Committed as v{version}: {plain(committed['message'])}", icon=":material/check:")
+    if st.button("Commit as a new version", type="primary", key="map-commit", disabled=done or not len(targets)):
+        try:
+            if action == "relabel":
+                label, new_class = resolve_label(label, classes, create=new_class)
+            changes = selection_changes(targets, action, label, new_class=new_class)
+        except UserError as error:
+            st.error(str(error))
+            return
+        new_version = commit_edit(table, changes, parent=version, message=message, page="map", rerun_scope="fragment")
+        if new_version is None:
+            return
+        st.session_state[keys(name).map_committed] = {"signature": signature, "version": new_version, "message": message}
+        st.session_state[keys(name).selection_push] = f"commit-{new_version}"
+        st.rerun(scope="app")
+
+
+def _warn_confidently_right(scores: pd.DataFrame | None, thumbs: Path, chosen: pd.DataFrame, targets: np.ndarray, label: str, left_out: dict) -> None:
+    """Before a relabel: which of the samples it changes the latest model confidently thinks are already right; one click leaves them out."""
+    if scores is not None and len(targets) and {"predicted_label", "confidence"} <= set(scores.columns):
+        predicted, confidence = scores.loc[targets, "predicted_label"], scores.loc[targets, "confidence"]
+        sure = targets[confidently_right(chosen.loc[targets, "label"].to_numpy(), predicted.to_numpy(), confidence.to_numpy(), label)]
+        if len(sure):
+            st.warning(plain(confidence_warning(predicted.loc[sure].to_numpy())), icon=":material/warning:")
+            captions = chosen.loc[sure, "label"].astype(str) + " " + confidence.loc[sure].map("{:.2f}".format)
+            labelled_thumbnails(thumbs, chosen.loc[sure], limit=12, width=70, captions=captions, key="map-confident-thumbnails")
+            if st.button(f"Leave these {len(sure):,} out of the edit", key="map-leave-out-confident"):
+                left_out["ids"] |= {int(i) for i in sure}
+                st.rerun(scope="fragment")
+
+
+def _describe_edit(chosen: pd.DataFrame, targets: np.ndarray, action: str, label: str | None, included: set, left_out_ids: set) -> None:
+    """One line: how many of the selection the edit changes, and why the others are not (the reasons add up)."""
+    reasons = []
+    out = chosen.loc[~chosen["label"].isin(included), "label"].value_counts()
+    if len(out):
+        reasons.append("leaves out " + ", ".join(f"{plain(name)} ({count:,})" for name, count in out.items()))
+    kept_in = chosen["label"].isin(included).to_numpy()
+    if action == "relabel":
+        already = kept_in & (chosen["label"] == label).to_numpy()
+        what = f"already {plain(label)}"
+    else:
+        already = kept_in & ((chosen["weight"] <= 0) == (action == "exclude")).to_numpy()
+        what = f"already {action}d"
+    if already.any():
+        reasons.append(f"{int(already.sum()):,} {what}")
+    sure = int((kept_in & ~already & chosen.index.isin(list(left_out_ids))).sum())
+    if sure:
+        reasons.append(f"{sure:,} the model is sure of left out")
+    st.caption(f"The edit changes **{len(targets):,}** of {len(chosen):,}" + (f": {'; '.join(reasons)}." if reasons else "."))
+
+
