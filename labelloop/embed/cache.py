@@ -235,6 +235,24 @@ def embed_dataset(
     return _embed(workspace, name, config, version, progress, should_stop)
 
 
+class _ChunkWriter:
+    """Batches of vectors in, whole cache chunks of about :data:`CHUNK_SIZE` out: a killed run keeps every chunk it wrote."""
+
+    def __init__(self, cache: EmbeddingCache, hashes: list[str]):
+        self.cache, self.hashes, self.buffer = cache, hashes, []
+
+    def keep(self, batch: EmbeddedBatch) -> None:
+        self.buffer.append(batch)
+        if sum(len(b.indices) for b in self.buffer) >= CHUNK_SIZE:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            indices = np.concatenate([b.indices for b in self.buffer])
+            self.cache.append([self.hashes[i] for i in indices], np.concatenate([b.vectors for b in self.buffer]))
+            self.buffer.clear()
+
+
 def _embed(
     workspace, name: str, config: EmbedderConfig, version: int | None, progress, should_stop, *, gpus_per_actor: float = 0.0, on_ray: bool = False, on_this_machine: bool = True,
 ) -> EmbedReport:
@@ -270,18 +288,8 @@ def _embed(
             cache, todo = still_to_do(embedder.key)
         describe({"key": embedder.key, "description": embedder.description, "dim": embedder.dim, "warnings": embedder.warnings})
     hashes = todo["content_hash"].tolist()
-    buffer: list[EmbeddedBatch] = []
-
-    def flush() -> None:
-        if buffer:
-            indices = np.concatenate([b.indices for b in buffer])
-            cache.append([hashes[i] for i in indices], np.concatenate([b.vectors for b in buffer]))
-            buffer.clear()
-
-    def keep(batch: EmbeddedBatch) -> None:
-        buffer.append(batch)
-        if sum(len(b.indices) for b in buffer) >= CHUNK_SIZE:
-            flush()
+    chunks = _ChunkWriter(cache, hashes)
+    keep, flush = chunks.keep, chunks.flush
 
     try:
         if on_ray:

@@ -114,6 +114,11 @@ def map_on_ray(
         num_cpus=cpus,
         num_gpus=gpus_per_actor or None,
     )
+    return _gather(mapped, total, expected_key, progress=progress, should_stop=should_stop, on_facts=on_facts, on_batch=on_batch)
+
+
+def _gather(mapped, total: int, expected_key: str | None, *, progress, should_stop, on_facts, on_batch) -> tuple[np.ndarray | None, list[tuple[int, str]]]:
+    """Consume the actor pool's batches as they come: facts once, each batch to ``on_batch`` (or collected), failures listed."""
     failures: list[tuple[int, str]] = []
     collected = None if on_batch else np.full((total, 0), np.nan, dtype=np.float32)
     done, seen_key = 0, expected_key

@@ -159,7 +159,6 @@ NOT_COMPUTED = "not computed yet for this version: press Compute on the Health p
 
 
 def _health(workspace, name, version, embedding, run_id, progress, image_workers, compute, should_stop) -> HealthReport:
-    from labelloop.data.runs import find_run, list_runs, load_samples
     from labelloop.data.workspace import DatasetPaths, open_table
     from labelloop.embed.cache import load_embeddings, preferred_embedding
 
@@ -218,24 +217,42 @@ def _health(workspace, name, version, embedding, run_id, progress, image_workers
             _stop_if_asked(should_stop)
             report_progress("label checks (Datalab) with the newest run", 0.85)
             started = time.perf_counter()
-            if run_id:
-                run = find_run(workspace, name, run_id, with_samples=True)
-            else:  # the newest with per-sample scores that is not newer than the version (as the Review page picks)
-                run = next((r for r in list_runs(workspace, name) if (r.path / "samples.parquet").exists() and r.version <= version), None)
-            if run is None:
-                for check in CHECKS_OF["labels"]:
-                    results[check] = CheckResult(check, "not run", note=f"needs a training run on v{version} or earlier: train one (Train page, or `labelloop train {name}`)")
-            else:
-                path = folder / f"labels-v{version}-{run.run_id}-{key}.parquet"
-                try:
-                    stage = _cached(compute, path, lambda: label_checks(rows, load_samples(run), run.model_config().label_names, vectors().vectors, vectors().sample_ids))
-                    samples = samples.merge(stage, on="sample_id", how="left")
-                    results.update({check: CheckResult(check, **_read_meta(path)["results"][check]) for check in CHECKS_OF["labels"]})
-                except _NotCached:
-                    for check in CHECKS_OF["labels"]:
-                        results[check] = CheckResult(check, "not run", note=f"{NOT_COMPUTED} (with run {run.run_id})")
+            run, samples = _label_stage(workspace, name, version, run_id, key, rows, vectors, folder, compute, samples, results)
             seconds["labels"] = time.perf_counter() - started
 
+    samples, groups = _with_every_check(samples, results, groups_from_embedding, embedded=key is not None)
+    columns = ["sample_id", "content_hash", "label", "weight", "unreadable"] + [c for check in CHECKS for c in (f"is_{check}", f"{check}_score")]
+    report_progress("done", 1.0)
+    return HealthReport(name, version, key, run.run_id if run is not None else None, samples[columns], results, groups, p_value, seconds)
+
+
+def _label_stage(workspace, name, version, run_id, key, rows, vectors, folder, compute, samples, results):
+    """The label checks with run ``run_id`` (default: the newest with per-sample scores, not newer than the version,
+    as the Review page picks); (the run or None, the samples with its columns). Fills ``results`` in."""
+    from labelloop.data.runs import find_run, list_runs, load_samples
+
+    if run_id:
+        run = find_run(workspace, name, run_id, with_samples=True)
+    else:
+        run = next((r for r in list_runs(workspace, name) if (r.path / "samples.parquet").exists() and r.version <= version), None)
+    if run is None:
+        for check in CHECKS_OF["labels"]:
+            results[check] = CheckResult(check, "not run", note=f"needs a training run on v{version} or earlier: train one (Train page, or `labelloop train {name}`)")
+        return None, samples
+    path = folder / f"labels-v{version}-{run.run_id}-{key}.parquet"
+    try:
+        stage = _cached(compute, path, lambda: label_checks(rows, load_samples(run), run.model_config().label_names, vectors().vectors, vectors().sample_ids))
+    except _NotCached:
+        for check in CHECKS_OF["labels"]:
+            results[check] = CheckResult(check, "not run", note=f"{NOT_COMPUTED} (with run {run.run_id})")
+        return run, samples
+    results.update({check: CheckResult(check, **_read_meta(path)["results"][check]) for check in CHECKS_OF["labels"]})
+    return run, samples.merge(stage, on="sample_id", how="left")
+
+
+def _with_every_check(samples: pd.DataFrame, results: dict, groups_from_embedding: list[np.ndarray], *, embedded: bool) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """Every check's two columns present (a check that did not run flags nobody); near-duplicate groups joined with
+    the exact duplicate files, which are found even without an embedding."""
     for check in CHECKS:
         if f"is_{check}" not in samples:
             samples[f"is_{check}"] = False
@@ -244,14 +261,12 @@ def _health(workspace, name, version, embedding, run_id, progress, image_workers
     groups = duplicate_groups(samples, groups_from_embedding)
     in_group = np.isin(samples["sample_id"].to_numpy(), np.concatenate(groups)) if groups else np.zeros(len(samples), bool)
     samples["is_near_duplicate"] |= in_group  # exact duplicates too, even without an embedding
-    if key is None and groups:
+    if not embedded and groups:
         results["near_duplicate"] = CheckResult("near_duplicate", "ran", note="exact duplicate files only: embed the images to find near duplicates too")
     if results["near_duplicate"].status == "ran":
         results["near_duplicate"].count = int(samples["is_near_duplicate"].sum())
     samples["unreadable"] = samples["unreadable"].fillna(False).astype(bool)
-    columns = ["sample_id", "content_hash", "label", "weight", "unreadable"] + [c for check in CHECKS for c in (f"is_{check}", f"{check}_score")]
-    report_progress("done", 1.0)
-    return HealthReport(name, version, key, run.run_id if run is not None else None, samples[columns], results, groups, p_value, seconds)
+    return samples, groups
 
 
 def _stop_if_asked(should_stop: Callable[[], bool]) -> None:

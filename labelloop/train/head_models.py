@@ -263,26 +263,7 @@ def fit_mlps(
     for epoch in range(1, settings.max_epochs + 1):
         if should_stop and should_stop():
             raise Cancelled(f"Training stopped at epoch {epoch}.")
-        model.train()
-        # Each model shuffles its own set; a shorter set wraps around so every step has a full batch for every model.
-        orders = []
-        for t in train_sets_t:
-            order = t[torch.randperm(len(t), generator=generator)]
-            repeats = math.ceil(steps * settings.batch_size / len(order))
-            orders.append(order.repeat(repeats)[: steps * settings.batch_size])
-        order_matrix = torch.stack(orders).view(n_models, steps, settings.batch_size).to(device)
-        loss_sum = torch.zeros(n_models, device=device)
-        for step in range(steps):
-            batch = order_matrix[:, step]  # (models, batch)
-            logits = model(X_t[batch])
-            targets = y_t[batch]
-            per_sample = torch.nn.functional.cross_entropy(logits.reshape(-1, n_classes), targets.reshape(-1), reduction="none").view(n_models, -1)
-            sample_weights = torch.gather(weights, 1, targets)
-            losses = (per_sample * sample_weights).sum(1) / sample_weights.sum(1).clamp_min(1e-12)  # PyTorch's weighted mean, per model
-            optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            optimizer.step()
-            loss_sum += losses.detach()
+        loss_sum = _train_one_epoch(model, optimizer, X_t, y_t, weights, train_sets_t, steps, settings.batch_size, n_classes, generator)
         model.eval()
         with torch.no_grad():
             accuracies = np.array([
@@ -311,6 +292,34 @@ def fit_mlps(
                 model.weights[layer][m] = state[f"{layer * 3}.weight"].T
                 model.biases[layer][m, 0] = state[f"{layer * 3}.bias"]
     return MlpResult(model.eval(), best_epoch, best_accuracy, curves)
+
+
+def _train_one_epoch(model: StackedMLP, optimizer, X_t: torch.Tensor, y_t: torch.Tensor, weights: torch.Tensor, train_sets_t: list[torch.Tensor],
+                     steps: int, batch_size: int, n_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """One epoch of every model at once; the summed loss of each model's steps."""
+    device = X_t.device
+    n_models = len(train_sets_t)
+    model.train()
+    # Each model shuffles its own set; a shorter set wraps around so every step has a full batch for every model.
+    orders = []
+    for t in train_sets_t:
+        order = t[torch.randperm(len(t), generator=generator)]
+        repeats = math.ceil(steps * batch_size / len(order))
+        orders.append(order.repeat(repeats)[: steps * batch_size])
+    order_matrix = torch.stack(orders).view(n_models, steps, batch_size).to(device)
+    loss_sum = torch.zeros(n_models, device=device)
+    for step in range(steps):
+        batch = order_matrix[:, step]  # (models, batch)
+        logits = model(X_t[batch])
+        targets = y_t[batch]
+        per_sample = torch.nn.functional.cross_entropy(logits.reshape(-1, n_classes), targets.reshape(-1), reduction="none").view(n_models, -1)
+        sample_weights = torch.gather(weights, 1, targets)
+        losses = (per_sample * sample_weights).sum(1) / sample_weights.sum(1).clamp_min(1e-12)  # PyTorch's weighted mean, per model
+        optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        optimizer.step()
+        loss_sum += losses.detach()
+    return loss_sum
 
 
 def _forward_one(model: StackedMLP, index: int, x: torch.Tensor) -> torch.Tensor:

@@ -179,24 +179,10 @@ def run_sweep(
     ``base`` holds settings every trial shares. Every combination is validated before Ray starts,
     so a bad value fails in a second with the setting named.
     """
-    from labelloop.compute.device import validate_device
     from labelloop.compute.ray_cluster import ray_cluster
-    from labelloop.train.registry import default_settings, get_family
+    from labelloop.train.registry import default_settings
 
-    base = dict(base or {})
-    if not 1 <= samples <= 100:
-        raise UserError(f"--samples {samples} is out of range: use 1 to 100.")
-    validate_device(device)
-    combos = combinations(grid)
-    for combo in combos:
-        default_settings(family, **base, **combo).validate()
-    if "embedding" in {info.name for info in get_family(family).settings_class.settings()} and "embedding" not in base and "embedding" not in grid:
-        from labelloop.embed import preferred_embedding
-
-        # What the Train page's form starts from: the embedding cached here (the default embedder's when there is one).
-        base["embedding"] = preferred_embedding(workspace, name)
-        if base["embedding"] is None:
-            raise UserError(f"'{name}' has no embeddings yet: the {family} family trains on them. Run `labelloop embed {name}` (or the Embed button) first.")
+    base, combos = _checked_grid(workspace, name, family, grid, dict(base or {}), samples, device)
     first_seed = default_settings(family, **base).seed
     version = version or open_table(workspace, name).head_version()
     sweep_id = f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{family}-{uuid.uuid4().hex[:6]}"
@@ -204,7 +190,6 @@ def run_sweep(
     started = time.perf_counter()
 
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     storage = sweeps_dir(workspace, name) / ".tune"
     if progress:
@@ -217,11 +202,7 @@ def run_sweep(
             "workspace": str(workspace) if workspace is not None else None, "name": name, "version": version, "family": family, "base": base, "device": device,
             "trial": tune.grid_search([{"params": combo, "seed": first_seed + s} for combo in combos for s in range(samples)]),
         }
-        scheduler = None
-        if asha:
-            epochs = max(int(default_settings(family, **base, **combo).to_dict().get("epochs", 1) or 1) for combo in combos)
-            # A trial reports epochs 1 .. epochs - 1, then its finished run: at most ``epochs`` results.
-            scheduler = ASHAScheduler(time_attr="training_iteration", metric="val_accuracy", mode="max", max_t=max(epochs, 2), grace_period=1, reduction_factor=2)
+        scheduler = _asha(family, base, combos) if asha else None
         tuner = tune.Tuner(
             tune.with_resources(_unpack_trial, {"cpu": 1, "gpu": gpus}),
             param_space=space,
@@ -245,6 +226,38 @@ def run_sweep(
     )
     record.write(sweeps_dir(workspace, name) / f"{sweep_id}.json")
     return record
+
+
+def _checked_grid(workspace, name: str, family: str, grid: dict[str, list], base: dict, samples: int, device: str) -> tuple[dict, list[dict]]:
+    """(the settings every trial shares, the grid's combinations), each combination validated before Ray starts."""
+    from labelloop.compute.device import validate_device
+    from labelloop.train.registry import default_settings, get_family
+
+    if not 1 <= samples <= 100:
+        raise UserError(f"--samples {samples} is out of range: use 1 to 100.")
+    validate_device(device)
+    combos = combinations(grid)
+    for combo in combos:
+        default_settings(family, **base, **combo).validate()
+    if "embedding" in {info.name for info in get_family(family).settings_class.settings()} and "embedding" not in base and "embedding" not in grid:
+        from labelloop.embed import preferred_embedding
+
+        # What the Train page's form starts from: the embedding cached here (the default embedder's when there is one).
+        base["embedding"] = preferred_embedding(workspace, name)
+        if base["embedding"] is None:
+            raise UserError(f"'{name}' has no embeddings yet: the {family} family trains on them. Run `labelloop embed {name}` (or the Embed button) first.")
+    return base, combos
+
+
+def _asha(family: str, base: dict, combos: list[dict]):
+    """ASHA early stopping on validation accuracy, rungs at 1, 2, 4, ... results."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    from labelloop.train.registry import default_settings
+
+    epochs = max(int(default_settings(family, **base, **combo).to_dict().get("epochs", 1) or 1) for combo in combos)
+    # A trial reports epochs 1 .. epochs - 1, then its finished run: at most ``epochs`` results.
+    return ASHAScheduler(time_attr="training_iteration", metric="val_accuracy", mode="max", max_t=max(epochs, 2), grace_period=1, reduction_factor=2)
 
 
 # A Tuner pickles its callbacks and stopper with its state; the job's progress callback and stop flag

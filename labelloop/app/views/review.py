@@ -195,21 +195,26 @@ def table_mode() -> None:
                 st.rerun()
 
     if len(part):
-        closer = st.selectbox("Look closer at", part["sample_id"], format_func=lambda i: f"#{i}", help="The full image and its scores.")
-        row = part[part["sample_id"] == closer].iloc[0]
-        original = rows.loc[rows["sample_id"] == closer, "path"].iloc[0]
-        image_column, facts = st.columns([1, 2])
-        try:
-            image_column.image(original, width=320)
-        except Exception:  # the file moved or broke since import: the thumbnail still shows what it was
-            image_column.image(str(paths.thumbnail(row["content_hash"])), width=320)
-            image_column.caption(f"{plain(original)} cannot be read now; showing the thumbnail.")
-        facts.markdown(f"**#{closer}** · given **{plain(row['label'])}** · predicted **{plain(row['predicted_label'])}**")
-        facts.caption(plain(original))
-        facts.dataframe(pd.DataFrame([row[["confidence", "given_confidence", "margin", "loss", "issue_score", "flagged"]]]), hide_index=True)
-        if health is not None:
-            facts.caption("Health: " + (plain(health.issue_types().get(closer, "")) or "no check flags it"))
-        more_like_this_button(facts, int(closer))
+        look_closer(part)
+
+
+def look_closer(part: pd.DataFrame) -> None:
+    """One sample of the page in full: its image (or its thumbnail, if the file cannot be read now) and every score."""
+    closer = st.selectbox("Look closer at", part["sample_id"], format_func=lambda i: f"#{i}", help="The full image and its scores.")
+    row = part[part["sample_id"] == closer].iloc[0]
+    original = rows.loc[rows["sample_id"] == closer, "path"].iloc[0]
+    image_column, facts = st.columns([1, 2])
+    try:
+        image_column.image(original, width=320)
+    except Exception:  # the file moved or broke since import: the thumbnail still shows what it was
+        image_column.image(str(paths.thumbnail(row["content_hash"])), width=320)
+        image_column.caption(f"{plain(original)} cannot be read now; showing the thumbnail.")
+    facts.markdown(f"**#{closer}** · given **{plain(row['label'])}** · predicted **{plain(row['predicted_label'])}**")
+    facts.caption(plain(original))
+    facts.dataframe(pd.DataFrame([row[["confidence", "given_confidence", "margin", "loss", "issue_score", "flagged"]]]), hide_index=True)
+    if health is not None:
+        facts.caption("Health: " + (plain(health.issue_types().get(closer, "")) or "no check flags it"))
+    more_like_this_button(facts, int(closer))
 
 
 def more_like_this_button(where, sample_id: int) -> None:
