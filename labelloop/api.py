@@ -29,7 +29,7 @@ from labelloop.data.changes import ChangeSet
 from labelloop.data.exchange import EXPORT_SUFFIXES, export_version
 from labelloop.data.ingest import ImportReport, import_dataset
 from labelloop.data.runs import RunInfo, find_run, load_samples
-from labelloop.data.tables import LabelTable, VersionInfo
+from labelloop.data.tables import Commit, LabelTable
 from labelloop.data.workspace import (
     DatasetPaths,
     list_datasets,
@@ -109,32 +109,33 @@ class Dataset:
 
     # ------------------------------------------------------------------ editing
 
-    def relabel(self, sample_ids: Iterable[int], label: str, *, message: str, parent: int, new_class: bool = False) -> VersionInfo:
+    def relabel(self, sample_ids: Iterable[int], label: str, *, message: str, parent: int, new_class: bool = False) -> Commit:
         """Give ``sample_ids`` the class ``label`` as one new version made against version ``parent``.
 
         ``new_class``: allow a label that is not a class yet (it is added to the class list).
-        Returns the new version's record. A ConflictError if ``parent`` is no longer the latest.
+        Returns the :class:`~labelloop.data.tables.Commit`: the new version's number, what changed and what was
+        written. A ConflictError if ``parent`` is no longer the latest.
         """
         ids = _ids(sample_ids)
         changes = ChangeSet(updates=pd.DataFrame({"sample_id": ids, "label": label}), new_classes=[label] if new_class else [])
         return self._commit(changes, parent, message)
 
-    def exclude(self, sample_ids: Iterable[int], *, message: str, parent: int, include: bool = False) -> VersionInfo:
+    def exclude(self, sample_ids: Iterable[int], *, message: str, parent: int, include: bool = False) -> Commit:
         """Set the weight of ``sample_ids`` to 0 (left out of training; still in the table), or back to 1 with ``include``."""
         return self._commit(ChangeSet.set_weight(_ids(sample_ids), 1.0 if include else 0.0), parent, message)
 
-    def apply(self, changes: pd.DataFrame, *, message: str, parent: int, new_classes: Iterable[str] = ()) -> VersionInfo:
+    def apply(self, changes: pd.DataFrame, *, message: str, parent: int, new_classes: Iterable[str] = ()) -> Commit:
         """Commit a frame of ``sample_id`` plus any of ``label``, ``weight``, ``split`` (None = unchanged) as one version."""
         if "sample_id" not in changes.columns:
             raise UserError(f"The changes need a sample_id column (columns given: {', '.join(map(str, changes.columns)) or 'none'}).")
         return self._commit(ChangeSet(updates=changes.reset_index(drop=True), new_classes=list(new_classes)), parent, message)
 
-    def restore(self, version: int, *, parent: int, message: str | None = None) -> VersionInfo:
+    def restore(self, version: int, *, parent: int, message: str | None = None) -> Commit:
         """A new version equal to ``version`` (nothing is overwritten; its files are reused)."""
-        return self.table.version_info(self.table.restore(version, parent=parent, message=message))
+        return self.table.restore(version, parent=parent, message=message)
 
-    def _commit(self, changes: ChangeSet, parent: int, message: str) -> VersionInfo:
-        return self.table.version_info(self.table.commit(changes, parent=parent, message=message))
+    def _commit(self, changes: ChangeSet, parent: int, message: str) -> Commit:
+        return self.table.commit(changes, parent=parent, message=message)
 
     # ------------------------------------------------------------------ computing
 

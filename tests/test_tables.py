@@ -405,3 +405,14 @@ def test_a_table_whose_log_went_away_is_not_called_damaged(small_table: LabelTab
     shutil.rmtree(small_table.path / "_delta_log")
     with pytest.raises(UserError, match=r"no label table at .* any more.*moved or deleted"):
         moved._delta()
+
+
+def test_a_commit_and_a_restore_say_what_they_wrote(tmp_path: Path):
+    table = LabelTable.create(tmp_path / "labels", make_rows(3000, ["a", "b", "c"]), ["a", "b", "c"], "import")
+    made = table.commit(ChangeSet.relabel([1, 2, 3], "c"), parent=1, message="three in the first file")
+    assert made == 2 and made.version == 2 and made.parent == 1 and made.kind == "commit"
+    assert made.files_written == 1 and made.files_replaced == 1 and made.bytes_written > 0  # only the file holding ids 1-1024
+    assert made.counts["relabelled"] == sum(table.diff(1, 2).samples["relabelled"]) and made.counts["added"] == 0
+    back = table.restore(1, parent=2)
+    assert back == 3 and back.kind == "restore" and back.files_written == 0 and back.bytes_written == 0  # the old file, reused
+    assert "restore on v2" in back.describe() and "no data" in back.describe()

@@ -128,8 +128,8 @@ def cmd_diff(args: argparse.Namespace) -> None:
 def cmd_restore(args: argparse.Namespace) -> None:
     table = open_table(args.workspace, args.name)
     parent = args.parent or table.head_version()
-    version = table.restore(args.version, parent=parent, message=args.message)
-    print(f"'{args.name}' version {version}: restored version {args.version} ({table.version_info(version).describe()})")
+    made = table.restore(args.version, parent=parent, message=args.message)
+    print(f"'{args.name}' version {made}: restored version {args.version} ({table.version_info(made).describe()}); {made.files_replaced} data file(s) swapped, no data written")
 
 
 def cmd_apply(args: argparse.Namespace) -> None:
@@ -137,8 +137,8 @@ def cmd_apply(args: argparse.Namespace) -> None:
 
     table = open_table(args.workspace, args.name)
     changes = read_change_file(args.changes, args.new_class)
-    version = table.commit(changes, parent=args.parent, message=args.message)
-    print(f"'{args.name}' version {version}: {table.version_info(version).describe()}")
+    made = table.commit(changes, parent=args.parent, message=args.message)
+    print(f"'{args.name}' version {made}: {table.version_info(made).describe()}; wrote {made.files_written} data file(s) ({made.bytes_written / 1024:,.0f} KB)")
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -109,6 +109,35 @@ _LOCK_TIMEOUT_S = 60.0
 # --------------------------------------------------------------------------- history
 
 
+class Commit(int):
+    """What a commit or a restore did. It is the new version's number (so ``table.commit(...) == 3`` and
+    ``parent=table.commit(...)`` read as before), and says what was written: ``files_written`` new data
+    files of ``bytes_written`` bytes (a restore writes none: it reuses the old version's files),
+    ``files_replaced`` files the new version no longer uses, and ``counts`` per kind of change."""
+
+    parent: int
+    kind: str
+    files_written: int
+    bytes_written: int
+    files_replaced: int
+    counts: dict[str, int]
+
+    def __new__(cls, version: int, *, parent: int, kind: str, files_written: int, bytes_written: int, files_replaced: int, counts: dict[str, int]) -> Commit:
+        made = super().__new__(cls, version)
+        made.parent, made.kind, made.files_written, made.bytes_written, made.files_replaced, made.counts = (
+            parent, kind, files_written, bytes_written, files_replaced, counts)
+        return made
+
+    @property
+    def version(self) -> int:
+        return int(self)
+
+    def describe(self) -> str:
+        changes = ", ".join(f"{n:,} {kind.replace('_', ' ')}" for kind, n in self.counts.items() if n) or "no sample changed"
+        written = f"{self.files_written} data file(s), {self.bytes_written / 1024:,.0f} KB" if self.files_written else "no data (the files were reused)"
+        return f"v{self.version} ({self.kind} on v{self.parent}): {changes}; wrote {written}; {self.files_replaced} file(s) left for the earlier versions"
+
+
 @dataclass(frozen=True)
 class VersionInfo:
     version: int
@@ -442,13 +471,13 @@ class LabelTable:
 
     # ----- writing
 
-    def commit(self, changes: ChangeSet, *, parent: int, message: str) -> int:
+    def commit(self, changes: ChangeSet, *, parent: int, message: str) -> Commit:
         """Apply ``changes`` to version ``parent`` and write them as a new version.
 
         Reads and rewrites only the data files that hold a changed or removed
         sample; added samples go to new files. Raises :class:`ConflictError`
         if ``parent`` is no longer the head, and :class:`UserError` if the
-        change set is invalid or changes nothing. Returns the new version number.
+        change set is invalid or changes nothing. Returns the :class:`Commit`: the new version's number, and what was written.
         """
         message = _check_message(message)
         with self._lock():
@@ -467,7 +496,7 @@ class LabelTable:
             next_id = max(next_id, int(new["sample_id"].max()) + 1 if len(new) else 1)
             return self._write(head, touched, old, old_classes, new, new_classes, parent=parent, message=message, kind="commit", next_id=next_id)
 
-    def restore(self, version: int, *, parent: int, message: str | None = None) -> int:
+    def restore(self, version: int, *, parent: int, message: str | None = None) -> Commit:
         """Write a new version equal to ``version``. History is never rewritten.
 
         Writes no data: the new version is made of ``version``'s own files.
@@ -525,7 +554,7 @@ class LabelTable:
         kind: str,
         next_id: int,
         reuse: DataFiles | None = None,
-    ) -> int:
+    ) -> Commit:
         """Commit version ``parent + 1``: the files ``replaced`` (holding ``old``) give way to ``new``.
 
         ``new`` is written to new data files unless ``reuse`` names existing
@@ -561,7 +590,9 @@ class LabelTable:
         new_version = self.head_version()
         if new_version != parent + 1:  # only possible if something bypassed the lock
             raise self._conflict(parent)
-        return new_version
+        written = 0 if reuse is not None else len(added.files)
+        return Commit(new_version, parent=parent, kind=kind, files_written=written, bytes_written=int(added.files["size"].sum()) if written else 0,
+                      files_replaced=len(replaced.files), counts=diff.counts())
 
     def _conflict(self, parent: int) -> ConflictError:
         head = self.head_version()
