@@ -80,7 +80,15 @@ def small_table(tmp_path: Path) -> LabelTable:
 FILE_MARKERS = {"test_browser": "browser", "test_ray": "ray", "test_crash_safety": "crash", "test_models": "models", "test_gpu": "gpu"}
 
 
+# The files that take longest (seconds measured in a full run on 2 cores), run first: the two workers take whole files
+# as they free up, so starting with the long ones leaves neither idle at the end while the other finishes a long file.
+LONGEST_FIRST = ("test_ray", "test_cli", "test_crash_safety", "test_browser_map", "test_browser_loop", "test_browser_two_tabs", "test_train",
+                 "test_neighbours", "test_projection", "test_browser_two_spaces", "test_browser_lasso", "test_embed", "test_models", "test_package")
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {stem: i for i, stem in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: the rest keep their order
     for item in items:
         stem = item.path.stem
         for prefix, marker in FILE_MARKERS.items():
