@@ -32,11 +32,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(workspace: Path, log_path: Path, *, as_configured: bool = False):
-    """The app as `labelloop app` starts it, on its own port; yields the base URL.
+def running_app(workspace: Path, log_path: Path, *, as_configured: bool = False, labelloop: tuple[str, ...] = (sys.executable, "-m", "labelloop"),
+                cwd: Path = REPO, env: dict | None = None):
+    """The app as `labelloop app` starts it, on its own port; yields the base URL once it answers its health check.
 
     ``as_configured``: pass nothing but the port, as run.sh does, so the app's .streamlit/config.toml
-    alone decides the rest (the bind address included).
+    alone decides the rest (the bind address included). ``labelloop``: the command that is labelloop
+    (an installed console script, say), run in ``cwd`` with ``env`` (default: this process's).
     """
     port = free_port()
     settings = [] if as_configured else [
@@ -44,20 +46,20 @@ def running_app(workspace: Path, log_path: Path, *, as_configured: bool = False)
     ]
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "labelloop", "app", "--port", str(port), *settings],
-            cwd=REPO, env={**os.environ, "LABELLOOP_WORKSPACE": str(workspace)}, stdout=log, stderr=subprocess.STDOUT,
+            [*labelloop, "app", "--workspace", str(workspace), "--port", str(port), *settings],
+            cwd=cwd, env=os.environ if env is None else env, stdout=log, stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 60
-        while time.time() < deadline:
+        while True:
             try:
                 if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
                     break
             except OSError:
+                if process.poll() is not None or time.time() > deadline:
+                    process.kill()
+                    pytest.fail("the app did not start: " + log_path.read_text())
                 time.sleep(0.3)
-        else:
-            process.kill()
-            pytest.fail("streamlit did not start: " + log_path.read_text())
         try:
             yield url
         finally:

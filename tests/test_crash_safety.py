@@ -111,8 +111,8 @@ def _check_version(table: LabelTable, version: int, n_rows: int) -> str:
 WRITE_STEPS = [("locked", 1), ("data file written", 1), ("data file written", 2), ("data files written", 1), ("log entry written", 1)]
 
 
-def _commit_paused_at(path: str, step: str, nth: int, ready) -> None:
-    """Commit every row to the next label, stopping (as if the machine froze) at the ``nth`` ``step``."""
+def _freeze_at(step: str, nth: int, ready) -> None:
+    """From now on this process stops, as if the machine froze, when its writer reaches the ``nth`` ``step``."""
     from labelloop.data import write_steps
 
     reached: dict[str, int] = {}
@@ -124,6 +124,11 @@ def _commit_paused_at(path: str, step: str, nth: int, ready) -> None:
             time.sleep(600)  # killed here
 
     write_steps.hook = pause
+
+
+def _commit_paused_at(path: str, step: str, nth: int, ready) -> None:
+    """Commit every row to the next label, frozen at the ``nth`` ``step``."""
+    _freeze_at(step, nth, ready)
     table = LabelTable(path)
     head = table.head_version()
     label = CLASSES[head % 10]
@@ -354,19 +359,11 @@ RUN_STEPS = [("run staged", 1), ("run file written", 2), ("run complete", 1), ("
 
 
 def _train_paused_at(workspace: str, embedding: str, step: str, nth: int, ready) -> None:
-    from labelloop.data import write_steps
+    """Train the heads, frozen at the ``nth`` ``step`` of the run's writing."""
     from labelloop.train.heads import HeadsSettings
     from labelloop.train.pipeline import train
 
-    reached: dict[str, int] = {}
-
-    def pause(name: str) -> None:
-        reached[name] = reached.get(name, 0) + 1
-        if name == step and reached[name] == nth:
-            ready.set()
-            time.sleep(600)  # killed here
-
-    write_steps.hook = pause
+    _freeze_at(step, nth, ready)
     train(workspace, "big", HeadsSettings(heads=("knn", "logreg"), embedding=embedding))
 
 

@@ -18,7 +18,13 @@ from labelloop.embed import EmbedderConfig, embed_dataset, list_embeddings
 from labelloop.errors import UserError
 from labelloop.train.pipeline import train
 from labelloop.train.predict import predict_folder
-from labelloop.train.registry import FAMILIES, default_settings, family_of_model, recipe_identity, run_settings
+from labelloop.train.registry import (
+    FAMILIES,
+    default_settings,
+    family_of_model,
+    recipe_identity,
+    run_settings,
+)
 from tests.conftest import write_fashion_folders
 
 pytestmark = pytest.mark.slow

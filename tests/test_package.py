@@ -6,14 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, free_port, needs_chromium
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium, running_app
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slow]
@@ -72,23 +71,10 @@ def test_labelloop_demo_and_labelloop_app_run_from_the_wheel_without_the_repo(in
     demo = run_installed(installed, "demo", "--per-class", "20", "--workspace", str(workspace), cwd=tmp_path, timeout=300)
     assert demo.returncode == 0, demo.stderr
     assert "built demo data set 'fashion-demo'" in demo.stdout
-    port = free_port()
-    log = tmp_path / "app.log"
     env = {**os.environ, "PYTHONPATH": str(installed)}
-    with open(log, "w") as out:
-        # Nothing but the port and the workspace: the packaged .streamlit/config.toml decides the rest.
-        app = subprocess.Popen([str(installed / "bin" / "labelloop"), "app", "--workspace", str(workspace), "--port", str(port)],
-                               cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                assert app.poll() is None and time.time() < deadline, "labelloop app did not start: " + log.read_text()
-                time.sleep(0.3)
+    env.pop("LABELLOOP_WORKSPACE", None)
+    # Nothing but the port and the workspace: the packaged .streamlit/config.toml decides the rest.
+    with running_app(workspace, tmp_path / "app.log", as_configured=True, labelloop=(str(installed / "bin" / "labelloop"),), cwd=tmp_path, env=env) as url:
         three = urllib.request.urlopen(f"{url}/app/static/vendor/three/three.module.js", timeout=10).read()
         assert b"REVISION" in three  # the map's three.js comes out of the installed package
         with sync_playwright() as playwright:
@@ -100,7 +86,4 @@ def test_labelloop_demo_and_labelloop_app_run_from_the_wheel_without_the_repo(in
             page.get_by_role("heading", name="fashion-demo").wait_for(timeout=60_000)
             page.get_by_text("Version 1 of 1").first.wait_for(timeout=30_000)
             browser.close()
-        assert not errors, errors
-    finally:
-        app.terminate()
-        app.wait(timeout=30)
+    assert not errors, errors

@@ -407,7 +407,7 @@ def test_a_table_whose_log_went_away_is_not_called_damaged(small_table: LabelTab
         moved._delta()
 
 
-def test_a_commit_and_a_restore_say_what_they_wrote(tmp_path: Path):
+def test_a_commit_and_a_restore_say_what_they_wrote(tmp_path):
     table = LabelTable.create(tmp_path / "labels", make_rows(3000, ["a", "b", "c"]), ["a", "b", "c"], "import")
     made = table.commit(ChangeSet.relabel([1, 2, 3], "c"), parent=1, message="three in the first file")
     assert made == 2 and made.version == 2 and made.parent == 1 and made.kind == "commit"
