@@ -125,7 +125,8 @@ def large(workspace: Path, n: int, demo_workspace: Path) -> None:
         load_embeddings,
         preferred_embedding,
     )
-    from labelloop.scores.health import embedding_checks, image_checks, label_checks
+    from labelloop.scores.datalab_checks import embedding_checks, label_checks
+    from labelloop.scores.image_checks import image_checks
 
     source = load_source_images()
     folder = workspace / ".large-source"

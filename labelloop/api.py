@@ -49,7 +49,8 @@ from labelloop.errors import UserError
 from labelloop.maps.cache import Projection
 from labelloop.maps.config import ProjectionConfig
 from labelloop.maps.project import project_dataset
-from labelloop.scores.health import HealthReport, compute_health
+from labelloop.scores.checks import HealthReport
+from labelloop.scores.health import compute_health
 from labelloop.train.pipeline import train as train_run
 from labelloop.train.registry import default_settings, get_family
 

@@ -16,7 +16,9 @@ from labelloop.data.ingest import import_dataset
 from labelloop.data.workspace import DatasetPaths, open_table
 from labelloop.embed import EmbedderConfig, embed_dataset
 from labelloop.errors import UserError
-from labelloop.scores.health import CHECKS, NOT_COMPUTED, compute_health, image_checks
+from labelloop.scores.checks import CHECKS
+from labelloop.scores.health import NOT_COMPUTED, compute_health
+from labelloop.scores.image_checks import image_checks
 from tests.conftest import draw_image, write_fashion_folders
 from tests.test_cli import cli
 

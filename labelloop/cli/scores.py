@@ -30,7 +30,8 @@ def cmd_issues(args: argparse.Namespace) -> None:
 
 
 def cmd_health(args: argparse.Namespace) -> None:
-    from labelloop.scores.health import compute_health, describe
+    from labelloop.scores.checks import describe
+    from labelloop.scores.health import compute_health
 
     with progress_bar("data health", unit="%") as update:
         report = compute_health(args.workspace, args.name, version=args.version, embedding=args.embedding, run_id=args.run,

@@ -28,7 +28,8 @@ from labelloop.data.schema import UNDEFINED
 from labelloop.data.workspace import DatasetPaths
 from labelloop.embed.cache import list_embeddings, preferred_embedding
 from labelloop.embed.similar import more_like_this
-from labelloop.scores.health import CHECKS, NOT_COMPUTED, compute_health
+from labelloop.scores.checks import CHECKS
+from labelloop.scores.health import NOT_COMPUTED, compute_health
 
 PAGE_SIZE = 100
 GROUPS_PER_PAGE = 10

@@ -53,7 +53,7 @@ from labelloop.maps.view import (
     categorical_colours,
     continuous_colours,
 )
-from labelloop.scores.health import CHECKS
+from labelloop.scores.checks import CHECKS
 
 # Sized so that on a 1440x900 window the header, the whole map and the first rows of the selection's
 # thumbnails (in the column beside the map) are in view together: judging a lasso means seeing both.

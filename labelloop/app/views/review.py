@@ -30,7 +30,7 @@ from labelloop.embed.cache import preferred_embedding
 from labelloop.embed.similar import more_like_this
 from labelloop.embed.text import PROMPT, text_embeddings, zero_shot
 from labelloop.errors import UserError
-from labelloop.scores.health import CHECKS
+from labelloop.scores.checks import CHECKS
 from labelloop.scores.review import (
     Decision,
     filter_review,
