@@ -27,7 +27,8 @@ import pandas as pd
 
 from labelloop.data.changes import ChangeSet
 from labelloop.data.exchange import EXPORT_SUFFIXES, export_version
-from labelloop.data.ingest import ImportReport, import_dataset
+from labelloop.data.import_report import ImportReport
+from labelloop.data.ingest import import_dataset
 from labelloop.data.runs import RunInfo, find_run, load_samples
 from labelloop.data.tables import Commit, LabelTable
 from labelloop.data.workspace import (
@@ -100,7 +101,7 @@ class Dataset:
 
     def import_report(self, version: int = 1) -> ImportReport | None:
         """What the import that made ``version`` read, skipped (with reasons) and found duplicated."""
-        from labelloop.data.ingest import load_import_report
+        from labelloop.data.import_report import load_import_report
 
         return load_import_report(self.workspace, self.name, version)
 

@@ -11,12 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from labelloop.data.ingest import (
-    add_images,
-    check_image,
-    import_dataset,
-    load_import_report,
-)
+from labelloop.data.file_checks import check_image
+from labelloop.data.import_report import load_import_report
+from labelloop.data.ingest import add_images, import_dataset
 from labelloop.data.schema import UNDEFINED
 from labelloop.data.workspace import DatasetPaths, list_datasets, thumbnail_path
 from labelloop.errors import UserError

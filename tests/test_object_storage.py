@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from labelloop.data.changes import ChangeSet
-from labelloop.data.ingest import add_images, import_dataset, load_import_report
+from labelloop.data.import_report import load_import_report
+from labelloop.data.ingest import add_images, import_dataset
 from labelloop.data.tables import LabelTable
 from labelloop.data.workspace import (
     DatasetPaths,

@@ -24,7 +24,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from labelloop.data.ingest import ImportReport, Progress, import_dataset
+from labelloop.data.file_checks import Progress
+from labelloop.data.import_report import ImportReport
+from labelloop.data.ingest import import_dataset
 from labelloop.data.schema import UNDEFINED
 from labelloop.data.tables import LabelTable
 from labelloop.data.workspace import (

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from labelloop.compute.device import Compute
-from labelloop.data.ingest import discover
+from labelloop.data.discover import discover
 from labelloop.data.runs import ModelConfig, RunInfo
 from labelloop.data.workspace import DatasetPaths, list_datasets, models_dir, open_table
 from labelloop.embed import Embedder, embed_paths

@@ -23,14 +23,10 @@ from labelloop.app.components.sidebar import (
     workspace,
 )
 from labelloop.data.demo import DEMO_NAME, build_demo, demo_score
+from labelloop.data.discover import LAYOUTS
 from labelloop.data.exchange import default_export_path, export_version, table_bytes
-from labelloop.data.ingest import (
-    LAYOUTS,
-    ImportReport,
-    add_images,
-    import_dataset,
-    load_import_report,
-)
+from labelloop.data.import_report import ImportReport, load_import_report
+from labelloop.data.ingest import add_images, import_dataset
 from labelloop.data.schema import UNDEFINED
 from labelloop.data.tables import LabelTable
 from labelloop.data.workspace import DatasetPaths
