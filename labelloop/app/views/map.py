@@ -36,6 +36,7 @@ from labelloop.compute.measured import last_rate
 from labelloop.data.lookup import positions_in
 from labelloop.data.runs import find_run, load_samples
 from labelloop.data.schema import UNDEFINED
+from labelloop.data.tables import LabelTable
 from labelloop.data.workspace import DatasetPaths
 from labelloop.embed import (
     embed_dataset,
@@ -46,10 +47,12 @@ from labelloop.embed.models import config_of
 from labelloop.embed.similar import more_like_this, parse_sample_ids
 from labelloop.embed.text import closest_to_text, text_config
 from labelloop.errors import UserError
+from labelloop.maps.cache import Projection
 from labelloop.maps.config import ProjectionConfig
 from labelloop.maps.project import has_map, project_dataset
 from labelloop.maps.view import (
     COLOUR_BY,
+    Colouring,
     categorical_colours,
     continuous_colours,
 )
@@ -59,25 +62,52 @@ from labelloop.scores.checks import CHECKS
 # thumbnails (in the column beside the map) are in view together: judging a lasso means seeing both.
 MAP_HEIGHT = 560
 
-table, name, version = open_current_version()
-rows = version_rows(table, version)
-st.title("Map")
 
-# ---------------------------------------------------------------- which embedding, which map
-embeddings = list_embeddings(workspace(), name)
-default_key = preferred_embedding(workspace(), name)
-embed_key = f"embed:{name}"
+@dataclass
+class MapView:
+    """One drawn map: its published points, their colour and label codes, and its component's keys."""
+
+    published: PublishedMap
+    colour_codes: np.ndarray
+    label_codes: np.ndarray
+    key: str
+    seen_key: str  # session key: the token of the last selection this map's component sent
 
 
-def embed_with_a_model(*, first: bool) -> None:
+@dataclass
+class MapPage:
+    """What one run of the page draws: the version shown, the chosen map and its colours, the maps to draw."""
+
+    table: LabelTable
+    name: str
+    version: int
+    paths: DatasetPaths
+    classes: list[str]
+    chosen_key: str
+    dims: int
+    text_model: object | None  # the CLIP text tower's config when a CLIP model made the chosen embedding
+    projection: Projection
+    frame: pd.DataFrame  # the version's rows on the map, indexed by sample_id
+    scores: pd.DataFrame | None
+    colouring: Colouring
+    hidden: list[int]
+    label_names: list[str]
+    maps: list[MapView]
+    scores_note: str
+    beside_note: str
+    n_images: int  # of the version, on the map or not
+
+
+def embed_with_a_model(name: str, version: int, n_images: int, *, first: bool) -> None:
     """Pick a model and embed this version's images with it (a background job; the cache keeps what is done)."""
+    embed_key = f"embed:{name}"
     if running(embed_key):
         return
     picker, button = st.columns([4, 1], vertical_alignment="bottom")
     model = model_picker(picker, workspace(), key="map-embed-model")
     rate = last_rate(workspace(), f"embed {model}")
     if rate:
-        st.caption(f"{model}: {rate.estimate(len(rows))}.")
+        st.caption(f"{model}: {rate.estimate(n_images)}.")
     if button.button("Embed the images", type="primary" if first else "secondary", key="map-embed", disabled=not model):
         try:
             config = config_of(model, device=current_compute().device)
@@ -95,157 +125,175 @@ def embed_with_a_model(*, first: bool) -> None:
         st.rerun()
 
 
-def other_model() -> None:
+def other_model(name: str, version: int, n_images: int) -> None:
     with st.expander("Embed with another model"):
         st.caption("Each model's vectors are cached apart (keyed by model and weights), and each gets its own map: pick it under Embedding once it is done.")
-        embed_with_a_model(first=False)
+        embed_with_a_model(name, version, n_images, first=False)
 
 
-if not embeddings:
-    failed = follow_job(embed_key)
-    if failed is not None:  # it ended without caching a vector: every image failed
-        st.warning(failed.result.describe())
-    if not running(embed_key):
-        st.info("These images have no embeddings yet. Pick the model to embed them with: the bundled EfficientNet-Lite0 works "
-                "offline; the others download their weights once into their library's cache.")
-        embed_with_a_model(first=True)
-    st.stop()
-embedded = follow_job(embed_key)  # the embedding job's end, seen once: its report, and the first scores
-if embedded is not None:
-    st.success(embedded.result.describe())
-    refresh_scores(name, version)  # first scores (and the first point of the accuracy line) without asking
-
-embedding_keys = [m["key"] for m in embeddings]
-descriptions = {m["key"]: m.get("description", m["key"]) for m in embeddings}
-left, beside_column, middle, right, far = st.columns([3, 2, 1, 2, 2])  # one row: the map starts as high as a laptop screen allows
-chosen_key = left.selectbox(
-    "Embedding", embedding_keys, index=embedding_keys.index(default_key) if default_key in embedding_keys else 0, format_func=lambda k: f"{descriptions[k]} ({k})",
-    help="What the map is made of: the pretrained backbone, a model trained here (trained-...), or a triplet encoder (triplet-...).",
-)
-beside_key = beside_column.selectbox(
-    "Side by side with", [None, *[k for k in embedding_keys if k != chosen_key]], format_func=lambda k: "(one map)" if k is None else f"{descriptions[k]} ({k})",
-    key="map-beside", help="A second embedding's map beside this one (for example the pretrained one and a model trained here). "
-    "A lasso in either selects the same samples in both: a cluster that looks mixed in one space may be clean in the other.",
-)
-text_model = text_config(workspace(), name, chosen_key)  # a CLIP model made it: text search works
-dims = middle.radio("View", (3, 2), format_func=lambda d: f"{d}D", horizontal=True, help="PaCMAP to 3D (rotate it) or 2D.")
-projection = cached_projection(workspace(), table, name, chosen_key, dims, version)
-project_key = f"project:{name}:{chosen_key}:{dims}d"
-if follow_job(project_key) is not None:
-    forget_projection()
-    projection = cached_projection(workspace(), table, name, chosen_key, dims, version)
+def project_job(name: str, key: str, dims: int) -> str:
+    return f"project:{name}:{key}:{dims}d"
 
 
-def start_projecting(*, refit: bool) -> None:
+def start_projecting(name: str, version: int, key: str, dims: int, *, refit: bool) -> None:
     """Fit the map (the first time, or when asked to refit), or place the images added since on it."""
-    start_job(project_key, f"{'refitting' if refit else 'projecting'} to {dims}D with PaCMAP", lambda job: project_dataset(
-        workspace(), name, chosen_key, ProjectionConfig(dims=dims), version=version, refit=refit,
+    start_job(project_job(name, key, dims), f"{'refitting' if refit else 'projecting'} to {dims}D with PaCMAP", lambda job: project_dataset(
+        workspace(), name, key, ProjectionConfig(dims=dims), version=version, refit=refit,
         progress=lambda done, total: job.progress("optimising the layout", done / max(total, 1)),
     ))
     st.rerun()
 
 
-if projection is None:
+def embeddings_or_stop(name: str, version: int, n_images: int) -> list[dict]:
+    """The cached embeddings; without one, the way to make one (and the page stops there)."""
+    embeddings = list_embeddings(workspace(), name)
+    embed_key = f"embed:{name}"
+    if not embeddings:
+        failed = follow_job(embed_key)
+        if failed is not None:  # it ended without caching a vector: every image failed
+            st.warning(failed.result.describe())
+        if not running(embed_key):
+            st.info("These images have no embeddings yet. Pick the model to embed them with: the bundled EfficientNet-Lite0 works "
+                    "offline; the others download their weights once into their library's cache.")
+            embed_with_a_model(name, version, n_images, first=True)
+        st.stop()
+    embedded = follow_job(embed_key)  # the embedding job's end, seen once: its report, and the first scores
+    if embedded is not None:
+        st.success(embedded.result.describe())
+        refresh_scores(name, version)  # first scores (and the first point of the accuracy line) without asking
+    return embeddings
+
+
+def projection_or_stop(table: LabelTable, name: str, version: int, key: str, dims: int, n_images: int):
+    """The map of ``key`` in ``dims``; without one, the button that makes it (and the page stops there)."""
+    projection = cached_projection(workspace(), table, name, key, dims, version)
+    project_key = project_job(name, key, dims)
+    if follow_job(project_key) is not None:
+        forget_projection()
+        projection = cached_projection(workspace(), table, name, key, dims, version)
+    if projection is not None:
+        return projection
     if not running(project_key):
-        if has_map(workspace(), name, chosen_key, ProjectionConfig(dims=dims)):
+        if has_map(workspace(), name, key, ProjectionConfig(dims=dims)):
             st.info(f"Some images of v{version} are not on the {dims}D map yet: they were added since it was fitted. Placing puts each "
                     "where its nearest fitted images are; the map itself does not move. Refit it later to fit them too.")
             if st.button("Place them on the map", type="primary"):
-                start_projecting(refit=False)
+                start_projecting(name, version, key, dims, refit=False)
         else:
             rate = last_rate(workspace(), f"project {ProjectionConfig().method} {dims}d")
-            st.info(f"No {dims}D map of this embedding yet" + (f". PaCMAP: {rate.estimate(len(rows))}." if rate else "."))
+            st.info(f"No {dims}D map of this embedding yet" + (f". PaCMAP: {rate.estimate(n_images)}." if rate else "."))
             if st.button(f"Project to {dims}D with PaCMAP", type="primary"):
-                start_projecting(refit=False)
-    other_model()
+                start_projecting(name, version, key, dims, refit=False)
+    other_model(name, version, n_images)
     st.stop()
 
-# ---------------------------------------------------------------- colours
-frame = rows.set_index("sample_id").reindex(projection.sample_ids)  # every id is a row of this version: reindex is .loc without the checks (instant when all are on the map)
-classes = table.classes(version)
-try:
-    run = find_run(workspace(), name, version=version, with_samples=True)
-    scores = load_samples(run).set_index("sample_id").reindex(projection.sample_ids)
-except UserError:
-    run, scores = None, None
-colour_by = right.selectbox("Colour by", COLOUR_BY, key="colour-by", help="Predicted label, label-issue score and confidence come from the latest training run on this version; "
-                            "health issue (the first check that flags each sample, in the Health page's order) and outlier score from the Health page's checks of this version and embedding (low outlier score = more unusual).")
-needs_scores = colour_by in ("predicted label", "label-issue score", "confidence")
-health = cached_health(workspace(), name, version, chosen_key) if colour_by in ("health issue", "outlier score") else None
-if colour_by == "outlier score" and health is not None and health.results["outlier"].status != "ran":
-    health = None  # computed without this embedding's checks: nothing to colour by
-if health is not None:
-    health_of = health.samples.set_index("sample_id").reindex(projection.sample_ids)
-excluded = (frame["weight"] <= 0).to_numpy()
-if colour_by == "given label" or (needs_scores and scores is None) or (colour_by in ("health issue", "outlier score") and health is None):
-    colouring = categorical_colours(frame["label"], classes, excluded)
-elif colour_by == "predicted label":
-    colouring = categorical_colours(scores["predicted_label"].fillna(UNDEFINED).to_numpy(), classes)
-elif colour_by == "split":
-    colouring = categorical_colours(frame["split"].fillna("none").astype(str).to_numpy(), ["train", "val", "test"])
-elif colour_by == "health issue":  # the first check that flags a sample, in the Health page's order; unflagged in grey
-    first_issue = health.issue_types().reindex(projection.sample_ids).fillna("").str.split(",").str[0].replace("", "no issue").to_numpy()
-    colouring = categorical_colours(first_issue, [c.title for c in CHECKS.values() if c.title in set(first_issue)], grey="no issue")
-elif colour_by == "outlier score":
-    colouring = continuous_colours(health_of["outlier_score"].to_numpy())
-elif colour_by == "label-issue score":
-    colouring = continuous_colours(scores["issue_score"].to_numpy())
-else:
-    colouring = continuous_colours(scores["confidence"].to_numpy())
-# The same elements above the map on every run: a changed count would make Streamlit remount the
-# map (re-fetching and rebuilding 100k points) instead of updating its colours. Whatever varies
-# (where the scores come from, the selection) goes under the map or beside it.
-if colour_by in ("health issue", "outlier score"):
-    scores_note = ("Health checks of this version and embedding (Health page)." if health is not None else
-                   f"No health checks of v{version} with this embedding yet: coloured by given label. Compute them on the Health page.")
-elif run is not None:
-    scores_note = f"Scores from run {run.run_id} ({run.summary.best_model})."
-else:
-    scores_note = f"No scores for v{version} yet{': coloured by given label' if needs_scores else ''}. They follow each commit once the images are embedded, or train on the Train page."
 
-legend_names = [entry["name"] for entry in colouring.palette]
-hidden_names = far.multiselect("Hide", legend_names if colouring.categorical else [], key=f"hide-{colour_by}", disabled=not colouring.categorical, help="Hidden points are not drawn and cannot be lassoed (for colourings by a label).")
-hidden = [legend_names.index(n) for n in hidden_names]
-label_names = list(dict.fromkeys([*classes, UNDEFINED, *frame["label"].unique()]))
-label_codes = positions_in(frame["label"], label_names).astype(np.int16)  # every label is among the names
-
-paths = DatasetPaths(workspace(), name)
-published = publish_map(projection.sample_ids, projection.coords, frame["content_hash"], f"{name}/{chosen_key}/{dims}")
-servable_thumbnails(table, paths.thumbs, version)
+def colouring_of(colour_by: str, name: str, version: int, chosen_key: str, projection, frame: pd.DataFrame, classes: list[str]):
+    """(the colouring, the newest run's per-sample scores or None, a line saying where the colours come from)."""
+    try:
+        run = find_run(workspace(), name, version=version, with_samples=True)
+        scores = load_samples(run).set_index("sample_id").reindex(projection.sample_ids)
+    except UserError:
+        run, scores = None, None
+    needs_scores = colour_by in ("predicted label", "label-issue score", "confidence")
+    health = cached_health(workspace(), name, version, chosen_key) if colour_by in ("health issue", "outlier score") else None
+    if colour_by == "outlier score" and health is not None and health.results["outlier"].status != "ran":
+        health = None  # computed without this embedding's checks: nothing to colour by
+    if health is not None:
+        health_of = health.samples.set_index("sample_id").reindex(projection.sample_ids)
+    excluded = (frame["weight"] <= 0).to_numpy()
+    if colour_by == "given label" or (needs_scores and scores is None) or (colour_by in ("health issue", "outlier score") and health is None):
+        colouring = categorical_colours(frame["label"], classes, excluded)
+    elif colour_by == "predicted label":
+        colouring = categorical_colours(scores["predicted_label"].fillna(UNDEFINED).to_numpy(), classes)
+    elif colour_by == "split":
+        colouring = categorical_colours(frame["split"].fillna("none").astype(str).to_numpy(), ["train", "val", "test"])
+    elif colour_by == "health issue":  # the first check that flags a sample, in the Health page's order; unflagged in grey
+        first_issue = health.issue_types().reindex(projection.sample_ids).fillna("").str.split(",").str[0].replace("", "no issue").to_numpy()
+        colouring = categorical_colours(first_issue, [c.title for c in CHECKS.values() if c.title in set(first_issue)], grey="no issue")
+    elif colour_by == "outlier score":
+        colouring = continuous_colours(health_of["outlier_score"].to_numpy())
+    elif colour_by == "label-issue score":
+        colouring = continuous_colours(scores["issue_score"].to_numpy())
+    else:
+        colouring = continuous_colours(scores["confidence"].to_numpy())
+    # The same elements above the map on every run: a changed count would make Streamlit remount the
+    # map (re-fetching and rebuilding 100k points) instead of updating its colours. Whatever varies
+    # (where the scores come from, the selection) goes under the map or beside it.
+    if colour_by in ("health issue", "outlier score"):
+        scores_note = ("Health checks of this version and embedding (Health page)." if health is not None else
+                       f"No health checks of v{version} with this embedding yet: coloured by given label. Compute them on the Health page.")
+    elif run is not None:
+        scores_note = f"Scores from run {run.run_id} ({run.summary.best_model})."
+    else:
+        scores_note = f"No scores for v{version} yet{': coloured by given label' if needs_scores else ''}. They follow each commit once the images are embedded, or train on the Train page."
+    return colouring, scores, scores_note
 
 
-@dataclass
-class MapView:
-    """One drawn map: its published points, their colour and label codes, and its component's keys."""
-
-    published: PublishedMap
-    colour_codes: np.ndarray
-    label_codes: np.ndarray
-    key: str
-    seen_key: str  # session key: the token of the last selection this map's component sent
-
-
-maps = [MapView(published, colouring.codes, label_codes, f"map-{name}", keys(name).selection_js)]
-beside_note = ""
-if beside_key is not None:
+def beside_view(table: LabelTable, name: str, version: int, beside_key: str, dims: int, projection, colouring: Colouring, rows: pd.DataFrame, label_names: list[str]) -> tuple[MapView | None, str]:
+    """The second embedding's map in the first one's colours (the same sample, the same colour, whichever space it sits in)."""
     beside = cached_projection(workspace(), table, name, beside_key, dims, version)
     if beside is None:
-        beside_note = f"No {dims}D map of {beside_key} for v{version} yet: pick it as Embedding and project it, then come back to see both."
-    else:
-        # Its points in the first map's colours: the same sample, the same colour, whichever space it sits in.
-        at = pd.Index(projection.sample_ids).get_indexer(beside.sample_ids)
-        beside_frame = rows.set_index("sample_id").reindex(beside.sample_ids)
-        colour_codes = np.where(at >= 0, colouring.codes[np.maximum(at, 0)], len(colouring.palette) - 1).astype(np.int16)
-        maps.append(MapView(
-            publish_map(beside.sample_ids, beside.coords, beside_frame["content_hash"], f"{name}/{beside_key}/{dims}"), colour_codes,
-            positions_in(beside_frame["label"], label_names).astype(np.int16), f"map-{name}-beside", keys(name).selection_js + ":beside",
-        ))
-        beside_note = f"Right: {beside.describe()}."
+        return None, f"No {dims}D map of {beside_key} for v{version} yet: pick it as Embedding and project it, then come back to see both."
+    at = pd.Index(projection.sample_ids).get_indexer(beside.sample_ids)
+    beside_frame = rows.set_index("sample_id").reindex(beside.sample_ids)
+    colour_codes = np.where(at >= 0, colouring.codes[np.maximum(at, 0)], len(colouring.palette) - 1).astype(np.int16)
+    view = MapView(
+        publish_map(beside.sample_ids, beside.coords, beside_frame["content_hash"], f"{name}/{beside_key}/{dims}"), colour_codes,
+        positions_in(beside_frame["label"], label_names).astype(np.int16), f"map-{name}-beside", keys(name).selection_js + ":beside",
+    )
+    return view, f"Right: {beside.describe()}."
+
+
+def build_page() -> MapPage:
+    """The controls above the map (embedding, a second one beside it, 2D/3D, colours, hidden labels) and what they choose."""
+    table, name, version = open_current_version()
+    rows = version_rows(table, version)
+    st.title("Map")
+    embeddings = embeddings_or_stop(name, version, len(rows))
+    default_key = preferred_embedding(workspace(), name)
+    embedding_keys = [m["key"] for m in embeddings]
+    descriptions = {m["key"]: m.get("description", m["key"]) for m in embeddings}
+    left, beside_column, middle, right, far = st.columns([3, 2, 1, 2, 2])  # one row: the map starts as high as a laptop screen allows
+    chosen_key = left.selectbox(
+        "Embedding", embedding_keys, index=embedding_keys.index(default_key) if default_key in embedding_keys else 0, format_func=lambda k: f"{descriptions[k]} ({k})",
+        help="What the map is made of: the pretrained backbone, a model trained here (trained-...), or a triplet encoder (triplet-...).",
+    )
+    beside_key = beside_column.selectbox(
+        "Side by side with", [None, *[k for k in embedding_keys if k != chosen_key]], format_func=lambda k: "(one map)" if k is None else f"{descriptions[k]} ({k})",
+        key="map-beside", help="A second embedding's map beside this one (for example the pretrained one and a model trained here). "
+        "A lasso in either selects the same samples in both: a cluster that looks mixed in one space may be clean in the other.",
+    )
+    text_model = text_config(workspace(), name, chosen_key)  # a CLIP model made it: text search works
+    dims = middle.radio("View", (3, 2), format_func=lambda d: f"{d}D", horizontal=True, help="PaCMAP to 3D (rotate it) or 2D.")
+    projection = projection_or_stop(table, name, version, chosen_key, dims, len(rows))
+    frame = rows.set_index("sample_id").reindex(projection.sample_ids)  # every id is a row of this version: reindex is .loc without the checks (instant when all are on the map)
+    classes = table.classes(version)
+    colour_by = right.selectbox("Colour by", COLOUR_BY, key="colour-by", help="Predicted label, label-issue score and confidence come from the latest training run on this version; "
+                                "health issue (the first check that flags each sample, in the Health page's order) and outlier score from the Health page's checks of this version and embedding (low outlier score = more unusual).")
+    colouring, scores, scores_note = colouring_of(colour_by, name, version, chosen_key, projection, frame, classes)
+    legend_names = [entry["name"] for entry in colouring.palette]
+    hidden_names = far.multiselect("Hide", legend_names if colouring.categorical else [], key=f"hide-{colour_by}", disabled=not colouring.categorical, help="Hidden points are not drawn and cannot be lassoed (for colourings by a label).")
+    hidden = [legend_names.index(n) for n in hidden_names]
+    label_names = list(dict.fromkeys([*classes, UNDEFINED, *frame["label"].unique()]))
+    label_codes = positions_in(frame["label"], label_names).astype(np.int16)  # every label is among the names
+
+    paths = DatasetPaths(workspace(), name)
+    published = publish_map(projection.sample_ids, projection.coords, frame["content_hash"], f"{name}/{chosen_key}/{dims}")
+    servable_thumbnails(table, paths.thumbs, version)
+    maps = [MapView(published, colouring.codes, label_codes, f"map-{name}", keys(name).selection_js)]
+    beside_note = ""
+    if beside_key is not None:
+        second, beside_note = beside_view(table, name, version, beside_key, dims, projection, colouring, rows, label_names)
+        if second is not None:
+            maps.append(second)
+    return MapPage(table, name, version, paths, classes, chosen_key, dims, text_model, projection, frame, scores, colouring, hidden, label_names, maps, scores_note, beside_note, len(rows))
 
 
 @st.fragment
-def map_and_selection() -> None:
+def map_and_selection(page: MapPage) -> None:
     """The map with its selection panel beside it reruns on its own: a lasso never reruns the whole page."""
+    name, maps = page.name, page.maps
     if len(maps) == 1:
         map_column, panel = st.columns([9, 8], gap="medium")  # side by side: the lasso and what it caught in view together
         with map_column:
@@ -256,9 +304,9 @@ def map_and_selection() -> None:
         map_slot = slots[0]
         under_map, panel = st.container(), st.container()
     with under_map:  # drawn under the map, run before it: a search's selection is drawn in this same run
-        if text_model is not None:
-            find_by_description()
-        find_more_like_this()
+        if page.text_model is not None:
+            find_by_description(page)
+        find_more_like_this(page)
     selection_key = keys(name).selection
     wanted = st.session_state.get(selection_key)  # sample ids the user had selected (survives reloads)
     states = []
@@ -269,18 +317,18 @@ def map_and_selection() -> None:
             pushed = {"token": st.session_state[keys(name).selection_push], "indices": [int(i) for i in position[position >= 0]]}
         with slot:
             states.append(scatter3d(
-                view.published, dims=dims, colour_codes=view.colour_codes, palette=colouring.palette, label_codes=view.label_codes, label_names=label_names,
-                hidden=hidden, selection=pushed, key=view.key, height=MAP_HEIGHT,
+                view.published, dims=page.dims, colour_codes=view.colour_codes, palette=page.colouring.palette, label_codes=view.label_codes, label_names=page.label_names,
+                hidden=page.hidden, selection=pushed, key=view.key, height=MAP_HEIGHT,
             ))
     with map_slot:
-        st.caption(scores_note)
-        if beside_note:
-            st.caption(beside_note)
+        st.caption(page.scores_note)
+        if page.beside_note:
+            st.caption(page.beside_note)
         about, refit = st.columns([5, 1], vertical_alignment="center")
-        about.caption(f"{projection.describe()}.")
+        about.caption(f"{page.projection.describe()}.")
         if refit.button("Refit", help="Fit the map again on every image of this version (as at most 100,000 of them: the rest are placed). "
-                        "Adding images never refits the map by itself: points stay where you learnt them.", disabled=running(project_key)):
-            start_projecting(refit=True)
+                        "Adding images never refits the map by itself: points stay where you learnt them.", disabled=running(project_job(name, page.chosen_key, page.dims))):
+            start_projecting(name, page.version, page.chosen_key, page.dims, refit=True)
     for view, state in zip(maps, states):
         if not state or state.get("token") == st.session_state.get(view.seen_key):
             continue
@@ -289,7 +337,7 @@ def map_and_selection() -> None:
         indices = np.asarray(state.get("indices") or [], dtype=np.int64)
         chosen = view.published.drawn_ids[indices]
         if view.published.budgeted and state.get("lasso"):  # the browser drew a subset: select among every point
-            chosen = lasso_over_all_points(view, state["lasso"], np.asarray((wanted or {}).get("sample_ids", []), dtype=np.int64))
+            chosen = lasso_over_all_points(view, state["lasso"], np.asarray((wanted or {}).get("sample_ids", []), dtype=np.int64), page.hidden)
         wanted = {"token": state["token"], "sample_ids": [int(i) for i in chosen]}
         st.session_state[selection_key] = wanted
         if len(maps) == 1:
@@ -304,23 +352,24 @@ def map_and_selection() -> None:
     selected_ids = np.asarray((wanted or {}).get("sample_ids", []), dtype=np.int64)
     with panel:
         selection_editor(
-            MapEdit(table, name, version, classes, frame, scores, paths.thumbs),
+            MapEdit(page.table, name, page.version, page.classes, page.frame, page.scores, page.paths.thumbs),
             selected_ids, (wanted or {}).get("token"),
             on_reload=lambda: st.session_state.__setitem__(keys(name).selection_push, f"reload-{time.time()}"),
         )
 
 
-def find_by_description() -> None:
+def find_by_description(page: MapPage) -> None:
     """CLIP embeddings only: select the images closest to a typed description (cosine with the text tower's vector)."""
+    name, projection = page.name, page.projection
     with st.form("map-text-search", border=False):
         query, count, go = st.columns([5, 3, 2], vertical_alignment="bottom")
         text = query.text_input("Find images by description", placeholder="a blurry photo", key="map-text",
-                                help=f"{text_model.model_name} compares your text with every image; the closest become the selection.")
+                                help=f"{page.text_model.model_name} compares your text with every image; the closest become the selection.")
         top = count.number_input("How many", 1, max(1, len(projection.sample_ids)), min(50, len(projection.sample_ids)), key="map-text-top")
         submitted = go.form_submit_button("Select")
     if submitted:
         try:
-            found = closest_to_text(workspace(), name, chosen_key, text, version=version, top=int(top))
+            found = closest_to_text(workspace(), name, page.chosen_key, text, version=page.version, top=int(top))
         except UserError as error:
             st.error(str(error))
             return
@@ -332,8 +381,9 @@ def find_by_description() -> None:
         st.caption(said)
 
 
-def find_more_like_this() -> None:
+def find_more_like_this(page: MapPage) -> None:
     """Select samples and their nearest neighbours in this embedding (cosine): given ids, or the current selection."""
+    name, projection = page.name, page.projection
     with st.form("map-similar", border=False):
         ids_column, count, go = st.columns([5, 3, 2], vertical_alignment="bottom")
         typed = ids_column.text_input("More like sample", placeholder="#id (or several); empty: the selection", key="map-similar-ids",
@@ -344,7 +394,7 @@ def find_more_like_this() -> None:
         current = (st.session_state.get(keys(name).selection) or {}).get("sample_ids", [])
         try:
             wanted = parse_sample_ids(typed) if typed.strip() else list(current)
-            found = more_like_this(workspace(), name, chosen_key, wanted, k=int(k), version=version)
+            found = more_like_this(workspace(), name, page.chosen_key, wanted, k=int(k), version=page.version)
         except UserError as error:
             st.error(str(error))
             return
@@ -357,7 +407,7 @@ def find_more_like_this() -> None:
         st.caption(said)
 
 
-def lasso_over_all_points(view: MapView, lasso: dict, before: np.ndarray) -> np.ndarray:
+def lasso_over_all_points(view: MapView, lasso: dict, before: np.ndarray, hidden: list[int]) -> np.ndarray:
     """A lasso's selection among all points of a map the browser draws only part of (hidden legend entries
     are not selectable, as in the browser); ``before`` is the selection it adds to or subtracts from."""
     selectable = ~np.isin(view.colour_codes, hidden) if hidden else None
@@ -369,5 +419,10 @@ def lasso_over_all_points(view: MapView, lasso: dict, before: np.ndarray) -> np.
     return caught
 
 
-map_and_selection()
-other_model()
+def main() -> None:
+    page = build_page()
+    map_and_selection(page)
+    other_model(page.name, page.version, page.n_images)
+
+
+main()
