@@ -4,6 +4,7 @@ predictions in bulk, or walk the flagged samples one at a time in the review que
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -23,14 +24,15 @@ from labelloop.app.components.sidebar import (
     workspace,
 )
 from labelloop.data.changes import ChangeSet
-from labelloop.data.runs import list_runs
+from labelloop.data.runs import RunInfo, list_runs
 from labelloop.data.schema import UNDEFINED
+from labelloop.data.tables import LabelTable
 from labelloop.data.workspace import DatasetPaths
 from labelloop.embed.cache import preferred_embedding
 from labelloop.embed.similar import more_like_this
 from labelloop.embed.text import PROMPT, text_embeddings, zero_shot
 from labelloop.errors import UserError
-from labelloop.scores.checks import CHECKS
+from labelloop.scores.checks import CHECKS, HealthReport
 from labelloop.scores.review import (
     Decision,
     filter_review,
@@ -45,48 +47,26 @@ from labelloop.scores.review import (
 
 PAGE_SIZE = 100
 
-table, name, version = open_current_version()
-rows = version_rows(table, version)
-classes = table.classes(version)
-paths = DatasetPaths(workspace(), name)
-st.title("Review")
 
-runs = [r for r in list_runs(workspace(), name) if (r.path / "samples.parquet").exists() and r.version <= version]
-if not runs:
-    st.info("No scores yet: train on this version (Train page) to get per-sample loss, confidence and label-issue scores.")
-    st.stop()
-on_version = [r for r in runs if r.version == version]
-newest = (on_version or runs)[0]
-run_ids = [r.run_id for r in runs]
-by_id = {r.run_id: r for r in runs}
-# The page follows the newest run on this version (a background run after a commit included) unless
-# the user picked one: then it stays on that run until they pick the newest again.
-pinned = st.session_state.get(keys(name).review_pin)
-default = pinned if pinned in run_ids else newest.run_id
-chosen = st.selectbox(
-    "Scores from run", run_ids, index=run_ids.index(default),
-    format_func=lambda i: f"{i} · v{by_id[i].version} · {by_id[i].summary.best_model}" + (" · automatic, after a commit" if by_id[i].automatic else "") + (" (newest)" if i == newest.run_id else ""),
-    help="Follows the newest run on this version unless you pick another one.",
-)
-st.session_state[keys(name).review_pin] = None if chosen == newest.run_id else chosen
-run = by_id[chosen]
-if chosen != newest.run_id:
-    st.caption(f"Pinned to this run; the newest on v{version} is {newest.run_id}.")
+@dataclass
+class ReviewPage:
+    """What one run of the page reviews: the version shown, the run its scores come from, and the table of both."""
 
-
-def warn_if_scores_are_older() -> None:
-    if run.version != version:
-        st.warning(f"These scores come from a run on v{run.version}; labels shown are those of v{version}. Train on v{version} for fresh scores (they also follow each commit by themselves).")
+    table: LabelTable
+    name: str
+    version: int
+    rows: pd.DataFrame  # the version's rows
+    classes: list[str]
+    paths: DatasetPaths
+    run: RunInfo
+    frame: pd.DataFrame  # the run's scores beside the version's labels, most suspicious first
+    health: HealthReport | None  # the Health page's checks of this version, if computed
+    clip_keys: list[str]  # the CLIP embeddings of this data set (zero-shot suggestions need one)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def scores_of(run_path: str) -> pd.DataFrame:
     return pd.read_parquet(Path(run_path) / "samples.parquet")
-
-
-frame = review_frame(scores_of(str(run.path)), rows, load_kept(paths.kept_labels))
-health = cached_health(workspace(), name, version)  # the Health page computes it
-clip_keys = text_embeddings(workspace(), name)
 
 
 @st.cache_data(max_entries=4, show_spinner="Matching the undefined images with the class names (CLIP zero-shot)...")
@@ -95,33 +75,83 @@ def zero_shot_of(workspace_text: str, dataset: str, key: str, shown_version: int
     return zero_shot(workspace_text, dataset, key, list(class_names), version=shown_version, sample_ids=list(_undefined)).set_index("sample_id")
 
 
-def zero_shot_column(part: pd.DataFrame) -> pd.Series | None:
+def runs_or_stop(name: str, version: int) -> list[RunInfo]:
+    """The runs with per-sample scores on this version or an earlier one; without one, why (and the page stops there)."""
+    runs = [r for r in list_runs(workspace(), name) if (r.path / "samples.parquet").exists() and r.version <= version]
+    if not runs:
+        st.info("No scores yet: train on this version (Train page) to get per-sample loss, confidence and label-issue scores.")
+        st.stop()
+    return runs
+
+
+def pick_run(name: str, version: int, runs: list[RunInfo]) -> RunInfo:
+    """The run whose scores the page shows: the newest on this version, or the one the user pinned."""
+    on_version = [r for r in runs if r.version == version]
+    newest = (on_version or runs)[0]
+    run_ids = [r.run_id for r in runs]
+    by_id = {r.run_id: r for r in runs}
+    # The page follows the newest run on this version (a background run after a commit included) unless
+    # the user picked one: then it stays on that run until they pick the newest again.
+    pinned = st.session_state.get(keys(name).review_pin)
+    default = pinned if pinned in run_ids else newest.run_id
+    chosen = st.selectbox(
+        "Scores from run", run_ids, index=run_ids.index(default),
+        format_func=lambda i: f"{i} · v{by_id[i].version} · {by_id[i].summary.best_model}" + (" · automatic, after a commit" if by_id[i].automatic else "") + (" (newest)" if i == newest.run_id else ""),
+        help="Follows the newest run on this version unless you pick another one.",
+    )
+    st.session_state[keys(name).review_pin] = None if chosen == newest.run_id else chosen
+    if chosen != newest.run_id:
+        st.caption(f"Pinned to this run; the newest on v{version} is {newest.run_id}.")
+    return by_id[chosen]
+
+
+def build_page() -> ReviewPage:
+    """The run to review (the page stops if there is none) and the scores, labels and checks the modes read."""
+    table, name, version = open_current_version()
+    rows = version_rows(table, version)
+    classes = table.classes(version)
+    paths = DatasetPaths(workspace(), name)
+    st.title("Review")
+    run = pick_run(name, version, runs_or_stop(name, version))
+    frame = review_frame(scores_of(str(run.path)), rows, load_kept(paths.kept_labels))
+    health = cached_health(workspace(), name, version)  # the Health page computes it
+    clip_keys = text_embeddings(workspace(), name)
+    servable_thumbnails(table, paths.thumbs, version)
+    return ReviewPage(table, name, version, rows, classes, paths, run, frame, health, clip_keys)
+
+
+def warn_if_scores_are_older(run: RunInfo, version: int) -> None:
+    if run.version != version:
+        st.warning(f"These scores come from a run on v{run.version}; labels shown are those of v{version}. Train on v{version} for fresh scores (they also follow each commit by themselves).")
+
+
+def zero_shot_column(page: ReviewPage, part: pd.DataFrame) -> pd.Series | None:
     """'label 0.83' from the CLIP model for the undefined samples of ``part`` (None without a CLIP embedding)."""
-    if not clip_keys or not classes:
+    if not page.clip_keys or not page.classes:
         return None
+    rows = page.rows
     undefined = tuple(int(i) for i in rows.loc[rows["label"] == UNDEFINED, "sample_id"])
     try:
-        found = zero_shot_of(str(workspace()), name, clip_keys[0], version, tuple(classes), undefined)
+        found = zero_shot_of(str(workspace()), page.name, page.clip_keys[0], page.version, tuple(page.classes), undefined)
     except UserError as error:
         st.warning(f"No zero-shot suggestions: {error}")
         return None
     picked = found.reindex(part["sample_id"])
     text = picked["zero_shot_label"].astype(object) + " " + picked["zero_shot_confidence"].map(lambda c: f"{c:.2f}")
     return text.where(picked["zero_shot_label"].notna(), "").reset_index(drop=True)
-servable_thumbnails(table, paths.thumbs, version)
 
 
-def commit(changes: ChangeSet, message: str) -> bool:
+def commit(table: LabelTable, version: int, changes: ChangeSet, message: str) -> bool:
     """Commit on the version this page shows; False (and why) if it was not written."""
     return commit_edit(table, changes, parent=version, message=message, page="review") is not None
 
 
-def show_conflict() -> bool:
+def show_conflict(table: LabelTable) -> bool:
     """The refused-commit message with a Reload that keeps the user's work; True while it is shown."""
     return refused_commit(table, "review")
 
 
-def health_flagged(titles: list[str]) -> list[int] | None:
+def health_flagged(health: HealthReport | None, titles: list[str]) -> list[int] | None:
     """Ids of the samples any of the health checks ``titles`` flags (None: no filter)."""
     if not titles or health is None:
         return None
@@ -129,21 +159,27 @@ def health_flagged(titles: list[str]) -> list[int] | None:
     return health.samples.loc[health.samples[[f"is_{c}" for c in chosen]].any(axis=1), "sample_id"].tolist()
 
 
-def table_mode() -> None:
-    a, b, e, c, d = st.columns([2, 2, 2, 1, 1])
-    given = a.multiselect("Given label", [*classes, UNDEFINED])
-    predicted = b.multiselect("Predicted label", classes)
+def filtered_part(page: ReviewPage) -> pd.DataFrame:
+    """The filters above the table and the page of matching samples they leave (PAGE_SIZE at most)."""
+    health = page.health
+    given_column, predicted_column, issue_column, flagged_column, undefined_column = st.columns([2, 2, 2, 1, 1])
+    given = given_column.multiselect("Given label", [*page.classes, UNDEFINED])
+    predicted = predicted_column.multiselect("Predicted label", page.classes)
     flagged_titles = [CHECKS[r.check].title for r in health.results.values() if r.status == "ran" and r.count] if health is not None else []
-    issue_types = e.multiselect("Health issue", flagged_titles, disabled=health is None,
-                                help="Samples the Health page's checks flag (any of those picked)." if health is not None else f"Compute data health of v{version} on the Health page first.")
-    flagged_only = c.checkbox("Flagged only", help="Open flags: the label-issue ranking flags them, the label differs from the prediction, and no reviewer kept it. The review queue walks the same samples.")
-    undefined_only = d.checkbox("Undefined only", help="Active labelling: the least confident predictions first.")
-    shown = filter_review(frame, given=given, predicted=predicted, flagged_only=flagged_only, undefined_only=undefined_only, sample_ids=health_flagged(issue_types))
+    issue_types = issue_column.multiselect("Health issue", flagged_titles, disabled=health is None,
+                                           help="Samples the Health page's checks flag (any of those picked)." if health is not None else f"Compute data health of v{page.version} on the Health page first.")
+    flagged_only = flagged_column.checkbox("Flagged only", help="Open flags: the label-issue ranking flags them, the label differs from the prediction, and no reviewer kept it. The review queue walks the same samples.")
+    undefined_only = undefined_column.checkbox("Undefined only", help="Active labelling: the least confident predictions first.")
+    shown = filter_review(page.frame, given=given, predicted=predicted, flagged_only=flagged_only, undefined_only=undefined_only, sample_ids=health_flagged(health, issue_types))
     pages = max(1, -(-len(shown) // PAGE_SIZE))
     left, right = st.columns([1, 3])
-    page = left.number_input(f"Page (of {pages:,})", 1, pages, 1)
+    page_number = left.number_input(f"Page (of {pages:,})", 1, pages, 1)
     right.caption(f"{len(shown):,} samples match; {int(shown['flagged'].sum()):,} of them flagged and still to review. Sorted by label-issue score (undefined: least confident first).")
-    part = shown.iloc[(page - 1) * PAGE_SIZE : page * PAGE_SIZE].reset_index(drop=True)
+    return shown.iloc[(page_number - 1) * PAGE_SIZE : page_number * PAGE_SIZE].reset_index(drop=True)
+
+
+def table_mode(page: ReviewPage) -> None:
+    part = filtered_part(page)
     view = pd.DataFrame({
         "thumbnail": [thumbnail_url(h) for h in part["content_hash"]],
         "sample_id": part["sample_id"],
@@ -156,13 +192,13 @@ def table_mode() -> None:
         "issue_score": part["issue_score"].round(3),
         "flagged": part["flagged"],
     })
-    suggestions = zero_shot_column(part)
+    suggestions = zero_shot_column(page, part)
     if suggestions is not None:  # beside the trained model's suggestion
         view.insert(view.columns.get_loc("predicted_label") + 1, "zero_shot", suggestions)
     # The editor's state belongs to exactly these rows with these labels on this version: if any of that
     # changes (another run, a filter, a keep in another tab), its edits can never move onto other samples.
     shown_rows = hashlib.blake2b(pd.util.hash_pandas_object(part[["sample_id", "label", "predicted_label"]], index=False).to_numpy().tobytes(), digest_size=8).hexdigest()
-    editor_key = f"review-{version}-{shown_rows}"
+    editor_key = f"review-{page.version}-{shown_rows}"
     if st.button("Tick 'accept' on every row of this page", key=f"all-{editor_key}"):
         st.session_state[f"accept-all-{editor_key}"] = True
     if st.session_state.get(f"accept-all-{editor_key}"):
@@ -177,29 +213,30 @@ def table_mode() -> None:
         disabled=["thumbnail", "sample_id", "predicted_label", "zero_shot", "confidence", "margin", "loss", "issue_score", "flagged"],
         column_config={
             "thumbnail": st.column_config.ImageColumn("image", width="small"),
-            "label": st.column_config.SelectboxColumn("label (edit)", options=[*classes, UNDEFINED], required=True, help="The given label: pick another to fix it."),
+            "label": st.column_config.SelectboxColumn("label (edit)", options=[*page.classes, UNDEFINED], required=True, help="The given label: pick another to fix it."),
             "accept": st.column_config.CheckboxColumn("accept prediction", help="Take the predicted label for this sample."),
             "zero_shot": st.column_config.TextColumn("zero-shot (CLIP)", help=f"Undefined samples only: the class whose name ('{PROMPT.format('{class}')}') "
-                                                     f"the CLIP embedding {clip_keys[0] if clip_keys else ''} matches best, with its probability. From the class names alone, not from your labels."),
+                                                     f"the CLIP embedding {page.clip_keys[0] if page.clip_keys else ''} matches best, with its probability. From the class names alone, not from your labels."),
             "issue_score": st.column_config.ProgressColumn("issue score", min_value=0.0, max_value=1.0, format="%.2f"),
         },
     )
     changed = int(((edited["label"] != view["label"]) | edited["accept"]).sum())
-    if not show_conflict() and st.button(f"Commit {changed} change(s) as a new version", type="primary", disabled=not changed, key=f"commit-{editor_key}"):
+    if not show_conflict(page.table) and st.button(f"Commit {changed} change(s) as a new version", type="primary", disabled=not changed, key=f"commit-{editor_key}"):
         try:
-            changes, message = review_changes(part.assign(label=view["label"]), edited["label"], edited["accept"], classes)
+            changes, message = review_changes(part.assign(label=view["label"]), edited["label"], edited["accept"], page.classes)
         except UserError as error:
             st.error(str(error))
         else:
-            if commit(changes, message):
+            if commit(page.table, page.version, changes, message):
                 st.rerun()
 
     if len(part):
-        look_closer(part)
+        look_closer(page, part)
 
 
-def look_closer(part: pd.DataFrame) -> None:
+def look_closer(page: ReviewPage, part: pd.DataFrame) -> None:
     """One sample of the page in full: its image (or its thumbnail, if the file cannot be read now) and every score."""
+    rows = page.rows
     closer = st.selectbox("Look closer at", part["sample_id"], format_func=lambda i: f"#{i}", help="The full image and its scores.")
     row = part[part["sample_id"] == closer].iloc[0]
     original = rows.loc[rows["sample_id"] == closer, "path"].iloc[0]
@@ -207,17 +244,17 @@ def look_closer(part: pd.DataFrame) -> None:
     try:
         image_column.image(original, width=320)
     except Exception:  # the file moved or broke since import: the thumbnail still shows what it was
-        image_column.image(str(paths.thumbnail(row["content_hash"])), width=320)
+        image_column.image(str(page.paths.thumbnail(row["content_hash"])), width=320)
         image_column.caption(f"{plain(original)} cannot be read now; showing the thumbnail.")
     facts.markdown(f"**#{closer}** · given **{plain(row['label'])}** · predicted **{plain(row['predicted_label'])}**")
     facts.caption(plain(original))
     facts.dataframe(pd.DataFrame([row[["confidence", "given_confidence", "margin", "loss", "issue_score", "flagged"]]]), hide_index=True)
-    if health is not None:
-        facts.caption("Health: " + (plain(health.issue_types().get(closer, "")) or "no check flags it"))
-    more_like_this_button(facts, int(closer))
+    if page.health is not None:
+        facts.caption("Health: " + (plain(page.health.issue_types().get(closer, "")) or "no check flags it"))
+    more_like_this_button(facts, page.name, page.version, int(closer))
 
 
-def more_like_this_button(where, sample_id: int) -> None:
+def more_like_this_button(where, name: str, version: int, sample_id: int) -> None:
     """The sample and its nearest neighbours in the default embedding become the Map page's selection."""
     key = preferred_embedding(workspace(), name)
     if key is None:
@@ -229,12 +266,61 @@ def more_like_this_button(where, sample_id: int) -> None:
             hand_to_map(name, found["sample_id"], "review-more-like-this")
 
 
-def queue_mode() -> None:
+def decide(name: str, kept_labels: Path, pending: dict[int, Decision], tally: dict[str, int],
+           sample_id: int, action: str, shown_version: int, shown_label: str, predicted: str) -> None:
+    """A queue button's callback: runs before the rerun, with what was on screen when the key was pressed (never the next item)."""
+    if action == "keep":
+        record_kept(kept_labels, sample_id, shown_label, shown_version)
+        tally["kept"] += 1
+    else:
+        pending[sample_id] = Decision(sample_id, action, shown_version, shown_label, predicted)
+    st.session_state.pop(keys(name).queue_current, None)
+
+
+def queue_item(page: ReviewPage, row: pd.Series, pending: dict[int, Decision], tally: dict[str, int]) -> None:
+    """The flagged sample on screen: the accept, keep and exclude buttons, its thumbnail and its scores."""
+    sample_id = int(row["sample_id"])
+    st.session_state[keys(page.name).queue_current] = sample_id
+    shown = (page.name, page.paths.kept_labels, pending, tally, sample_id)
+    seen = (page.version, str(row["label"]), str(row["predicted_label"]))
+    # The buttons come first, right under the progress line, in a plain row: nothing above them
+    # changes size while the page draws. Inside the image's columns they moved while the picture
+    # and the columns laid out, and a click aimed at them could land on the image (the lost click).
+    with st.container(horizontal=True, key="queue-actions"):
+        st.button(f"Accept '{plain(row['predicted_label'])}'", shortcut="a", type="primary", key="queue-accept", on_click=decide, args=(*shown, "accept", *seen))
+        st.button("Keep the label", shortcut="k", key="queue-keep", on_click=decide, args=(*shown, "keep", *seen))
+        st.button("Exclude", shortcut="x", key="queue-exclude", on_click=decide, args=(*shown, "exclude", *seen))
+    st.caption("Keyboard: A accept · K keep (recorded at once; it does not come back) · X exclude")
+    image_column, facts = st.columns([1, 2])
+    image_column.image(str(page.paths.thumbnail(row["content_hash"])), width=320)
+    facts.markdown(f"**#{sample_id}**  \ngiven label: **{plain(row['label'])}**  \npredicted: **{plain(row['predicted_label'])}** (confidence {row['confidence']:.2f})")
+    facts.caption(f"issue score {row['issue_score']:.3f} · loss {row['loss']:.3f} · margin {row['margin']:.3f}")
+
+
+def commit_decisions(page: ReviewPage, pending: dict[int, Decision], tally: dict[str, int]) -> None:
+    """The button that commits the queue's waiting decisions, dropping those made on a label the version no longer has."""
+    accepted = sum(d.action == "accept" for d in pending.values())
+    if st.button(f"Commit {len(pending)} decision(s) as a new version ({accepted} accepted, {len(pending) - accepted} excluded)", key="queue-commit"):
+        valid, stale = still_valid(list(pending.values()), page.rows)
+        if stale:
+            for decision in stale:
+                del pending[decision.sample_id]
+            st.warning(f"{len(stale)} decision(s) were made on a label v{page.version} no longer has ({', '.join(f'#{d.sample_id}' for d in stale[:10])}); they were dropped, the rest is kept. Commit again.")
+            return
+        changes, message = queue_changes(valid)
+        if commit(page.table, page.version, changes, message):
+            tally["changed"] += len(pending)
+            pending.clear()
+        st.rerun()
+
+
+def queue_mode(page: ReviewPage) -> None:
+    name = page.name
     # Decisions belong to the data set, not to a run or a version: they survive a new run, a commit and a
     # reload; each one carries the version, label and prediction the reviewer saw.
     pending: dict[int, Decision] = st.session_state.setdefault(keys(name).queue_decisions, {})
     tally = st.session_state.setdefault(keys(name).queue_tally, {"changed": 0, "kept": 0})
-    queue = filter_review(frame, flagged_only=True)
+    queue = filter_review(page.frame, flagged_only=True)
     todo = queue[~queue["sample_id"].isin(list(pending))]
     # The item on screen stays on screen until the reviewer decides it, whatever reruns in between.
     current = st.session_state.get(keys(name).queue_current)
@@ -247,58 +333,26 @@ def queue_mode() -> None:
         text=f"{len(todo):,} flagged samples to review · {len(pending):,} decision(s) waiting to be committed · {tally['kept']:,} kept"
         + (f" · {precision:.0%} of the flags decided so far were real label errors" if precision is not None else ""),
     )
-
-    def decide(sample_id: int, action: str, shown_version: int, shown_label: str, predicted: str) -> None:
-        """Runs before the rerun, with what was on screen when the key was pressed (never the next item)."""
-        if action == "keep":
-            record_kept(paths.kept_labels, sample_id, shown_label, shown_version)
-            tally["kept"] += 1
-        else:
-            pending[sample_id] = Decision(sample_id, action, shown_version, shown_label, predicted)
-        st.session_state.pop(keys(name).queue_current, None)
-
     if len(todo):
-        row = todo.iloc[0]
-        sample_id = int(row["sample_id"])
-        st.session_state[keys(name).queue_current] = sample_id
-        shown = (sample_id, version, str(row["label"]), str(row["predicted_label"]))
-        # The buttons come first, right under the progress line, in a plain row: nothing above them
-        # changes size while the page draws. Inside the image's columns they moved while the picture
-        # and the columns laid out, and a click aimed at them could land on the image (the lost click).
-        with st.container(horizontal=True, key="queue-actions"):
-            st.button(f"Accept '{plain(row['predicted_label'])}'", shortcut="a", type="primary", key="queue-accept", on_click=decide, args=(*shown[:1], "accept", *shown[1:]))
-            st.button("Keep the label", shortcut="k", key="queue-keep", on_click=decide, args=(*shown[:1], "keep", *shown[1:]))
-            st.button("Exclude", shortcut="x", key="queue-exclude", on_click=decide, args=(*shown[:1], "exclude", *shown[1:]))
-        st.caption("Keyboard: A accept · K keep (recorded at once; it does not come back) · X exclude")
-        image_column, facts = st.columns([1, 2])
-        image_column.image(str(paths.thumbnail(row["content_hash"])), width=320)
-        facts.markdown(f"**#{sample_id}**  \ngiven label: **{plain(row['label'])}**  \npredicted: **{plain(row['predicted_label'])}** (confidence {row['confidence']:.2f})")
-        facts.caption(f"issue score {row['issue_score']:.3f} · loss {row['loss']:.3f} · margin {row['margin']:.3f}")
+        queue_item(page, todo.iloc[0], pending, tally)
     else:
         st.success("Every flagged sample is decided.")
-    if not pending or show_conflict():
+    if not pending or show_conflict(page.table):
         return
-    accepted = sum(d.action == "accept" for d in pending.values())
-    if st.button(f"Commit {len(pending)} decision(s) as a new version ({accepted} accepted, {len(pending) - accepted} excluded)", key="queue-commit"):
-        valid, stale = still_valid(list(pending.values()), rows)
-        if stale:
-            for decision in stale:
-                del pending[decision.sample_id]
-            st.warning(f"{len(stale)} decision(s) were made on a label v{version} no longer has ({', '.join(f'#{d.sample_id}' for d in stale[:10])}); they were dropped, the rest is kept. Commit again.")
-            return
-        changes, message = queue_changes(valid)
-        if commit(changes, message):
-            tally["changed"] += len(pending)
-            pending.clear()
-        st.rerun()
+    commit_decisions(page, pending, tally)
 
 
-mode = st.segmented_control("Mode", ["Table", "Review queue"], default="Table", help="The queue shows one flagged sample at a time.")
-if mode == "Review queue":
-    queue_mode()
-    # Under the item, not above it: the warning comes and goes as background runs finish after each
-    # commit, and above the item it would move the A/K/X buttons while the reviewer aims at them.
-    warn_if_scores_are_older()
-else:
-    warn_if_scores_are_older()
-    table_mode()
+def main() -> None:
+    page = build_page()
+    mode = st.segmented_control("Mode", ["Table", "Review queue"], default="Table", help="The queue shows one flagged sample at a time.")
+    if mode == "Review queue":
+        queue_mode(page)
+        # Under the item, not above it: the warning comes and goes as background runs finish after each
+        # commit, and above the item it would move the A/K/X buttons while the reviewer aims at them.
+        warn_if_scores_are_older(page.run, page.version)
+    else:
+        warn_if_scores_are_older(page.run, page.version)
+        table_mode(page)
+
+
+main()
