@@ -500,8 +500,8 @@ CASES = [
     Case("settings: embedding that was never computed", lambda c: train_with(c, embedding="efficientnet-lite0-nope"), r"labelloop embed|no cached|not embedded|embedding"),
     Case("settings: version that does not exist", lambda c: error_of(lambda: _train_version(c, 42)), r"version 42 does not exist"),
     Case("settings: a single class to train on", lambda c: _single_class(c), r"class"),
-    Case("settings: embedder resolution 3", lambda c: embed_with(c, kind="pixels", resolution=3), r"resolution 3 is out of range"),
-    Case("settings: unknown embedder", lambda c: embed_with(c, kind="vit-huge"), r"unknown embedder 'vit-huge'"),
+    Case("settings: embedder resolution 3", lambda c: embed_with(c, kind="pixels", resolution=3), r"Resolution must be 8 to 1,024, not 3"),
+    Case("settings: unknown embedder", lambda c: embed_with(c, kind="vit-huge"), r"Embedder: 'vit-huge' is not one of efficientnet-lite0"),
     Case("settings: weights file that does not exist", lambda c: embed_with(c, kind="torchvision", arch="resnet18", weights=str(c.tmp / "none.pt")), r"does not exist"),
     # ----- checkpoints (user-supplied weights)
     Case("checkpoint: zero bytes", lambda c: torchvision_weights(c, b""), r"cannot read .* as a pytorch checkpoint"),

@@ -13,7 +13,7 @@ from labelloop.data.schema import UNDEFINED
 from labelloop.data.workspace import open_table
 from labelloop.embed import EmbedderConfig, embed_dataset
 from labelloop.maps.config import ProjectionConfig
-from labelloop.maps.project import project_dataset
+from labelloop.maps.project import has_map, project_dataset
 from labelloop.maps.view import CONFIDENT
 from labelloop.train.heads import HeadsSettings
 from labelloop.train.pipeline import train
@@ -103,6 +103,49 @@ def test_lasso_relabel_and_commit_in_chromium(mapped: Path, tmp_path: Path):
     assert table.head_version() == 2 and TRICKY in table.classes(2)
     assert (table.read(2)["label"] == TRICKY).sum() == smaller
     assert table.history()[-1].message == f"lasso: {smaller:,} samples -> {TRICKY}"
+
+
+def test_map_settings_come_from_their_declaration_and_make_a_map_of_their_own(mapped: Path, tmp_path: Path):
+    """Map settings: out of range is refused by label; other settings are a map of their own (made on request,
+    cached apart); the defaults bring the first map back without projecting again."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with running_app(mapped, tmp_path / "streamlit.log") as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(f"{url}/map?dataset=fashion")
+        root = page.locator(".map-root")
+        expect(root).to_have_attribute("data-ready", "1", timeout=60_000)
+        page.get_by_text("Map settings: PaCMAP, the defaults").click()
+        neighbours = page.get_by_role("spinbutton", name="Neighbours")
+        expect(neighbours).to_have_value("10")
+        for info in ProjectionConfig.settings():  # every setting but the dimensions (the View) has its widget, by its label
+            if info.name != "dims":
+                expect(page.get_by_label(info.label, exact=True).first).to_be_visible()
+        page.get_by_role("textbox", name="Iterations").fill("100,100")
+        page.get_by_role("textbox", name="Iterations").press("Tab")
+        page.get_by_role("button", name="Use these settings").click()
+        expect(page.get_by_text("Iterations takes 3 values, not 2")).to_be_visible(timeout=20_000)
+
+        page.get_by_role("textbox", name="Iterations").fill("100,100,100")
+        page.get_by_role("textbox", name="Iterations").press("Tab")
+        neighbours.fill("15")
+        neighbours.press("Tab")  # a number input takes its value when it loses focus
+        page.get_by_role("button", name="Use these settings").click()
+        expect(page.get_by_text("No 3D map of this embedding with these settings yet")).to_be_visible(timeout=20_000)
+        expect(page.get_by_text("Map settings: Neighbours 15")).to_be_visible()
+        page.get_by_role("button", name="Project to 3D with PaCMAP").click()
+        expect(root).to_have_attribute("data-ready", "1", timeout=120_000)
+        expect(root).to_have_attribute("data-points", "200")
+        expect(page.get_by_text("pacmap 3D map of 200 images (Neighbours 15)")).to_be_visible()  # says which map it is
+        screenshot(page, "map-settings-changed")
+        assert has_map(mapped, "fashion", "pixels-16px", ProjectionConfig(n_neighbors=15)) and has_map(mapped, "fashion", "pixels-16px", ProjectionConfig())
+
+        page.get_by_text("Map settings: Neighbours 15").click()
+        page.get_by_role("button", name="Back to the defaults").click()
+        expect(page.get_by_text("Map settings: PaCMAP, the defaults")).to_be_visible(timeout=20_000)
+        expect(root).to_have_attribute("data-ready", "1", timeout=60_000)
+        browser.close()
 
 
 def test_two_tabs_the_second_commit_is_refused_and_keeps_its_selection(mapped: Path, tmp_path: Path):

@@ -168,7 +168,7 @@ def test_embed_and_project_from_the_command_line(animals: Path):
         (["embed", "animals", "--embedder", "torchvision", "--arch", "resnet18", "--weights", "/no/file.pth"], "does not exist"),
         (["embed", "animals", "--embedder", "open_clip", "--arch", "ViT-B-32"], "needs weights: a pretrained tag"),
         (["project", "animals", "--embedding", "pixels-99px"], "has no embeddings 'pixels-99px'"),
-        (["project", "animals", "--iterations", "100,x,1"], "three whole numbers"),
+        (["project", "animals", "--iterations", "100,x,1"], "--iterations takes comma-separated numbers, not '100,x,1'"),
     ],
 )
 def test_embed_and_project_errors_exit_2(animals: Path, args: list[str], match: str):

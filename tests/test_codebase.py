@@ -12,7 +12,7 @@ PACKAGE = REPO / "labelloop"
 # Each sub-package and its layer: a module may import its own layer's package and lower layers only
 # (maps and train are peers: neither imports the other). The package face (labelloop/__init__.py)
 # and ``python -m labelloop`` sit with the CLI.
-LAYERS = {"errors": 0, "data": 1, "compute": 2, "embed": 3, "maps": 4, "train": 4, "scores": 5, "api": 6, "cli": 6, "__init__": 6, "__main__": 6, "app": 7}
+LAYERS = {"errors": 0, "settings": 0.5, "data": 1, "compute": 2, "embed": 3, "maps": 4, "train": 4, "scores": 5, "api": 6, "cli": 6, "__init__": 6, "__main__": 6, "app": 7}
 
 
 def module_name(path: Path) -> str:

@@ -269,10 +269,10 @@ def test_open_clip_refuses_the_wrong_checkpoint_or_architecture(tiny_clip: str, 
 @pytest.mark.parametrize(
     "config, match",
     [
-        (EmbedderConfig(kind="clip"), "Unknown embedder"),
-        (EmbedderConfig(runtime="gpu"), "Unknown runtime"),
-        (EmbedderConfig(resolution=4), "out of range"),
-        (EmbedderConfig(batch_size=0), "out of range"),
+        (EmbedderConfig(kind="clip"), "Invalid embedder setting: Embedder: 'clip' is not one of efficientnet-lite0"),
+        (EmbedderConfig(runtime="gpu"), "Runtime: 'gpu' is not one of auto, openvino"),
+        (EmbedderConfig(resolution=4), "Resolution must be 8 to 1,024, not 4"),
+        (EmbedderConfig(batch_size=0), "Batch size must be 1 to 1,024, not 0"),
         (EmbedderConfig(kind="pixels", weights="/etc/hostname"), "takes no weights"),
     ],
 )

@@ -135,12 +135,13 @@ def test_non_finite_vectors_and_empty_input_are_refused():
 @pytest.mark.parametrize(
     "config, match",
     [
-        (ProjectionConfig(method="umap"), "Unknown projection method"),
-        (ProjectionConfig(dims=4), "2 or 3 dimensions"),
-        (ProjectionConfig(n_neighbors=1), "out of range"),
-        (ProjectionConfig(iterations=(100, 100)), "three whole numbers"),
-        (ProjectionConfig(iterations=(0, 0, 0)), "three whole numbers"),
-        (ProjectionConfig(pca_dims=1), "pca_dims"),
+        (ProjectionConfig(method="umap"), "Method: 'umap' is not one of pacmap, tsne, pca"),
+        (ProjectionConfig(dims=4), "Dimensions: '4' is not one of 2, 3"),
+        (ProjectionConfig(n_neighbors=1), "Neighbours must be 2 to 200, not 1"),
+        (ProjectionConfig(iterations=(100, 100)), "Iterations takes 3 values, not 2"),
+        (ProjectionConfig(iterations=(100, 1.5, 100)), "Iterations takes whole numbers"),
+        (ProjectionConfig(iterations=(0, 0, 0)), "at least one of PaCMAP's three phases"),
+        (ProjectionConfig(pca_dims=1), "PCA dimensions must be 0 .no reduction. or at least 2"),
     ],
 )
 def test_bad_projection_settings_are_refused(config: ProjectionConfig, match: str):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from contextlib import contextmanager
 
 import pandas as pd
 
 from labelloop.errors import UserError
+from labelloop.settings import SettingInfo, Settings
 
 
 @contextmanager
@@ -36,36 +38,63 @@ def print_table(frame: pd.DataFrame) -> None:
         print(frame.to_string(index=False) if not frame.empty else "(none)")
 
 
+def add_setting_flag(parser: argparse.ArgumentParser, info: SettingInfo, default: str | None = None) -> None:
+    """One declared setting as an option: its flag, its choices, its label and help, and its default
+    (``default`` says it where it differs by context, e.g. per training family). The value is None
+    unless given, so the settings class's own default applies; :func:`given_settings` reads it."""
+    choices = f" ({', '.join(map(str, info.choices))})" if info.choices else ""
+    listing = " comma-separated" if info.is_tuple or info.length else ""
+    text = f"{info.label}{listing}{choices}. {info.help} Default: {default or info.shown()}".replace("%", "%%")
+    single_choice = info.choices is not None and not info.is_tuple
+    parser.add_argument(info.flag, *info.aliases, dest=info.name, metavar=None if single_choice else info.name.upper(),
+                        type=info.kind if single_choice else None, choices=info.choices if single_choice else None, help=text)
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, settings_class: type[Settings], *, skip: tuple[str, ...] = ()) -> None:
+    """An option per setting of ``settings_class`` (but those in ``skip``)."""
+    for info in settings_class.settings():
+        if info.name not in skip:
+            add_setting_flag(parser, info)
+
+
+def given_settings(args: argparse.Namespace, infos: list[SettingInfo]) -> dict:
+    """The settings among ``infos`` that were given on the command line, parsed (a UserError names a bad one)."""
+    given = {}
+    for info in infos:
+        value = getattr(args, info.name, None)
+        if value is not None:
+            given[info.name] = info.parse(value) if isinstance(value, str) else value
+    return given
+
+
 def embedder_config(args: argparse.Namespace):
+    """The embedder the flags describe (--model, or --embedder/--arch/--pretrained/--weights, and the rest), validated;
+    its device is the compute setting's."""
     from labelloop.embed import EmbedderConfig
     from labelloop.embed.models import model_from_flags
 
-    return EmbedderConfig(
-        **model_from_flags(model=args.model, kind=args.embedder, arch=args.arch, pretrained=args.pretrained, weights=args.weights),
-        resolution=args.resolution,
-        runtime=args.runtime,
-        precision=args.precision,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
+    given = given_settings(args, [info for info in EmbedderConfig.settings() if info.name != "device"])
+    model = model_from_flags(model=args.model, **{name: given.pop(name, None) for name in ("kind", "arch", "pretrained", "weights")})
+    config = EmbedderConfig(**model, **given, device=compute_of(args).device)
+    config.validate()
+    return config
 
 
 def add_compute_flags(p: argparse.ArgumentParser, *, ray: str, workers: bool = False) -> None:
     """--device and --ray (and for training, --workers and --gpus-per-worker): where the job runs."""
-    from labelloop.compute.device import DEVICE_HELP
-    from labelloop.compute.ray_cluster import ADDRESS_HELP
+    from labelloop.compute.device import Compute
 
-    p.add_argument("--device", default="auto", help=f"where torch runs: {DEVICE_HELP}")
-    p.add_argument("--ray", metavar="ADDRESS", help=f"{ray} on Ray: {ADDRESS_HELP}. Default: everything in this process")
-    if workers:
-        p.add_argument("--workers", type=int, default=1, help="Ray Train data-parallel workers for the image models (default 1; needs --ray)")
-        p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each Ray Train worker takes (default 0: CPUs)")
+    for info in Compute.settings():
+        if info.name == "ray":  # what runs on Ray differs by command
+            info = dataclasses.replace(info, help=f"{ray[0].upper()}{ray[1:]} on the Ray at this address: {info.help}")
+        if workers or info.name not in ("workers", "gpus_per_worker"):
+            add_setting_flag(p, info)
 
 
 def compute_of(args: argparse.Namespace):
     from labelloop.compute.device import Compute
 
-    compute = Compute(device=args.device, ray=args.ray, workers=getattr(args, "workers", 1), gpus_per_worker=getattr(args, "gpus_per_worker", 0.0))
+    compute = Compute(**given_settings(args, Compute.settings()))
     compute.validate()
     return compute
 

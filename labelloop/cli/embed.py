@@ -8,22 +8,22 @@ import pandas as pd
 
 from labelloop.cli.common import (
     add_compute_flags,
+    add_setting_flags,
     compute_of,
     default_embedding_key,
     embedder_config,
+    given_settings,
     print_table,
     progress_bar,
 )
 from labelloop.data.workspace import DatasetPaths, open_table
-from labelloop.errors import UserError
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
     from labelloop.embed import embed_dataset
 
-    open_table(args.workspace, args.name)  # a clear error before any model loads
     config, compute = embedder_config(args), compute_of(args)
-    config.validate()
+    open_table(args.workspace, args.name)  # a clear error before any model loads
     with progress_bar("embedding") as progress:
         report = embed_dataset(args.workspace, args.name, config, version=args.version, progress=progress, ray=compute.ray)
     print(f"embeddings '{report.key}': {report.describe()}")
@@ -78,13 +78,10 @@ def cmd_project(args: argparse.Namespace) -> None:
     from labelloop.maps.config import ProjectionConfig
     from labelloop.maps.project import project_dataset
 
+    config = ProjectionConfig(**given_settings(args, ProjectionConfig.settings()))
+    config.validate()
     open_table(args.workspace, args.name)
     key = args.embedding or default_embedding_key(args.workspace, args.name)
-    try:
-        iterations = tuple(int(part) for part in args.iterations.split(","))
-    except ValueError:
-        raise UserError(f"--iterations takes three whole numbers like 100,100,100, not '{args.iterations}'.") from None
-    config = ProjectionConfig(method=args.method, dims=args.dims, n_neighbors=args.neighbors, iterations=iterations, pca_dims=args.pca, perplexity=args.perplexity, seed=args.seed, fit_points=args.fit_points)
     with progress_bar("projecting", unit="step") as progress:
         projection = project_dataset(args.workspace, args.name, key, config, version=args.version, progress=progress, refit=args.refit)
     print(f"'{args.name}' {key}: {projection.describe()}")
@@ -97,21 +94,14 @@ COMMANDS = ("embed", "embeddings", "models", "similar", "project")  # what regis
 
 def register(sub, common: argparse.ArgumentParser) -> None:
     """Add this group's commands to the parser."""
-    from labelloop.embed import EMBEDDER_KINDS, PRECISIONS, RUNTIMES
-    from labelloop.maps.config import METHODS, ProjectionConfig
+    from labelloop.embed import EmbedderConfig
+    from labelloop.maps.config import ProjectionConfig
 
     p = sub.add_parser("embed", parents=[common], help="embed the images of a data set (cached: only new images are computed)")
     p.add_argument("name")
     p.add_argument("--model", help="a model by name: efficientnet-lite0 (default), torchvision:ARCH:WEIGHTS, open_clip:ARCH:TAG, "
                    "timm:NAME.TAG, or KIND:hf-hub:ORG/REPO; see `models` for recommended ones")
-    p.add_argument("--embedder", choices=EMBEDDER_KINDS, help="the library, when giving --arch (default: the one that knows --arch)")
-    p.add_argument("--arch", help="torchvision architecture (resnet50), open_clip model (ViT-B-32) or timm model (vit_small_patch14_dinov2.lvd142m)")
-    p.add_argument("--pretrained", help="published weights: a torchvision weights name (IMAGENET1K_V2, DEFAULT) or an open_clip tag (laion2b_s34b_b79k)")
-    p.add_argument("--weights", help="a local checkpoint file (for torchvision, a weights name works here too)")
-    p.add_argument("--resolution", type=int, help="input size in pixels (default: the model's own; pixels: 32)")
-    p.add_argument("--runtime", default="auto", choices=RUNTIMES, help="auto = the fastest measured (openvino bf16 where the CPU has it, else onnxruntime); torch = the reference")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto = bf16 where the CPU has it natively (openvino), else fp32")
-    p.add_argument("--batch-size", type=int, default=32)
+    add_setting_flags(p, EmbedderConfig, skip=("device",))  # the device is the compute setting's
     p.add_argument("--version", type=int, help="version whose images to embed (default: the latest)")
     add_compute_flags(p, ray="run the model on a Ray Data actor pool (the vectors land in the same cache)")
     p.set_defaults(func=cmd_embed)
@@ -135,14 +125,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("project", parents=[common], help="project embeddings to a 2D/3D map (cached)")
     p.add_argument("name")
     p.add_argument("--embedding", help="embedding key (see `embeddings NAME`; default: the default embedder's)")
-    p.add_argument("--method", default="pacmap", choices=METHODS)
-    p.add_argument("--dims", type=int, default=3, choices=[2, 3])
-    p.add_argument("--neighbors", type=int, default=10, help="PaCMAP n_neighbors (default 10)")
-    p.add_argument("--iterations", default=",".join(str(i) for i in ProjectionConfig().iterations), help="PaCMAP's three phases (default %(default)s)")
-    p.add_argument("--pca", type=int, default=ProjectionConfig().pca_dims, help="PCA dimensions before projecting, 0 = none (default %(default)s)")
-    p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fit-points", type=int, default=ProjectionConfig().fit_points, help="fit on at most this many images, stratified by label; the rest are placed on the map (default %(default)s)")
+    add_setting_flags(p, ProjectionConfig)
     p.add_argument("--refit", action="store_true", help="fit the map again on this version (otherwise images added since the fit are placed on it)")
     p.add_argument("--version", type=int, help="version to map (default: the latest)")
     p.set_defaults(func=cmd_project)

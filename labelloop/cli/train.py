@@ -9,7 +9,9 @@ import pandas as pd
 
 from labelloop.cli.common import (
     add_compute_flags,
+    add_setting_flag,
     compute_of,
+    given_settings,
     print_table,
     progress_bar,
 )
@@ -22,7 +24,7 @@ def _given_settings(args: argparse.Namespace) -> dict:
     from labelloop.train.registry import FAMILIES
 
     every = {info.name: info for family in FAMILIES.values() for info in family.settings_class.settings()}
-    given = {name: info.parse(getattr(args, name)) for name, info in every.items() if getattr(args, name) is not None}
+    given = given_settings(args, list(every.values()))
     reads = {info.name for info in FAMILIES[args.family].settings_class.settings()}
     foreign = [every[name].flag for name in given if name not in reads]
     if foreign:
@@ -36,20 +38,8 @@ def _add_setting_flags(parser: argparse.ArgumentParser, families: dict) -> None:
     for family in families.values():
         for info in family.settings_class.settings():
             seen.setdefault(info.name, []).append((family.name, info))
-    for name, uses in seen.items():
-        info = uses[0][1]
-        defaults = ", ".join(f"{family} {_shown(i)}" for family, i in uses)
-        choices = f" ({', '.join(map(str, info.choices))})" if info.choices else ""
-        listing = " comma-separated" if info.is_tuple else ""
-        text = f"{info.label}{listing}{choices}. {info.help} Default: {defaults}".replace("%", "%%")
-        parser.add_argument(info.flag, *info.aliases, dest=name, metavar=name.upper() if not info.choices or info.is_tuple else None,
-                            choices=info.choices if info.choices and not info.is_tuple else None, help=text)
-
-
-def _shown(info) -> str:
-    if info.default is None:
-        return info.none or "none"
-    return ",".join(map(str, info.default)) if info.is_tuple else str(info.default)
+    for uses in seen.values():
+        add_setting_flag(parser, uses[0][1], default=", ".join(f"{family} {info.shown()}" for family, info in uses))
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -19,9 +19,11 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
+from labelloop.compute.ray_cluster import ADDRESS_HELP, validate_address
 from labelloop.errors import UserError
+from labelloop.settings import Settings, setting
 
 if TYPE_CHECKING:  # torch is imported by the functions that use it: checking a setting needs no torch
     import torch
@@ -31,7 +33,7 @@ DEVICE_HELP = "auto: a CUDA GPU when torch sees one, else the CPU; cpu; cuda (th
 
 
 @dataclass(frozen=True)
-class Compute:
+class Compute(Settings):
     """Where a job runs: the torch ``device``, and optionally a Ray cluster (``labelloop.compute.ray_cluster``).
 
     ``ray`` is None (everything in this process, as always), ``local`` (a Ray started for the job on
@@ -39,22 +41,21 @@ class Compute:
     ``workers`` data-parallel training workers on Ray, each with ``gpus_per_worker`` GPUs.
     """
 
-    device: str = "auto"
-    ray: str | None = None
-    workers: int = 1
-    gpus_per_worker: float = 0.0
+    subject: ClassVar[str] = "compute"
 
-    def validate(self) -> None:
+    device: str = setting("auto", "Device", f"Where torch runs: {DEVICE_HELP}")
+    ray: str | None = setting(None, "Ray address", f"{ADDRESS_HELP}. Embedding, prediction, the image models and sweeps then run there; "
+                              "the images must be readable by every worker (a shared folder or s3://).", none="everything in this process")
+    workers: int = setting(1, "Training workers", "Ray Train data-parallel workers for the image models (ResNet-18, the frozen backbone); needs a Ray address.",
+                           minimum=1, maximum=1024)
+    gpus_per_worker: float = setting(0.0, "GPUs per worker", "GPUs each Ray Train worker takes (0: CPUs).", minimum=0, maximum=64)
+
+    def check(self) -> None:
         validate_device(self.device)
-        if not 1 <= self.workers <= 1024:
-            raise UserError(f"--workers {self.workers} is out of range: use 1 to 1024.")
-        if self.gpus_per_worker < 0:
-            raise UserError(f"--gpus-per-worker {self.gpus_per_worker} cannot be negative.")
         if self.ray is None and (self.workers > 1 or self.gpus_per_worker):
-            raise UserError("--workers and --gpus-per-worker need a Ray cluster: add --ray local (this machine), --ray auto or --ray HEAD:6379.")
+            raise UserError("Training workers and GPUs per worker need a Ray cluster: give a Ray address (--ray local: this machine, "
+                            "--ray auto or --ray HEAD:6379).")
         if self.ray is not None:
-            from labelloop.compute.ray_cluster import validate_address
-
             validate_address(self.ray)
 
 

@@ -7,10 +7,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
+from labelloop.compute.device import DEVICE_HELP, validate_device
 from labelloop.embed.kinds import KINDS, get_kind
 from labelloop.embed.kinds.base import Embedder  # noqa: F401  (where callers have always imported it from)
 from labelloop.errors import UserError
+from labelloop.settings import Settings, setting
 
 RUNTIMES = ("auto", "openvino", "onnxruntime", "torch")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -20,7 +23,7 @@ ShouldStop = Callable[[], bool]
 
 
 @dataclass(frozen=True)
-class EmbedderConfig:
+class EmbedderConfig(Settings):
     """Every setting of an embedder, in one place.
 
     kind: one of ``labelloop.embed.kinds.KINDS``: ``efficientnet-lite0``
@@ -36,30 +39,25 @@ class EmbedderConfig:
     :func:`parse_model_name` reads all of this from one string.
     """
 
-    kind: str = "efficientnet-lite0"
-    arch: str | None = None
-    pretrained: str | None = None  # published weights by the library's name for them
-    weights: str | None = None  # a local checkpoint file
-    resolution: int | None = None  # None: the model's own input size
-    runtime: str = "auto"
-    precision: str = "auto"
-    batch_size: int = 32
-    device: str = "auto"  # labelloop.compute.device: auto = a CUDA GPU when torch sees one (the torch runtime there), else the CPU
+    subject: ClassVar[str] = "embedder"
 
-    def validate(self) -> None:
-        if self.kind not in KINDS:
-            raise UserError(f"Unknown embedder '{self.kind}': use one of {', '.join(KINDS)}.")
-        from labelloop.compute.device import validate_device
+    kind: str = setting("efficientnet-lite0", "Embedder", "The library the model comes from: efficientnet-lite0 is bundled and works offline; pixels is "
+                        "the image itself, a baseline. Given an architecture alone, the library that knows it.", choices=tuple(KINDS), flag="--embedder")
+    arch: str | None = setting(None, "Architecture", "torchvision architecture (resnet50), open_clip model (ViT-B-32) or timm model "
+                               "(vit_small_patch14_dinov2.lvd142m); hf-hub:ORG/REPO for a Hugging Face model.", none="the embedder's only one")
+    pretrained: str | None = setting(None, "Published weights", "A torchvision weights name (IMAGENET1K_V2, DEFAULT) or an open_clip tag "
+                                     "(laion2b_s34b_b79k).", none="the library's default")
+    weights: str | None = setting(None, "Weights file", "A checkpoint file on this machine instead of published weights (for torchvision, "
+                                  "a weights name works here too).", none="published weights")
+    resolution: int | None = setting(None, "Resolution", "Input size in pixels images are resized to (pixels: 32).", minimum=8, maximum=1024, none="the model's own")
+    runtime: str = setting("auto", "Runtime", "auto = the fastest measured here (openvino bf16 where the CPU has it, else onnxruntime; "
+                           "torch on a GPU); torch = the reference.", choices=RUNTIMES)
+    precision: str = setting("auto", "Precision", "auto = bf16 where the hardware has it natively, else fp32.", choices=PRECISIONS)
+    batch_size: int = setting(32, "Batch size", "Images per forward pass.", minimum=1, maximum=1024)
+    device: str = setting("auto", "Device", DEVICE_HELP)
 
+    def check(self) -> None:
         validate_device(self.device)
-        if self.runtime not in RUNTIMES:
-            raise UserError(f"Unknown runtime '{self.runtime}': use one of {', '.join(RUNTIMES)}.")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"Unknown precision '{self.precision}': use one of {', '.join(PRECISIONS)}.")
-        if self.resolution is not None and not 8 <= self.resolution <= 1024:
-            raise UserError(f"Resolution {self.resolution} is out of range: use 8 to 1024 pixels.")
-        if not 1 <= self.batch_size <= 1024:
-            raise UserError(f"Batch size {self.batch_size} is out of range: use 1 to 1024.")
         if self.weights and not Path(self.weights).expanduser().is_file():
             raise UserError(f"The weights file {self.weights} does not exist. Give the path of a checkpoint on this machine.")
         if self.pretrained is not None and self.kind in ("efficientnet-lite0", "pixels"):

@@ -44,6 +44,9 @@ class Projection:
 
     def describe(self) -> str:
         text = f"{self.method_used} {self.coords.shape[1]}D map of {len(self.sample_ids)} images"
+        changed = self.config.changed_from(ProjectionConfig(dims=self.config.dims))
+        if changed:
+            text += f" ({', '.join(changed)})"
         text += f" (computed in {self.seconds:.1f} s)" if self.computed_now else " (from the cache)"
         if self.quality.get("knn_map") is not None:
             text += f"; {self.quality['k']}-NN accuracy {self.quality['knn_map']:.3f} on the map vs {self.quality['knn_embedding']:.3f} in the embedding"

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-import numpy as np
-
-from labelloop.errors import UserError
+from labelloop.settings import Settings, setting
 
 METHODS = ("pacmap", "tsne", "pca")
 
@@ -17,7 +16,7 @@ MIN_POINTS_FOR_NEIGHBOUR_METHODS = 20
 
 
 @dataclass(frozen=True)
-class ProjectionConfig:
+class ProjectionConfig(Settings):
     """Every setting of a projection.
 
     ``iterations`` are PaCMAP's three phases (near-pair attraction, mid-near
@@ -27,33 +26,29 @@ class ProjectionConfig:
     at 70k points. The defaults were chosen by bench/bench_project.py.
     """
 
-    method: str = "pacmap"
-    dims: int = 3
-    n_neighbors: int = 10
-    iterations: tuple[int, int, int] = (100, 100, 100)
-    pca_dims: int = 100
-    perplexity: float = 30.0  # t-SNE only
-    seed: int = 0
+    subject: ClassVar[str] = "map"
+
+    method: str = setting("pacmap", "Method", "PaCMAP keeps both clusters and their layout; t-SNE keeps clusters; PCA is linear and instant.", choices=METHODS)
+    dims: int = setting(3, "Dimensions", "3 to rotate the cloud, 2 for a flat map.", choices=(2, 3))
+    n_neighbors: int = setting(10, "Neighbours", "PaCMAP's neighbours per point: more keeps more of the global layout, fewer sharpens clusters.",
+                               minimum=2, maximum=200, flag="--neighbors")
+    iterations: tuple[int, int, int] = setting((100, 100, 100), "Iterations", "PaCMAP's three phases: near pairs, mid-near pairs, local refinement.",
+                                               minimum=0, maximum=10_000, length=3)
+    pca_dims: int = setting(100, "PCA dimensions", "Reduce the embedding with PCA first (0: no reduction): most of the speed at 70k points.",
+                            minimum=0, maximum=4096, flag="--pca")
+    perplexity: float = setting(30.0, "Perplexity", "t-SNE only: the effective number of neighbours.", minimum=1, maximum=500)
+    seed: int = setting(0, "Seed", "Same seed, same embedding: the same map.", minimum=0, maximum=2**31 - 1)
     # The method is fitted on at most this many images (stratified by label); the rest are placed. PaCMAP's
     # optimiser runs on one core: at a million images on 2 cores a 200,000-image fit took 261 s of a 436 s
     # map, a 100,000-image one 81 s of 214 s, and placed the rest no worse (bench/bench_million.py).
-    fit_points: int = 100_000
+    fit_points: int = setting(100_000, "Fit on", "Fit on at most this many images, stratified by label; the rest are placed on the map.",
+                              minimum=100, maximum=5_000_000)
 
-    def validate(self) -> None:
-        if self.method not in METHODS:
-            raise UserError(f"Unknown projection method '{self.method}': use one of {', '.join(METHODS)}.")
-        if self.dims not in (2, 3):
-            raise UserError(f"A map has 2 or 3 dimensions, not {self.dims}.")
-        if not 2 <= self.n_neighbors <= 200:
-            raise UserError(f"n_neighbors {self.n_neighbors} is out of range: use 2 to 200.")
-        if len(self.iterations) != 3 or any((not isinstance(i, (int, np.integer))) or i < 0 for i in self.iterations) or sum(self.iterations) == 0:
-            raise UserError(f"iterations must be three whole numbers of 0 or more (PaCMAP's three phases), not {self.iterations}.")
-        if self.pca_dims < 0 or self.pca_dims == 1:
-            raise UserError(f"pca_dims must be 0 (no reduction) or at least 2, not {self.pca_dims}.")
-        if not 1 <= self.perplexity <= 500:
-            raise UserError(f"perplexity {self.perplexity} is out of range: use 1 to 500.")
-        if not 100 <= self.fit_points <= 5_000_000:
-            raise UserError(f"fit_points {self.fit_points} is out of range: fit on 100 to 5,000,000 images.")
+    def check(self) -> None:
+        if sum(self.iterations) == 0:
+            self.refuse("Iterations: at least one of PaCMAP's three phases needs iterations.")
+        if self.pca_dims == 1:
+            self.refuse("PCA dimensions must be 0 (no reduction) or at least 2, not 1.")
 
     def key(self) -> str:
         if self.method == "pca":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from labelloop.app.components.session import COMPUTE, COMPUTE_CHANGED, COMPUTE_SEEN
+from labelloop.app.components.setting_widgets import setting_widget, settings_of
 from labelloop.compute.device import Compute
 from labelloop.errors import UserError
 
@@ -38,7 +39,7 @@ def _summary(compute: Compute) -> str:
 
 def compute_setting() -> None:
     """The sidebar's Compute expander."""
-    from labelloop.compute.device import DEVICE_HELP, what_torch_sees
+    from labelloop.compute.device import what_torch_sees
 
     compute = current_compute()
     # The label says what it is set to, so a change makes a new expander: it opens to show what the change found.
@@ -46,24 +47,19 @@ def compute_setting() -> None:
         seen = what_torch_sees()
         st.caption(seen[0].upper() + seen[1:] + ".")
         with st.form("compute-setting", border=False):
-            choices = _device_choices()
-            device = st.selectbox("Device", choices, index=choices.index(compute.device) if compute.device in choices else 0, help=DEVICE_HELP)
-            address = st.text_input(
-                "Ray address", compute.ray or "", placeholder="none: everything runs in this app",
-                help="local: a Ray started for each job on this machine's cores; auto: the cluster this machine belongs to (or RAY_ADDRESS); "
-                "HEAD:6379: a cluster's GCS address, from a machine in the cluster. Embedding, prediction, the image models and sweeps then run there; "
-                "the images must be readable by every worker (a shared folder or s3://).",
-            ).strip() or None
+            choices = _device_choices()  # the devices torch sees here, not every name the setting takes
+            device_info = Compute.setting_info("device")
+            values = {"device": st.selectbox(device_info.label, choices, index=choices.index(compute.device) if compute.device in choices else 0, help=device_info.help)}
+            values["ray"] = setting_widget(st, Compute.setting_info("ray"), compute.ray)
             left, right = st.columns(2)
-            workers = left.number_input("Training workers", 1, 1024, compute.workers, help="Ray Train data-parallel workers for ResNet-18 and the frozen backbone.")
-            gpus = right.number_input("GPUs per worker", 0.0, 16.0, float(compute.gpus_per_worker), step=1.0)
+            values["workers"] = setting_widget(left, Compute.setting_info("workers"), compute.workers)
+            values["gpus_per_worker"] = setting_widget(right, Compute.setting_info("gpus_per_worker"), compute.gpus_per_worker)
             save, check = st.columns(2)
             saved = save.form_submit_button("Use")
             checked = check.form_submit_button("Check", help="Connect to the Ray address and read what it has (CPUs, GPUs).")
         if saved or checked:
-            chosen = Compute(device=device, ray=address, workers=int(workers), gpus_per_worker=float(gpus))
             try:
-                chosen.validate()
+                chosen = settings_of(Compute, values)
             except UserError as exc:
                 st.error(str(exc))
                 return

@@ -21,21 +21,22 @@ def version_rows(table: LabelTable, version: int) -> pd.DataFrame:
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def _projection(workspace: str, name: str, embedding_key: str, dims: int, images: str, _version: int, _rows_of_version: pd.DataFrame):
-    from labelloop.maps.config import ProjectionConfig
+def _projection(workspace: str, name: str, embedding_key: str, config_key: str, images: str, _config, _version: int, _rows_of_version: pd.DataFrame):
     from labelloop.maps.project import project_dataset
 
-    # _version is not part of the key (leading underscore): any version with these images gives this map.
-    return project_dataset(workspace, name, embedding_key, ProjectionConfig(dims=dims), version=_version, compute=False, rows=_rows_of_version)
+    # The settings go in by their key (what names the map on disk); _version is not part of the key
+    # (leading underscore): any version with these images gives this map.
+    return project_dataset(workspace, name, embedding_key, _config, version=_version, compute=False, rows=_rows_of_version)
 
 
-def cached_projection(workspace, table: LabelTable, name: str, embedding_key: str, dims: int, version: int):
-    """The cached map of ``version`` or None; never computes one (opening a page starts no heavy work).
+def cached_projection(workspace, table: LabelTable, name: str, embedding_key: str, config, version: int):
+    """The cached map of ``version`` with ``config`` (labelloop.maps.config.ProjectionConfig) or None; never computes one
+    (opening a page starts no heavy work).
 
     Keyed by which samples and images the version holds, not by the version:
     a relabel keeps the same map, so a commit reloads nothing.
     """
-    return _projection(str(workspace), name, embedding_key, dims, cached_image_set_digest(table, version), version, version_rows(table, version))
+    return _projection(str(workspace), name, embedding_key, config.key(), cached_image_set_digest(table, version), config, version, version_rows(table, version))
 
 
 def forget_projection() -> None:

@@ -21,6 +21,7 @@ FINISHED_JOBS_SEEN = "finished-jobs-seen"  # (job key, start time) of background
 IMPORTED = "imported"  # the import that just finished, shown once at the top of the Data page
 COMPUTE = "compute"  # the compute setting (labelloop.compute.device.Compute) this session's jobs run with
 COMPUTE_CHANGED = "compute-changed"  # the compute setting was just changed: its expander opens once to show the outcome
+MAP_SETTINGS = "map-settings"  # the map settings (labelloop.maps.config.ProjectionConfig) this session projects with, but its dims
 COMPUTE_SEEN = "compute-seen"  # what the last "Check" of the Ray address found (a line of text)
 OWNER = "owner"  # a random token naming this session: jobs only it should see the end of (an import) carry it  # how many samples the map's selection holds (read by tests and benchmarks)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -24,9 +25,11 @@ from labelloop.app.components.model_picker import model_picker
 from labelloop.app.components.scatter3d import PublishedMap, publish_map, scatter3d
 from labelloop.app.components.selection_editor import MapEdit, selection_editor
 from labelloop.app.components.session import (
+    MAP_SETTINGS,
     keys,
     select_on_map,
 )
+from labelloop.app.components.setting_widgets import setting_widget, settings_of
 from labelloop.app.components.sidebar import (
     open_current_version,
     refresh_scores,
@@ -58,6 +61,8 @@ from labelloop.maps.view import (
 )
 from labelloop.scores.checks import CHECKS
 
+METHOD_NAMES = {"pacmap": "PaCMAP", "tsne": "t-SNE", "pca": "PCA"}
+
 # Sized so that on a 1440x900 window the header, the whole map and the first rows of the selection's
 # thumbnails (in the column beside the map) are in view together: judging a lasso means seeing both.
 MAP_HEIGHT = 560
@@ -84,7 +89,7 @@ class MapPage:
     paths: DatasetPaths
     classes: list[str]
     chosen_key: str
-    dims: int
+    config: ProjectionConfig  # the map's settings: the session's (Map settings) in the dimensions picked
     text_model: object | None  # the CLIP text tower's config when a CLIP model made the chosen embedding
     projection: Projection
     frame: pd.DataFrame  # the version's rows on the map, indexed by sample_id
@@ -125,20 +130,50 @@ def embed_with_a_model(name: str, version: int, n_images: int, *, first: bool) -
         st.rerun()
 
 
+def current_map_settings() -> ProjectionConfig:
+    """The map settings this session projects with (the defaults, until changed under Map settings)."""
+    return st.session_state.get(MAP_SETTINGS) or ProjectionConfig()
+
+
+def map_settings(config: ProjectionConfig) -> None:
+    """The Map settings expander: every setting of a map but its dimensions (the View picks those), from their declaration.
+
+    Each set of settings is a map of its own (cached apart, so going back to one costs nothing); the page then shows
+    the map with these settings, or offers to make it.
+    """
+    changed = config.changed_from(ProjectionConfig(dims=config.dims))
+    with st.expander("Map settings" + (f": {', '.join(changed)}" if changed else f": {METHOD_NAMES[config.method]}, the defaults")):
+        with st.form("map-settings-form", border=False):
+            columns = st.columns(4)
+            shown = [info for info in ProjectionConfig.settings() if info.name != "dims"]
+            values = {info.name: setting_widget(columns[i % 4], info, getattr(config, info.name), key=f"map-setting-{info.name}") for i, info in enumerate(shown)}
+            use, reset = st.columns([1, 5])
+            used = use.form_submit_button("Use these settings")
+            defaults_asked = reset.form_submit_button("Back to the defaults")
+        if used or defaults_asked:
+            try:
+                chosen = ProjectionConfig() if defaults_asked else settings_of(ProjectionConfig, values)
+            except UserError as error:
+                st.error(str(error))
+                return
+            st.session_state[MAP_SETTINGS] = chosen
+            st.rerun()
+
+
 def other_model(name: str, version: int, n_images: int) -> None:
     with st.expander("Embed with another model"):
         st.caption("Each model's vectors are cached apart (keyed by model and weights), and each gets its own map: pick it under Embedding once it is done.")
         embed_with_a_model(name, version, n_images, first=False)
 
 
-def project_job(name: str, key: str, dims: int) -> str:
-    return f"project:{name}:{key}:{dims}d"
+def project_job(name: str, key: str, config: ProjectionConfig) -> str:
+    return f"project:{name}:{key}:{config.key()}"
 
 
-def start_projecting(name: str, version: int, key: str, dims: int, *, refit: bool) -> None:
+def start_projecting(name: str, version: int, key: str, config: ProjectionConfig, *, refit: bool) -> None:
     """Fit the map (the first time, or when asked to refit), or place the images added since on it."""
-    start_job(project_job(name, key, dims), f"{'refitting' if refit else 'projecting'} to {dims}D with PaCMAP", lambda job: project_dataset(
-        workspace(), name, key, ProjectionConfig(dims=dims), version=version, refit=refit,
+    start_job(project_job(name, key, config), f"{'refitting' if refit else 'projecting'} to {config.dims}D with {METHOD_NAMES[config.method]}", lambda job: project_dataset(
+        workspace(), name, key, config, version=version, refit=refit,
         progress=lambda done, total: job.progress("optimising the layout", done / max(total, 1)),
     ))
     st.rerun()
@@ -164,26 +199,28 @@ def embeddings_or_stop(name: str, version: int, n_images: int) -> list[dict]:
     return embeddings
 
 
-def projection_or_stop(table: LabelTable, name: str, version: int, key: str, dims: int, n_images: int):
-    """The map of ``key`` in ``dims``; without one, the button that makes it (and the page stops there)."""
-    projection = cached_projection(workspace(), table, name, key, dims, version)
-    project_key = project_job(name, key, dims)
+def projection_or_stop(table: LabelTable, name: str, version: int, key: str, config: ProjectionConfig, n_images: int):
+    """The map of ``key`` with ``config``; without one, the button that makes it (and the page stops there)."""
+    dims, method = config.dims, METHOD_NAMES[config.method]
+    projection = cached_projection(workspace(), table, name, key, config, version)
+    project_key = project_job(name, key, config)
     if follow_job(project_key) is not None:
         forget_projection()
-        projection = cached_projection(workspace(), table, name, key, dims, version)
+        projection = cached_projection(workspace(), table, name, key, config, version)
     if projection is not None:
         return projection
     if not running(project_key):
-        if has_map(workspace(), name, key, ProjectionConfig(dims=dims)):
+        if has_map(workspace(), name, key, config):
             st.info(f"Some images of v{version} are not on the {dims}D map yet: they were added since it was fitted. Placing puts each "
                     "where its nearest fitted images are; the map itself does not move. Refit it later to fit them too.")
             if st.button("Place them on the map", type="primary"):
-                start_projecting(name, version, key, dims, refit=False)
+                start_projecting(name, version, key, config, refit=False)
         else:
-            rate = last_rate(workspace(), f"project {ProjectionConfig().method} {dims}d")
-            st.info(f"No {dims}D map of this embedding yet" + (f". PaCMAP: {rate.estimate(n_images)}." if rate else "."))
-            if st.button(f"Project to {dims}D with PaCMAP", type="primary"):
-                start_projecting(name, version, key, dims, refit=False)
+            rate = last_rate(workspace(), f"project {config.method} {dims}d")
+            st.info(f"No {dims}D map of this embedding with these settings yet" + (f". {method}: {rate.estimate(n_images)}." if rate else "."))
+            if st.button(f"Project to {dims}D with {method}", type="primary"):
+                start_projecting(name, version, key, config, refit=False)
+    map_settings(config)
     other_model(name, version, n_images)
     st.stop()
 
@@ -230,16 +267,16 @@ def colouring_of(colour_by: str, name: str, version: int, chosen_key: str, proje
     return colouring, scores, scores_note
 
 
-def beside_view(table: LabelTable, name: str, version: int, beside_key: str, dims: int, projection, colouring: Colouring, rows: pd.DataFrame, label_names: list[str]) -> tuple[MapView | None, str]:
+def beside_view(table: LabelTable, name: str, version: int, beside_key: str, config: ProjectionConfig, projection, colouring: Colouring, rows: pd.DataFrame, label_names: list[str]) -> tuple[MapView | None, str]:
     """The second embedding's map in the first one's colours (the same sample, the same colour, whichever space it sits in)."""
-    beside = cached_projection(workspace(), table, name, beside_key, dims, version)
+    beside = cached_projection(workspace(), table, name, beside_key, config, version)
     if beside is None:
-        return None, f"No {dims}D map of {beside_key} for v{version} yet: pick it as Embedding and project it, then come back to see both."
+        return None, f"No {config.dims}D map of {beside_key} for v{version} with these settings yet: pick it as Embedding and project it, then come back to see both."
     at = pd.Index(projection.sample_ids).get_indexer(beside.sample_ids)
     beside_frame = rows.set_index("sample_id").reindex(beside.sample_ids)
     colour_codes = np.where(at >= 0, colouring.codes[np.maximum(at, 0)], len(colouring.palette) - 1).astype(np.int16)
     view = MapView(
-        publish_map(beside.sample_ids, beside.coords, beside_frame["content_hash"], f"{name}/{beside_key}/{dims}"), colour_codes,
+        publish_map(beside.sample_ids, beside.coords, beside_frame["content_hash"], f"{name}/{beside_key}/{config.key()}"), colour_codes,
         positions_in(beside_frame["label"], label_names).astype(np.int16), f"map-{name}-beside", keys(name).selection_js + ":beside",
     )
     return view, f"Right: {beside.describe()}."
@@ -266,7 +303,8 @@ def build_page() -> MapPage:
     )
     text_model = text_config(workspace(), name, chosen_key)  # a CLIP model made it: text search works
     dims = middle.radio("View", (3, 2), format_func=lambda d: f"{d}D", horizontal=True, help="PaCMAP to 3D (rotate it) or 2D.")
-    projection = projection_or_stop(table, name, version, chosen_key, dims, len(rows))
+    config = dataclasses.replace(current_map_settings(), dims=dims)
+    projection = projection_or_stop(table, name, version, chosen_key, config, len(rows))
     frame = rows.set_index("sample_id").reindex(projection.sample_ids)  # every id is a row of this version: reindex is .loc without the checks (instant when all are on the map)
     classes = table.classes(version)
     colour_by = right.selectbox("Colour by", COLOUR_BY, key="colour-by", help="Predicted label, label-issue score and confidence come from the latest training run on this version; "
@@ -279,15 +317,15 @@ def build_page() -> MapPage:
     label_codes = positions_in(frame["label"], label_names).astype(np.int16)  # every label is among the names
 
     paths = DatasetPaths(workspace(), name)
-    published = publish_map(projection.sample_ids, projection.coords, frame["content_hash"], f"{name}/{chosen_key}/{dims}")
+    published = publish_map(projection.sample_ids, projection.coords, frame["content_hash"], f"{name}/{chosen_key}/{config.key()}")
     servable_thumbnails(table, paths.thumbs, version)
     maps = [MapView(published, colouring.codes, label_codes, f"map-{name}", keys(name).selection_js)]
     beside_note = ""
     if beside_key is not None:
-        second, beside_note = beside_view(table, name, version, beside_key, dims, projection, colouring, rows, label_names)
+        second, beside_note = beside_view(table, name, version, beside_key, config, projection, colouring, rows, label_names)
         if second is not None:
             maps.append(second)
-    return MapPage(table, name, version, paths, classes, chosen_key, dims, text_model, projection, frame, scores, colouring, hidden, label_names, maps, scores_note, beside_note, len(rows))
+    return MapPage(table, name, version, paths, classes, chosen_key, config, text_model, projection, frame, scores, colouring, hidden, label_names, maps, scores_note, beside_note, len(rows))
 
 
 @st.fragment
@@ -317,7 +355,7 @@ def map_and_selection(page: MapPage) -> None:
             pushed = {"token": st.session_state[keys(name).selection_push], "indices": [int(i) for i in position[position >= 0]]}
         with slot:
             states.append(scatter3d(
-                view.published, dims=page.dims, colour_codes=view.colour_codes, palette=page.colouring.palette, label_codes=view.label_codes, label_names=page.label_names,
+                view.published, dims=page.config.dims, colour_codes=view.colour_codes, palette=page.colouring.palette, label_codes=view.label_codes, label_names=page.label_names,
                 hidden=page.hidden, selection=pushed, key=view.key, height=MAP_HEIGHT,
             ))
     with map_slot:
@@ -327,8 +365,8 @@ def map_and_selection(page: MapPage) -> None:
         about, refit = st.columns([5, 1], vertical_alignment="center")
         about.caption(f"{page.projection.describe()}.")
         if refit.button("Refit", help="Fit the map again on every image of this version (as at most 100,000 of them: the rest are placed). "
-                        "Adding images never refits the map by itself: points stay where you learnt them.", disabled=running(project_job(name, page.chosen_key, page.dims))):
-            start_projecting(name, page.version, page.chosen_key, page.dims, refit=True)
+                        "Adding images never refits the map by itself: points stay where you learnt them.", disabled=running(project_job(name, page.chosen_key, page.config))):
+            start_projecting(name, page.version, page.chosen_key, page.config, refit=True)
     for view, state in zip(maps, states):
         if not state or state.get("token") == st.session_state.get(view.seen_key):
             continue
@@ -422,6 +460,7 @@ def lasso_over_all_points(view: MapView, lasso: dict, before: np.ndarray, hidden
 def main() -> None:
     page = build_page()
     map_and_selection(page)
+    map_settings(page.config)
     other_model(page.name, page.version, page.n_images)
 
 
