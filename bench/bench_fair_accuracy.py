@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from labelloop.data.changes import ChangeSet  # noqa: E402
 from labelloop.data.demo import build_demo, load_demo_truth  # noqa: E402
 from labelloop.data.runs import list_runs, load_samples  # noqa: E402
+from labelloop.data.workspace import DatasetPaths  # noqa: E402
 from labelloop.embed import EmbedderConfig, embed_dataset  # noqa: E402
 from labelloop.scores.fair_accuracy import accuracy_per_version  # noqa: E402
 from labelloop.train.pipeline import quick_heads_config, quick_heads_recipe, train  # noqa: E402
@@ -53,8 +54,8 @@ def main() -> None:
         print(f"demo built and embedded in {time.perf_counter() - started:.0f} s")
         truth = load_demo_truth(workspace, name)
         true_label = truth.set_index("sample_id")["true_label"]
-        config = quick_heads_config(workspace, name)
-        recipe = quick_heads_recipe(workspace, name)
+        config = quick_heads_config(DatasetPaths(workspace, name))
+        recipe = quick_heads_recipe(DatasetPaths(workspace, name))
         started = time.perf_counter()
         run = train(workspace, name, config, version=1, trigger="after commit")
         print(f"quick heads on v1: {time.perf_counter() - started:.1f} s (best: {run.summary.best_model})")

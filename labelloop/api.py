@@ -67,8 +67,8 @@ class Dataset:
     def __init__(self, name: str, workspace: str | os.PathLike | None = None):
         self.workspace = resolve_workspace(workspace)
         self.name = name
-        self.table: LabelTable = open_table(self.workspace, name)  # a UserError naming the data sets there are
-        self.paths = DatasetPaths(self.workspace, name)
+        self.paths = DatasetPaths(self.workspace, name)  # what the layers below are handed: resolved once, here
+        self.table: LabelTable = open_table(self.paths)  # a UserError naming the data sets there are
 
     def __repr__(self) -> str:
         info = self.table.version_info()
@@ -155,13 +155,13 @@ class Dataset:
     @property
     def embeddings(self) -> list[str]:
         """The keys of the embeddings cached for this data set."""
-        return [meta["key"] for meta in list_embeddings(self.workspace, self.name)]
+        return [meta["key"] for meta in list_embeddings(self.paths)]
 
     def vectors(self, embedding: str | None = None, version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(sample ids, float32 vectors N x D) of ``version``'s embedded samples in ``embedding`` (default: the preferred one)."""
         from labelloop.embed import load_embeddings
 
-        loaded = load_embeddings(self.workspace, self.name, self._embedding(embedding), version=version)
+        loaded = load_embeddings(self.paths, None, self._embedding(embedding), version=version)
         return loaded.sample_ids, loaded.vectors
 
     def map(self, embedding: str | None = None, *, version: int | None = None, progress: Progress | None = None, **settings) -> Projection:
@@ -179,20 +179,20 @@ class Dataset:
             settings["embedding"] = self._embedding(None)
         chosen = default_settings(family, **settings)
         chosen.validate()
-        return train_run(self.workspace, self.name, chosen, version=version, progress=progress)
+        return train_run(self.paths, None, chosen, version=version, progress=progress)
 
     def runs(self, version: int | None = None) -> list[RunInfo]:
         """Finished training runs (of ``version`` if given), newest first."""
         from labelloop.data.runs import list_runs
 
-        return list_runs(self.workspace, self.name, version)
+        return list_runs(self.paths, version=version)
 
     # ------------------------------------------------------------------ scores
 
     def issues(self, run: RunInfo | str | None = None) -> pd.DataFrame:
         """Per labelled sample of a run (default: the newest with per-sample scores), most suspicious label first:
         sample_id, path, label, predicted_label, confidence, margin, loss, issue_score (0..1), flagged."""
-        chosen = run if isinstance(run, RunInfo) else find_run(self.workspace, self.name, run, with_samples=True)
+        chosen = run if isinstance(run, RunInfo) else find_run(self.paths, run_id=run, with_samples=True)
         samples = load_samples(chosen)
         labelled = samples[samples["trained_on"]].sort_values("issue_score", ascending=False, kind="stable")
         paths = self.table.read(chosen.version).set_index("sample_id")["path"]
@@ -223,7 +223,7 @@ class Dataset:
     def _embedding(self, key: str | None) -> str:
         if key:
             return key
-        preferred = preferred_embedding(self.workspace, self.name)
+        preferred = preferred_embedding(self.paths)
         if preferred is None:
             raise UserError(f"'{self.name}' has no embedding yet: call .embed() first (or `labelloop embed {self.name}`).")
         return preferred

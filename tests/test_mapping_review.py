@@ -13,6 +13,7 @@ from labelloop.data.changes import ChangeSet, revert_changes
 from labelloop.data.ingest import import_dataset
 from labelloop.data.runs import list_runs
 from labelloop.data.schema import UNDEFINED
+from labelloop.data.workspace import DatasetPaths
 from labelloop.errors import UserError
 from labelloop.maps.view import (
     CLASS_COLOURS,
@@ -320,14 +321,14 @@ def test_reverting_a_label_flow_cell_and_the_quick_heads_recipe(tmp_path: Path, 
     revert, left_alone = revert_changes(moved[moved["relabelled"]], table.read(5))
     assert left_alone == 1 and sorted(revert.updates["sample_id"]) == sorted(bags[1:4])
 
-    assert quick_heads_config(workspace, "f") is None  # nothing embedded: nothing quick to retrain
+    assert quick_heads_config(DatasetPaths(workspace, "f")) is None  # nothing embedded: nothing quick to retrain
     embed_dataset(workspace, "f", EmbedderConfig(kind="pixels", resolution=8))
-    assert quick_heads_config(workspace, "f") is None  # no default embedding and no run says which to use
+    assert quick_heads_config(DatasetPaths(workspace, "f")) is None  # no default embedding and no run says which to use
     train(workspace, "f", HeadsSettings(embedding="pixels-8px", heads=("knn",)), version=1)
-    quick = quick_heads_config(workspace, "f")
+    quick = quick_heads_config(DatasetPaths(workspace, "f"))
     assert quick.heads == ("knn", "logreg") and quick.embedding == "pixels-8px"
     run = train(workspace, "f", quick, version=2, trigger="after commit")
-    assert run.automatic and run_recipe(run)[0] == quick_heads_recipe(workspace, "f")
+    assert run.automatic and run_recipe(run)[0] == quick_heads_recipe(DatasetPaths(workspace, "f"))
     assert not list_runs(workspace, "f", 1)[0].automatic and run_recipe(list_runs(workspace, "f", 1)[0])[0] != run_recipe(run)[0]
 
 
@@ -341,11 +342,11 @@ def test_the_quick_heads_refresh_once_per_version_and_then_say_how_long_the_next
     )
 
     import_dataset(write_fashion_folders(tmp_path / "f", 12), "f", workspace)
-    assert refresh_quick_heads(workspace, "f", 1) is None  # nothing embedded: nothing quick to retrain
+    assert refresh_quick_heads(DatasetPaths(workspace, "f"), 1) is None  # nothing embedded: nothing quick to retrain
     embed_dataset(workspace, "f", EmbedderConfig(kind="pixels", resolution=16))
     train(workspace, "f", HeadsSettings(embedding="pixels-16px", heads=("knn",)), version=1)
-    assert quick_heads_estimate(workspace, "f", 1) is None  # no refresh measured yet: no promise
-    run = refresh_quick_heads(workspace, "f", 1)
+    assert quick_heads_estimate(DatasetPaths(workspace, "f"), 1) is None  # no refresh measured yet: no promise
+    run = refresh_quick_heads(DatasetPaths(workspace, "f"), 1)
     assert run.automatic and run_settings(run).reduce_dims == QUICK_HEADS_DIMS
-    assert refresh_quick_heads(workspace, "f", 1) is None  # the version has its quick heads already
-    assert re.fullmatch(r"about \d+ s for 120 images \(the last job here ran at [\d,]+ per second\)", quick_heads_estimate(workspace, "f", 1))
+    assert refresh_quick_heads(DatasetPaths(workspace, "f"), 1) is None  # the version has its quick heads already
+    assert re.fullmatch(r"about \d+ s for 120 images \(the last job here ran at [\d,]+ per second\)", quick_heads_estimate(DatasetPaths(workspace, "f"), 1))

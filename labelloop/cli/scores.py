@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from labelloop.cli.common import print_table, progress_bar
-from labelloop.data.workspace import open_table
+from labelloop.data.workspace import DatasetPaths, open_table
 from labelloop.errors import UserError
 
 
@@ -53,8 +53,9 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
     from labelloop.scores.fair_accuracy import accuracy_per_version
     from labelloop.train.pipeline import quick_heads_config, quick_heads_recipe, train
 
-    open_table(args.workspace, args.name)
-    recipe = quick_heads_recipe(args.workspace, args.name)
+    dataset = DatasetPaths(args.workspace, args.name)
+    open_table(dataset)
+    recipe = quick_heads_recipe(dataset)
     if recipe is None:
         raise UserError(f"'{args.name}' has no embedding to run the quick heads on. Embed it first: `labelloop embed {args.name}`.")
     truth = load_demo_truth(args.workspace, args.name)
@@ -64,10 +65,10 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
 
     fair = measure()
     if fair.missing and args.score_missing:
-        config = quick_heads_config(args.workspace, args.name)
+        config = quick_heads_config(dataset)
         for version in fair.missing:
             print(f"training the quick heads on v{version} ...", flush=True)
-            train(args.workspace, args.name, config, version=version, trigger="after commit")
+            train(dataset, None, config, version=version, trigger="after commit")
         fair = measure()
     print(f"Held-out accuracy of the quick heads (k-NN, logistic regression; the same settings on every version), against {fair.reference}" + (" and the true labels" if truth is not None else "") + ":")
     main = fair.line[fair.line["recipe"] == recipe]

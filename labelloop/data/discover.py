@@ -80,7 +80,7 @@ def discover(source: str | os.PathLike, layout: str = "auto") -> Discovery:
             files, folders = storage.list_files(source)
         except OSError as exc:
             raise storage.explain(exc, source, "list the images in") from exc
-        visible = lambda parts: not any(part.startswith(".") for part in parts[:-1])  # noqa: E731 - as a local walk skips hidden folders
+        visible = lambda parts: not any(part.startswith(".") for part in parts[:-1])
         return _discover_folder(
             source, [tuple(f.split("/")) for f in files if visible(f.split("/"))], [tuple(d.split("/")) for d in folders if visible(d.split("/") + [""])], layout
         )

@@ -13,7 +13,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, field, fields, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
@@ -22,6 +22,8 @@ import pandas as pd
 
 from labelloop.data.workspace import (
     DatasetPaths,
+    WorkspaceOrDataset,
+    as_dataset,
     remove_abandoned_staging,
     staging_folder,
 )
@@ -140,10 +142,10 @@ class ModelConfig:
 class RunBuilder:
     """Collects a run's files in a staging folder; :meth:`finish` publishes them at once."""
 
-    def __init__(self, workspace, name: str, label: str, *, trigger: str = "user"):
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    def __init__(self, dataset: DatasetPaths, label: str, *, trigger: str = "user"):
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         self.run_id = f"{stamp}-{label}-{uuid.uuid4().hex[:6]}"
-        runs_dir = DatasetPaths(workspace, name).runs
+        runs_dir = dataset.runs
         self.final = runs_dir / self.run_id
         runs_dir.mkdir(parents=True, exist_ok=True)
         remove_abandoned_staging(runs_dir)
@@ -172,7 +174,7 @@ class RunBuilder:
         save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(self.model_dir / filename))
 
     def finish(self, summary: RunSummary) -> Path:
-        summary = replace(summary, run_id=self.run_id, trigger=self.trigger, seconds=round(time.time() - self.started, 2), finished=datetime.now(timezone.utc).isoformat())
+        summary = replace(summary, run_id=self.run_id, trigger=self.trigger, seconds=round(time.time() - self.started, 2), finished=datetime.now(UTC).isoformat())
         _write_json(self.path / "run.json", {**summary.to_json(), "status": "finished"})
         reached("run complete")  # every file written, not yet published
         os.rename(self.path, self.final)
@@ -216,9 +218,9 @@ class RunInfo:
         return f"{self.run_id}: v{s.version}, {s.best_model} {accuracy} ({s.n_labelled} labelled, {s.seconds:.0f} s)"
 
 
-def list_runs(workspace, name: str, version: int | None = None) -> list[RunInfo]:
+def list_runs(workspace: WorkspaceOrDataset, name: str | None = None, version: int | None = None) -> list[RunInfo]:
     """Finished runs of a data set (optionally of one version), newest first."""
-    root = DatasetPaths(workspace, name).runs
+    root = as_dataset(workspace, name).runs
     runs = []
     for folder in sorted(root.iterdir(), reverse=True) if root.is_dir() else []:
         if folder.name.startswith(".") or not (folder / "run.json").exists():
@@ -232,11 +234,13 @@ def list_runs(workspace, name: str, version: int | None = None) -> list[RunInfo]
     return runs
 
 
-def find_run(workspace, name: str, run_id: str | None = None, version: int | None = None, with_samples: bool = False) -> RunInfo:
+def find_run(workspace: WorkspaceOrDataset, name: str | None = None, run_id: str | None = None, version: int | None = None, with_samples: bool = False) -> RunInfo:
     """A run by id, or the newest (of ``version`` if given; with per-sample scores if ``with_samples``)."""
-    runs = [r for r in list_runs(workspace, name, version) if not with_samples or (r.path / "samples.parquet").exists()]
+    dataset = as_dataset(workspace, name)
+    name = dataset.name
+    runs = [r for r in list_runs(dataset, version=version) if not with_samples or (r.path / "samples.parquet").exists()]
     if run_id:
-        for run in list_runs(workspace, name):
+        for run in list_runs(dataset):
             if run.run_id == run_id:
                 if with_samples and not (run.path / "samples.parquet").exists():
                     raise UserError(f"Run '{run_id}' ({run.summary.kind}) has no per-sample scores; pick a run of heads or ResNet-18.")

@@ -149,7 +149,7 @@ def list_files(location: Location) -> tuple[list[str], list[str]]:
     base = path.rstrip("/") + "/"
     files, folders = [], set()
     for info in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
-        relative = info.path[len(base):] if info.path.startswith(base) else info.path
+        relative = info.path.removeprefix(base)
         if not relative:
             continue
         if info.type == pafs.FileType.Directory or (info.size == 0 and info.path.endswith("/")):

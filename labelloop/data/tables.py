@@ -48,7 +48,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import deltalake
@@ -424,7 +424,7 @@ class LabelTable:
             )
         return VersionInfo(
             version=version,
-            timestamp=datetime.fromtimestamp(commit.get("timestamp", 0) / 1000, tz=timezone.utc),
+            timestamp=datetime.fromtimestamp(commit.get("timestamp", 0) / 1000, tz=UTC),
             message=meta.get("message", ""),
             kind=meta.get("kind", "commit"),
             parent=meta.get("parent"),

@@ -159,6 +159,23 @@ class DatasetPaths:
             raise storage.explain(exc, self.root, "open the data set at") from exc
 
 
+# What the functions that work on one data set take: the DatasetPaths of it (resolved once, by whoever
+# made it: pass it on rather than a workspace and a name), or a workspace and the data set's name.
+WorkspaceOrDataset = DatasetPaths | str | os.PathLike | None
+
+
+def as_dataset(workspace: WorkspaceOrDataset, name: str | None = None) -> DatasetPaths:
+    """The data set a function was asked to work on: a :class:`DatasetPaths` given in the workspace's place is
+    used as it is (``name``, if given too, must be its name); else the data set ``name`` of ``workspace``."""
+    if isinstance(workspace, DatasetPaths):
+        if name is not None and name != workspace.name:
+            raise ValueError(f"given the data set '{workspace.name}' and the name '{name}'")
+        return workspace
+    if name is None:
+        raise TypeError("a workspace needs the data set's name beside it")
+    return DatasetPaths(workspace, name)
+
+
 def thumbnail_path(thumbs_dir: str | os.PathLike, content_hash: str) -> Path:
     """Where the thumbnail of an image with this content hash lives (hash-named: no path tricks)."""
     if not content_hash or any(ch not in "0123456789abcdef" for ch in content_hash):
@@ -186,17 +203,17 @@ def list_datasets(workspace: str | os.PathLike | None) -> list[str]:
     return names
 
 
-def open_table(workspace: str | os.PathLike | None, name: str):
-    """The label table of data set ``name``, with a helpful error if there is none."""
+def open_table(workspace: WorkspaceOrDataset, name: str | None = None):
+    """The label table of data set ``name`` (or of the DatasetPaths given), with a helpful error if there is none."""
     from labelloop.data.tables import (
         LabelTable,  # local: tables imports nothing from here, keep it that way
     )
 
-    paths = DatasetPaths(workspace, name)
+    paths = as_dataset(workspace, name)
     if not paths.exists():
         available = list_datasets(paths.workspace)
         raise UserError(
-            f"No data set named '{name}' in {paths.workspace}. "
+            f"No data set named '{paths.name}' in {paths.workspace}. "
             + (f"Data sets there: {', '.join(available)}. " if available else "The workspace has no data sets yet. ")
             + "Import one with `labelloop import PATH --name NAME` or build the demo with `labelloop demo`."
         )

@@ -21,7 +21,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labelloop.compute.measured import record as record_rate
-from labelloop.data.workspace import DatasetPaths, models_dir, open_table
+from labelloop.data.workspace import (
+    WorkspaceOrDataset,
+    as_dataset,
+    models_dir,
+    open_table,
+)
 from labelloop.embed.config import (
     EmbedderConfig,
     Progress,
@@ -188,8 +193,8 @@ def decode_workers(embedder) -> int:
     return loader_options(resolve_device(embedder.device))["num_workers"]
 
 
-def embedding_cache(workspace: str | os.PathLike | None, name: str, key: str) -> EmbeddingCache:
-    return EmbeddingCache(DatasetPaths(workspace, name).embedding(safe_key(key)))
+def embedding_cache(workspace: WorkspaceOrDataset, name: str | None, key: str) -> EmbeddingCache:
+    return EmbeddingCache(as_dataset(workspace, name).embedding(safe_key(key)))
 
 
 @dataclass
@@ -341,15 +346,17 @@ class Embeddings:
 
 
 def load_embeddings(
-    workspace: str | os.PathLike | None, name: str, key: str, version: int | None = None, *, with_vectors: bool = True, rows: pd.DataFrame | None = None
+    workspace: WorkspaceOrDataset, name: str | None, key: str, version: int | None = None, *, with_vectors: bool = True, rows: pd.DataFrame | None = None
 ) -> Embeddings:
     """The cached vectors of the rows of ``version``; never computes anything.
 
     ``with_vectors=False`` reads only which rows have a vector (``vectors`` is then N x 0);
     ``rows`` are the version's rows when the caller has them already (saves reading the table).
     """
-    rows = open_table(workspace, name).read(version) if rows is None else rows
-    cache = embedding_cache(workspace, name, key)
+    dataset = as_dataset(workspace, name)
+    name = dataset.name
+    rows = open_table(dataset).read(version) if rows is None else rows
+    cache = embedding_cache(dataset, None, key)
     if cache.meta() is None:
         raise UserError(f"'{name}' has no embeddings '{key}' yet. Run `labelloop embed {name}` first.")
     if with_vectors:
@@ -379,9 +386,9 @@ def _rows_of(matrix: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return matrix[positions]
 
 
-def list_embeddings(workspace: str | os.PathLike | None, name: str) -> list[dict]:
+def list_embeddings(workspace: WorkspaceOrDataset, name: str | None = None) -> list[dict]:
     """Meta data of every embedding cached for a data set."""
-    root = DatasetPaths(workspace, name).embeddings
+    root = as_dataset(workspace, name).embeddings
     found = []
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
         meta = EmbeddingCache(folder).meta()
@@ -390,7 +397,7 @@ def list_embeddings(workspace: str | os.PathLike | None, name: str) -> list[dict
     return found
 
 
-def preferred_embedding(workspace: str | os.PathLike | None, name: str) -> str | None:
+def preferred_embedding(workspace: WorkspaceOrDataset, name: str | None = None) -> str | None:
     """The cached embedding pages should start from: the default embedder's (in whatever precision
     it was made), else the first cached one, else None. Loads no model and no runtime."""
     keys = [meta["key"] for meta in list_embeddings(workspace, name)]

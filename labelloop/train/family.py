@@ -26,6 +26,7 @@ import pandas as pd
 from labelloop.compute.device import Compute, resolve_device
 from labelloop.data.runs import ModelConfig, RunBuilder, RunInfo
 from labelloop.data.schema import trainable_mask
+from labelloop.data.workspace import DatasetPaths
 from labelloop.errors import Cancelled, UserError
 from labelloop.train.settings import FamilySettings
 
@@ -125,10 +126,11 @@ def check_trainable(labels: np.ndarray, class_list: list[str], folds: int | None
 class TrainingJob:
     """One run in the making: the version's rows, the settings, progress, and the run's staging folder."""
 
-    def __init__(self, workspace, name: str, version: int, table, rows: pd.DataFrame, settings: FamilySettings, builder: RunBuilder,
+    def __init__(self, dataset: DatasetPaths, version: int, table, rows: pd.DataFrame, settings: FamilySettings, builder: RunBuilder,
                  progress: Progress | None, should_stop: Callable[[], bool] | None, on_curve: Callable[[dict], None] | None,
                  compute: Compute = Compute()):
-        self.workspace, self.name, self.version, self.table, self.rows = workspace, name, version, table, rows
+        self.dataset, self.version, self.table, self.rows = dataset, version, table, rows
+        self.workspace, self.name = dataset.workspace, dataset.name  # resolved once, by whoever made the DatasetPaths
         self.settings = settings  # a family may resolve a setting (the default embedding); the run records this
         self.builder = builder
         self.compute = compute
@@ -184,7 +186,7 @@ class TrainingJob:
         from labelloop.embed import load_embeddings
 
         try:
-            return load_embeddings(self.workspace, self.name, key, self.version)
+            return load_embeddings(self.dataset, None, key, self.version, rows=self.rows)
         except UserError:
             raise UserError(f"'{self.name}' has no embeddings '{key}' yet. Make them with `labelloop embed {self.name}` (or the Embed button), then train.") from None
 

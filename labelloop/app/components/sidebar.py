@@ -11,7 +11,12 @@ from labelloop.app.components.compute_setting import compute_setting
 from labelloop.app.components.session import choose_dataset, current_dataset, keys
 from labelloop.data.storage import Location
 from labelloop.data.tables import LabelTable
-from labelloop.data.workspace import list_datasets, open_table, resolve_workspace
+from labelloop.data.workspace import (
+    DatasetPaths,
+    list_datasets,
+    open_table,
+    resolve_workspace,
+)
 
 
 def workspace() -> Location:
@@ -111,6 +116,7 @@ def refresh_scores(name: str, version: int) -> None:
 
     queue = _refresh_queue()
     key = f"quick:{name}"
+    dataset = DatasetPaths(workspace(), name)  # resolved once: the refresh, and the run it trains, use this one
 
     def work(job):
         # Let the page redraw the commit first: the retrain competes for the same cores, and its imports (torch)
@@ -137,9 +143,9 @@ def refresh_scores(name: str, version: int) -> None:
                         return result
                     next_version = max(waiting)
                     waiting.discard(next_version)
-                estimate = quick_heads_estimate(workspace(), name, next_version)
+                estimate = quick_heads_estimate(dataset, next_version)
                 job.description = f"updating scores for v{next_version}" + (f" ({estimate})" if estimate else "")
-                result = refresh_quick_heads(workspace(), name, next_version, progress=job.progress, should_stop=job.should_stop) or result
+                result = refresh_quick_heads(dataset, next_version, progress=job.progress, should_stop=job.should_stop) or result
 
     with queue["lock"]:
         queue["pending"].setdefault(name, set()).add(version)

@@ -198,7 +198,7 @@ def did_it_help(table: LabelTable, name: str, versions: list[int], head: int) ->
     from labelloop.train.pipeline import quick_heads_recipe
 
     st.markdown("**Did the fixes help?** Held-out accuracy per version, like with like")
-    recipe = quick_heads_recipe(workspace(), name)
+    recipe = quick_heads_recipe(DatasetPaths(workspace(), name))
     if recipe is None:
         st.caption("Embed the images (Map page) first: the line is measured with the quick heads on the embedding.")
         return
