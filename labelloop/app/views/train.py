@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import zipfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -22,36 +22,52 @@ from labelloop.app.components.settings_form import settings_form
 from labelloop.app.components.sidebar import open_current_version, workspace
 from labelloop.data.runs import (
     ModelConfig,
+    RunInfo,
     held_out,
     list_runs,
     load_json,
     load_samples,
 )
 from labelloop.data.schema import trainable_mask
+from labelloop.data.tables import LabelTable
 from labelloop.data.workspace import DatasetPaths
 from labelloop.embed import list_embeddings, preferred_embedding
 from labelloop.train.pipeline import train
 from labelloop.train.registry import FAMILIES, measured_speed
 from labelloop.train.settings import FamilySettings
 
-table, name, version = open_current_version()
-rows = version_rows(table, version)
-paths = DatasetPaths(workspace(), name)
-st.title("Train")
-st.caption(f"Version {version} of '{name}': {int(trainable_mask(rows).sum()):,} labelled samples to train on.")
-job_key = f"train:{name}"
+
+@dataclass
+class TrainPage:
+    """What one run of the page works on: the version shown, its rows, its data set's files, and its training job's key."""
+
+    table: LabelTable
+    name: str
+    version: int
+    rows: pd.DataFrame
+    paths: DatasetPaths  # the data set, resolved once: what training, the run list and predictions are handed
+    job_key: str
 
 
-def new_run_form() -> FamilySettings | None:
+def build_page() -> TrainPage:
+    table, name, version = open_current_version()
+    rows = version_rows(table, version)
+    st.title("Train")
+    st.caption(f"Version {version} of '{name}': {int(trainable_mask(rows).sum()):,} labelled samples to train on.")
+    return TrainPage(table, name, version, rows, DatasetPaths(workspace(), name), f"train:{name}")
+
+
+def new_run_form(page: TrainPage) -> FamilySettings | None:
     family = FAMILIES[st.selectbox("Model family", list(FAMILIES), format_func=lambda f: FAMILIES[f].title, help="What to train. Each family starts from its recipe's settings and shows only the settings it reads.")]
-    speed = measured_speed(list_runs(workspace(), name), family.name)
+    speed = measured_speed(list_runs(page.paths), family.name)
     st.caption(family.help + (f" Last run of this family here: {speed}." if speed else " No run of this family here yet, so no time estimate."))
-    keys = [m["key"] for m in list_embeddings(workspace(), name)]
-    return settings_form(family.settings_class, f"settings-{family.name}", keys, preferred_embedding(workspace(), name), "Start training")
+    embedding_keys = [m["key"] for m in list_embeddings(page.paths)]
+    return settings_form(family.settings_class, f"settings-{family.name}", embedding_keys, preferred_embedding(page.paths), "Start training")
 
 
-def job_panel() -> None:
-    job = current_job(job_key)
+def job_panel(page: TrainPage) -> None:
+    """The training job's progress (and Cancel), its error, its live curves; its end shows its run."""
+    job = current_job(page.job_key)
     if job is None:
         return
     if job.running:
@@ -70,17 +86,19 @@ def job_panel() -> None:
                 where.line_chart(curves, x="epoch", y=column, color="series", height=220)
     if not job.running and job.result is not None and st.session_state.get(TRAIN_ANNOUNCED) != job.result.run_id:
         st.session_state[TRAIN_ANNOUNCED] = job.result.run_id
-        st.session_state[keys(name).train_show] = job.result.run_id  # the user's own run, not a background one
+        st.session_state[keys(page.name).train_show] = job.result.run_id  # the user's own run, not a background one
         st.rerun(scope="app")
 
 
-def start(settings: FamilySettings) -> None:
+def start(page: TrainPage, settings: FamilySettings) -> None:
     compute = current_compute()
     if not FAMILIES[settings.family].trains_on_ray:  # heads and the triplet encoder train here in seconds; Ray is for the image models
         compute = replace(compute, ray=None, workers=1, gpus_per_worker=0.0)
-    description = f"{settings.family} on v{version}" + (f" on Ray ({compute.ray})" if compute.ray else "")
-    start_job(job_key, description, lambda job: train(workspace(), name, settings, version=version, progress=job.progress, should_stop=job.should_stop, on_curve=job.add_curve, compute=compute))
-    st.session_state[keys(name).train_started] = True
+    description = f"{settings.family} on v{page.version}" + (f" on Ray ({compute.ray})" if compute.ray else "")
+    start_job(page.job_key, description, lambda job: train(
+        page.paths, None, settings, version=page.version, progress=job.progress, should_stop=job.should_stop, on_curve=job.add_curve, compute=compute,
+    ))
+    st.session_state[keys(page.name).train_started] = True
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -92,7 +110,8 @@ def model_zip(run_path: str) -> bytes:
     return buffer.getvalue()
 
 
-def show_run(run) -> None:
+def show_run(page: TrainPage, run: RunInfo) -> None:
+    """A run's CV table, what it is, its confusion matrix (a cell shows its samples) and report, and its model files."""
     summary = run.summary
     cv = load_json(run, "cv.json") if (run.path / "cv.json").exists() else {"heads": {}}
     st.subheader(f"Run {run.run_id}")
@@ -118,11 +137,11 @@ def show_run(run) -> None:
             samples = load_samples(run)
             evaluated = held_out(samples)
             cell = samples[evaluated & (samples["label"] == picked["given"]) & (samples["predicted_label"] == picked["predicted"])]
-            cell = cell.merge(rows[["sample_id", "content_hash"]], on="sample_id")
+            cell = cell.merge(page.rows[["sample_id", "content_hash"]], on="sample_id")
             st.markdown(f"**{len(cell):,} samples labelled {plain(picked['given'])}, predicted {plain(picked['predicted'])}**")
-            thumbnail_grid(paths.thumbs, cell.sort_values("issue_score", ascending=False), caption_column="sample_id")
+            thumbnail_grid(page.paths.thumbs, cell.sort_values("issue_score", ascending=False), caption_column="sample_id")
             if len(cell) and st.button("Send these to the map as a selection", key=f"to-map-{run.run_id}"):
-                hand_to_map(name, cell["sample_id"], "confusion")
+                hand_to_map(page.name, cell["sample_id"], "confusion")
     model_config = run.path / "model" / ModelConfig.FILENAME
     if model_config.exists():
         a, b = st.columns(2)
@@ -130,7 +149,8 @@ def show_run(run) -> None:
         b.download_button("Download model_config.json", model_config.read_bytes(), file_name="model_config.json", mime="application/json", key=f"config-{run.run_id}")
 
 
-def predict_section(run) -> None:
+def predict_section(page: TrainPage, run: RunInfo) -> None:
+    """Label a folder of new images with ``run``: a background job that writes a CSV this session can download."""
     from labelloop.train.predict import predict_folder
 
     key = f"predict:{owner()}"  # the CSV is this session's to download
@@ -143,22 +163,23 @@ def predict_section(run) -> None:
         return
     with st.form(f"predict-{run.run_id}"):
         folder = st.text_input("Folder of new images", help="Every image under it is classified; the CSV has filename,label (and, if asked, one probability column per class).")
-        out = st.text_input("Write the CSV to", str(paths.predictions(run.run_id)))
+        out = st.text_input("Write the CSV to", str(page.paths.predictions(run.run_id)))
         with_probabilities = st.checkbox("Add one probability column per class")
         go = st.form_submit_button("Predict")
     if go:
         compute = current_compute()
         start_job(key, f"predicting with {run.run_id}", lambda job: predict_folder(
-            run.run_id, folder, out, workspace(), probabilities=with_probabilities, compute=replace(compute, workers=1, gpus_per_worker=0.0),
+            run.run_id, folder, out, page.paths.workspace, probabilities=with_probabilities, compute=replace(compute, workers=1, gpus_per_worker=0.0),
             progress=lambda done, total: job.progress(f"{done:,} of {total:,} images", done / max(total, 1)),
         ))
         st.rerun()
 
 
-def sweep_section() -> None:
+def sweep_section(page: TrainPage) -> None:
     """A grid of settings of one family, trained as Ray Tune trials (labelloop.train.sweep); the trials, best first."""
     from labelloop.train.sweep import list_sweeps, parse_grid, run_sweep
 
+    name, version = page.name, page.version
     key = f"sweep:{name}"
     follow_job(key)  # progress and Cancel while it runs; its error, if it fails
     if not job_running(key):
@@ -179,11 +200,11 @@ def sweep_section() -> None:
             lines = [line.strip() for line in grid_text.splitlines() if line.strip()]
             grid = parse_grid(family, lines)
             start_job(key, f"sweep of {family} on v{version}", lambda job: run_sweep(
-                workspace(), name, family, grid, samples=int(samples), asha=asha, ray=compute.ray or "local", device=compute.device, version=version,
+                page.paths.workspace, name, family, grid, samples=int(samples), asha=asha, ray=compute.ray or "local", device=compute.device, version=version,
                 progress=job.progress, should_stop=job.should_stop,
             ))
             st.rerun()
-    sweeps = [record for record in list_sweeps(workspace(), name) if record.version == version]
+    sweeps = [record for record in list_sweeps(page.paths.workspace, name) if record.version == version]
     if sweeps:
         record = sweeps[0]
         st.markdown(f"**Latest sweep on version {version}**: {record.family}, {len(record.trials)} trials in {record.seconds:.0f} s"
@@ -193,47 +214,64 @@ def sweep_section() -> None:
                      column_config={"accuracy": st.column_config.NumberColumn("accuracy (own labels, held out)", format="%.4f"), "best": st.column_config.CheckboxColumn("best")})
 
 
-job = current_job(job_key)
-running = job is not None and job.running
-# The settings stay folded once the user has started a run: its progress and results belong in view.
-with st.expander("New training run", expanded=not running and not st.session_state.get(keys(name).train_started)):
-    settings = new_run_form()
-    if settings is not None:
-        start(settings)
-        st.rerun()
-if running:
-    # Polls once a second only while the job runs: a timer left ticking after it (or after the user went
-    # to another page) asks Streamlit to rerun a fragment that no longer exists.
-    st.fragment(job_panel, run_every=1.0)()
-else:
-    job_panel()
+def new_run(page: TrainPage) -> bool:
+    """The settings of a new run and its job's panel; whether a run is training now."""
+    job = current_job(page.job_key)
+    running = job is not None and job.running
+    # The settings stay folded once the user has started a run: its progress and results belong in view.
+    with st.expander("New training run", expanded=not running and not st.session_state.get(keys(page.name).train_started)):
+        settings = new_run_form(page)
+        if settings is not None:
+            start(page, settings)
+            st.rerun()
+    if running:
+        # Polls once a second only while the job runs: a timer left ticking after it (or after the user went
+        # to another page) asks Streamlit to rerun a fragment that no longer exists.
+        st.fragment(job_panel, run_every=1.0)(page)
+    else:
+        job_panel(page)
+    return running
 
-with st.expander("Sweep: try several settings, each as a run"):
-    sweep_section()
 
-runs = list_runs(workspace(), name, version)
-if not runs:
-    st.info(f"No training runs on version {version} yet.")
-    st.stop()
-history = pd.DataFrame([{
-    "run": r.run_id, "started by": "automatic, after a commit" if r.automatic else "you", "kind": r.summary.kind, "best": r.summary.best_model,
-    "accuracy": r.summary.held_out_accuracy, "labelled": r.summary.n_labelled, "seconds": r.summary.seconds,
-} for r in runs])
-st.markdown(f"**Runs on version {version}**")
-st.dataframe(history, hide_index=True, width="stretch", height=min(36 * (len(history) + 1), 250), column_config={"accuracy": st.column_config.NumberColumn("accuracy (own labels, held out)", format="%.4f")})
-run_ids = [r.run_id for r in runs]
-by_id = {r.run_id: r for r in runs}
-if running:
-    st.caption(f"Your run ({job.description}) is still training; the runs below are finished ones.")
-# Show the user's own run when there is one; a background run never takes its place.
-wanted = st.session_state.get(keys(name).train_show)
-own = next((r.run_id for r in runs if not r.automatic), None)
-default = wanted if wanted in run_ids else own or run_ids[0]
-chosen = st.selectbox("Show run", run_ids, index=run_ids.index(default), format_func=lambda i: i + (" · automatic, after a commit" if by_id[i].automatic else ""), help="Newest first.")
-st.session_state[keys(name).train_show] = chosen
-run = by_id[chosen]
-show_run(run)
-model = run.model_config()
-if model is not None and model.model_type != "triplet-encoder":
-    with st.expander("Predict a folder of new images"):
-        predict_section(run)
+def chosen_run(page: TrainPage, running: bool) -> RunInfo | None:
+    """The runs on this version as a table, and the one picked to show (the user's own when there is one), or None."""
+    runs = list_runs(page.paths, version=page.version)
+    if not runs:
+        st.info(f"No training runs on version {page.version} yet.")
+        return None
+    history = pd.DataFrame([{
+        "run": r.run_id, "started by": "automatic, after a commit" if r.automatic else "you", "kind": r.summary.kind, "best": r.summary.best_model,
+        "accuracy": r.summary.held_out_accuracy, "labelled": r.summary.n_labelled, "seconds": r.summary.seconds,
+    } for r in runs])
+    st.markdown(f"**Runs on version {page.version}**")
+    st.dataframe(history, hide_index=True, width="stretch", height=min(36 * (len(history) + 1), 250),
+                 column_config={"accuracy": st.column_config.NumberColumn("accuracy (own labels, held out)", format="%.4f")})
+    run_ids = [r.run_id for r in runs]
+    by_id = {r.run_id: r for r in runs}
+    if running:
+        st.caption(f"Your run ({current_job(page.job_key).description}) is still training; the runs below are finished ones.")
+    # Show the user's own run when there is one; a background run never takes its place.
+    wanted = st.session_state.get(keys(page.name).train_show)
+    own = next((r.run_id for r in runs if not r.automatic), None)
+    default = wanted if wanted in run_ids else own or run_ids[0]
+    chosen = st.selectbox("Show run", run_ids, index=run_ids.index(default), format_func=lambda i: i + (" · automatic, after a commit" if by_id[i].automatic else ""), help="Newest first.")
+    st.session_state[keys(page.name).train_show] = chosen
+    return by_id[chosen]
+
+
+def main() -> None:
+    page = build_page()
+    running = new_run(page)
+    with st.expander("Sweep: try several settings, each as a run"):
+        sweep_section(page)
+    run = chosen_run(page, running)
+    if run is None:
+        return
+    show_run(page, run)
+    model = run.model_config()
+    if model is not None and model.model_type != "triplet-encoder":
+        with st.expander("Predict a folder of new images"):
+            predict_section(page, run)
+
+
+main()
