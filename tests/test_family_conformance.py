@@ -26,6 +26,7 @@ from labelloop.train.registry import (
     run_settings,
 )
 from tests.conftest import write_fashion_folders
+from tests.test_settings import out_of_range
 
 pytestmark = pytest.mark.slow
 
@@ -43,24 +44,11 @@ def test_every_family_has_a_tiny_recipe_here():
     assert set(TINY) == set(FAMILIES)
 
 
-def _out_of_range(info):
-    """A value ``info`` must refuse, or None if every value of its type is allowed (free text)."""
-    if info.choices is not None:
-        bad = "not-one-of-the-choices"
-    elif info.maximum is not None:
-        bad = info.kind(info.maximum * 2 + 1)
-    elif info.minimum is not None:
-        bad = info.kind(info.minimum - 1)
-    else:
-        return None
-    return (bad,) if info.is_tuple else bad
-
-
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_out_of_range_values_are_refused_naming_the_setting(name: str):
     checked = 0
     for info in FAMILIES[name].settings_class.settings():
-        bad = _out_of_range(info)
+        bad = out_of_range(info)
         if bad is None:
             continue
         with pytest.raises(UserError) as refused:

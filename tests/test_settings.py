@@ -23,7 +23,8 @@ DECLARED = [EmbedderConfig, ProjectionConfig, Compute]
 COMMAND = {EmbedderConfig: "embed", ProjectionConfig: "project", Compute: "train"}
 
 
-def _out_of_range(info):
+def out_of_range(info):
+    """A value ``info`` must refuse, or None if every value of its type is allowed (free text)."""
     if info.choices is not None:
         bad = "not-one-of-the-choices"
     elif info.maximum is not None:
@@ -40,7 +41,7 @@ def test_defaults_are_valid_and_out_of_range_values_are_refused_by_label(setting
     settings_class().validate()
     checked = 0
     for info in settings_class.settings():
-        bad = _out_of_range(info)
+        bad = out_of_range(info)
         if bad is None:
             continue
         with pytest.raises(UserError) as refused:
