@@ -91,6 +91,14 @@ def test_the_whole_loop_in_chromium(tmp_path: Path, workspace: Path):
             expect(show_run).to_have_count(1, timeout=240_000)
             expect(show_run).not_to_contain_text("automatic", timeout=240_000)
             expect(page.get_by_role("button", name="Cancel")).to_have_count(0, timeout=120_000)  # the job is done and the page settled
+            # The background refresh after the lasso's commit trains on v2 beside the user's run; when it ends
+            # the whole app reruns with its scores. Click once it has (issue 27 item 9: that rerun must not
+            # eat a click on the chart; until it is fixed, the test waits as the Review step below does).
+            deadline = time.time() + 240
+            while len(list_runs(workspace, "fashion", version=2)) < 2:  # the background refresh and the run started here
+                assert time.time() < deadline, "the training runs on v2 never finished"
+                time.sleep(0.5)
+            expect(page.get_by_text("updating scores")).to_have_count(0, timeout=180_000)
             page.get_by_text("Confusion matrix").first.wait_for(timeout=60_000)
             settled(page)
             chart = page.locator('[class*="st-key-confusion-"] [data-testid="stVegaLiteChart"]').first
@@ -99,10 +107,6 @@ def test_the_whole_loop_in_chromium(tmp_path: Path, workspace: Path):
             screenshot(page, "loop-3-train")
 
             # Review: take the first flagged suggestion in the queue, commit.
-            deadline = time.time() + 240
-            while len(list_runs(workspace, "fashion", version=2)) < 2:  # the background refresh and the run started here
-                assert time.time() < deadline, "the training runs on v2 never finished"
-                time.sleep(0.5)
             page.goto(f"{url}/review?dataset=fashion")
             page.get_by_text("Review queue").click(timeout=60_000)
             expect(page.get_by_text("updating scores")).to_have_count(0, timeout=180_000)  # no background redraw mid-click
