@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -98,6 +99,26 @@ def wait_for_version(workspace: Path, name: str, version: int, timeout: float = 
     while open_table(workspace, name).head_version() < version:
         assert time.time() < deadline, f"version {version} of '{name}' was never committed"
         time.sleep(0.2)
+
+
+def commit_map_edit(page, count: int) -> None:
+    """Commit the Map's edit as a user does: one that changes more than CONFIRM_OVER samples names its count
+    on the button and asks once."""
+    from labelloop.maps.view import CONFIRM_OVER
+
+    if count > CONFIRM_OVER:
+        page.get_by_role("button", name=f"Commit {count:,} changes as a new version").click()
+        page.get_by_role("button", name=re.compile(r"^Yes, ")).click(timeout=20_000)
+    else:
+        page.get_by_role("button", name="Commit as a new version").click()
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the select box labelled ``label``."""
+    box = page.get_by_role("combobox", name=label)
+    box.click()
+    box.fill(option)  # the box filters its options as one types, as a user would find a class among many
+    page.get_by_role("option").filter(has_text=option).first.click()
 
 
 def lasso(page, cx: float, cy: float, radius: float, modifier: str | None = None, points: int = 32) -> None:

@@ -16,6 +16,7 @@ from tests.browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
     click_a_cell_with_samples,
+    commit_map_edit,
     lasso,
     needs_chromium,
     running_app,
@@ -73,7 +74,7 @@ def test_the_whole_loop_in_chromium(tmp_path: Path, workspace: Path):
             page.get_by_role("textbox", name="or a new class").fill("sweater")
             page.get_by_role("textbox", name="or a new class").press("Enter")
             expect(page.get_by_role("textbox", name="Commit message")).to_have_value(f"lasso: {relabelled:,} samples -> sweater", timeout=20_000)
-            page.get_by_role("button", name="Commit as a new version").click()
+            commit_map_edit(page, relabelled)
             wait_for_version(workspace, "fashion", 2)
 
             # Data: the new version is in the history.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,14 @@ from labelloop.data.workspace import open_table
 from labelloop.embed import EmbedderConfig, embed_dataset
 from labelloop.maps.config import ProjectionConfig
 from labelloop.maps.project import has_map, project_dataset
-from labelloop.maps.view import CONFIDENT
+from labelloop.maps.view import CONFIDENT, CONFIRM_OVER
 from labelloop.train.heads import HeadsSettings
 from labelloop.train.pipeline import train
 from tests.browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
+    choose,
+    commit_map_edit,
     lasso,
     needs_chromium,
     running_app,
@@ -92,7 +95,7 @@ def test_lasso_relabel_and_commit_in_chromium(mapped: Path, tmp_path: Path):
         page.get_by_role("textbox", name="or a new class").press("Enter")
         message = page.get_by_role("textbox", name="Commit message")
         expect(message).to_have_value(f"lasso: {smaller:,} samples -> {TRICKY}", timeout=20_000)
-        page.get_by_role("button", name="Commit as a new version").click()
+        commit_map_edit(page, smaller)
         wait_for_version(mapped, "fashion", 2)
         expect(root).to_have_attribute("data-selected", str(smaller), timeout=20_000)  # the selection stays
         screenshot(page, "map-committed")
@@ -103,6 +106,54 @@ def test_lasso_relabel_and_commit_in_chromium(mapped: Path, tmp_path: Path):
     assert table.head_version() == 2 and TRICKY in table.classes(2)
     assert (table.read(2)["label"] == TRICKY).sum() == smaller
     assert table.history()[-1].message == f"lasso: {smaller:,} samples -> {TRICKY}"
+
+
+def test_a_relabel_waits_for_a_chosen_class_and_a_big_edit_asks_once(mapped: Path, tmp_path: Path):
+    """Issue 27: no edit is armed before the user chooses it, and one that changes more than CONFIRM_OVER
+    samples names its count and asks once (a stray click relabelled hundreds of samples before)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with running_app(mapped, tmp_path / "streamlit.log") as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(f"{url}/map?dataset=fashion")
+        root = page.locator(".map-root")
+        expect(root).to_have_attribute("data-ready", "1", timeout=60_000)
+        stage = page.locator(".map-stage").bounding_box()
+        page.get_by_text("Lasso: off (L)").click()
+        lasso(page, stage["x"] + stage["width"] / 2, stage["y"] + stage["height"] / 2, min(stage["width"], stage["height"]) / 2 - 4)
+        selected = int(root.get_attribute("data-selected"))
+        page.get_by_text(f"{selected:,} selected", exact=True).wait_for(timeout=20_000)
+        pills = page.get_by_role("toolbar", name="Labels in the edit").get_by_role("button")
+        expect(pills.first).to_be_visible(timeout=20_000)
+        mix = {text.rsplit(" · ", 1)[0]: int(text.rsplit(" · ", 1)[1].replace(",", "")) for text in pills.all_inner_texts()}
+        changes = selected - mix["bag"]
+        assert changes > CONFIRM_OVER, (selected, mix)  # the lasso must be big enough to ask
+
+        commit = page.get_by_role("button", name=re.compile(r"^Commit .*as a new version$"))
+        expect(page.get_by_text("Choose the class to relabel to")).to_be_visible()
+        expect(page.get_by_role("textbox", name="Commit message")).to_have_value("")
+        expect(commit).to_be_disabled()
+        screenshot(page, "map-nothing-armed")
+
+        choose(page, "Label", "bag")
+        button = page.get_by_role("button", name=f"Commit {changes:,} changes as a new version")
+        expect(button).to_be_enabled(timeout=20_000)
+        button.click()
+        question = page.get_by_text(f"This edit will relabel {changes:,} samples as bag. Commit it?")
+        expect(question).to_be_visible(timeout=20_000)
+        screenshot(page, "map-big-edit-asks")
+        page.get_by_role("button", name="Not now").click()
+        expect(question).to_have_count(0, timeout=20_000)
+        assert open_table(mapped, "fashion").head_version() == 1  # asking wrote nothing
+
+        button.click()
+        page.get_by_role("button", name=f"Yes, relabel {changes:,} samples as bag").click(timeout=20_000)
+        wait_for_version(mapped, "fashion", 2)
+        browser.close()
+    table = open_table(mapped, "fashion")
+    before, after = table.read(1).set_index("sample_id"), table.read(2).set_index("sample_id")
+    assert int((before["label"] != after["label"]).sum()) == changes and (after["label"] == "bag").sum() == changes + 20
 
 
 def test_map_settings_come_from_their_declaration_and_make_a_map_of_their_own(mapped: Path, tmp_path: Path):
@@ -166,9 +217,9 @@ def test_two_tabs_the_second_commit_is_refused_and_keeps_its_selection(mapped: P
             tab.get_by_text(f"{counts[-1]:,} selected", exact=True).wait_for(timeout=20_000)
             tab.get_by_text("exclude", exact=True).click()
             expect(tab.get_by_role("textbox", name="Commit message")).to_have_value(f"lasso: exclude {counts[-1]:,} samples", timeout=20_000)
-        tabs[0].get_by_role("button", name="Commit as a new version").click()
+        commit_map_edit(tabs[0], counts[0])
         wait_for_version(mapped, "fashion", 2)
-        tabs[1].get_by_role("button", name="Commit as a new version").click()
+        commit_map_edit(tabs[1], counts[1])
         tabs[1].get_by_text("This data set changed since this page showed it").wait_for(timeout=20_000)
         screenshot(tabs[1], "map-conflict")
         assert open_table(mapped, "fashion").head_version() == 2  # the second commit wrote nothing
@@ -244,10 +295,14 @@ def test_a_mixed_lasso_on_a_laptop_screen_shows_every_label_and_edits_only_what_
         assert first_thumbnail["x"] > stage["x"] + stage["width"]
         screenshot(page, "map-mixed-selected")
 
-        # Leave one label out of the edit; the relabel goes to the cluster's majority class.
+        # Nothing is armed: no class is chosen, the message is empty and the commit is off until the user picks one.
+        message = page.get_by_role("textbox", name="Commit message")
+        expect(message).to_have_value("")
+        expect(page.get_by_role("button", name=re.compile(r"^Commit .*as a new version$"))).to_be_disabled()
+        # Relabel to the cluster's majority class, leaving one label out of the edit.
         target = next(label for label in mix if label != UNDEFINED)
         left_out = next(label for label in reversed(mix) if label not in (UNDEFINED, target))
-        message = page.get_by_role("textbox", name="Commit message")
+        choose(page, "Label", target)
         expect(message).to_have_value(f"lasso: {selected - mix[target]:,} samples -> {target}", timeout=20_000)
         pills.filter(has_text=f"{left_out} · ").click()
         expected = selected - mix[target] - mix[left_out]
@@ -273,10 +328,10 @@ def test_a_mixed_lasso_on_a_laptop_screen_shows_every_label_and_edits_only_what_
         message.press("Enter")
         expect(message).to_have_value(f"lasso: {expected:,} samples -> {target}, all looked at")
 
-        commit = page.get_by_role("button", name="Commit as a new version")
+        commit = page.get_by_role("button", name=re.compile(r"^Commit .*as a new version$"))
         commit.scroll_into_view_if_needed()
         screenshot(page, "map-mixed-before-commit")
-        commit.click()
+        commit_map_edit(page, expected)
         wait_for_version(mixed, "fashion", 3)
         page.get_by_text("Committed as v3").wait_for(timeout=30_000)
         expect(commit).to_be_disabled()  # the same change cannot be committed twice

@@ -170,13 +170,20 @@ def test_health_page_computes_on_request_then_excludes_and_keeps_one_of_each_gro
     run_until(app, lambda a: any("104 samples" in c.value for c in a.caption))
     assert any("**Outlier**" in m.value for m in app.markdown) and any("**Dark**" in m.value for m in app.markdown)
 
-    # One issue type: its samples, most severe first, all picked; exclude them in one commit.
+    # One issue type: its samples, most severe first, none picked until the user picks; pick the page, exclude them in one commit.
     show = app.get("button_group")[0]
     outliers = next(o for o in show.options if o.startswith("Outlier ("))
     show.set_value(outliers).run()
     assert not app.exception, app.exception
     listed = app.dataframe[0].value
-    assert listed["sample_id"].iloc[0] == ids["negative"] and listed["pick"].all()
+    assert listed["sample_id"].iloc[0] == ids["negative"] and not listed["pick"].any()
+    assert next(b for b in app.button if b.label.startswith("Exclude ")).disabled  # nothing is armed
+    assert next(b for b in app.button if b.label.startswith("Relabel ")).disabled
+    next(b for b in app.button if b.label == f"Pick all {len(listed)} on this page").click().run()
+    assert app.dataframe[0].value["pick"].all()
+    next(b for b in app.button if b.label == "Pick none").click().run()
+    assert not app.dataframe[0].value["pick"].any()
+    next(b for b in app.button if b.label == f"Pick all {len(listed)} on this page").click().run()
     next(b for b in app.button if b.label.startswith("Exclude ")).click().run()
     table = open_table(workspace, "fashion")
     assert table.head_version() == 2 and table.version_info(2).message.startswith(f"health: excluded {len(listed)} flagged as outlier")
@@ -186,6 +193,7 @@ def test_health_page_computes_on_request_then_excludes_and_keeps_one_of_each_gro
     # More like the dark copy: it and its 5 nearest become the map's selection.
     show = app.get("button_group")[0]
     show.set_value(next(o for o in show.options if o.startswith("Dark ("))).run()
+    next(b for b in app.button if b.label.startswith("Pick all ")).click().run()
     picks = app.dataframe[0].value
     assert ids["dark"] in picks["sample_id"].tolist()
     next(n for n in app.number_input if n.label == "Neighbours").set_value(5).run()
@@ -273,6 +281,7 @@ def test_two_tabs_the_second_health_edit_on_an_old_version_is_refused(planted):
     for app in tabs:  # both show v1's dark images
         show = app.get("button_group")[0]
         show.set_value(next(o for o in show.options if o.startswith("Dark ("))).run()
+        next(b for b in app.button if b.label.startswith("Pick all ")).click().run()
     next(b for b in tabs[0].button if b.label.startswith("Exclude ")).click().run()
     table = open_table(workspace, "fashion")
     assert table.head_version() == 2

@@ -117,6 +117,11 @@ def selection_changes(sample_ids: Sequence[int], action: str, label: str | None 
     raise ValueError(action)
 
 
+# An edit of more samples than this names its count on its button and asks once before it commits:
+# one stray click on a big lasso should not relabel hundreds of samples.
+CONFIRM_OVER = 100
+
+
 def default_message(count: int, action: str, label: str | None = None, source: str = "lasso") -> str:
     """The prefilled commit message, e.g. "lasso: 412 samples -> sneaker"."""
     noun = "sample" if count == 1 else "samples"

@@ -27,6 +27,7 @@ from labelloop.data.schema import UNDEFINED
 from labelloop.data.tables import LabelTable
 from labelloop.errors import UserError
 from labelloop.maps.view import (
+    CONFIRM_OVER,
     confidence_warning,
     confidently_right,
     default_message,
@@ -94,14 +95,18 @@ def selection_editor(edit: MapEdit, selected_ids: np.ndarray, token: str | None,
     if action == "relabel":
         choice_column, new_column = st.columns(2)
         label_options = [*classes, UNDEFINED]
-        majority = next((label for label in mix["label"] if label in classes), label_options[0])  # the usual fix: the cluster's own majority
-        picked = choice_column.selectbox("Label", label_options, index=label_options.index(majority), key=f"map-label-{majority}", help="An existing class, exactly as listed.")
+        # Nothing is chosen for the user: a preselected class turned one stray click into hundreds of relabels.
+        picked = choice_column.selectbox("Label", label_options, index=None, placeholder="Choose a class", key=f"map-label:{token}",
+                                         help="An existing class, exactly as listed. Nothing is chosen for you: the commit waits for your choice.")
         typed = new_column.text_input("or a new class", key="map-new-label", help="Creates this class with the commit.")
         label, new_class = (typed.strip(), True) if typed.strip() else (picked, False)
     targets = edit_targets(selected_ids, labels, chosen["weight"].to_numpy(), action=action, label=label, include=included, leave_out=sorted(left_out["ids"]))
-    if action == "relabel":
-        _warn_confidently_right(scores, thumbs, chosen, targets, label, left_out)
-    _describe_edit(chosen, targets, action, label, set(included), left_out["ids"])
+    if action == "relabel" and label is None:
+        st.caption("Choose the class to relabel to, or type a new one: nothing is committed until you do.")
+    else:
+        if action == "relabel":
+            _warn_confidently_right(scores, thumbs, chosen, targets, label, left_out)
+        _describe_edit(chosen, targets, action, label, set(included), left_out["ids"])
     if left_out["ids"] and st.button("Put the samples the model is sure of back in the edit", key="map-put-back"):
         left_out["ids"] = set()
         st.rerun(scope="fragment")
@@ -110,13 +115,15 @@ def selection_editor(edit: MapEdit, selected_ids: np.ndarray, token: str | None,
 
 
 def _commit_the_edit(edit: MapEdit, targets: np.ndarray, action: str, label: str | None, new_class: bool, signature: list, on_reload: Callable[[], None] | None) -> None:
-    """The commit message (suggested, editable) and the commit of ``targets`` on the version shown."""
-    table, name, version, classes = edit.table, edit.name, edit.version, edit.classes
+    """The commit message (suggested, editable) and the commit of ``targets`` on the version shown; an edit of more than
+    CONFIRM_OVER samples names its count on the button and asks once."""
+    table, name, version = edit.table, edit.name, edit.version
     # The same edit of the same selection is committed once: after a commit the button stays off (and
     # says so) until the selection, the action, the label or what is left out changes.
     committed = st.session_state.get(keys(name).map_committed)
     done = committed is not None and committed["signature"] == signature and committed["version"] == version
-    prefilled = default_message(len(targets), action, label)
+    chosen = action != "relabel" or label is not None
+    prefilled = default_message(len(targets), action, label) if chosen else ""
     if not done and st.session_state.get(MAP_MESSAGE_DEFAULT) != prefilled:  # a new selection or action: a new suggestion
         st.session_state[MAP_MESSAGE_DEFAULT] = st.session_state[MAP_MESSAGE] = prefilled
     message = st.text_input("Commit message", key=MAP_MESSAGE)  # after a commit: the message it was committed with
@@ -124,20 +131,42 @@ def _commit_the_edit(edit: MapEdit, targets: np.ndarray, action: str, label: str
         return
     if done:
         st.success(f"Committed as v{version}: {plain(committed['message'])}", icon=":material/check:")
-    if st.button("Commit as a new version", type="primary", key="map-commit", disabled=done or not len(targets)):
-        try:
-            if action == "relabel":
-                label, new_class = resolve_label(label, classes, create=new_class)
-            changes = selection_changes(targets, action, label, new_class=new_class)
-        except UserError as error:
-            st.error(str(error))
-            return
-        new_version = commit_edit(table, changes, parent=version, message=message, page="map", rerun_scope="fragment")
-        if new_version is None:
-            return
-        st.session_state[keys(name).map_committed] = {"signature": signature, "version": new_version, "message": message}
-        st.session_state[keys(name).selection_push] = f"commit-{new_version}"
-        st.rerun(scope="app")
+    big = len(targets) > CONFIRM_OVER
+    confirming = big and not done and st.session_state.get(keys(name).map_confirming) == [signature, version]
+    button = f"Commit {len(targets):,} changes as a new version" if big else "Commit as a new version"
+    if not confirming:
+        if st.button(button, type="primary", key="map-commit", disabled=done or not chosen or not len(targets)):
+            if big:  # ask once, beside the button, naming what it does
+                st.session_state[keys(name).map_confirming] = [signature, version]
+                st.rerun(scope="fragment")
+            _commit(edit, targets, action, label, new_class, message, signature)
+        return
+    what = f"relabel {len(targets):,} samples as {plain(label)}" if action == "relabel" else f"{action} {len(targets):,} samples"
+    st.warning(f"This edit will {what}. Commit it?", icon=":material/help:")
+    yes, no = st.columns(2)
+    if yes.button(f"Yes, {what}", type="primary", key="map-commit-confirmed"):
+        st.session_state.pop(keys(name).map_confirming, None)
+        _commit(edit, targets, action, label, new_class, message, signature)
+    if no.button("Not now", key="map-commit-cancelled"):
+        st.session_state.pop(keys(name).map_confirming, None)
+        st.rerun(scope="fragment")
+
+
+def _commit(edit: MapEdit, targets: np.ndarray, action: str, label: str | None, new_class: bool, message: str, signature: list) -> None:
+    """Commit the edit as a new version made against the version shown (a refusal is the commit component's to show)."""
+    try:
+        if action == "relabel":
+            label, new_class = resolve_label(label, edit.classes, create=new_class)
+        changes = selection_changes(targets, action, label, new_class=new_class)
+    except UserError as error:
+        st.error(str(error))
+        return
+    new_version = commit_edit(edit.table, changes, parent=edit.version, message=message, page="map", rerun_scope="fragment")
+    if new_version is None:
+        return
+    st.session_state[keys(edit.name).map_committed] = {"signature": signature, "version": new_version, "message": message}
+    st.session_state[keys(edit.name).selection_push] = f"commit-{new_version}"
+    st.rerun(scope="app")
 
 
 def _warn_confidently_right(scores: pd.DataFrame | None, thumbs: Path, chosen: pd.DataFrame, targets: np.ndarray, label: str, left_out: dict) -> None:

@@ -66,6 +66,11 @@ class DatasetKeys:
         return f"map-committed:{self.name}"
 
     @property
+    def map_confirming(self) -> str:
+        """The edit (its signature) whose commit the user clicked and must confirm: it changes many samples."""
+        return f"map-confirming:{self.name}"
+
+    @property
     def review_pin(self) -> str:
         """The run the Review page stays on (None: follow the newest)."""
         return f"review-pin:{self.name}"

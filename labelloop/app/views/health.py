@@ -33,7 +33,9 @@ from labelloop.embed.similar import more_like_this
 from labelloop.scores.checks import CHECKS, HealthReport
 from labelloop.scores.health import NOT_COMPUTED, compute_health
 
-PAGE_SIZE = 100
+# Flagged samples per page: every one of them is on screen as a thumbnail, and in the table below, so a
+# pick never reaches a sample the user did not see (a page of 100 showed 24 thumbnails with all 100 ticked).
+PAGE_SIZE = 24
 GROUPS_PER_PAGE = 10
 
 
@@ -151,15 +153,24 @@ def picked_rows(page: HealthPage, check: str) -> list[int] | None:
     if part.empty:
         st.success("Nothing left to decide here.")
         return None
-    thumbnail_grid(page.paths.thumbs, part.assign(caption=[f"#{i} {label}" for i, label in zip(part["sample_id"], part["label"])]), limit=24, caption_column="caption", width=80)
+    thumbnail_grid(page.paths.thumbs, part.assign(caption=[f"#{i} {label}" for i, label in zip(part["sample_id"], part["label"])]), limit=PAGE_SIZE, caption_column="caption", width=80)
+    shown_rows = hashlib.blake2b(pd.util.hash_pandas_object(part[["sample_id", "label"]], index=False).to_numpy().tobytes(), digest_size=8).hexdigest()
+    # Nothing is picked until the user picks: by ticking rows, or all of this page, or none again. The buttons
+    # start the table anew with every row ticked or none (a new key: a data editor's edits cannot be reset otherwise).
+    presets_key = f"health-picks-{check}-{page.version}-{shown_rows}"
+    preset = st.session_state.get(presets_key, {"all": False, "generation": 0})
+    with st.container(horizontal=True):
+        for text, pick_all, key in ((f"Pick all {len(part)} on this page", True, "all"), ("Pick none", False, "none")):
+            if st.button(text, key=f"health-pick-{key}-{check}"):
+                st.session_state[presets_key] = {"all": pick_all, "generation": preset["generation"] + 1}
+                st.rerun()
     view = pd.DataFrame({
         "thumbnail": [thumbnail_url(h) for h in part["content_hash"]],
         "sample_id": part["sample_id"], "label": part["label"], "score": part[f"{check}_score"].round(3),
-        "also": report.issue_types().reindex(part["sample_id"]).to_numpy(), "pick": True,
+        "also": report.issue_types().reindex(part["sample_id"]).to_numpy(), "pick": preset["all"],
     })
-    shown_rows = hashlib.blake2b(pd.util.hash_pandas_object(part[["sample_id", "label"]], index=False).to_numpy().tobytes(), digest_size=8).hexdigest()
     edited = st.data_editor(
-        view, key=f"health-{check}-{page.version}-{shown_rows}", hide_index=True, width="stretch", row_height=38, height=min(38 * (len(view) + 1), 500),
+        view, key=f"health-{check}-{page.version}-{shown_rows}-{preset['generation']}", hide_index=True, width="stretch", row_height=38, height=min(38 * (len(view) + 1), 500),
         disabled=["thumbnail", "sample_id", "label", "score", "also"],
         column_config={
             "thumbnail": st.column_config.ImageColumn("image", width="small"),
@@ -181,8 +192,10 @@ def issue_list(page: HealthPage, check: str, refused: bool) -> None:
     with st.container(horizontal=True, vertical_alignment="bottom"):
         if st.button(f"Exclude {len(picked)} picked", type="primary", disabled=refused or not picked, key=f"health-exclude-{check}"):
             commit(page.table, version, ChangeSet.set_weight(picked, 0.0), f"health: excluded {len(picked)} flagged as {title}")
-        target = st.selectbox("Relabel as", page.classes + [UNDEFINED], key=f"health-target-{check}")
-        if st.button(f"Relabel {len(picked)} picked as '{plain(target)}'", disabled=refused or not picked, key=f"health-relabel-{check}"):
+        target = st.selectbox("Relabel as", page.classes + [UNDEFINED], index=None, placeholder="Choose a class", key=f"health-target-{check}",
+                              help="Nothing is chosen for you: the relabel waits for your choice.")
+        relabel = f"Relabel {len(picked)} picked as '{plain(target)}'" if target is not None else f"Relabel {len(picked)} picked"
+        if st.button(relabel, disabled=refused or not picked or target is None, key=f"health-relabel-{check}"):
             commit(page.table, version, ChangeSet.relabel(picked, target), f"health: relabelled {len(picked)} flagged as {title} to {target}")
         if st.button(f"Show {len(picked)} picked on the map", disabled=not picked, key=f"health-map-{check}"):
             hand_to_map(name, picked, f"health-{check}")
