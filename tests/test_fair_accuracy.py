@@ -15,6 +15,7 @@ from labelloop.data.schema import UNDEFINED
 from labelloop.embed import EmbedderConfig, embed_dataset
 from labelloop.scores.fair_accuracy import (
     accuracy_per_version,
+    held_out_predictions,
     paired_difference,
     reference_labels,
     score_against,
@@ -80,6 +81,11 @@ def test_fixing_flipped_labels_raises_the_line_against_the_reference_and_the_tru
         assert (line["low"] <= line["accuracy"]).all() and (line["accuracy"] <= line["high"]).all()
     assert (against_reference["n"] == len(truth_rows)).all()  # every sample labelled in both
     assert fair.first_to_last["from"] == 2 and fair.first_to_last["to"] == 4 and fair.first_to_last["low"] > 0
+    # The line says what the sentence under it says: the same samples in every point, and the paired
+    # difference is exactly the last point minus the first.
+    d = fair.first_to_last
+    assert d["n"] == against_reference["n"].iloc[0] == against_reference["n"].iloc[-1]
+    assert d["before"] == pytest.approx(against_reference["accuracy"].iloc[0]) and d["after"] == pytest.approx(against_reference["accuracy"].iloc[-1])
 
     # Each version's own cross-validated accuracy would not compare like with like; the other recipe is its own line.
     others = fair.line[fair.line["recipe"] != fair.main_recipe]
@@ -88,3 +94,25 @@ def test_fixing_flipped_labels_raises_the_line_against_the_reference_and_the_tru
     # A pinned reference: the labels of v2 (the flipped ones) make every version look worse, equally measured.
     pinned = accuracy_per_version(workspace, "f", reference_version=2, main_recipe=fair.main_recipe)
     assert pinned.reference == "labels of v2" and (pinned.main()["accuracy"].to_numpy() < against_reference["accuracy"].to_numpy()).all()
+
+
+def test_samples_labelled_later_do_not_lift_the_later_points(tmp_path: Path, workspace: Path):
+    """Issue 27 item 4: a labelling sprint adds labelled samples to the later versions; the line scores every
+    version on the samples every one of its runs predicted held out, so a point moves only when predictions do."""
+    table, _ = import_dataset(write_fashion_folders(tmp_path / "fashion", 24), "f", workspace)
+    rows = table.read(1)
+    unlabelled = rows["sample_id"].to_numpy()[::3]  # a third of the set starts unlabelled
+    table.commit(ChangeSet(updates=pd.DataFrame({"sample_id": unlabelled, "label": UNDEFINED})), parent=1, message="a third unlabelled")
+    labels = rows.set_index("sample_id")["label"]
+    table.commit(ChangeSet(updates=pd.DataFrame({"sample_id": unlabelled, "label": labels.loc[unlabelled].to_numpy()})), parent=2, message="labelled them")
+    embed_dataset(workspace, "f", EmbedderConfig(kind="pixels", resolution=16))
+    quick = HeadsSettings(heads=QUICK_HEADS, embedding="pixels-16px")
+    runs = {version: train(workspace, "f", quick, version=version, trigger="after commit") for version in (2, 3)}
+
+    fair = accuracy_per_version(workspace, "f", main_recipe=recipe_identity(quick))
+    line = fair.main()
+    assert line["version"].tolist() == [2, 3] and line["n"].nunique() == 1  # the same samples in both points
+    shared = held_out_predictions(runs[2]).index.intersection(held_out_predictions(runs[3]).index)
+    assert line["n"].iloc[0] == len(shared.intersection(reference_labels(table.read(3)).index)) < len(held_out_predictions(runs[3]))
+    assert fair.first_to_last["n"] == line["n"].iloc[0]
+    assert fair.first_to_last["difference"] == pytest.approx(line["accuracy"].iloc[1] - line["accuracy"].iloc[0])

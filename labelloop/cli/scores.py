@@ -70,7 +70,8 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
             print(f"training the quick heads on v{version} ...", flush=True)
             train(dataset, None, config, version=version, trigger="after commit")
         fair = measure()
-    print(f"Held-out accuracy of the quick heads (k-NN, logistic regression; the same settings on every version), against {fair.reference}" + (" and the true labels" if truth is not None else "") + ":")
+    print(f"Held-out accuracy of the quick heads (k-NN, logistic regression; the same settings on every version), against {fair.reference}" + (" and the true labels" if truth is not None else "")
+          + ", on the same samples in every version (those every version's quick heads predicted held out and the reference labels):")
     main = fair.line[fair.line["recipe"] == recipe]
     table = main.pivot_table(index="version", columns="reference", values=["accuracy", "low", "high", "n"], aggfunc="first")
     rows = []

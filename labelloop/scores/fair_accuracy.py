@@ -12,9 +12,13 @@ module keeps three things fixed:
   or the validation split) are scored against one labelling, by default the
   latest version's (the best labels the user has), or a pinned version's, or
   its locked test split, or (on the demo) the true labels;
-- **the samples**: those predicted held out by the version's run *and*
-  labelled (not undefined, not excluded) in the reference. Each point says
-  how many that is and carries a 95% Wilson interval.
+- **the samples**: on the main line (the quick heads), the same samples in
+  every point: those every version's run predicted held out *and* the
+  reference labels (not undefined, not excluded). A sample labelled only in a
+  later version would otherwise lift that version's point by itself, and the
+  line would disagree with the paired first-to-last difference it is read
+  with. Other recipes' lines score each run on what it predicted held out.
+  Each point says how many samples that is and carries a 95% Wilson interval.
 
 Pure functions over Series and DataFrames, plus :func:`accuracy_per_version`
 that reads a data set's runs.
@@ -111,14 +115,15 @@ def comparable_runs(runs: Sequence[RunInfo]) -> list[RunInfo]:
     return sorted(chosen.values(), key=lambda r: r.version)
 
 
-def accuracy_line(runs: Sequence[RunInfo], references: Mapping[str, pd.Series]) -> pd.DataFrame:
+def accuracy_line(runs: Sequence[RunInfo], references: Mapping[str, pd.Series], predictions: Mapping[str, pd.Series] | None = None) -> pd.DataFrame:
     """One row per (run, reference): held-out accuracy against that reference, its n and Wilson interval.
 
-    ``runs`` should already be one per (version, recipe) (see :func:`comparable_runs`).
+    ``runs`` should already be one per (version, recipe) (see :func:`comparable_runs`); ``predictions``
+    (run id -> its held-out predictions) saves reading them again.
     """
     records = []
     for run in runs:
-        predicted = held_out_predictions(run)
+        predicted = predictions[run.run_id] if predictions is not None else held_out_predictions(run)
         identity, recipe_name = run_recipe(run)
         for reference_name, reference in references.items():
             n, correct = score_against(predicted, reference)
@@ -175,14 +180,31 @@ def accuracy_per_version(
         true = truth.set_index("sample_id")["true_label"]
         references["true labels"] = true.loc[true.index.intersection(reference.index)] if test_split_only else true
     runs = comparable_runs(list_runs(workspace, name))
-    line = accuracy_line(runs, references)
-    on_main = sorted(line.loc[line["recipe"] == main_recipe, "version"].unique()) if main_recipe else []
+    predictions = {run.run_id: held_out_predictions(run) for run in runs}
+    main_runs = [run for run in runs if main_recipe is not None and run_recipe(run)[0] == main_recipe]
+    # The main line is paired: every point on the samples every one of its runs predicted held out.
+    shared = paired_samples([predictions[run.run_id] for run in main_runs])
+    line = pd.concat([
+        accuracy_line(main_runs, {key: labels.loc[labels.index.intersection(shared)] for key, labels in references.items()}, predictions),
+        accuracy_line([run for run in runs if run not in main_runs], references, predictions),
+    ], ignore_index=True).sort_values(["version", "recipe"], kind="stable").reset_index(drop=True)
+    on_main = [run.version for run in main_runs]
     missing = [v for v in versions if v not in on_main]
     first_to_last = None
-    if len(on_main) >= 2:
-        by_version = {r.version: r for r in runs if run_recipe(r)[0] == main_recipe}
+    if len(main_runs) >= 2:
+        first, last = main_runs[0], main_runs[-1]
         first_to_last = {
-            "from": int(on_main[0]), "to": int(on_main[-1]),
-            **paired_difference(held_out_predictions(by_version[on_main[0]]), held_out_predictions(by_version[on_main[-1]]), reference),
+            "from": int(first.version), "to": int(last.version),
+            **paired_difference(predictions[first.run_id], predictions[last.run_id], reference.loc[reference.index.intersection(shared)]),
         }
     return FairAccuracy(line, reference_name, main_recipe, versions, missing, first_to_last)
+
+
+def paired_samples(predictions: Sequence[pd.Series]) -> pd.Index:
+    """The sample ids every one of ``predictions`` (sample_id -> label) has: the samples a paired line scores."""
+    if not predictions:
+        return pd.Index([])
+    shared = predictions[0].index
+    for predicted in predictions[1:]:
+        shared = shared.intersection(predicted.index)
+    return shared

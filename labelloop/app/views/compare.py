@@ -151,7 +151,9 @@ def fair_chart(fair: FairAccuracy, main_line: pd.DataFrame) -> None:
         "The quick heads (k-NN and logistic regression, the same settings and seed on every version; the better by cross-validation) "
         f"trained on each version; their out-of-fold predictions scored against **{fair.reference}**"
         + (" and against the demo's **true labels**" if "true labels" in set(main_line["reference"]) else "")
-        + ", on the samples labelled in both. Bars: 95% Wilson intervals."
+        + f", on the same {int(main_line['n'].iloc[0]):,} samples in every point (those every version's quick heads predicted "
+        "held out and the reference labels: a sample labelled only later would lift its version's point by itself). Bars: 95% Wilson intervals."
+        + (f" No point yet for {', '.join(f'v{v}' for v in fair.missing)}: {'its' if len(fair.missing) == 1 else 'their'} quick heads have not run." if fair.missing else "")
     )
     if fair.first_to_last:
         d = fair.first_to_last
