@@ -101,6 +101,18 @@ def wait_for_version(workspace: Path, name: str, version: int, timeout: float = 
         time.sleep(0.2)
 
 
+def open_map(playwright, url: str, dataset: str = "fashion"):
+    """(browser, page, the map's root element) with the Map page of ``dataset`` drawn in Chromium, 1400x1100."""
+    from playwright.sync_api import expect
+
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(f"{url}/map?dataset={dataset}")
+    root = page.locator(".map-root")
+    expect(root).to_have_attribute("data-ready", "1", timeout=60_000)
+    return browser, page, root
+
+
 def commit_map_edit(page, count: int) -> None:
     """Commit the Map's edit as a user does: one that changes more than CONFIRM_OVER samples names its count
     on the button and asks once."""

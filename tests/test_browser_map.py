@@ -25,6 +25,7 @@ from tests.browser import (
     commit_map_edit,
     lasso,
     needs_chromium,
+    open_map,
     running_app,
     screenshot,
     wait_for_version,
@@ -114,11 +115,7 @@ def test_a_relabel_waits_for_a_chosen_class_and_a_big_edit_asks_once(mapped: Pat
     from playwright.sync_api import expect, sync_playwright
 
     with running_app(mapped, tmp_path / "streamlit.log") as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.goto(f"{url}/map?dataset=fashion")
-        root = page.locator(".map-root")
-        expect(root).to_have_attribute("data-ready", "1", timeout=60_000)
+        browser, page, root = open_map(playwright, url)
         stage = page.locator(".map-stage").bounding_box()
         page.get_by_text("Lasso: off (L)").click()
         lasso(page, stage["x"] + stage["width"] / 2, stage["y"] + stage["height"] / 2, min(stage["width"], stage["height"]) / 2 - 4)
@@ -162,11 +159,7 @@ def test_map_settings_come_from_their_declaration_and_make_a_map_of_their_own(ma
     from playwright.sync_api import expect, sync_playwright
 
     with running_app(mapped, tmp_path / "streamlit.log") as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.goto(f"{url}/map?dataset=fashion")
-        root = page.locator(".map-root")
-        expect(root).to_have_attribute("data-ready", "1", timeout=60_000)
+        browser, page, root = open_map(playwright, url)
         page.get_by_text("Map settings: PaCMAP, the defaults").click()
         neighbours = page.get_by_role("spinbutton", name="Neighbours")
         expect(neighbours).to_have_value("10")
