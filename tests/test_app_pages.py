@@ -47,6 +47,22 @@ def test_the_map_page_starts_no_heavy_work_by_itself(class_folders: Path, worksp
     assert not (workspace / "animals" / "embeddings").exists()
 
 
+@pytest.mark.slow
+def test_a_finished_jobs_banner_shows_once_and_only_to_the_session_that_followed_it(class_folders: Path, workspace: Path):
+    """Issue 27 item 6: "N embedded in S s" came back on later visits. It is shown once, in the session that
+    started the job (or saw it running); a tab opened after it ended does not get it."""
+    import_dataset(class_folders, "animals", workspace)
+    started_it = page("map")
+    next(b for b in started_it.main.button if b.label == "Embed the images").click().run()
+    run_until(started_it, lambda a: any(" embedded" in s.value for s in a.success))
+    banner = next(s.value for s in started_it.success if " embedded" in s.value)
+    started_it.run()
+    assert not any(s.value == banner for s in started_it.success)  # once
+    later_tab = page("map")
+    assert not any(" embedded" in s.value for s in later_tab.success)  # not news to a session that never saw it run
+    assert not later_tab.exception, later_tab.exception
+
+
 def test_the_map_page_offers_projection_then_draws(fashion: Path):
     app = page("map")
     assert any("No 3D map" in i.value for i in app.info)

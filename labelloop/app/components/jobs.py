@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import streamlit as st
 
-from labelloop.app.components.session import FINISHED_JOBS_SEEN
+from labelloop.app.components.session import FINISHED_JOBS_SEEN, FOLLOWED_JOBS
 from labelloop.errors import Cancelled, UserError
 
 
@@ -100,6 +100,7 @@ def start_job(key: str, description: str, work: Callable[[Job], object], *, back
             return existing
         job = Job(key, description)
         _registry()[key] = job
+    _follow(job)  # its end is this session's to see, however fast it is
 
     def run() -> None:
         if background:
@@ -123,7 +124,8 @@ def start_job(key: str, description: str, work: Callable[[Job], object], *, back
 
 
 def follow_job(key: str) -> Job | None:
-    """Show the job ``key`` where this is called, and return it once, the first time this session sees it finished.
+    """Show the job ``key`` where this is called, and return it once, the first time this session sees it finished
+    (only a job this session started or saw running: one that ended before, in another tab, is old news here).
 
     While it runs: its progress and a Cancel button, redrawn every second, and the whole page reruns
     once when it ends. Its end is this session's to see once: a failed or cancelled job shows its
@@ -133,16 +135,23 @@ def follow_job(key: str) -> Job | None:
     if job is None:
         return None
     if job.running:
+        _follow(job)
         st.fragment(_job_progress, run_every=1.0)(key)
         return None
     seen = st.session_state.setdefault(FINISHED_JOBS_SEEN, set())
     if (key, job.started) in seen:
         return None
     seen.add((key, job.started))
+    if (key, job.started) not in st.session_state.get(FOLLOWED_JOBS, set()):
+        return None  # it ended before this session ever saw it (a new tab, a reload): its banner is not news here
     if job.error:
         (st.warning if job.cancelled else st.error)(job.error)
         return None
     return job
+
+
+def _follow(job: Job) -> None:
+    st.session_state.setdefault(FOLLOWED_JOBS, set()).add((job.key, job.started))
 
 
 def _job_progress(key: str) -> None:

@@ -18,6 +18,7 @@ MAP_MESSAGE = "map-message"  # the commit message box on the Map page (a widget 
 MAP_MESSAGE_DEFAULT = "map-message-default"  # the message the Map page last suggested
 MAP_SELECTED_COUNT = "map-selected-count"
 FINISHED_JOBS_SEEN = "finished-jobs-seen"  # (job key, start time) of background jobs whose result this session was shown
+FOLLOWED_JOBS = "followed-jobs"  # (job key, start time) of jobs this session started or saw running: only their end is its to see
 IMPORTED = "imported"  # the import that just finished, shown once at the top of the Data page
 COMPUTE = "compute"  # the compute setting (labelloop.compute.device.Compute) this session's jobs run with
 COMPUTE_CHANGED = "compute-changed"  # the compute setting was just changed: its expander opens once to show the outcome
