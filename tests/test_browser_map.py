@@ -153,6 +153,52 @@ def test_a_relabel_waits_for_a_chosen_class_and_a_big_edit_asks_once(mapped: Pat
     assert int((before["label"] != after["label"]).sum()) == changes and (after["label"] == "bag").sum() == changes + 20
 
 
+def test_the_drawn_colours_are_the_legend_s_and_tell_every_class_undefined_and_excluded_apart(mapped: Path, tmp_path: Path):
+    """Issue 27: undefined and excluded points were drawn in dark greys that vanished on the map, and every point
+    was drawn darker than its legend swatch (the palette went through three.js's linear colour space into a
+    shader that never converts back). Read back from the canvas's pixels: each legend entry is drawn in exactly
+    its swatch's colour, and the drawn colours differ by a set contrast."""
+    import io
+    from itertools import combinations
+
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    from tests.colours import contrast, delta_e, hex_of, lab
+
+    table = open_table(mapped, "fashion")
+    ids = table.read(1)["sample_id"].to_numpy()
+    table.commit(ChangeSet.relabel(ids[::5], UNDEFINED), parent=1, message="unlabel a fifth")
+    table.commit(ChangeSet.set_weight(ids[1::7], 0.0), parent=2, message="exclude a few")
+    with running_app(mapped, tmp_path / "streamlit.log") as url, sync_playwright() as playwright:
+        browser, page, root = open_map(playwright, url)
+        legend = page.locator(".map-legend-row").evaluate_all(
+            "rows => rows.map(r => [r.querySelector('.map-legend-name').textContent, getComputedStyle(r.querySelector('.map-legend-swatch')).backgroundColor, r.querySelector('.map-legend-count').textContent])"
+        )
+        screenshot(page, "map-palette")
+        page.get_by_role("button", name="Legend").click()  # the legend lies over the canvas: read the points alone
+        page.wait_for_timeout(500)
+        pixels = np.asarray(Image.open(io.BytesIO(page.locator(".map-stage canvas").first.screenshot())).convert("RGB")).reshape(-1, 3)
+        browser.close()
+    swatches = {name: hex_of([int(v) for v in re.findall(r"\d+", colour)]) for name, colour, count in legend if count != "0"}
+    assert {UNDEFINED, "excluded"} <= set(swatches) and len(swatches) == 12, legend
+    drawn_colours, drawn_counts = np.unique(pixels, axis=0, return_counts=True)
+    drawn = {hex_of(colour): int(count) for colour, count in zip(drawn_colours, drawn_counts)}
+    background = max(drawn, key=drawn.get)
+    assert background == "#0e1117"
+    for name, colour in swatches.items():  # every entry drawn in its swatch's very colour
+        assert drawn.get(colour, 0) >= 4, (name, colour, sorted(drawn.items(), key=lambda item: -item[1])[:16])
+    points = sum(count for colour, count in drawn.items() if colour != background)
+    assert sum(drawn[colour] for colour in swatches.values()) > 0.6 * points  # the rest: edges blended with the background
+    classes = [colour for name, colour in swatches.items() if name not in (UNDEFINED, "excluded")]
+    distances = {(a, b): delta_e(lab(a), lab(b)) for a, b in combinations(classes, 2)}
+    assert min(distances.values()) > 10, min(distances.items(), key=lambda item: item[1])
+    for special in (swatches[UNDEFINED], swatches["excluded"]):
+        assert min(delta_e(lab(special), lab(c)) for c in classes) > 15 and contrast(special, background) > 4.5
+    assert all(contrast(c, background) >= 3 for c in classes)
+
+
 def test_map_settings_come_from_their_declaration_and_make_a_map_of_their_own(mapped: Path, tmp_path: Path):
     """Map settings: out of range is refused by label; other settings are a map of their own (made on request,
     cached apart); the defaults bring the first map back without projecting again."""

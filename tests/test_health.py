@@ -244,11 +244,11 @@ def test_review_filters_by_health_issue_and_sends_more_like_a_sample_to_the_map(
 
 
 def test_health_colours_draw_the_unflagged_samples_grey_and_list_only_the_issues_present():
-    from labelloop.maps.view import UNDEFINED_COLOUR, categorical_colours
+    from labelloop.maps.view import NO_VALUE_COLOUR, categorical_colours
 
-    colouring = categorical_colours(["no issue", "Dark", "no issue", "Outlier"], ["Outlier", "Dark"], grey="no issue")
+    colouring = categorical_colours(["no issue", "Dark", "no issue", "Outlier"], ["Outlier", "Dark"], grey="no issue", grey_colour=NO_VALUE_COLOUR)
     assert [entry["name"] for entry in colouring.palette] == ["Outlier", "Dark", "no issue"]
-    assert colouring.palette[-1]["color"] == UNDEFINED_COLOUR and colouring.palette[-1]["count"] == 2
+    assert colouring.palette[-1]["color"] == NO_VALUE_COLOUR and colouring.palette[-1]["count"] == 2
     assert colouring.codes.tolist() == [2, 1, 2, 0]
 
 

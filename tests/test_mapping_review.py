@@ -19,9 +19,12 @@ from labelloop.maps.view import (
     CLASS_COLOURS,
     CONFIDENT,
     EXCLUDED_COLOUR,
+    FIRST_TIER,
+    NO_VALUE_COLOUR,
     RAMP,
     UNDEFINED_COLOUR,
     categorical_colours,
+    class_colours,
     confidence_warning,
     confidently_right,
     continuous_colours,
@@ -46,7 +49,10 @@ from labelloop.scores.review import (
 from labelloop.train.heads import HeadsSettings
 from labelloop.train.pipeline import quick_heads_config, quick_heads_recipe, train
 from labelloop.train.registry import run_recipe, run_settings
+from tests.colours import DICHROMACY, contrast, delta_e, lab, lab_as_seen
 from tests.conftest import write_fashion_folders
+
+MAP_BACKGROUND = "#0e1117"
 
 CLASSES = ["T-shirt/top", "Trouser", "Shirt"]
 
@@ -93,60 +99,6 @@ def test_selection_actions_become_change_sets_with_a_prefilled_message():
 
 
 # --------------------------------------------------------------------------- colours a person can tell apart
-# CIE L*a*b* (D65) and CIEDE2000 (Sharma, Wu & Dalal, "The CIEDE2000 color-difference formula",
-# Color Research & Application 30(1), 2005), written out here so the test checks the palette
-# against an independent formula, not against the code that picked it.
-
-
-def lab(hex_colour: str) -> np.ndarray:
-    rgb = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)]) / 255
-    return lab_of_linear(np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4))
-
-
-def lab_of_linear(linear: np.ndarray) -> np.ndarray:
-    xyz = np.array([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]) @ linear
-    t = xyz / np.array([0.95047, 1.0, 1.08883])
-    f = np.where(t > (6 / 29) ** 3, np.cbrt(t), t / (3 * (6 / 29) ** 2) + 4 / 29)
-    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
-
-
-def delta_e(lab1, lab2) -> float:
-    (l1, a1, b1), (l2, a2, b2) = lab1, lab2
-    c_mean = (np.hypot(a1, b1) + np.hypot(a2, b2)) / 2
-    g = 0.5 * (1 - np.sqrt(c_mean**7 / (c_mean**7 + 25**7)))
-    a1, a2 = (1 + g) * a1, (1 + g) * a2
-    c1, c2 = np.hypot(a1, b1), np.hypot(a2, b2)
-    h1 = np.degrees(np.arctan2(b1, a1)) % 360 if c1 else 0.0
-    h2 = np.degrees(np.arctan2(b2, a2)) % 360 if c2 else 0.0
-    dh = 0.0 if c1 * c2 == 0 else (h2 - h1 + 180) % 360 - 180
-    d_hue = 2 * np.sqrt(c1 * c2) * np.sin(np.radians(dh / 2))
-    l_mean, c_mean = (l1 + l2) / 2, (c1 + c2) / 2
-    if c1 * c2 == 0:
-        h_mean = h1 + h2
-    elif abs(h1 - h2) <= 180:
-        h_mean = (h1 + h2) / 2
-    else:
-        h_mean = (h1 + h2 + 360) / 2 if h1 + h2 < 360 else (h1 + h2 - 360) / 2
-    t = 1 - 0.17 * np.cos(np.radians(h_mean - 30)) + 0.24 * np.cos(np.radians(2 * h_mean)) + 0.32 * np.cos(np.radians(3 * h_mean + 6)) - 0.20 * np.cos(np.radians(4 * h_mean - 63))
-    s_l = 1 + 0.015 * (l_mean - 50) ** 2 / np.sqrt(20 + (l_mean - 50) ** 2)
-    s_c, s_h = 1 + 0.045 * c_mean, 1 + 0.015 * c_mean * t
-    r_t = -np.sin(np.radians(60 * np.exp(-(((h_mean - 275) / 25) ** 2)))) * 2 * np.sqrt(c_mean**7 / (c_mean**7 + 25**7))
-    return float(np.sqrt(((l2 - l1) / s_l) ** 2 + ((c2 - c1) / s_c) ** 2 + (d_hue / s_h) ** 2 + r_t * ((c2 - c1) / s_c) * (d_hue / s_h)))
-
-
-# Complete dichromacy (severity 1.0) in linear RGB: Machado, Oliveira & Fernandes, "A physiologically-based
-# model for simulation of color vision deficiency", IEEE TVCG 15(6), 2009.
-DICHROMACY = {
-    "protanopia": np.array([[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216], [-0.003882, -0.048116, 1.051998]]),
-    "deuteranopia": np.array([[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413], [-0.011820, 0.042940, 0.968881]]),
-    "tritanopia": np.array([[1.255528, -0.076749, -0.178779], [-0.078411, 0.930809, 0.147602], [0.004733, 0.691367, 0.303900]]),
-}
-
-
-def lab_as_seen(hex_colour: str, matrix: np.ndarray) -> np.ndarray:
-    rgb = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)]) / 255
-    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    return lab_of_linear(np.clip(matrix @ linear, 0, 1))
 
 
 def test_the_delta_e_of_these_tests_matches_the_published_test_pairs():
@@ -162,15 +114,52 @@ def test_twenty_class_colours_are_told_apart_on_the_dark_map_also_with_colour_bl
     # Every pair clearly different to normal vision (CIEDE2000 ~2 is "just noticeable", 10 "clearly different").
     closest = min((delta_e(lab(a), lab(b)), a, b) for a, b in combinations(CLASS_COLOURS, 2))
     assert closest[0] > 10, closest
-    # Never mistaken for the undefined or excluded grey, nor lost in the map's background.
-    for other in (UNDEFINED_COLOUR, EXCLUDED_COLOUR, "#0e1117"):
-        nearest = min((delta_e(lab(c), lab(other)), c) for c in CLASS_COLOURS)
-        assert nearest[0] > 15, (other, nearest)
-    assert delta_e(lab(UNDEFINED_COLOUR), lab(EXCLUDED_COLOUR)) > 10 and delta_e(lab(EXCLUDED_COLOUR), lab("#0e1117")) > 5
-    # The first 10 (a 10-class data set such as the demo) stay apart for readers without red, green or blue cones.
+    # The first tier (every data set of up to 10 classes) stays apart for readers without red, green or blue cones.
     for name, matrix in DICHROMACY.items():
-        closest = min((delta_e(lab_as_seen(a, matrix), lab_as_seen(b, matrix)), a, b) for a, b in combinations(CLASS_COLOURS[:10], 2))
-        assert closest[0] > 8, (name, closest)
+        closest = min((delta_e(lab_as_seen(a, matrix), lab_as_seen(b, matrix)), a, b) for a, b in combinations(CLASS_COLOURS[:FIRST_TIER], 2))
+        assert closest[0] > 10, (name, closest)
+    # Nothing is lost in the background: 3:1 is WCAG's minimum for graphics a person must see.
+    for colour in (*CLASS_COLOURS, UNDEFINED_COLOUR, EXCLUDED_COLOUR):
+        assert contrast(colour, MAP_BACKGROUND) >= 3, colour
+
+
+def test_undefined_and_excluded_stand_out_from_every_class_and_from_each_other():
+    # The reported map: undefined (30% of the demo) and excluded were dark greys on the near-black map.
+    assert contrast(UNDEFINED_COLOUR, MAP_BACKGROUND) > 15 and contrast(EXCLUDED_COLOUR, MAP_BACKGROUND) > 4.5
+    assert delta_e(lab(UNDEFINED_COLOUR), lab(EXCLUDED_COLOUR)) > 25
+    for special in (UNDEFINED_COLOUR, EXCLUDED_COLOUR):
+        assert min(delta_e(lab(special), lab(c)) for c in CLASS_COLOURS) > 15, special
+        for name, matrix in DICHROMACY.items():
+            assert min(delta_e(lab_as_seen(special, matrix), lab_as_seen(c, matrix)) for c in CLASS_COLOURS[:FIRST_TIER]) > 8, (special, name)
+    # What carries no information recedes: dimmer than nearly every class, still visible.
+    assert 3 <= contrast(NO_VALUE_COLOUR, MAP_BACKGROUND) < np.percentile([contrast(c, MAP_BACKGROUND) for c in CLASS_COLOURS], 10)
+
+
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def test_a_class_keeps_its_colour_by_name_across_data_sets_and_versions():
+    colours = class_colours(FASHION)
+    assert sorted(colours.values()) == sorted(CLASS_COLOURS[:FIRST_TIER])  # ten classes: the ten colour-blind-safe colours, each once
+    assert class_colours(FASHION) == colours  # the same in every process (no per-process string hash)
+    # A version that adds classes (appended to the class list) changes no existing class's colour.
+    grown = class_colours(FASHION + ["Hat", "Scarf", "Glove"])
+    assert {name: grown[name] for name in FASHION} == colours
+    assert len(set(grown.values())) == 13
+    # Another data set: a name that no earlier-listed class competes with gets the colour its name hashes to.
+    for name in FASHION:
+        alone = class_colours([name])[name]
+        assert class_colours(["zebra", name])[name] == alone or class_colours(["zebra"])["zebra"] == alone
+    # The same name keeps its colour when another data set lists other classes after it.
+    assert class_colours(["Bag", "cat", "dog"])["Bag"] == class_colours(["Bag"])["Bag"]
+    # Up to 20 classes are 20 different colours; beyond, colours repeat evenly (the legend names them).
+    many = class_colours([f"class {i}" for i in range(45)])
+    assert len(set(list(many.values())[:20])) == 20
+    assert max(pd.Series(list(many.values())).value_counts()) == 3
+    # The map colours by these.
+    coloured = categorical_colours(np.array(["Bag", UNDEFINED, "Coat"], dtype=object), FASHION, np.array([False, False, True]))
+    by_name = {p["name"]: p["color"] for p in coloured.palette}
+    assert by_name["Bag"] == colours["Bag"] and by_name[UNDEFINED] == UNDEFINED_COLOUR and by_name["excluded"] == EXCLUDED_COLOUR
 
 
 # --------------------------------------------------------------------------- what a selection shows and edits

@@ -5,6 +5,7 @@ Pure functions over arrays, shared by the Map page and the tests; no drawing her
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,21 +19,27 @@ from labelloop.data.schema import UNDEFINED
 from labelloop.errors import UserError
 
 # Class colours a person can tell apart on the map's dark background (#0e1117), also with a colour
-# vision deficiency. Class i gets colour i mod 20. No 20 colours stay apart for every reader, so the
-# order matters: the first 7 are Okabe & Ito's colour-blind-safe set ("Color Universal Design", 2002;
-# its black is left out: invisible on the background), then 13 of Paul Tol's qualitative colours
-# ("Colour Schemes", SRON/EPS/TN/09-002, 2021: bright, vibrant, muted, high- and medium-contrast,
-# light and pale sets), picked so the first 10 (Fashion-MNIST's classes) stay at least CIEDE2000 8
-# apart under simulated protanopia, deuteranopia and tritanopia, all 20 at least 10 apart in normal
-# vision, and none darker than 3:1 contrast against the background (tests/test_mapping_review.py).
-# Beyond 10 classes the legend's names (and Hide) are what tells classes apart for everyone.
+# vision deficiency. No 20 colours stay apart for every reader, so there are two tiers. The first 10
+# are 7 of Okabe & Ito's colour-blind-safe set ("Color Universal Design", 2002; its black is left out:
+# invisible on the background) and 3 of Paul Tol's qualitative colours ("Colour Schemes",
+# SRON/EPS/TN/09-002, 2021), picked so they stay at least CIEDE2000 10 apart under simulated
+# protanopia, deuteranopia and tritanopia; the other 10 are more of Tol's, so that all 20 are at least
+# 10 apart in normal vision, and none is darker than 3:1 contrast against the background
+# (tests/test_mapping_review.py). A data set of up to 10 classes gets only first-tier colours.
+# Beyond 20 classes colours repeat: the legend's names, Hide and the hover are what tell classes apart.
 CLASS_COLOURS = (
     "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",  # Okabe-Ito
-    "#CCEEFF", "#AA3377", "#CCDDAA", "#CC3311", "#999933", "#997700", "#EE8866",  # Tol pale, bright, pale, vibrant, muted, medium, light
+    "#99DDFF", "#AA3377", "#CCDDAA", "#CC3311", "#999933", "#997700", "#EE8866",  # Tol light, bright, pale, vibrant, muted, medium, light
     "#BB5566", "#FFCCCC", "#BBCCEE", "#117733", "#EE6677", "#EE99AA",  # Tol high-contrast, pale, pale, muted, bright, medium
 )
-UNDEFINED_COLOUR = "#5c5f66"
-EXCLUDED_COLOUR = "#2b2d33"
+FIRST_TIER = 10  # colours told apart under every simulated dichromacy
+# Unlabelled samples are what a user labels next: a light neutral, the brightest thing on the map, at
+# least CIEDE2000 15 from every class colour (8 under dichromacy). Excluded samples: a mid grey, as far
+# from every class colour (22) and from the undefined white (30), at 5:1 contrast to the background.
+UNDEFINED_COLOUR = "#f4f4f4"
+EXCLUDED_COLOUR = "#7f7f7f"
+# What carries no information (no score, no issue, no prediction): a dim grey that recedes.
+NO_VALUE_COLOUR = "#5f6268"
 # A perceptually ordered ramp from low (dark blue) to high (yellow), ten steps.
 RAMP = ("#30123b", "#4145ab", "#4675ed", "#39a2fc", "#1bcfd4", "#24eca6", "#61fc6c", "#a4fc3b", "#d1e834", "#f3c63a")
 
@@ -46,11 +53,42 @@ class Colouring:
     categorical: bool
 
 
-def categorical_colours(values: Sequence[str], order: Sequence[str], excluded: np.ndarray | None = None, grey: str = UNDEFINED) -> Colouring:
-    """One colour per class in ``order`` (then any other value, sorted); ``grey`` (undefined) grey and last, excluded darker."""
+def _name_slot(name: str) -> int:
+    # A stable hash (Python's hash() of a str changes with every process).
+    return int.from_bytes(hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def class_colours(names: Sequence[str]) -> dict[str, str]:
+    """A colour for each class name, the same for a name in every data set and version wherever it can be.
+
+    A name hashes to one of the first-tier colours; when a name listed before it already holds that
+    colour, it takes the next free one (the first tier, then the second, then colours repeat). Give
+    ``names`` in the data set's class order, where a new class is appended: adding a class then never
+    changes an existing class's colour. So "bag" is the same colour in two data sets unless a class
+    listed before it there hashes to the same colour.
+    """
+    taken: dict[int, int] = {}  # palette index -> how many names hold it
+    colours: dict[str, str] = {}
+    for name in dict.fromkeys(names):
+        preferred = _name_slot(name) % FIRST_TIER
+        candidates = [(preferred + k) % FIRST_TIER for k in range(FIRST_TIER)]
+        candidates += [FIRST_TIER + (preferred + k) % (len(CLASS_COLOURS) - FIRST_TIER) for k in range(len(CLASS_COLOURS) - FIRST_TIER)]
+        # Every colour held: the least used, in the same preference order (colours repeat evenly).
+        index = min(candidates, key=lambda i: (taken.get(i, 0), candidates.index(i)))
+        taken[index] = taken.get(index, 0) + 1
+        colours[name] = CLASS_COLOURS[index]
+    return colours
+
+
+def categorical_colours(values: Sequence[str], order: Sequence[str], excluded: np.ndarray | None = None, grey: str = UNDEFINED,
+                        grey_colour: str = UNDEFINED_COLOUR) -> Colouring:
+    """One colour per class in ``order`` (then any other value, sorted; colours by :func:`class_colours`); ``grey``
+    (undefined) in ``grey_colour`` and last, then excluded (where ``excluded`` is given) in :data:`EXCLUDED_COLOUR`."""
     values = as_strings(values)
     names = [c for c in order if c != grey] + sorted(set(pc.unique(values).to_pylist()) - set(order) - {grey})
+    colours = class_colours(names)
     names += [grey]
+    colours[grey] = grey_colour
     if excluded is not None:
         names.append("excluded")
     codes = positions_in(values, names).astype(np.int16)
@@ -59,7 +97,7 @@ def categorical_colours(values: Sequence[str], order: Sequence[str], excluded: n
     counts = np.bincount(codes, minlength=len(names))
     palette = []
     for i, name in enumerate(names):
-        colour = UNDEFINED_COLOUR if name == grey else EXCLUDED_COLOUR if excluded is not None and name == "excluded" else CLASS_COLOURS[i % len(CLASS_COLOURS)]
+        colour = EXCLUDED_COLOUR if excluded is not None and i == len(names) - 1 else colours[name]
         palette.append({"name": name, "color": colour, "count": int(counts[i])})
     return Colouring(codes, palette, True)
 
@@ -74,7 +112,7 @@ def continuous_colours(values: np.ndarray, low: float = 0.0, high: float = 1.0) 
     counts = np.bincount(codes, minlength=len(RAMP) + 1)
     step = (high - low) / len(RAMP)
     palette = [{"name": f"{low + i * step:.2f}–{low + (i + 1) * step:.2f}", "color": c, "count": int(counts[i])} for i, c in enumerate(RAMP)]
-    palette.append({"name": "no value", "color": UNDEFINED_COLOUR, "count": int(counts[-1])})
+    palette.append({"name": "no value", "color": NO_VALUE_COLOUR, "count": int(counts[-1])})
     return Colouring(codes, palette, False)
 
 

@@ -250,15 +250,18 @@ function render(view) {
 
 function recolour(view, data) {
   const codes = data.codes.getChild("code").toArray();
-  const palette = data.palette.map((entry) => new view.THREE.Color(entry.color));
+  // The palette's hex colours are written to the frame buffer as they are (sRGB bytes / 255): the
+  // shader is ours and does no colour management, so a THREE.Color (converted to linear light) would
+  // draw every point darker than its legend swatch; #5c5f66 came out as #1b1d22 on the #0e1117 map.
+  const palette = data.palette.map((entry) => srgb(entry.color));
   const hidden = new Set(data.hidden || []);
   const colours = view.cloud.geometry.getAttribute("color");
   const shown = view.cloud.geometry.getAttribute("shown");
   for (let i = 0; i < codes.length; i++) {
     const colour = palette[codes[i]] || palette[0];
-    colours.array[3 * i] = colour.r;
-    colours.array[3 * i + 1] = colour.g;
-    colours.array[3 * i + 2] = colour.b;
+    colours.array[3 * i] = colour[0];
+    colours.array[3 * i + 1] = colour[1];
+    colours.array[3 * i + 2] = colour[2];
     shown.array[i] = hidden.has(codes[i]) ? 0 : 1;
   }
   colours.needsUpdate = true;
@@ -269,6 +272,11 @@ function recolour(view, data) {
   drawLegend(view);
   view.recolours = (view.recolours || 0) + 1;
   view.root.dataset.colours = String(view.recolours);  // tests and benchmarks wait on this
+}
+
+function srgb(hex) {
+  const value = /^#[0-9a-f]{6}$/i.test(hex) ? parseInt(hex.slice(1), 16) : 0x808080;
+  return [(value >> 16) / 255, ((value >> 8) & 255) / 255, (value & 255) / 255];
 }
 
 function drawLegend(view) {

@@ -55,6 +55,7 @@ from labelloop.maps.config import ProjectionConfig
 from labelloop.maps.project import has_map, project_dataset
 from labelloop.maps.view import (
     COLOUR_BY,
+    NO_VALUE_COLOUR,
     Colouring,
     categorical_colours,
     continuous_colours,
@@ -242,12 +243,12 @@ def colouring_of(colour_by: str, name: str, version: int, chosen_key: str, proje
     if colour_by == "given label" or (needs_scores and scores is None) or (colour_by in ("health issue", "outlier score") and health is None):
         colouring = categorical_colours(frame["label"], classes, excluded)
     elif colour_by == "predicted label":
-        colouring = categorical_colours(scores["predicted_label"].fillna(UNDEFINED).to_numpy(), classes)
+        colouring = categorical_colours(scores["predicted_label"].fillna(UNDEFINED).to_numpy(), classes, grey_colour=NO_VALUE_COLOUR)
     elif colour_by == "split":
-        colouring = categorical_colours(frame["split"].fillna("none").astype(str).to_numpy(), ["train", "val", "test"])
+        colouring = categorical_colours(frame["split"].fillna("none").astype(str).to_numpy(), ["train", "val", "test"], grey="none", grey_colour=NO_VALUE_COLOUR)
     elif colour_by == "health issue":  # the first check that flags a sample, in the Health page's order; unflagged in grey
         first_issue = health.issue_types().reindex(projection.sample_ids).fillna("").str.split(",").str[0].replace("", "no issue").to_numpy()
-        colouring = categorical_colours(first_issue, [c.title for c in CHECKS.values() if c.title in set(first_issue)], grey="no issue")
+        colouring = categorical_colours(first_issue, [c.title for c in CHECKS.values() if c.title in set(first_issue)], grey="no issue", grey_colour=NO_VALUE_COLOUR)
     elif colour_by == "outlier score":
         colouring = continuous_colours(health_of["outlier_score"].to_numpy())
     elif colour_by == "label-issue score":
