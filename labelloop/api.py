@@ -7,7 +7,7 @@
     rows = ds.read()                                       # the latest version as a DataFrame (sample_id, path, label, ...)
     ds.embed()                                             # EfficientNet-Lite0; or model="timm:vit_small_patch14_dinov2.lvd142m"
     run = ds.train("heads")                                # cross-validated heads on the embedding
-    suspects = ds.issues(run).head(50)                     # most suspicious labels first
+    suspects = ds.issues(run).head(50)                     # most suspicious labels first (label_issue: open ones)
     ds.relabel(suspects.sample_id[:10], "tulip", message="tulips the model flagged", parent=ds.version)
 
 Every edit names the version it was made against (``parent``) and fails with a
@@ -52,6 +52,7 @@ from labelloop.maps.config import ProjectionConfig
 from labelloop.maps.project import project_dataset
 from labelloop.scores.checks import HealthReport
 from labelloop.scores.health import compute_health
+from labelloop.scores.review import load_kept, ranked_label_issues
 from labelloop.train.pipeline import train as train_run
 from labelloop.train.registry import default_settings, get_family
 
@@ -190,13 +191,12 @@ class Dataset:
     # ------------------------------------------------------------------ scores
 
     def issues(self, run: RunInfo | str | None = None) -> pd.DataFrame:
-        """Per labelled sample of a run (default: the newest with per-sample scores), most suspicious label first:
-        sample_id, path, label, predicted_label, confidence, margin, loss, issue_score (0..1), flagged."""
+        """Per sample a run (default: the newest with per-sample scores) trained on, most suspicious label first:
+        sample_id, label (the newest version's), predicted_label, confidence, margin, loss, issue_score (0..1),
+        path, and label_issue: an open label issue, as the Review and Health pages count them."""
         chosen = run if isinstance(run, RunInfo) else find_run(self.paths, run_id=run, with_samples=True)
-        samples = load_samples(chosen)
-        labelled = samples[samples["trained_on"]].sort_values("issue_score", ascending=False, kind="stable")
-        paths = self.table.read(chosen.version).set_index("sample_id")["path"]
-        return labelled.drop(columns=["probabilities"], errors="ignore").assign(path=paths.reindex(labelled["sample_id"]).to_numpy()).reset_index(drop=True)
+        rows = self.table.read(self.table.head_version(), columns=["sample_id", "path", "label", "weight"])
+        return ranked_label_issues(load_samples(chosen), rows, load_kept(self.paths.kept_labels))
 
     def health(self, *, version: int | None = None, embedding: str | None = None, run: str | None = None, progress: Callable[[str, float], None] | None = None) -> HealthReport:
         """Every data-health check (image, embedding and label checks), cached by what each reads.

@@ -64,7 +64,7 @@ def test_a_notebook_session_imports_edits_embeds_trains_and_reads_its_scores(fol
     assert run.version == 6 and 0 < run.summary.held_out_accuracy <= 1 and ds.runs()[0].run_id == run.run_id
     issues = ds.issues()
     assert len(issues) == 120 and issues["issue_score"].is_monotonic_decreasing
-    assert {"sample_id", "path", "label", "predicted_label", "issue_score", "flagged"} <= set(issues.columns)
+    assert {"sample_id", "path", "label", "predicted_label", "issue_score", "label_issue"} <= set(issues.columns)
 
     out = ds.export("csv", tmp_path / "labels.csv")
     assert pd.read_csv(out)["sample_id"].tolist() == ds.read()["sample_id"].tolist()

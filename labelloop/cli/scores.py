@@ -14,19 +14,21 @@ from labelloop.errors import UserError
 
 def cmd_issues(args: argparse.Namespace) -> None:
     from labelloop.data.runs import find_run, load_samples
+    from labelloop.scores.review import load_kept, ranked_label_issues
 
-    open_table(args.workspace, args.name)
+    table = open_table(args.workspace, args.name)
     run = find_run(args.workspace, args.name, args.run, with_samples=True)
-    samples = load_samples(run)
-    suspicious = samples[samples["trained_on"]].sort_values("issue_score", ascending=False)
-    paths = open_table(args.workspace, args.name).read(run.version).set_index("sample_id")["path"]
-    top = suspicious.head(args.top).assign(path=lambda f: paths.loc[f["sample_id"]].to_numpy())
-    print(f"run {run.run_id} (version {run.version}): {int(samples['flagged'].sum())} flagged of {int(samples['trained_on'].sum())} labelled; most suspicious first:")
-    columns = ["sample_id", "label", "predicted_label", "given_confidence", "knn_disagreement", "issue_score", "flagged", "path"]
-    print_table(top[columns].round(3))
+    head = table.head_version()
+    # The labels the Review page shows by default (the newest version's): a label fixed since the run is no issue.
+    rows = table.read(head, columns=["sample_id", "path", "label", "weight"])
+    ranked = ranked_label_issues(load_samples(run), rows, load_kept(DatasetPaths(args.workspace, args.name).kept_labels))
+    print(f"run {run.run_id} (trained on v{run.version}), labels of v{head}: {int(ranked['label_issue'].sum()):,} label issues open "
+          f"(the run's ranking flags them, the label still differs from its prediction, no reviewer kept it) of {len(ranked):,} labelled; most suspicious first:")
+    columns = ["sample_id", "label", "predicted_label", "given_confidence", "knn_disagreement", "issue_score", "label_issue", "path"]
+    print_table(ranked.head(args.top)[columns].round(3))
     if args.out:
-        suspicious.drop(columns=["probabilities"]).to_csv(args.out, index=False)
-        print(f"all {len(suspicious)} labelled samples, ranked, written to {args.out}")
+        ranked.to_csv(args.out, index=False)
+        print(f"all {len(ranked)} labelled samples, ranked, written to {args.out}")
 
 
 def cmd_health(args: argparse.Namespace) -> None:

@@ -22,7 +22,7 @@ class Check:
 
     name: str  # the library's issue type name (is_<name>_issue / <name>_score in its tables)
     title: str
-    source: str  # "images" (cleanvision), "embedding" or "labels" (Datalab)
+    source: str  # "images" (cleanvision), "embedding" or "labels" (Datalab), "run" (the training run's own scores)
     meaning: str  # one sentence a user acts on
 
 
@@ -30,7 +30,10 @@ CHECKS: dict[str, Check] = {c.name: c for c in [
     Check("outlier", "Outlier", "embedding", "far from every other image in the embedding: another domain, a broken capture or a rare case"),
     Check("near_duplicate", "Near duplicate", "embedding", "almost the same image as another one (exact duplicate files included): keep one"),
     Check("non_iid", "Non-IID order", "embedding", "the order of sample ids follows the content (for example sorted by class or source); a split by id range would be biased"),
-    Check("label", "Label issue", "labels", "the given label disagrees with the trained model's out-of-fold prediction"),
+    # One definition of a label issue everywhere (labelloop.scores.review.open_label_issues): the Health page,
+    # the Review page's table and queue, the map and the CLI count the same samples.
+    Check("label", "Label issue", "run", "the training run's label-issue ranking flags it and its label still differs from the run's "
+          "out-of-fold prediction (not kept by a reviewer): the Review queue walks the same samples"),
     Check("class_imbalance", "Class imbalance", "labels", "a member of a class far rarer than the others"),
     Check("underperforming_group", "Underperforming group", "labels", "in a cluster of the embedding where the model does much worse than elsewhere"),
     Check("blurry", "Blurry", "images", "little sharp detail"),
@@ -43,7 +46,7 @@ CHECKS: dict[str, Check] = {c.name: c for c in [
 ]}
 
 
-CHECKS_OF = {source: [c.name for c in CHECKS.values() if c.source == source] for source in ("images", "embedding", "labels")}
+CHECKS_OF = {source: [c.name for c in CHECKS.values() if c.source == source] for source in ("images", "embedding", "labels", "run")}
 
 
 @dataclass
@@ -79,7 +82,7 @@ class HealthReport:
     def summary(self) -> pd.DataFrame:
         """One row per check: check, title, source, status, flagged, scored, note."""
         return pd.DataFrame([
-            {"check": c.name, "title": c.title, "source": {"images": "cleanvision", "embedding": "Datalab (embedding)", "labels": "Datalab (labels + run)"}[c.source],
+            {"check": c.name, "title": c.title, "source": {"images": "cleanvision", "embedding": "Datalab (embedding)", "labels": "Datalab (labels + run)", "run": "the run's label-issue ranking"}[c.source],
              "status": self.results[c.name].status, "flagged": self.results[c.name].count, "scored": self.results[c.name].scored, "note": self.results[c.name].note}
             for c in CHECKS.values()
         ])

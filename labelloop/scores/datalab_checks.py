@@ -52,7 +52,10 @@ def _p(value: float) -> str:
 
 
 def label_checks(rows: pd.DataFrame, run_samples: pd.DataFrame, class_names: list[str], vectors: np.ndarray, vector_ids: np.ndarray) -> tuple[pd.DataFrame, dict]:
-    """Datalab's label, class-imbalance and underperforming-group checks on the labelled samples of ``rows``.
+    """Datalab's class-imbalance and underperforming-group checks on the labelled samples of ``rows``.
+
+    Datalab's own label check is not among them: a label issue is what the run's ranking flags
+    (:func:`labelloop.scores.review.open_label_issues`), one definition and one count on every page.
 
     Reads the labels of ``rows`` (this version's, not the run's) and the run's probabilities
     (columns: ``class_names``). A sample counts if it is labelled, not excluded, embedded, scored

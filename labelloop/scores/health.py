@@ -45,6 +45,7 @@ from labelloop.scores.datalab_checks import (
     label_checks,
 )
 from labelloop.scores.image_checks import image_checks, image_results
+from labelloop.scores.review import load_kept, review_frame
 
 Progress = Callable[[str, float], None]  # (what is being done, fraction done in [0, 1])
 
@@ -109,7 +110,7 @@ def _health(workspace, name, version, embedding, run_id, progress, image_workers
     p_value = None
     run = None
     if key is None:
-        for check in CHECKS_OF["embedding"] + CHECKS_OF["labels"]:
+        for check in CHECKS_OF["embedding"] + CHECKS_OF["labels"] + CHECKS_OF["run"]:
             results[check] = CheckResult(check, "not run", note=f"needs an embedding: embed the images first (`labelloop embed {name}`, or Embed on the Map page)")
     else:
         _stop_if_asked(should_stop)
@@ -122,7 +123,7 @@ def _health(workspace, name, version, embedding, run_id, progress, image_workers
         try:
             stage = _cached(compute, path, lambda: embedding_checks(vectors().vectors, vectors().sample_ids))
         except _NotCached:
-            for check in CHECKS_OF["embedding"] + CHECKS_OF["labels"]:
+            for check in CHECKS_OF["embedding"] + CHECKS_OF["labels"] + CHECKS_OF["run"]:
                 results[check] = CheckResult(check, "not run", note=NOT_COMPUTED)
             stage = None
         seconds["embedding"] = time.perf_counter() - started
@@ -152,18 +153,26 @@ def _label_stage(workspace, name, version, run_id, key, rows, vectors, folder, c
     """The label checks with run ``run_id`` (default: the newest with per-sample scores, not newer than the version,
     as the Review page picks); (the run or None, the samples with its columns). Fills ``results`` in."""
     from labelloop.data.runs import find_run, list_runs, load_samples
+    from labelloop.data.workspace import DatasetPaths
 
     if run_id:
         run = find_run(workspace, name, run_id, with_samples=True)
     else:
         run = next((r for r in list_runs(workspace, name) if (r.path / "samples.parquet").exists() and r.version <= version), None)
     if run is None:
-        for check in CHECKS_OF["labels"]:
+        for check in CHECKS_OF["labels"] + CHECKS_OF["run"]:
             results[check] = CheckResult(check, "not run", note=f"needs a training run on v{version} or earlier: train one (Train page, or `labelloop train {name}`)")
         return None, samples
-    path = folder / f"labels-v{version}-{run.run_id}-{key}.parquet"
+    run_samples = functools.cache(lambda: load_samples(run))
+    # Not cached: it reads the run's scores, this version's labels and the reviewers' keeps, as the Review page
+    # does at every visit, so the two pages count the same label issues (a keep changes no version).
+    issues = review_frame(run_samples(), rows, load_kept(DatasetPaths(workspace, name).kept_labels))
+    samples = samples.merge(pd.DataFrame({"sample_id": issues["sample_id"], "is_label": issues["flagged"], "label_score": 1.0 - issues["issue_score"]}), on="sample_id", how="left")
+    results["label"] = CheckResult("label", "ran", count=int(issues["flagged"].sum()), scored=len(issues),
+                                   note=f"run {run.run_id} (v{run.version})" + ("" if run.version == version else f", labels of v{version}"))
+    path = folder / f"datalab-labels-v{version}-{run.run_id}-{key}.parquet"
     try:
-        stage = _cached(compute, path, lambda: label_checks(rows, load_samples(run), run.model_config().label_names, vectors().vectors, vectors().sample_ids))
+        stage = _cached(compute, path, lambda: label_checks(rows, run_samples(), run.model_config().label_names, vectors().vectors, vectors().sample_ids))
     except _NotCached:
         for check in CHECKS_OF["labels"]:
             results[check] = CheckResult(check, "not run", note=f"{NOT_COMPUTED} (with run {run.run_id})")

@@ -20,28 +20,51 @@ from labelloop.errors import UserError
 REVIEW_COLUMNS = ("sample_id", "content_hash", "label", "weight", "predicted_label", "confidence", "given_confidence", "margin", "loss", "issue_score", "flagged")
 
 
-def review_frame(samples: pd.DataFrame, rows: pd.DataFrame, kept: pd.DataFrame | None = None) -> pd.DataFrame:
-    """A run's per-sample scores joined to the current labels of a version (its rows win for label and weight).
+def open_label_issues(frame: pd.DataFrame, kept: pd.DataFrame | None = None) -> np.ndarray:
+    """The label issues still open among ``frame``'s samples (a run's scores beside a version's labels): a mask.
 
-    Samples the run never saw (added later, or not embedded) are left out; the
-    run's own ``label`` column is dropped so an edit made after the run shows.
-
-    ``flagged`` is True only for flags still open, the same rule the review
-    queue and every count use: flagged by the run, labelled, not excluded, the
-    label differs from the prediction (else it was fixed since the run), and
-    not kept with this very label by a reviewer (``kept``: sample_id, label;
-    see :func:`load_kept`). A kept sample whose label changes since is open again.
+    This is what "label issue" means on every page, in the CLI and in the API, and what each of their
+    counts counts: a sample the run's label-issue ranking flags (``flagged``), labelled and not excluded
+    in the version, whose label still differs from the run's out-of-fold prediction (else it was fixed
+    since the run), and that no reviewer kept with this very label (``kept``: sample_id, label; see
+    :func:`load_kept`). A kept sample whose label changes since is open again.
     """
-    scores = samples.drop(columns=[c for c in ("label", "probabilities") if c in samples.columns])
-    frame = rows[["sample_id", "content_hash", "label", "weight"]].merge(scores, on="sample_id", how="inner")
     flagged = frame["flagged"].fillna(False).astype(bool).to_numpy(copy=True) if "flagged" in frame else np.zeros(len(frame), dtype=bool)
     flagged &= trainable_mask(frame)
     flagged &= (frame["label"] != frame["predicted_label"]).to_numpy()
     if kept is not None and len(kept):
         pairs = pd.MultiIndex.from_frame(kept[["sample_id", "label"]])
         flagged &= ~pd.MultiIndex.from_arrays([frame["sample_id"], frame["label"]]).isin(pairs)
-    frame["flagged"] = flagged
+    return flagged
+
+
+def review_frame(samples: pd.DataFrame, rows: pd.DataFrame, kept: pd.DataFrame | None = None) -> pd.DataFrame:
+    """A run's per-sample scores joined to the current labels of a version (its rows win for label and weight).
+
+    Samples the run never saw (added later, or not embedded) are left out; the
+    run's own ``label`` column is dropped so an edit made after the run shows.
+    ``flagged`` is True for the open label issues (:func:`open_label_issues`).
+    """
+    scores = samples.drop(columns=[c for c in ("label", "probabilities") if c in samples.columns])
+    frame = rows[["sample_id", "content_hash", "label", "weight"]].merge(scores, on="sample_id", how="inner")
+    frame["flagged"] = open_label_issues(frame, kept)
     return frame[list(REVIEW_COLUMNS)]
+
+
+def ranked_label_issues(samples: pd.DataFrame, rows: pd.DataFrame, kept: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The samples a run trained on that version ``rows`` still has, most suspicious (highest issue_score) first.
+
+    The run's scores (without its probabilities) with the version's ``label``, ``weight`` and ``path``
+    (where ``rows`` has one), and ``label_issue``: :func:`open_label_issues`, instead of the run's raw
+    ``flagged``, so a listing counts what every page counts.
+    """
+    trained = samples[samples["trained_on"]] if "trained_on" in samples else samples
+    ranked = trained.drop(columns=[c for c in ("probabilities", "label", "weight", "path") if c in trained.columns])
+    ranked = ranked.sort_values("issue_score", ascending=False, kind="stable")
+    current = rows.set_index("sample_id")[[c for c in ("label", "weight", "path") if c in rows.columns]]
+    ranked = ranked.join(current, on="sample_id", how="inner")  # samples removed since the run are gone
+    ranked["label_issue"] = open_label_issues(ranked, kept)
+    return ranked.drop(columns=["flagged"]).reset_index(drop=True)
 
 
 def record_kept(folder: Path, sample_id: int, label: str, version: int) -> None:

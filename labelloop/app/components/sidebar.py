@@ -62,15 +62,31 @@ def pick_version(table: LabelTable) -> int:
     if version != chosen:  # the user picked another version on purpose
         st.session_state[keys(name).picked_old] = version != head
     st.session_state[keys(name).version] = version
-    if version != head:
-        if st.session_state.get(keys(name).picked_old):
-            st.sidebar.caption(f"Viewing an old version; the latest is v{head}. Edits need the latest version.")
-        else:
-            st.sidebar.warning(f"v{head} was committed elsewhere (another tab or user) while you were on v{version}. This page still shows v{version}.")
-            if st.sidebar.button(f"Show v{head}", key="show-head"):
-                show_version(head)
-                st.rerun()
+    if version != head and st.session_state.get(keys(name).picked_old):
+        st.sidebar.caption(f"Viewing an old version; the latest is v{head}. Edits need the latest version.")
+    else:
+        with st.sidebar:
+            _committed_elsewhere(table, name)
     return version
+
+
+# How often every open page looks for a commit made elsewhere: one listing of the table's log.
+HEAD_POLL_SECONDS = 3.0
+
+
+@st.fragment(run_every=HEAD_POLL_SECONDS)
+def _committed_elsewhere(table: LabelTable, name: str) -> None:
+    """Say so as soon as another tab or user commits, on every page, whether or not the user touches it (a Map
+    tab used to learn of it only at its next click). Only this fragment reruns: nothing the user is pointing at
+    is redrawn under the pointer."""
+    version = st.session_state.get(keys(name).version)
+    head = table.head_version()
+    if version is None or version >= head or st.session_state.get(keys(name).picked_old):
+        return
+    st.warning(f"v{head} was committed elsewhere (another tab or user) while you were on v{version}. This page still shows v{version}.")
+    if st.button(f"Show v{head}", key="show-head"):
+        show_version(head)
+        st.rerun(scope="app")
 
 
 def show_version(version: int) -> None:

@@ -1,5 +1,5 @@
 """Review page: the per-sample table of a run, sorted by suspicion; fix labels in place, accept
-predictions in bulk, or walk the flagged samples one at a time in the review queue."""
+predictions in bulk, or walk the label issues one at a time in the review queue."""
 
 from __future__ import annotations
 
@@ -168,13 +168,13 @@ def filtered_part(page: ReviewPage) -> pd.DataFrame:
     flagged_titles = [CHECKS[r.check].title for r in health.results.values() if r.status == "ran" and r.count] if health is not None else []
     issue_types = issue_column.multiselect("Health issue", flagged_titles, disabled=health is None,
                                            help="Samples the Health page's checks flag (any of those picked)." if health is not None else f"Compute data health of v{page.version} on the Health page first.")
-    flagged_only = flagged_column.checkbox("Flagged only", help="Open flags: the label-issue ranking flags them, the label differs from the prediction, and no reviewer kept it. The review queue walks the same samples.")
+    flagged_only = flagged_column.checkbox("Label issues only", help="The open label issues: the run's label-issue ranking flags them, the label still differs from its prediction, and no reviewer kept it. The review queue walks the same samples; the Health page counts them as Label issue.")
     undefined_only = undefined_column.checkbox("Undefined only", help="Active labelling: the least confident predictions first.")
     shown = filter_review(page.frame, given=given, predicted=predicted, flagged_only=flagged_only, undefined_only=undefined_only, sample_ids=health_flagged(health, issue_types))
     pages = max(1, -(-len(shown) // PAGE_SIZE))
     left, right = st.columns([1, 3])
     page_number = left.number_input(f"Page (of {pages:,})", 1, pages, 1)
-    right.caption(f"{len(shown):,} samples match; {int(shown['flagged'].sum()):,} of them flagged and still to review. Sorted by label-issue score (undefined: least confident first).")
+    right.caption(f"{len(shown):,} samples match; {int(shown['flagged'].sum()):,} of them are open label issues. Sorted by label-issue score (undefined: least confident first).")
     return shown.iloc[(page_number - 1) * PAGE_SIZE : page_number * PAGE_SIZE].reset_index(drop=True)
 
 
@@ -218,6 +218,7 @@ def table_mode(page: ReviewPage) -> None:
             "zero_shot": st.column_config.TextColumn("zero-shot (CLIP)", help=f"Undefined samples only: the class whose name ('{PROMPT.format('{class}')}') "
                                                      f"the CLIP embedding {page.clip_keys[0] if page.clip_keys else ''} matches best, with its probability. From the class names alone, not from your labels."),
             "issue_score": st.column_config.ProgressColumn("issue score", min_value=0.0, max_value=1.0, format="%.2f"),
+            "flagged": st.column_config.CheckboxColumn("label issue", help="An open label issue: the run's ranking flags it, its label still differs from the prediction, no reviewer kept it."),
         },
     )
     changed = int(((edited["label"] != view["label"]) | edited["accept"]).sum())
@@ -278,7 +279,7 @@ def decide(name: str, kept_labels: Path, pending: dict[int, Decision], tally: di
 
 
 def queue_item(page: ReviewPage, row: pd.Series, pending: dict[int, Decision], tally: dict[str, int]) -> None:
-    """The flagged sample on screen: the accept, keep and exclude buttons, its thumbnail and its scores."""
+    """The label issue on screen: the accept, keep and exclude buttons, its thumbnail and its scores."""
     sample_id = int(row["sample_id"])
     st.session_state[keys(page.name).queue_current] = sample_id
     shown = (page.name, page.paths.kept_labels, pending, tally, sample_id)
@@ -297,17 +298,23 @@ def queue_item(page: ReviewPage, row: pd.Series, pending: dict[int, Decision], t
     facts.caption(f"issue score {row['issue_score']:.3f} · loss {row['loss']:.3f} · margin {row['margin']:.3f}")
 
 
+def drop_stale_decisions(page: ReviewPage, pending: dict[int, Decision]) -> None:
+    """Drop, and say so, the waiting decisions made on a label the shown version no longer has (after a Reload to
+    a version committed elsewhere): before anything counts them, so no counter or button offers what is gone."""
+    # Only decisions made on an earlier version: looking at an old version must not drop today's work.
+    _, stale = still_valid([d for d in pending.values() if d.version < page.version], page.rows)
+    for decision in stale:
+        del pending[decision.sample_id]
+    if stale:
+        st.warning(f"{len(stale)} waiting decision(s) were made on a label v{page.version} no longer has ({', '.join(f'#{d.sample_id}' for d in stale[:10])}); "
+                   "they were dropped, the rest is kept.")
+
+
 def commit_decisions(page: ReviewPage, pending: dict[int, Decision], tally: dict[str, int]) -> None:
-    """The button that commits the queue's waiting decisions, dropping those made on a label the version no longer has."""
+    """The button that commits the queue's waiting decisions (all valid on the shown version: see drop_stale_decisions)."""
     accepted = sum(d.action == "accept" for d in pending.values())
     if st.button(f"Commit {len(pending)} decision(s) as a new version ({accepted} accepted, {len(pending) - accepted} excluded)", key="queue-commit"):
-        valid, stale = still_valid(list(pending.values()), page.rows)
-        if stale:
-            for decision in stale:
-                del pending[decision.sample_id]
-            st.warning(f"{len(stale)} decision(s) were made on a label v{page.version} no longer has ({', '.join(f'#{d.sample_id}' for d in stale[:10])}); they were dropped, the rest is kept. Commit again.")
-            return
-        changes, message = queue_changes(valid)
+        changes, message = queue_changes(list(pending.values()))
         if commit(page.table, page.version, changes, message):
             tally["changed"] += len(pending)
             pending.clear()
@@ -320,6 +327,7 @@ def queue_mode(page: ReviewPage) -> None:
     # reload; each one carries the version, label and prediction the reviewer saw.
     pending: dict[int, Decision] = st.session_state.setdefault(keys(name).queue_decisions, {})
     tally = st.session_state.setdefault(keys(name).queue_tally, {"changed": 0, "kept": 0})
+    drop_stale_decisions(page, pending)
     queue = filter_review(page.frame, flagged_only=True)
     todo = queue[~queue["sample_id"].isin(list(pending))]
     # The item on screen stays on screen until the reviewer decides it, whatever reruns in between.
@@ -330,13 +338,14 @@ def queue_mode(page: ReviewPage) -> None:
     precision = queue_precision(tally["changed"] + len(pending), tally["kept"])
     st.progress(
         decided / max(decided + len(todo), 1),
-        text=f"{len(todo):,} flagged samples to review · {len(pending):,} decision(s) waiting to be committed · {tally['kept']:,} kept"
+        # The open label issues are the Health page's count too: a decision waiting to be committed is still open.
+        text=f"{len(queue):,} label issues open: {len(todo):,} to review · {len(pending):,} decision(s) waiting to be committed · {tally['kept']:,} kept so far"
         + (f" · {precision:.0%} of the flags decided so far were real label errors" if precision is not None else ""),
     )
     if len(todo):
         queue_item(page, todo.iloc[0], pending, tally)
     else:
-        st.success("Every flagged sample is decided.")
+        st.success("Every label issue is decided.")
     if not pending or show_conflict(page.table):
         return
     commit_decisions(page, pending, tally)
@@ -344,7 +353,7 @@ def queue_mode(page: ReviewPage) -> None:
 
 def main() -> None:
     page = build_page()
-    mode = st.segmented_control("Mode", ["Table", "Review queue"], default="Table", help="The queue shows one flagged sample at a time.")
+    mode = st.segmented_control("Mode", ["Table", "Review queue"], default="Table", help="The queue shows one label issue at a time.")
     if mode == "Review queue":
         queue_mode(page)
         # Under the item, not above it: the warning comes and goes as background runs finish after each
