@@ -99,7 +99,8 @@ def build_page() -> HealthPage:
     classes = table.classes(version)
     paths = DatasetPaths(workspace(), name)
     st.title("Health")
-    st.caption("Problems other than one wrong label: images unlike the rest, near duplicates, poor images, and the label checks of cleanlab's Datalab. "
+    st.caption("Problems other than one wrong label: images unlike the rest, near duplicates, poor images, and cleanlab Datalab's class-imbalance and "
+               "underperforming-group checks; Label issue is the Review page's open label issues, the same samples. "
                "Scores are the libraries' own (low = more severe) at their default thresholds.")
     embedding = pick_embedding(name)
     report = report_or_stop(name, version, embedding)
@@ -242,7 +243,9 @@ def main() -> None:
     page = build_page()
     refused = refused_commit(page.table, "health")  # a refused exclude or relabel: why, and a Reload (the picks stay)
     choices = ["Overview", "Near-duplicate groups"] + [f"{CHECKS[r.check].title} ({r.flagged:,})" for r in page.summary.itertuples() if r.status == "ran" and r.flagged]
-    view = st.segmented_control("Show", choices, default="Overview", key="health-view")
+    # required: a second press on the shown view (Space on the focused pill, after choosing it) keeps it, instead
+    # of deselecting it and dropping the user back on the Overview.
+    view = st.segmented_control("Show", choices, default="Overview", required=True, key="health-view")
     if view == "Near-duplicate groups":
         duplicate_groups(page, refused)
     elif view and view != "Overview":

@@ -353,7 +353,7 @@ def queue_mode(page: ReviewPage) -> None:
 
 def main() -> None:
     page = build_page()
-    mode = st.segmented_control("Mode", ["Table", "Review queue"], default="Table", help="The queue shows one label issue at a time.")
+    mode = st.segmented_control("Mode", ["Table", "Review queue"], default="Table", required=True, help="The queue shows one label issue at a time.")
     if mode == "Review queue":
         queue_mode(page)
         # Under the item, not above it: the warning comes and goes as background runs finish after each
