@@ -115,6 +115,18 @@ def test_training_from_the_page_runs_in_the_background_and_shows_the_results(fas
     models = app.dataframe[1].value  # the CV table of the shown run
     assert set(models["model"]) == {"knn", "logreg"} and models["best"].sum() == 1
     assert any("Confusion matrix" in m.value for m in app.markdown)
+    yours = list_runs(fashion, "fashion")[0].run_id
+
+    # A commit made elsewhere (v2) gets its automatic run; the user moves to v2: their run stays in view, said so.
+    table = open_table(fashion, "fashion")
+    table.commit(ChangeSet.relabel(table.read()["sample_id"][:3], "bag"), parent=1, message="elsewhere")
+    automatic = train(fashion, "fashion", QUICK, trigger="after commit")
+    app.run()
+    next(w for w in app.selectbox if w.label == "Version").set_value(2).run()
+    assert not app.exception, app.exception
+    assert any(f"Your run {yours} trained on v1, not on v2" in i.value for i in app.info)
+    shown = next(w for w in app.selectbox if w.label == "Show run")
+    assert shown.value == yours and any(automatic.run_id in option for option in shown.options)
 
 
 @pytest.mark.slow
@@ -169,3 +181,22 @@ def test_a_user_error_on_a_page_is_an_error_box_not_a_traceback(fashion: Path):
     app = page("train")  # page() asserts there is no exception
     assert any("is not a model folder written by this app" in e.value for e in app.error)
     assert any("Runs on version 1" in m.value for m in app.markdown)  # what came before the error still shows
+
+
+def test_a_live_curve_has_its_axes_from_the_first_point():
+    """Issue 27: the live validation chart of a heads run drew an axis of x 1.22 to 1.24 and no line until a reload."""
+    import pandas as pd
+
+    from labelloop.app.components.charts import live_curve_chart
+
+    first = pd.DataFrame([{"stage": "mlp cv (mean of folds)", "epoch": 1, "train_loss": 2.1, "val_accuracy": 0.41, "planned_epochs": 100}])
+    first["series"] = first["stage"]
+    spec = live_curve_chart(first, "val_accuracy").to_dict()
+    assert spec["encoding"]["x"]["scale"]["domain"] == [1, 100.0]  # the whole run ahead, from epoch 1
+    assert spec["encoding"]["y"]["scale"]["domain"] == [0, 1]
+    assert spec["mark"]["point"] is True  # one point shows
+    # A family without an epochs setting: the axis still spans whole epochs, and grows with them.
+    plain = first.drop(columns=["planned_epochs"])
+    assert live_curve_chart(plain, "train_loss").to_dict()["encoding"]["x"]["scale"]["domain"] == [1, 2.0]
+    later = pd.concat([plain.assign(epoch=e) for e in range(1, 8)])
+    assert live_curve_chart(later, "train_loss").to_dict()["encoding"]["x"]["scale"]["domain"] == [1, 7.0]

@@ -162,7 +162,12 @@ class TrainingJob:
         return result
 
     def curve(self, row: dict, *, keep: bool = True) -> None:
-        """One epoch of a curve: shown live and (``keep``) saved with the run as curves.parquet."""
+        """One epoch of a curve: shown live and (``keep``) saved with the run as curves.parquet. Each row says
+        how many epochs are planned (``planned_epochs``, where the family has an epochs setting), so a live
+        chart's axis is right from the first point."""
+        planned = getattr(self.settings, "epochs", None)
+        if planned is not None and "planned_epochs" not in row:
+            row = {**row, "planned_epochs": int(planned)}
         if keep:
             self.curves.append(row)
         if self._on_curve:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from labelloop.app.components.charts import confusion_chart
+from labelloop.app.components.charts import confusion_chart, live_curve_chart
 from labelloop.app.components.compute_setting import current_compute
 from labelloop.app.components.data_cache import version_rows
 from labelloop.app.components.gallery import plain, thumbnail_grid
@@ -82,8 +82,7 @@ def job_panel(page: TrainPage) -> None:
         left, right = st.columns(2)
         for column, where in (("val_accuracy", left), ("train_loss", right)):
             if column in curves:
-                where.caption(column.replace("_", " "))
-                where.line_chart(curves, x="epoch", y=column, color="series", height=220)
+                where.altair_chart(live_curve_chart(curves, column), width="stretch")
     if not job.running and job.result is not None and st.session_state.get(TRAIN_ANNOUNCED) != job.result.run_id:
         st.session_state[TRAIN_ANNOUNCED] = job.result.run_id
         st.session_state[keys(page.name).train_show] = job.result.run_id  # the user's own run, not a background one
@@ -234,27 +233,41 @@ def new_run(page: TrainPage) -> bool:
 
 
 def chosen_run(page: TrainPage, running: bool) -> RunInfo | None:
-    """The runs on this version as a table, and the one picked to show (the user's own when there is one), or None."""
+    """The runs on this version as a table, and the one picked to show (the user's own when there is one), or None.
+
+    The user's own last run stays in view even when it trained on another version (they committed, or moved to
+    a newer version, while it trained): an automatic run of the new version never takes its place unannounced.
+    """
     runs = list_runs(page.paths, version=page.version)
-    if not runs:
+    wanted = st.session_state.get(keys(page.name).train_show)
+    own_id = st.session_state.get(TRAIN_ANNOUNCED)  # the user's last finished training job's run
+    yours = None
+    if own_id and own_id not in {r.run_id for r in runs}:
+        yours = next((r for r in list_runs(page.paths) if r.run_id == own_id), None)
+    if not runs and yours is None:
         st.info(f"No training runs on version {page.version} yet.")
         return None
-    history = pd.DataFrame([{
-        "run": r.run_id, "started by": "automatic, after a commit" if r.automatic else "you", "kind": r.summary.kind, "best": r.summary.best_model,
-        "accuracy": r.summary.held_out_accuracy, "labelled": r.summary.n_labelled, "seconds": r.summary.seconds,
-    } for r in runs])
-    st.markdown(f"**Runs on version {page.version}**")
-    st.dataframe(history, hide_index=True, width="stretch", height=min(36 * (len(history) + 1), 250),
-                 column_config={"accuracy": st.column_config.NumberColumn("accuracy (own labels, held out)", format="%.4f")})
+    if runs:
+        history = pd.DataFrame([{
+            "run": r.run_id, "started by": "automatic, after a commit" if r.automatic else "you", "kind": r.summary.kind, "best": r.summary.best_model,
+            "accuracy": r.summary.held_out_accuracy, "labelled": r.summary.n_labelled, "seconds": r.summary.seconds,
+        } for r in runs])
+        st.markdown(f"**Runs on version {page.version}**")
+        st.dataframe(history, hide_index=True, width="stretch", height=min(36 * (len(history) + 1), 250),
+                     column_config={"accuracy": st.column_config.NumberColumn("accuracy (own labels, held out)", format="%.4f")})
+    if yours is not None:
+        st.info(f"Your run {yours.run_id} trained on v{yours.version}, not on v{page.version} shown here; it is shown below. "
+                f"Pick v{yours.version} in the sidebar to see it among that version's runs.")
+        runs = [yours, *runs]
     run_ids = [r.run_id for r in runs]
     by_id = {r.run_id: r for r in runs}
     if running:
         st.caption(f"Your run ({current_job(page.job_key).description}) is still training; the runs below are finished ones.")
     # Show the user's own run when there is one; a background run never takes its place.
-    wanted = st.session_state.get(keys(page.name).train_show)
     own = next((r.run_id for r in runs if not r.automatic), None)
     default = wanted if wanted in run_ids else own or run_ids[0]
-    chosen = st.selectbox("Show run", run_ids, index=run_ids.index(default), format_func=lambda i: i + (" · automatic, after a commit" if by_id[i].automatic else ""), help="Newest first.")
+    chosen = st.selectbox("Show run", run_ids, index=run_ids.index(default), help="Newest first.",
+                          format_func=lambda i: i + f" · v{by_id[i].version}" + (" · automatic, after a commit" if by_id[i].automatic else "") + (" · yours, just trained" if i == own_id else ""))
     st.session_state[keys(page.name).train_show] = chosen
     return by_id[chosen]
 
