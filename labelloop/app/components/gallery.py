@@ -26,13 +26,13 @@ def thumbnail_grid(thumbs_dir: Path, samples: pd.DataFrame, limit: int = 40, cap
 
 def labelled_thumbnails(
     thumbs_dir: Path, samples: pd.DataFrame, *, limit: int = 40, seed: int = 0, width: int = 56, captions: pd.Series | None = None, key: str | None = None
-) -> None:
+) -> pd.Index:
     """Thumbnails of ``samples`` (needs content_hash and label) that show every label among them.
 
     ``labelloop.maps.view.thumbnail_sample`` picks which: a few per label, undefined
     and the rarest labels first, so a lasso that is mostly one class still
     shows the few samples that are not. Each is captioned with its label, or
-    with ``captions`` (a Series on the same index) when given.
+    with ``captions`` (a Series on the same index) when given. Returns the index of the samples shown.
     """
     from labelloop.maps.view import (
         thumbnail_sample,  # core is the logic; this only draws
@@ -44,13 +44,14 @@ def labelled_thumbnails(
     for content_hash, caption in zip(shown["content_hash"], texts):
         path = thumbnail_path(thumbs_dir, content_hash)
         if path.exists():
-            pictures.append((str(path), caption[:16]))
+            pictures.append((str(path), caption[:24]))
     with st.container(key=key):
         if pictures:
             st.image([p for p, _ in pictures], width=width, caption=[c for _, c in pictures])  # captions are text, never HTML
         if len(samples) > len(shown):
             labels = samples["label"].nunique()
             st.caption(f"showing {len(shown)} of {len(samples):,}: " + ("every label, the rarest and undefined first" if labels <= len(shown) else f"{len(shown)} of its {labels:,} labels, the rarest first"))
+    return shown.index
 
 
 def plain(text) -> str:

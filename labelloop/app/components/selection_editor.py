@@ -57,7 +57,7 @@ def _left_out_of_edit(name: str, token: str | None) -> dict:
     """What the user left out of the edit of this selection: labels, and samples by id. A new selection starts empty."""
     kept = st.session_state.get(keys(name).map_left_out)
     if kept is None or kept["token"] != token:
-        kept = st.session_state[keys(name).map_left_out] = {"token": token, "labels": set(), "ids": set()}
+        kept = st.session_state[keys(name).map_left_out] = {"token": token, "labels": set(), "ids": set(), "picked": set()}
     return kept
 
 
@@ -88,7 +88,13 @@ def selection_editor(edit: MapEdit, selected_ids: np.ndarray, token: str | None,
         help="The label mix of the selection, most common first. The edit applies only to samples whose label is highlighted.", wrap=True,
     )
     left_out["labels"] = (left_out["labels"] - set(options)) | (set(options) - set(included))
-    labelled_thumbnails(thumbs, chosen, limit=THUMBNAILS, width=70, key="map-thumbnails")
+    shown = labelled_thumbnails(thumbs, chosen, limit=THUMBNAILS, width=70, captions=pd.Series([f"#{i} {label}" for i, label in zip(chosen.index, labels)], index=chosen.index),
+                                key="map-thumbnails")
+    # Single samples out of the edit, by the number under their thumbnail: only samples the user has seen.
+    dropped = st.multiselect("Leave these samples out", list(shown), default=sorted(left_out["picked"] & set(shown)), key=f"map-drop:{token}",
+                             format_func=lambda i: f"#{i} {chosen.at[i, 'label']}", placeholder="Click the numbers under the thumbnails you want left as they are",
+                             help="A sample left out keeps its label and weight whatever the edit does.")
+    left_out["picked"] = set(dropped)
 
     action = st.radio("Action", ("relabel", "exclude", "include"), horizontal=True, key="map-action", help="Exclude keeps the samples in the table with weight 0: never trained on, easy to include again.")
     label, new_class = None, False
@@ -100,18 +106,18 @@ def selection_editor(edit: MapEdit, selected_ids: np.ndarray, token: str | None,
                                          help="An existing class, exactly as listed. Nothing is chosen for you: the commit waits for your choice.")
         typed = new_column.text_input("or a new class", key="map-new-label", help="Creates this class with the commit.")
         label, new_class = (typed.strip(), True) if typed.strip() else (picked, False)
-    targets = edit_targets(selected_ids, labels, chosen["weight"].to_numpy(), action=action, label=label, include=included, leave_out=sorted(left_out["ids"]))
+    targets = edit_targets(selected_ids, labels, chosen["weight"].to_numpy(), action=action, label=label, include=included, leave_out=sorted(left_out["ids"] | left_out["picked"]))
     if action == "relabel" and label is None:
         st.caption("Choose the class to relabel to, or type a new one: nothing is committed until you do.")
     else:
         if action == "relabel":
             _warn_confidently_right(scores, thumbs, chosen, targets, label, left_out)
-        _describe_edit(chosen, targets, action, label, set(included), left_out["ids"])
+        _describe_edit(chosen, targets, action, label, set(included), left_out["ids"], left_out["picked"])
     if left_out["ids"] and st.button("Put the samples the model is sure of back in the edit", key="map-put-back"):
         left_out["ids"] = set()
         st.rerun(scope="fragment")
 
-    _commit_the_edit(edit, targets, action, label, new_class, [token, action, label, sorted(left_out["labels"]), sorted(left_out["ids"])], on_reload)
+    _commit_the_edit(edit, targets, action, label, new_class, [token, action, label, sorted(left_out["labels"]), sorted(left_out["ids"]), sorted(left_out["picked"])], on_reload)
 
 
 def _commit_the_edit(edit: MapEdit, targets: np.ndarray, action: str, label: str | None, new_class: bool, signature: list, on_reload: Callable[[], None] | None) -> None:
@@ -124,8 +130,13 @@ def _commit_the_edit(edit: MapEdit, targets: np.ndarray, action: str, label: str
     done = committed is not None and committed["signature"] == signature and committed["version"] == version
     chosen = action != "relabel" or label is not None
     prefilled = default_message(len(targets), action, label) if chosen else ""
-    if not done and st.session_state.get(MAP_MESSAGE_DEFAULT) != prefilled:  # a new selection or action: a new suggestion
-        st.session_state[MAP_MESSAGE_DEFAULT] = st.session_state[MAP_MESSAGE] = prefilled
+    # A new edit (selection, action, label, what is left out): a new suggestion, replacing whatever the last one
+    # said (a message typed for the last commit must not ride along on the next edit, even when the suggestion
+    # reads the same). A Reload to a newer version keeps what the user typed.
+    suggestion = [signature, prefilled]
+    if not done and st.session_state.get(MAP_MESSAGE_DEFAULT) != suggestion:
+        st.session_state[MAP_MESSAGE_DEFAULT] = suggestion
+        st.session_state[MAP_MESSAGE] = prefilled
     message = st.text_input("Commit message", key=MAP_MESSAGE)  # after a commit: the message it was committed with
     if refused_commit(table, "map", on_reload=on_reload):
         return
@@ -183,7 +194,7 @@ def _warn_confidently_right(scores: pd.DataFrame | None, thumbs: Path, chosen: p
                 st.rerun(scope="fragment")
 
 
-def _describe_edit(chosen: pd.DataFrame, targets: np.ndarray, action: str, label: str | None, included: set, left_out_ids: set) -> None:
+def _describe_edit(chosen: pd.DataFrame, targets: np.ndarray, action: str, label: str | None, included: set, left_out_ids: set, picked_out: set) -> None:
     """One line: how many of the selection the edit changes, and why the others are not (the reasons add up)."""
     reasons = []
     out = chosen.loc[~chosen["label"].isin(included), "label"].value_counts()
@@ -198,9 +209,12 @@ def _describe_edit(chosen: pd.DataFrame, targets: np.ndarray, action: str, label
         what = f"already {action}d"
     if already.any():
         reasons.append(f"{int(already.sum()):,} {what}")
-    sure = int((kept_in & ~already & chosen.index.isin(list(left_out_ids))).sum())
-    if sure:
-        reasons.append(f"{sure:,} the model is sure of left out")
+    sure = kept_in & ~already & chosen.index.isin(list(left_out_ids))
+    if sure.any():
+        reasons.append(f"{int(sure.sum()):,} the model is sure of left out")
+    by_hand = int((kept_in & ~already & ~sure & chosen.index.isin(list(picked_out))).sum())
+    if by_hand:
+        reasons.append(f"{by_hand:,} left out by you")
     st.caption(f"The edit changes **{len(targets):,}** of {len(chosen):,}" + (f": {'; '.join(reasons)}." if reasons else "."))
 
 
