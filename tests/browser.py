@@ -147,17 +147,17 @@ def lasso(page, cx: float, cy: float, radius: float, modifier: str | None = None
         page.keyboard.up(modifier)
 
 
-def click_a_cell_with_samples(page, chart) -> int:
-    """Click a confusion-matrix cell that holds samples, found as a user finds it: by pointing at cells
-    and reading the chart's tooltip (given, predicted, count). Returns the cell's count.
-
-    Where such a cell lies depends on the data and the layout, so no fixed position would do.
+def cells_with_samples(page, chart, wanted: int = 1) -> list[tuple[float, float, dict]]:
+    """Up to ``wanted`` confusion-matrix cells that hold samples, found as a user finds them: by pointing at
+    cells and reading the chart's tooltip. Each is (x, y, facts): where the pointer was, and the tooltip's
+    given, predicted and count. Where such cells lie depends on the data and the layout, so no fixed position would do.
     """
     import numpy as np
 
     chart.scroll_into_view_if_needed()
     box = chart.bounding_box()
     tooltip = page.locator("#vg-tooltip-element")
+    found: list[tuple[float, float, dict]] = []
     for fy in np.linspace(0.04, 0.9, 30):
         for fx in np.linspace(0.2, 0.98, 16):
             x, y = box["x"] + box["width"] * fx, box["y"] + box["height"] * fy
@@ -167,8 +167,18 @@ def click_a_cell_with_samples(page, chart) -> int:
                 continue
             cells = tooltip.locator("td").all_inner_texts()  # key, value, key, value, ...
             facts = dict(zip(cells[::2], cells[1::2]))
-            if facts.get("count", "0").replace(",", "") not in ("", "0"):
-                page.mouse.click(x, y)
-                page.get_by_text(f"{facts['count']} samples labelled").first.wait_for(timeout=30_000)
-                return int(facts["count"].replace(",", ""))
-    raise AssertionError("no confusion-matrix cell under the pointer showed a count above 0")
+            if facts.get("count", "0").replace(",", "") not in ("", "0") and all(facts != seen for _, _, seen in found):
+                found.append((x, y, facts))
+                if len(found) == wanted:
+                    return found
+    return found
+
+
+def click_a_cell_with_samples(page, chart) -> int:
+    """Click a confusion-matrix cell that holds samples (see :func:`cells_with_samples`); returns its count."""
+    found = cells_with_samples(page, chart)
+    assert found, "no confusion-matrix cell under the pointer showed a count above 0"
+    x, y, facts = found[0]
+    page.mouse.click(x, y)
+    page.get_by_text(f"{facts['count']} samples labelled").first.wait_for(timeout=30_000)
+    return int(facts["count"].replace(",", ""))

@@ -200,3 +200,33 @@ def test_a_live_curve_has_its_axes_from_the_first_point():
     assert live_curve_chart(plain, "train_loss").to_dict()["encoding"]["x"]["scale"]["domain"] == [1, 2.0]
     later = pd.concat([plain.assign(epoch=e) for e in range(1, 8)])
     assert live_curve_chart(later, "train_loss").to_dict()["encoding"]["x"]["scale"]["domain"] == [1, 7.0]
+
+
+def _a_finished_refresh_polled() -> None:
+    """AppTest script: the sidebar's refresh poll, drawn once its job has ended with new scores for v2."""
+    import time
+    from types import SimpleNamespace
+
+    import streamlit as st
+
+    from labelloop.app.components import jobs, sidebar
+
+    st.session_state["runs"] = st.session_state.get("runs", 0) + 1
+    job = jobs.Job("quick:poll-test", "updating scores for v2", result=SimpleNamespace(version=2))
+    job.finished = time.time()
+    jobs._registry()["quick:poll-test"] = job
+    sidebar._poll_refresh("quick:poll-test")
+
+
+def test_the_end_of_a_background_refresh_reruns_nothing_but_offers_the_new_scores():
+    """Issue 27 item 9: the poll's whole-app rerun at a refresh's end redrew the page under the user's pointer (a click on
+    the confusion matrix landed one row off). It now shows a notice, and only the user's click on it reruns the app."""
+    app = AppTest.from_function(_a_finished_refresh_polled, default_timeout=30)
+    app.run()
+    assert not app.exception, app.exception
+    assert app.session_state["runs"] == 1  # drawn once: no rerun of its own (the old poll reran the app, here for ever)
+    notice = app.button(key="show-new-scores")
+    assert notice.label == "Show the new scores (v2)"
+    notice.click().run()
+    assert not app.exception, app.exception
+    assert app.session_state["runs"] >= 2

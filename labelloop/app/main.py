@@ -26,6 +26,10 @@ navigation = st.navigation(
 st.sidebar.title("LabelLoop")
 with user_errors_shown(), page_being_drawn():
     pick_dataset()
-    with st.sidebar:
-        refresh_status()
-    navigation.run()
+    try:
+        navigation.run()
+    finally:
+        # Last in the sidebar, under everything the user clicks there: the refresh's line turning into its
+        # notice (or going) changes its height, and nothing may move under the pointer (issue 27 item 9).
+        with st.sidebar:
+            refresh_status()

@@ -122,7 +122,8 @@ def refresh_scores(name: str, version: int) -> None:
     """Retrain the quick heads (k-NN, logistic regression) on ``version`` so issue scores, the review
     table, the confusion matrix, the map's colours and the accuracy line follow the edit without anyone asking.
 
-    Versions queue up: two quick commits both get scores (the newest first), one job at a time.
+    Versions queue up: two quick commits both get scores (the newest first), one job at a time. The pages
+    show the new scores at the user's next action, or at once from the sidebar's notice (see :func:`_poll_refresh`).
     """
     from labelloop.app.components.jobs import (
         current_job,
@@ -161,7 +162,9 @@ def refresh_scores(name: str, version: int) -> None:
                     waiting.discard(next_version)
                 estimate = quick_heads_estimate(dataset, next_version)
                 job.description = f"updating scores for v{next_version}" + (f" ({estimate})" if estimate else "")
-                result = refresh_quick_heads(dataset, next_version, progress=job.progress, should_stop=job.should_stop) or result
+                run = refresh_quick_heads(dataset, next_version, progress=job.progress, should_stop=job.should_stop)
+                if run is not None and (result is None or run.version > result.version):
+                    result = run  # the newest version's: the one the sidebar's notice names
 
     with queue["lock"]:
         queue["pending"].setdefault(name, set()).add(version)
@@ -187,13 +190,28 @@ def refresh_status() -> None:
 
 @st.fragment(run_every=1.0)
 def _poll_refresh(key: str) -> None:
+    """The refresh's progress, then, once it has ended, a notice: new scores are ready, with a button to show them.
+
+    Never a whole-app rerun from this timer. That rerun redrew the page under the user's pointer: on the Train
+    page the run history gained a row and pushed the confusion matrix down by one, so a click aimed at a cell
+    landed on the one above it or on nothing (issue 27 item 9); any page's chart, table or map could be
+    redrawn mid-click the same way. Only this fragment, in the sidebar, redraws here. The scores are already on
+    disk, and every page reads them afresh at its next full run, so the user's next action (any click that
+    reruns the page) shows them, or this button does at once; until then the page the user is working on
+    stays exactly as it is. The notice goes with that rerun (the job has ended: nothing polls any more).
+    """
     from labelloop.app.components.jobs import current_job
 
     job = current_job(key)
     if job.running:
         st.caption(f":material/sync: {job.description}: {job.stage}")
-    else:
-        st.rerun(scope="app")  # fresh scores: every page redraws with them
+    elif job.error and not job.cancelled:
+        st.caption(f":material/error: scores not updated: {job.error.splitlines()[0][:160]}")
+    elif job.result is not None:  # None: every queued version had its quick heads already, nothing changed
+        if st.button(f"Show the new scores (v{job.result.version})", key="show-new-scores", icon=":material/refresh:", type="tertiary",
+                     help="The quick heads finished in the background. The page keeps what it shows until you act (this button, or anything "
+                          "that redraws the page), so nothing moves under your pointer."):
+            st.rerun(scope="app")
 
 
 def open_current_version() -> tuple[LabelTable, str, int]:
