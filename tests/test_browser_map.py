@@ -199,6 +199,37 @@ def test_the_drawn_colours_are_the_legend_s_and_tell_every_class_undefined_and_e
     assert all(contrast(c, background) >= 3 for c in classes)
 
 
+def test_a_page_switch_keeps_the_map_s_selection_and_view(mapped: Path, tmp_path: Path):
+    """Issue 27: filters and the map selection were lost on a page switch."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with running_app(mapped, tmp_path / "streamlit.log") as url, sync_playwright() as playwright:
+        browser, page, root = open_map(playwright, url)
+        stage = page.locator(".map-stage").bounding_box()
+        page.get_by_text("Lasso: off (L)").click()
+        lasso(page, stage["x"] + stage["width"] / 2, stage["y"] + stage["height"] / 2, min(stage["width"], stage["height"]) / 4)
+        selected = int(root.get_attribute("data-selected"))
+        assert selected > 0
+        page.get_by_text(f"{selected:,} selected", exact=True).wait_for(timeout=20_000)
+        choose(page, "Colour by", "split")
+        expect(page.get_by_role("combobox", name="Colour by")).to_have_value("split", timeout=20_000)
+
+        page.get_by_test_id("stSidebarNav").get_by_text("Data", exact=True).click()  # within the app: the same session
+        page.get_by_role("tab", name="Versions").wait_for(timeout=30_000)
+        page.get_by_test_id("stSidebarNav").get_by_text("Map", exact=True).click()
+        root = page.locator(".map-root")
+        try:
+            expect(root).to_have_attribute("data-ready", "1", timeout=60_000)
+            expect(root).to_have_attribute("data-selected", str(selected), timeout=30_000)
+        except AssertionError:
+            screenshot(page, "map-page-switch-failure")
+            raise
+        page.get_by_text(f"{selected:,} selected", exact=True).wait_for(timeout=20_000)
+        expect(page.get_by_role("combobox", name="Colour by")).to_have_value("split")
+        screenshot(page, "map-after-page-switch")
+        browser.close()
+
+
 def test_map_settings_come_from_their_declaration_and_make_a_map_of_their_own(mapped: Path, tmp_path: Path):
     """Map settings: out of range is refused by label; other settings are a map of their own (made on request,
     cached apart); the defaults bring the first map back without projecting again."""

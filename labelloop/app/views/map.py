@@ -295,24 +295,25 @@ def build_page() -> MapPage:
     left, beside_column, middle, right, far = st.columns([3, 2, 1, 2, 2])  # one row: the map starts as high as a laptop screen allows
     chosen_key = left.selectbox(
         "Embedding", embedding_keys, index=embedding_keys.index(default_key) if default_key in embedding_keys else 0, format_func=lambda k: f"{descriptions[k]} ({k})",
-        help="What the map is made of: the pretrained backbone, a model trained here (trained-...), or a triplet encoder (triplet-...).",
+        key=f"map-embedding:{name}", persist_state="session", help="What the map is made of: the pretrained backbone, a model trained here (trained-...), or a triplet encoder (triplet-...).",
     )
+    # "" for one map, not None: a kept None would come back as no choice at all ("Choose an option").
     beside_key = beside_column.selectbox(
-        "Side by side with", [None, *[k for k in embedding_keys if k != chosen_key]], format_func=lambda k: "(one map)" if k is None else f"{descriptions[k]} ({k})",
-        key="map-beside", help="A second embedding's map beside this one (for example the pretrained one and a model trained here). "
+        "Side by side with", ["", *[k for k in embedding_keys if k != chosen_key]], format_func=lambda k: "(one map)" if not k else f"{descriptions[k]} ({k})",
+        key=f"map-beside:{name}", persist_state="session", help="A second embedding's map beside this one (for example the pretrained one and a model trained here). "
         "A lasso in either selects the same samples in both: a cluster that looks mixed in one space may be clean in the other.",
     )
     text_model = text_config(workspace(), name, chosen_key)  # a CLIP model made it: text search works
-    dims = middle.radio("View", (3, 2), format_func=lambda d: f"{d}D", horizontal=True, help="PaCMAP to 3D (rotate it) or 2D.")
+    dims = middle.radio("View", (3, 2), format_func=lambda d: f"{d}D", horizontal=True, key="map-dims", persist_state="session", help="PaCMAP to 3D (rotate it) or 2D.")
     config = dataclasses.replace(current_map_settings(), dims=dims)
     projection = projection_or_stop(table, name, version, chosen_key, config, len(rows))
     frame = rows.set_index("sample_id").reindex(projection.sample_ids)  # every id is a row of this version: reindex is .loc without the checks (instant when all are on the map)
     classes = table.classes(version)
-    colour_by = right.selectbox("Colour by", COLOUR_BY, key="colour-by", help="Predicted label, label-issue score and confidence come from the latest training run on this version; "
+    colour_by = right.selectbox("Colour by", COLOUR_BY, key="colour-by", persist_state="session", help="Predicted label, label-issue score and confidence come from the latest training run on this version; "
                                 "health issue (the first check that flags each sample, in the Health page's order) and outlier score from the Health page's checks of this version and embedding (low outlier score = more unusual).")
     colouring, scores, scores_note = colouring_of(colour_by, name, version, chosen_key, projection, frame, classes)
     legend_names = [entry["name"] for entry in colouring.palette]
-    hidden_names = far.multiselect("Hide", legend_names if colouring.categorical else [], key=f"hide-{colour_by}", disabled=not colouring.categorical, help="Hidden points are not drawn and cannot be lassoed (for colourings by a label).")
+    hidden_names = far.multiselect("Hide", legend_names if colouring.categorical else [], key=f"hide-{colour_by}:{name}", persist_state="session", disabled=not colouring.categorical, help="Hidden points are not drawn and cannot be lassoed (for colourings by a label).")
     hidden = [legend_names.index(n) for n in hidden_names]
     label_names = list(dict.fromkeys([*classes, UNDEFINED, *frame["label"].unique()]))
     label_codes = positions_in(frame["label"], label_names).astype(np.int16)  # every label is among the names
@@ -322,7 +323,7 @@ def build_page() -> MapPage:
     servable_thumbnails(table, paths.thumbs, version)
     maps = [MapView(published, colouring.codes, label_codes, f"map-{name}", keys(name).selection_js)]
     beside_note = ""
-    if beside_key is not None:
+    if beside_key:
         second, beside_note = beside_view(table, name, version, beside_key, config, projection, colouring, rows, label_names)
         if second is not None:
             maps.append(second)
@@ -460,6 +461,12 @@ def lasso_over_all_points(view: MapView, lasso: dict, before: np.ndarray, hidden
 
 def main() -> None:
     page = build_page()
+    # A run of the whole page (not the map's fragment): the map may be a new one in the browser (the user comes
+    # back from another page), which knows no selection. Send it the session's; a map that drew it already
+    # ignores it (the same token).
+    selection = st.session_state.get(keys(page.name).selection)
+    if selection and not st.session_state.get(keys(page.name).selection_push):
+        st.session_state[keys(page.name).selection_push] = selection["token"]
     map_and_selection(page)
     map_settings(page.config)
     other_model(page.name, page.version, page.n_images)

@@ -163,13 +163,15 @@ def filtered_part(page: ReviewPage) -> pd.DataFrame:
     """The filters above the table and the page of matching samples they leave (PAGE_SIZE at most)."""
     health = page.health
     given_column, predicted_column, issue_column, flagged_column, undefined_column = st.columns([2, 2, 2, 1, 1])
-    given = given_column.multiselect("Given label", [*page.classes, UNDEFINED])
-    predicted = predicted_column.multiselect("Predicted label", page.classes)
+    # Kept for the session: a look at another page and back finds the same filters.
+    name = page.name
+    given = given_column.multiselect("Given label", [*page.classes, UNDEFINED], key=f"review-given:{name}", persist_state="session")
+    predicted = predicted_column.multiselect("Predicted label", page.classes, key=f"review-predicted:{name}", persist_state="session")
     flagged_titles = [CHECKS[r.check].title for r in health.results.values() if r.status == "ran" and r.count] if health is not None else []
-    issue_types = issue_column.multiselect("Health issue", flagged_titles, disabled=health is None,
+    issue_types = issue_column.multiselect("Health issue", flagged_titles, disabled=health is None, key=f"review-health:{name}", persist_state="session",
                                            help="Samples the Health page's checks flag (any of those picked)." if health is not None else f"Compute data health of v{page.version} on the Health page first.")
-    flagged_only = flagged_column.checkbox("Label issues only", help="The open label issues: the run's label-issue ranking flags them, the label still differs from its prediction, and no reviewer kept it. The review queue walks the same samples; the Health page counts them as Label issue.")
-    undefined_only = undefined_column.checkbox("Undefined only", help="Active labelling: the least confident predictions first.")
+    flagged_only = flagged_column.checkbox("Label issues only", key=f"review-issues-only:{name}", persist_state="session", help="The open label issues: the run's label-issue ranking flags them, the label still differs from its prediction, and no reviewer kept it. The review queue walks the same samples; the Health page counts them as Label issue.")
+    undefined_only = undefined_column.checkbox("Undefined only", key=f"review-undefined-only:{name}", persist_state="session", help="Active labelling: the least confident predictions first.")
     shown = filter_review(page.frame, given=given, predicted=predicted, flagged_only=flagged_only, undefined_only=undefined_only, sample_ids=health_flagged(health, issue_types))
     pages = max(1, -(-len(shown) // PAGE_SIZE))
     left, right = st.columns([1, 3])
