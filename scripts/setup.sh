@@ -81,7 +81,8 @@ if command -v npm >/dev/null; then
     npm ci --no-audit --no-fund --silent
     echo "$npm_stamp" > node_modules/.labelloop-stamp
   fi
-  # Streamlit serves files under static/ at /app/static/; the browser imports three.js from there.
+  # The package ships three.js in app/static/vendor/; `labelloop app` copies it into the workspace's .app/static/,
+  # which Streamlit serves at /app/static/, and the browser imports it from there.
   mkdir -p labelloop/app/static/vendor/three
   for f in build/three.module.js build/three.core.js; do
     cmp -s "node_modules/three/$f" "labelloop/app/static/vendor/three/$(basename "$f")" || cp "node_modules/three/$f" labelloop/app/static/vendor/three/

@@ -13,7 +13,21 @@ from PIL import Image
 from labelloop.data.tables import LabelTable
 
 REPO = Path(__file__).resolve().parent.parent
-APP_SCRIPT = REPO / "labelloop" / "app" / "main.py"  # the Streamlit entry script `labelloop app` runs
+APP_SCRIPT = REPO / "labelloop" / "app" / "main.py"  # the app's entry (the workspace's entry script calls its main())
+VIEWS = REPO / "labelloop" / "app" / "views"
+
+
+def app_script() -> Path:
+    """The entry script `labelloop app` writes for the workspace ($LABELLOOP_WORKSPACE) and runs, for AppTest: what the
+    app writes for the browser lands beside it, in the workspace's .app/static/ (never in the repository)."""
+    from labelloop.cli.data import write_launcher
+
+    return write_launcher(None)
+
+
+def view(name: str) -> str:
+    """A page for AppTest.switch_page: its absolute path (the pages are the package's, not beside the entry script)."""
+    return str(VIEWS / f"{name}.py")
 
 
 def draw_image(path: Path, seed: int = 0, size: tuple[int, int] = (32, 24), mode: str = "RGB", fmt: str | None = None) -> Path:

@@ -11,13 +11,11 @@ from streamlit.testing.v1 import AppTest
 from labelloop.data.changes import ChangeSet
 from labelloop.data.ingest import import_dataset
 from labelloop.data.workspace import list_datasets, open_table
-from tests.conftest import APP_SCRIPT
-
-APP = str(APP_SCRIPT)
+from tests.conftest import app_script
 
 
 def run_app() -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=120)
+    app = AppTest.from_file(str(app_script()), default_timeout=120)
     app.run()
     assert not app.exception, app.exception
     return app

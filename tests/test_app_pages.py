@@ -12,21 +12,20 @@ from streamlit.testing.v1 import AppTest
 from labelloop.data.changes import ChangeSet
 from labelloop.data.ingest import import_dataset
 from labelloop.data.runs import list_runs, load_samples
-from labelloop.data.workspace import open_table
+from labelloop.data.workspace import app_dir, open_table
 from labelloop.embed import EmbedderConfig, embed_dataset
 from labelloop.train.heads import HeadsSettings
 from labelloop.train.pipeline import train
-from tests.conftest import APP_SCRIPT, REPO, write_fashion_folders
+from tests.conftest import app_script, view, write_fashion_folders
 from tests.test_app import run_until
 
-APP = str(APP_SCRIPT)
 QUICK = HeadsSettings(embedding="pixels-16px", heads=("knn", "logreg"))
 
 
 def page(name: str) -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=180)
+    app = AppTest.from_file(str(app_script()), default_timeout=180)
     app.run()
-    app.switch_page(f"views/{name}.py").run()
+    app.switch_page(view(name)).run()
     assert not app.exception, app.exception
     return app
 
@@ -73,7 +72,7 @@ def test_the_map_page_offers_projection_then_draws(fashion: Path):
     assert any("selected" in m.value for m in app.markdown)  # the selection panel under the map
     # The map the browser loads: one point per sample of this data set, complete (thumbs.bin is written last).
     ids = sorted(open_table(fashion, "fashion").read()["sample_id"])
-    drawn = [f for f in (REPO / "labelloop" / "app" / "static" / "maps").iterdir() if (f / "thumbs.bin").exists() and sorted(np.fromfile(f / "ids.bin", dtype=np.int32)) == ids]
+    drawn = [f for f in (app_dir(fashion) / "static" / "maps").iterdir() if (f / "thumbs.bin").exists() and sorted(np.fromfile(f / "ids.bin", dtype=np.int32)) == ids]
     assert drawn and np.fromfile(drawn[0] / "points.bin", dtype=np.float32).shape == (3 * len(ids),)
 
 

@@ -46,7 +46,8 @@ def test_the_data_page_renders_in_chromium(server: str, tmp_path: Path):
 
 
 def test_three_js_is_served_for_the_map(server: str):
-    # ./test.sh copies three.js from node_modules into static/; the 3D map imports it from there.
+    # ./test.sh copies three.js from node_modules into the package's static/vendor/; `labelloop app` copies that into
+    # the workspace's .app/static/, which the server serves; the 3D map imports it from there.
     body = urllib.request.urlopen(f"{server}/app/static/vendor/three/three.module.js", timeout=10).read()
     assert b"REVISION" in body
 

@@ -63,7 +63,7 @@ def test_a_lasso_in_either_map_selects_the_same_samples_in_both(two_spaces: Path
     for key in ("clean", "mixed"):
         projection = project_dataset(two_spaces, "two", key, ProjectionConfig(dims=3), compute=False)
         rows = LabelTable(DatasetPaths(two_spaces, "two").labels).read().set_index("sample_id").reindex(projection.sample_ids)
-        ids[key] = publish_map(projection.sample_ids, projection.coords, rows["content_hash"], f"two/{key}/3").drawn_ids
+        ids[key] = publish_map(projection.sample_ids, projection.coords, rows["content_hash"], f"two/{key}/3", static=tmp_path / "ids-only").drawn_ids
     with running_app(two_spaces, tmp_path / "app.log") as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 1000})

@@ -275,3 +275,23 @@ def test_each_command_group_lists_what_it_registers_and_a_table_command_loads_no
         assert tuple(sub.choices) == group.COMMANDS, group.__name__
     code = "import sys; from labelloop.cli.main import build_parser; build_parser('list'); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO).stdout.strip() == "False"
+
+
+def test_the_app_runs_from_the_workspace_and_writes_nothing_into_the_package(workspace: Path):
+    """`labelloop app` starts Streamlit on an entry script in the workspace's .app/: Streamlit serves static/ beside
+    its main script, so map files and thumbnail links land there, never in the package (site-packages is unwritable)."""
+    from labelloop.cli.data import APP_PACKAGE, write_launcher
+    from labelloop.data.workspace import list_datasets
+
+    script = write_launcher(workspace)
+    assert script == workspace / ".app" / "main.py" and "from labelloop.app.main import main" in script.read_text()
+    assert (script.parent / ".streamlit" / "config.toml").read_bytes() == (APP_PACKAGE / ".streamlit" / "config.toml").read_bytes()
+    vendor = APP_PACKAGE / "static" / "vendor"
+    for source in vendor.rglob("*.js"):  # copies, not links: Streamlit refuses a file whose real path leaves static/
+        copy = script.parent / "static" / "vendor" / source.relative_to(vendor)
+        assert copy.read_bytes() == source.read_bytes() and not copy.is_symlink()
+    assert (script.parent / "static" / "maps").is_dir() and (script.parent / "static" / "thumbs").is_dir()
+    written = {path: path.stat().st_mtime_ns for path in script.parent.rglob("*") if path.is_file()}
+    assert write_launcher(workspace) == script  # a second server on the workspace: nothing it serves is rewritten
+    assert {path: path.stat().st_mtime_ns for path in script.parent.rglob("*") if path.is_file()} == written
+    assert list_datasets(workspace) == []  # .app is no data set

@@ -21,7 +21,7 @@ from labelloop.scores.checks import CHECKS
 from labelloop.scores.health import NOT_COMPUTED, compute_health
 from labelloop.scores.image_checks import image_checks
 from labelloop.scores.review import load_kept, record_kept, review_frame
-from tests.conftest import draw_image, write_fashion_folders
+from tests.conftest import draw_image, view, write_fashion_folders
 from tests.test_cli import cli
 
 PIXELS = EmbedderConfig(kind="pixels", resolution=16)
@@ -220,7 +220,7 @@ def test_health_page_computes_on_request_then_excludes_and_keeps_one_of_each_gro
     assert not app.exception, app.exception
     selection = app.session_state[keys("fashion").selection]["sample_ids"]
     assert set(picks["sample_id"]) <= set(selection) and len(selection) == len(picks) + 5
-    app.switch_page("views/health.py").run()
+    app.switch_page(view("health")).run()
 
     # Near duplicates on the new version (its label checks are cached per version: computed again on request).
     app.run()

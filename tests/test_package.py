@@ -87,3 +87,6 @@ def test_labelloop_demo_and_labelloop_app_run_from_the_wheel_without_the_repo(in
             page.get_by_text("Version 1 of 1").first.wait_for(timeout=30_000)
             browser.close()
     assert not errors, errors
+    # What the server writes for the browser lives with the workspace; the installed package is only read.
+    assert (workspace / ".app" / "static" / "vendor" / "three" / "three.module.js").read_bytes() == three
+    assert not (installed / "labelloop" / "app" / "static" / "maps").exists() and not (installed / "labelloop" / "app" / "static" / "thumbs").exists()

@@ -20,7 +20,7 @@ from labelloop.data.ingest import import_dataset
 from labelloop.data.runs import list_runs
 from labelloop.embed import EmbedderConfig, embed_dataset, load_embeddings
 from labelloop.errors import UserError
-from tests.conftest import APP_SCRIPT, REPO, write_fashion_folders
+from tests.conftest import REPO, app_script, view, write_fashion_folders
 from tests.test_cli import cli, one_error_line
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -228,9 +228,9 @@ def test_a_worker_killed_mid_job_is_retried_and_the_job_finishes(fashion: Path, 
 def test_the_apps_compute_setting_checks_the_address_it_is_given(fashion: Path, cluster: str):
     from streamlit.testing.v1 import AppTest
 
-    app = AppTest.from_file(str(APP_SCRIPT), default_timeout=120)
+    app = AppTest.from_file(str(app_script()), default_timeout=120)
     app.run()
-    app.switch_page("views/train.py").run()
+    app.switch_page(view("train")).run()
     assert not app.exception, app.exception
 
     def check(address: str) -> None:

@@ -55,6 +55,15 @@ TRAVERSALS = [
     "/app/static/{workspace}/pets/secret.txt",
     "/app/static/..%2f..%2f..%2f..%2f..%2f..{workspace}/pets/secret.txt",
     "/app/static/thumbs/..\\..\\main.py",
+    # static/ is the workspace's .app/static/ now: two levels up are the data sets themselves.
+    "/app/static/../../pets/secret.txt",
+    "/app/static/thumbs/../../../pets/secret.txt",
+    "/app/static/%2e%2e/%2e%2e/pets/secret.txt",
+    "/app/static/..%2f..%2fpets%2fsecret.txt",
+    "/app/static/%2e%2e%2f%2e%2e%2fpets%2fsecret.txt",
+    "/app/static/thumbs/%252e%252e/%252e%252e/%252e%252e/pets/secret.txt",
+    "/app/static/..%5c..%5cpets%5csecret.txt",
+    "/app/static/../../pets/labels/_delta_log/00000000000000000000.json",
 ]
 
 
@@ -62,19 +71,22 @@ TRAVERSALS = [
 def test_the_static_route_serves_thumbnails_and_nothing_outside_static(server):
     from labelloop.app.components.scatter3d import mirror_thumbnails, thumbnail_url
     from labelloop.data.tables import LabelTable
+    from labelloop.data.workspace import app_dir
 
     port, root = server
+    served = app_dir(root / "ws") / "static"  # where `labelloop app` serves from: the workspace's cache, not the package
+    assert (served / "vendor" / "three" / "three.module.js").is_file() or not (APP_SCRIPT.parent / "static" / "vendor").is_dir()
     rows = LabelTable(root / "ws" / "pets" / "labels").read()
-    mirror_thumbnails(root / "ws" / "pets" / "thumbs", rows["content_hash"].to_numpy())
+    mirror_thumbnails(root / "ws" / "pets" / "thumbs", rows["content_hash"].to_numpy(), static=served)
     status, body = raw_get(port, "/" + thumbnail_url(rows["content_hash"].iloc[0]))
     assert status == 200 and body[:2] == b"\xff\xd8"  # a real JPEG thumbnail
 
-    app_source = APP_SCRIPT.read_bytes()
+    sources = [APP_SCRIPT.read_bytes()[:60], (served.parent / "main.py").read_bytes()[:60], b'"protocol"']  # the entries; a Delta log line
     for template in TRAVERSALS:
         path = template.format(workspace=str(root / "ws"))
         status, body = raw_get(port, path)
         assert status in (400, 403, 404), (path, status)
-        assert app_source[:60] not in body and SECRET.encode() not in body and b"root:" not in body, path
+        assert not any(source in body for source in sources) and SECRET.encode() not in body and b"root:" not in body, path
 
 
 def non_loopback_addresses() -> list[str]:
@@ -105,17 +117,16 @@ def test_the_server_listens_on_this_machine_only(server):
             socket.create_connection((address, port), timeout=5).close()
 
 
-def test_a_tampered_content_hash_cannot_link_other_files_into_static(tmp_path, monkeypatch):
+def test_a_tampered_content_hash_cannot_link_other_files_into_static(tmp_path):
     import labelloop.app.components.scatter3d as scatter3d
 
     served = tmp_path / "static" / "thumbs"
-    monkeypatch.setattr(scatter3d, "THUMBS", served)
     thumbs = tmp_path / "ws" / "pets" / "thumbs"
     (thumbs / "ab").mkdir(parents=True)
     (thumbs / "ab" / ("ab" + "0" * 62 + ".jpg")).write_bytes(b"\xff\xd8 a thumbnail")
     (tmp_path / "ws" / "pets" / "secret.jpg").write_text(SECRET)
     hostile = ["../secret", "../../pets/secret", "/etc/passwd", "ab/../../secret", "AB" + "0" * 62, "ab" + "0" * 62]
-    assert scatter3d.mirror_thumbnails(thumbs, np.array(hostile, dtype=object)) == 1
+    assert scatter3d.mirror_thumbnails(thumbs, np.array(hostile, dtype=object), static=served.parent) == 1
     assert [p.name for p in served.iterdir()] == ["ab00000000000000.jpg"]  # only the real thumbnail
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import filecmp
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,13 +17,27 @@ from labelloop.data import storage
 from labelloop.data.workspace import (
     WORKSPACE_ENV,
     DatasetPaths,
+    app_dir,
     list_datasets,
     open_table,
     resolve_workspace,
 )
 from labelloop.errors import UserError
 
-APP_SCRIPT = Path(__file__).resolve().parent.parent / "app" / "main.py"  # found by path: the CLI never imports the app
+APP_PACKAGE = Path(__file__).resolve().parent.parent / "app"  # found by path: the CLI never imports the app
+APP_SCRIPT = APP_PACKAGE / "main.py"
+LAUNCHER = '''"""The app's entry script for this workspace, written by `labelloop app` at every start (edits are lost).
+
+Streamlit serves static/ beside its main script at /app/static/ and reads .streamlit/config.toml beside it:
+with this script here, in the workspace's cache, what a server writes for the browser (map files, thumbnail
+links) lives with the workspace, never in the installed package (unwritable in site-packages, and shared by
+every server and test run of a checkout). The app itself is the package's: labelloop.app.main.
+"""
+
+from labelloop.app.main import main
+
+main()
+'''
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -39,21 +55,57 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_app(args: argparse.Namespace, streamlit_args: Sequence[str] = ()) -> None:
-    """Start the web app: Streamlit on the app's entry script, in this process (the Streamlit server replaces it).
+    """Start the web app: Streamlit on the workspace's entry script (:func:`write_launcher`), in this process
+    (the Streamlit server replaces it).
 
-    The app's own settings (bound to 127.0.0.1, static files served) live beside the script in
-    ``.streamlit/config.toml``, where Streamlit reads them first; ``streamlit_args`` (``--server.address ...``)
-    go to ``streamlit run`` and win over them.
+    The app's own settings (bound to 127.0.0.1, static files served) are the package's ``.streamlit/config.toml``,
+    copied beside that script, where Streamlit reads them; ``streamlit_args`` (``--server.address ...``) go to
+    ``streamlit run`` and win over them.
     """
     if not APP_SCRIPT.exists():
         raise UserError(f"The app is missing from this installation ({APP_SCRIPT}): reinstall labelloop.")
     workspace = resolve_workspace(args.workspace)
     if not storage.is_remote(workspace):
         Path(workspace).mkdir(parents=True, exist_ok=True)
+    script = write_launcher(workspace)
     env = {**os.environ, WORKSPACE_ENV: str(workspace)}
-    command = [sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT), "--server.port", str(args.port), *streamlit_args]
+    command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(args.port), *streamlit_args]
     print(f"Starting the app on the data sets in {workspace}: open http://127.0.0.1:{args.port} in your browser (Ctrl+C stops it).", flush=True)
     os.execve(sys.executable, command, env)
+
+
+def write_launcher(workspace: str | os.PathLike | None) -> Path:
+    """Lay out the folder an app server on ``workspace`` runs from (:func:`labelloop.data.workspace.app_dir`);
+    returns its entry script, the one to give `streamlit run` (or AppTest).
+
+    Beside the script: the package's ``.streamlit/config.toml`` and ``static/`` with a copy of the package's
+    three.js (``static/vendor/``; a copy, not a link: Streamlit refuses to serve a file whose real path is
+    outside ``static/``), and the ``maps/`` and ``thumbs/`` the server fills. Files already current are left
+    alone, so servers already running on this workspace are undisturbed.
+    """
+    folder = app_dir(workspace)
+    for sub in (".streamlit", "static/maps", "static/thumbs"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    _install(LAUNCHER.encode(), folder / "main.py")
+    _install(APP_PACKAGE / ".streamlit" / "config.toml", folder / ".streamlit" / "config.toml")
+    vendor = APP_PACKAGE / "static" / "vendor"
+    for source in sorted(vendor.rglob("*")) if vendor.is_dir() else []:  # absent until scripts/setup.sh has run npm
+        if source.is_file():
+            _install(source, folder / "static" / "vendor" / source.relative_to(vendor))
+    return folder / "main.py"
+
+
+def _install(source: Path | bytes, target: Path) -> None:
+    """Make ``target`` hold ``source`` (a file's or these bytes), atomically, unless it already does."""
+    if target.is_file() and (target.read_bytes() == source if isinstance(source, bytes) else filecmp.cmp(source, target, shallow=False)):
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    if isinstance(source, bytes):
+        tmp.write_bytes(source)
+    else:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 def cmd_list(args: argparse.Namespace) -> None:

@@ -58,6 +58,13 @@ def local_workspace(workspace: str | os.PathLike | None) -> Path:
     return home.joinpath("s3", *[part for part in resolved[len(storage.REMOTE_PREFIX):].split("/") if part not in ("", ".", "..")])
 
 
+def app_dir(workspace: str | os.PathLike | None) -> Path:
+    """What an app server on this workspace runs and writes, in the workspace's local cache: its entry script,
+    its Streamlit settings and ``static/`` (served at /app/static/: three.js, the map files, thumbnail links).
+    `labelloop app` lays it out (:func:`labelloop.cli.data.write_launcher`); the name cannot be a data set's."""
+    return local_workspace(workspace) / ".app"
+
+
 def models_dir(workspace: str | os.PathLike | None) -> Path:
     """Exported models (ONNX, OpenVINO caches) every data set of the workspace shares."""
     return local_workspace(workspace) / ".models"

@@ -2,7 +2,8 @@
 
 The browser gets each map's positions, sample ids and thumbnail names once,
 as static binary files under ``static/maps/<map key>/`` (Streamlit serves
-``static/`` at ``/app/static/``), and caches them by URL. A rerun sends only a
+``static/`` beside the main script at ``/app/static/``: for `labelloop app`,
+the workspace's ``.app/static/``, see :func:`served_static`), and caches them by URL. A rerun sends only a
 colour code and a label code per point (2 bytes each), so recolouring after
 a relabel stays small at 100,000 points.
 
@@ -34,9 +35,18 @@ POINT_BUDGET = int(os.environ.get("LABELLOOP_POINT_BUDGET", "300000"))
 """Points the browser draws at most (every point below it). More would slow a laptop's browser
 without showing more: at 300,000 points the cloud is already solid where the data is dense."""
 
-STATIC = Path(__file__).resolve().parent.parent / "static"
-MAPS = STATIC / "maps"
-THUMBS = STATIC / "thumbs"
+
+def served_static() -> Path:
+    """The folder the running server serves at /app/static/: ``static/`` beside its main script (Streamlit's rule).
+
+    `labelloop app` runs the workspace's entry script (:func:`labelloop.data.workspace.app_dir`), so that is
+    ``<workspace>/.app/static/``: per workspace, never the installed package's folder."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    if ctx is None:
+        raise RuntimeError("no app is running here: give the static folder to write to")
+    return Path(ctx.main_script_path).resolve().parent / "static"
 
 _component = st.components.v2.component(
     "labelloop.scatter3d",
@@ -87,9 +97,10 @@ def _normalised(coords: np.ndarray) -> np.ndarray:
     return points
 
 
-def publish_map(sample_ids: np.ndarray, coords: np.ndarray, content_hashes: np.ndarray | pd.Series, identity: str, budget: int | None = None) -> PublishedMap:
-    """Write the static files of one map (once: the key covers everything in them); ``content_hashes``
-    (one per point) are read only when the files are written."""
+def publish_map(sample_ids: np.ndarray, coords: np.ndarray, content_hashes: np.ndarray | pd.Series, identity: str, budget: int | None = None,
+                static: Path | None = None) -> PublishedMap:
+    """Write the static files of one map (once: the key covers everything in them) under ``static`` (default: where
+    the running server serves, :func:`served_static`); ``content_hashes`` (one per point) are read only when the files are written."""
     budget = POINT_BUDGET if budget is None else budget
     digest = hashlib.blake2b(digest_size=10)
     digest.update(f"{identity}|budget={budget}".encode())
@@ -100,7 +111,7 @@ def publish_map(sample_ids: np.ndarray, coords: np.ndarray, content_hashes: np.n
     drawn = np.arange(n)
     if n > budget:  # seeded by the map: the same points are drawn on every rerun and in every tab
         drawn = np.sort(np.random.default_rng(int(key[:12], 16)).choice(n, size=budget, replace=False))
-    folder = MAPS / key
+    folder = (served_static() if static is None else static) / "maps" / key
     if not (folder / "thumbs.bin").exists():
         folder.mkdir(parents=True, exist_ok=True)
         if np.any(np.asarray(sample_ids) > np.iinfo(np.int32).max):
@@ -124,10 +135,12 @@ def _hash_prefixes(content_hashes: np.ndarray) -> np.ndarray:
     return (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
 
 
-def mirror_thumbnails(thumbs_dir: Path, content_hashes: np.ndarray) -> int:
-    """Make the thumbnails of these images servable; returns how many were added."""
-    THUMBS.mkdir(parents=True, exist_ok=True)
-    present = {name[:16] for name in os.listdir(THUMBS)}
+def mirror_thumbnails(thumbs_dir: Path, content_hashes: np.ndarray, static: Path | None = None) -> int:
+    """Make the thumbnails of these images servable, under ``static`` (default: where the running server serves,
+    :func:`served_static`); returns how many were added."""
+    served = (served_static() if static is None else static) / "thumbs"
+    served.mkdir(parents=True, exist_ok=True)
+    present = {name[:16] for name in os.listdir(served)}
     # One listing of what exists (instead of a failed link per image without a thumbnail), and a loop over
     # only what is not served yet: a million images are a million Python iterations otherwise, on every start.
     unserved = {entry.name[:-4] for folder in _subfolders(thumbs_dir) for entry in os.scandir(folder) if entry.name.endswith(".jpg") and entry.name[:16] not in present}
@@ -142,7 +155,7 @@ def mirror_thumbnails(thumbs_dir: Path, content_hashes: np.ndarray) -> int:
             source = thumbnail_path(thumbs_dir, content_hash)
         except UserError:
             continue
-        target = THUMBS / f"{content_hash[:16]}.jpg"
+        target = served / f"{content_hash[:16]}.jpg"
         try:
             os.link(source, target)
         except FileExistsError:

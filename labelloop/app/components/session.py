@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import streamlit as st
 
+from labelloop.app import VIEWS
+
 DATASET = "dataset"  # the data set the sidebar shows
 TRAIN_ANNOUNCED = "announced"  # the run id of the last finished training job the Train page showed
 MAP_MESSAGE = "map-message"  # the commit message box on the Map page (a widget key)
@@ -130,4 +132,4 @@ def select_on_map(name: str, sample_ids, origin: str) -> str:
 def hand_to_map(name: str, sample_ids, origin: str) -> None:
     """Make these samples the Map page's selection and open it (the confusion matrix, a label-flow cell)."""
     select_on_map(name, sample_ids, origin)
-    st.switch_page("views/map.py")
+    st.switch_page(VIEWS / "map.py")
