@@ -229,3 +229,30 @@ def test_the_end_of_a_background_refresh_reruns_nothing_but_offers_the_new_score
     notice.click().run()
     assert not app.exception, app.exception
     assert app.session_state["runs"] >= 2
+
+
+def test_the_compute_setting_survives_a_reload_through_the_address(fashion: Path):
+    app = page("map")
+    assert any(e.label == "Compute: Here, on cpu (auto)" for e in app.sidebar.expander)
+    next(s for s in app.sidebar.selectbox if s.label == "Device").set_value("cpu")
+    app.button(key="FormSubmitter:compute-setting-Use").click().run()
+    assert not app.exception, app.exception
+    assert any(e.label == "Compute: Here, on cpu" for e in app.sidebar.expander)
+    assert app.query_params["compute.device"] == "cpu" and "compute.ray" not in app.query_params  # only what differs from the default
+
+    # A reload is a new session on the same address.
+    reloaded = AppTest.from_file(str(app_script()), default_timeout=180)
+    reloaded.query_params["compute.device"] = "cpu"
+    reloaded.run()
+    reloaded.switch_page(view("map")).run()
+    assert not reloaded.exception, reloaded.exception
+    assert any(e.label == "Compute: Here, on cpu" for e in reloaded.sidebar.expander)
+
+    # An address that makes no valid setting is dropped, not half used.
+    broken = AppTest.from_file(str(app_script()), default_timeout=180)
+    broken.query_params["compute.workers"] = "many"
+    broken.run()
+    broken.switch_page(view("map")).run()
+    assert not broken.exception, broken.exception
+    assert any(e.label == "Compute: Here, on cpu (auto)" for e in broken.sidebar.expander)
+    assert "compute.workers" not in broken.query_params

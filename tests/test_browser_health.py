@@ -10,7 +10,13 @@ import pytest
 from labelloop.data.ingest import import_dataset
 from labelloop.embed import EmbedderConfig, embed_dataset
 from labelloop.scores.health import compute_health
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium, running_app, screenshot
+from tests.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    needs_chromium,
+    running_app,
+    screenshot,
+)
 from tests.conftest import write_fashion_folders
 
 pytestmark = [needs_chromium, pytest.mark.slow]

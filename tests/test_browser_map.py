@@ -9,7 +9,7 @@ import pytest
 
 from labelloop.data.changes import ChangeSet
 from labelloop.data.ingest import import_dataset
-from labelloop.data.runs import find_run, load_samples
+from labelloop.data.runs import find_run, list_runs, load_samples
 from labelloop.data.schema import UNDEFINED
 from labelloop.data.workspace import open_table
 from labelloop.embed import EmbedderConfig, embed_dataset
@@ -430,3 +430,45 @@ def test_a_mixed_lasso_on_a_laptop_screen_shows_every_label_and_edits_only_what_
     scores = load_samples(find_run(mixed, "fashion", version=2, with_samples=True)).set_index("sample_id").loc[changed]
     assert not ((scores["predicted_label"] == before.loc[changed, "label"]) & (scores["confidence"] >= CONFIDENT)).any()  # nor the ones the model was sure of
     assert table.history()[-1].message == f"lasso: {expected:,} samples -> {target}, all looked at"
+
+
+def test_open_panels_stay_open_through_a_background_refresh(mapped: Path, tmp_path: Path):
+    """The Compute panel and the model picker used to fold up when the scores refreshed in the background after a commit."""
+    from playwright.sync_api import expect, sync_playwright
+
+    train(mapped, "fashion", HeadsSettings(heads=("knn",), embedding="pixels-16px"))  # a heads run: commits get their quick heads
+    with running_app(mapped, tmp_path / "streamlit.log") as url, sync_playwright() as playwright:
+        browser, page, root = open_map(playwright, url)
+        # A small edit, committed: the quick heads retrain in the background on the new version.
+        stage = page.locator(".map-stage").bounding_box()
+        page.get_by_text("Lasso: off (L)").click()
+        lasso(page, stage["x"] + stage["width"] / 2, stage["y"] + stage["height"] / 2, min(stage["width"], stage["height"]) / 4)
+        selected = int(root.get_attribute("data-selected"))
+        assert 0 < selected
+        page.get_by_text(f"{selected:,} selected", exact=True).wait_for(timeout=20_000)
+        page.get_by_text("exclude", exact=True).click()
+        commit_map_edit(page, selected)
+        wait_for_version(mapped, "fashion", 2)
+        page.get_by_text("Committed as v2").wait_for(timeout=30_000)
+
+        # The user opens the Compute panel and the model picker while the refresh runs.
+        sidebar = page.get_by_test_id("stSidebar")
+        sidebar.get_by_text("Compute: Here, on").click()
+        device = sidebar.get_by_role("combobox", name="Device")
+        expect(device).to_be_visible(timeout=20_000)
+        page.get_by_text("Embed with another model").click()
+        picker = page.get_by_role("combobox", name="Model")
+        expect(picker).to_be_visible(timeout=20_000)
+
+        # The refresh ends (its notice appears): nothing the user opened has closed, the page stays as it was.
+        try:
+            expect(sidebar.get_by_role("button", name="Show the new scores (v2)")).to_be_visible(timeout=120_000)
+        except AssertionError:
+            screenshot(page, "panels-failure")
+            raise
+        assert any(run.version == 2 for run in list_runs(mapped, "fashion"))
+        page.wait_for_timeout(2_000)
+        expect(device).to_be_visible()
+        expect(picker).to_be_visible()
+        screenshot(page, "panels-after-refresh")
+        browser.close()

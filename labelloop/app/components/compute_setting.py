@@ -14,10 +14,44 @@ from labelloop.app.components.setting_widgets import setting_widget, settings_of
 from labelloop.compute.device import Compute
 from labelloop.errors import UserError
 
+# The setting also lives in the page's address (``?compute.device=cuda:0&compute.ray=...``, only what differs from
+# the default), so a browser reload, a bookmark or a second tab opened from it keeps where the jobs run.
+URL_PREFIX = "compute."
+
 
 def current_compute() -> Compute:
     """The setting this session's jobs run with (everything in this process on the best device, until changed)."""
-    return st.session_state.get(COMPUTE) or Compute()
+    compute = st.session_state.get(COMPUTE)
+    if compute is None:
+        compute = _from_address()
+        if compute is not None:
+            st.session_state[COMPUTE] = compute
+    return compute or Compute()
+
+
+def _from_address() -> Compute | None:
+    """The setting the page's address carries (a reload of a page where it was set), or None; an address that does
+    not make a valid setting is dropped (the default applies) rather than half used."""
+    given = {info.name: st.query_params[URL_PREFIX + info.name] for info in Compute.settings() if URL_PREFIX + info.name in st.query_params}
+    if not given:
+        return None
+    try:
+        parsed = {name: None if value == "" else Compute.setting_info(name).parse(value) for name, value in given.items()}
+        return settings_of(Compute, parsed)
+    except (UserError, TypeError, ValueError):
+        _write_address(Compute())
+        return None
+
+
+def _write_address(compute: Compute) -> None:
+    """Put what differs from the default into the page's address; take out what does not."""
+    default = Compute()
+    for info in Compute.settings():
+        value = getattr(compute, info.name)
+        if value != getattr(default, info.name):
+            st.query_params[URL_PREFIX + info.name] = "" if value is None else str(value)
+        elif URL_PREFIX + info.name in st.query_params:
+            del st.query_params[URL_PREFIX + info.name]
 
 
 def _device_choices() -> list[str]:
@@ -42,6 +76,7 @@ def compute_setting() -> None:
     from labelloop.compute.device import what_torch_sees
 
     compute = current_compute()
+    _write_address(compute)  # every run: a page switch starts the address anew
     # The label says what it is set to, so a change makes a new expander: it opens to show what the change found.
     with st.sidebar.expander(f"Compute: {_summary(compute)}", expanded=st.session_state.pop(COMPUTE_CHANGED, False)):
         seen = what_torch_sees()
