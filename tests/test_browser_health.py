@@ -30,7 +30,14 @@ def test_a_check_with_more_flags_than_the_screen_picks_none_then_exactly_those_o
 
     from labelloop.scores.checks import CHECKS
 
-    import_dataset(write_fashion_folders(tmp_path / "fashion", 30), "fashion", workspace)
+    import numpy as np
+    from PIL import Image
+
+    root = write_fashion_folders(tmp_path / "fashion", 30)
+    for number, source in enumerate(sorted(root.rglob("*.png"))[:40]):  # 40 underexposed shots among 300
+        dark = (np.asarray(Image.open(source), dtype=np.float64) * 0.06).astype(np.uint8)
+        Image.fromarray(dark, "L").save(source.with_name(f"dark-{number}.png"))
+    import_dataset(root, "fashion", workspace)
     embed_dataset(workspace, "fashion", EmbedderConfig(kind="pixels", resolution=16))
     report = compute_health(workspace, "fashion", embedding="pixels-16px", image_workers=1)  # cached: the page only reads it
     summary = report.summary()
@@ -41,6 +48,8 @@ def test_a_check_with_more_flags_than_the_screen_picks_none_then_exactly_those_o
     with running_app(workspace, tmp_path / "streamlit.log") as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 900})
+        elsewhere: list[str] = []  # the app asks nothing of another host (a Material page icon was fetched from Google)
+        page.on("request", lambda request: elsewhere.append(request.url) if not request.url.startswith(url) else None)
         page.goto(f"{url}/health?dataset=fashion")
         try:
             page.get_by_text(view, exact=True).click(timeout=60_000)
@@ -65,3 +74,4 @@ def test_a_check_with_more_flags_than_the_screen_picks_none_then_exactly_those_o
         page.get_by_role("button", name="Pick none").click()
         expect(exclude).to_have_text("Exclude 0 picked", timeout=30_000)
         browser.close()
+    assert not elsewhere, elsewhere

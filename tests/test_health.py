@@ -317,3 +317,23 @@ def test_two_tabs_the_second_health_edit_on_an_old_version_is_refused(planted):
     assert not tabs[1].exception, tabs[1].exception
     assert not any("committed elsewhere" in e.value for e in tabs[1].error)
     assert any(c.value.startswith("v2 · ") for c in tabs[1].caption)  # it shows the latest version now
+
+
+def test_an_absolute_threshold_flags_only_what_is_unusual_for_the_set():
+    """Issue 27: 'Low information 918 of 6,000' on black-background images was a property of the set, not an issue."""
+    from labelloop.scores.checks import CHECKS_OF
+    from labelloop.scores.image_checks import image_results
+
+    rng = np.random.default_rng(0)
+    scores = np.clip(rng.normal(0.5, 0.05, 200), 0, 1)
+    scores[:2] = [0.02, 0.04]  # two images with almost nothing in them
+    samples = pd.DataFrame({"sample_id": np.arange(200), "unreadable": False})
+    for check in CHECKS_OF["images"]:
+        samples[f"{check}_score"] = 0.9
+        samples[f"is_{check}"] = False
+    samples["low_information_score"] = scores
+    samples["is_low_information"] = scores < 0.45  # cleanvision's own threshold: about 16% of an ordinary set
+    assert samples["is_low_information"].sum() > 20
+    results = image_results(samples)
+    assert samples.loc[samples["is_low_information"], "sample_id"].tolist() == [0, 1]  # only the unusual ones
+    assert results["low_information"].count == 2 and "usual for this data set" in results["low_information"].note

@@ -382,3 +382,26 @@ def test_a_run_with_the_shared_search_matches_one_with_a_search_per_fold(fashion
     shared = load_samples(train(fashion, "fashion", settings))
     assert np.allclose(np.stack(shared["probabilities"]), np.stack(per_fold["probabilities"]))
     assert shared["knn_disagreement"].equals(per_fold["knn_disagreement"]) and shared["flagged"].equals(per_fold["flagged"])
+
+
+def test_a_training_loop_says_how_long_the_rest_takes_at_its_own_pace(monkeypatch):
+    """Issue 27: a 33-minute run said nothing about its length. From the second epoch on, its progress does."""
+    import labelloop.train.family as family
+
+    clock = iter([100.0, 110.0, 120.0, 500.0, 505.0])
+    monkeypatch.setattr(family.time, "perf_counter", lambda: next(clock))
+    job = family.TrainingJob.__new__(family.TrainingJob)
+    job._epoch_clock = None
+    assert job.time_left(1, 50) == ""  # one epoch: no pace yet
+    assert job.time_left(2, 50) == "; about 8 min more at this pace"  # 10 s an epoch, 48 to go
+    assert job.time_left(3, 50) == "; about 8 min more at this pace"
+    assert job.time_left(1, 4) == ""  # a new loop (the next stage) starts a new count
+    assert job.time_left(2, 4) == "; about 10 s more at this pace"
+
+
+def test_the_mlp_head_says_how_long_it_may_take_from_its_own_pace(fashion: Path):
+    stages = []
+    train(fashion, "fashion", HeadsSettings(embedding="pixels-16px", heads=("mlp",), epochs=4, final_epochs=4, patience=10),
+          progress=lambda stage, fraction: stages.append(stage))
+    paced = [s for s in stages if s.startswith("cross-validating mlp: epoch ")]
+    assert paced and all("of at most 4" in s and "more at this pace, less if early stopping ends it" in s for s in paced), paced

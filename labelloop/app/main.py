@@ -7,7 +7,10 @@ Pages are views/*.py, one module each (not pages/: Streamlit would list that fol
 by their absolute paths: the entry script is not beside them.
 """
 
+import functools
+
 import streamlit as st
+from PIL import Image, ImageDraw
 
 from labelloop.app import VIEWS
 from labelloop.app.components.errors import user_errors_shown
@@ -15,8 +18,19 @@ from labelloop.app.components.jobs import page_being_drawn
 from labelloop.app.components.sidebar import pick_dataset, refresh_status
 
 
+@functools.cache
+def favicon() -> Image.Image:
+    """A label tag, drawn here: a Material icon as the page icon made every page load fetch it from
+    fonts.gstatic.com, which an offline machine blocks (a console error) and an online one tells Google about."""
+    image = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    draw.polygon([(6, 14), (40, 14), (60, 32), (40, 50), (6, 50)], fill=(230, 159, 0, 255))  # the map's first class colour
+    draw.ellipse((14, 27, 24, 37), fill=(14, 17, 23, 255))  # the tag's hole, in the map's background
+    return image
+
+
 def main() -> None:
-    st.set_page_config(page_title="LabelLoop", page_icon=":material/label:", layout="wide")
+    st.set_page_config(page_title="LabelLoop", page_icon=favicon(), layout="wide")
     navigation = st.navigation(
         [  # URLs by file name, as before: / (Data), /map, /review, /health, /train, /compare
             st.Page(VIEWS / "data.py", title="Data", icon=":material/table_view:", default=True),

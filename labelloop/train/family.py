@@ -16,6 +16,7 @@ fails).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,11 @@ def check_trainable(labels: np.ndarray, class_list: list[str], folds: int | None
     return names, n_folds
 
 
+def duration(seconds: float) -> str:
+    """Seconds as a person says them: "40 s", "12 min"."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
 class TrainingJob:
     """One run in the making: the version's rows, the settings, progress, and the run's staging folder."""
 
@@ -139,6 +145,18 @@ class TrainingJob:
         self.should_stop = should_stop
         self._progress, self._on_curve = progress, on_curve
         self.curves: list[dict] = []
+        self._epoch_clock: tuple[int, float] | None = None  # (an epoch, when it ended): the pace of this run's epochs
+
+    def time_left(self, epoch: int, epochs: int) -> str:
+        """"; about N min more at this pace" for a loop at the end of ``epoch`` of ``epochs``, from this run's own
+        epochs so far ("" until a second one has ended; a loop starting again at epoch 1 starts a new count)."""
+        now = time.perf_counter()
+        if self._epoch_clock is None or epoch <= self._epoch_clock[0]:
+            self._epoch_clock = (epoch, now)
+            return ""
+        first, when = self._epoch_clock
+        left = (now - when) / (epoch - first) * max(epochs - epoch, 0)
+        return f"; about {duration(left)} more at this pace" if left > 0 else ""
 
     def report(self, stage: str, fraction: float) -> None:
         """One call per stage: raises Cancelled if the user asked to stop, else reports progress."""

@@ -321,7 +321,7 @@ class FrozenBackbone(Family):
         def fit(train: np.ndarray, val: np.ndarray, stage: str, share: tuple[float, float]) -> FrozenResult:
             def on_epoch(row: dict) -> None:
                 job.curve({"stage": stage, **row})
-                job.report(f"{stage}: epoch {row['epoch']} of {settings.epochs}, val acc {row['val_accuracy']:.3f}", share[0] + (share[1] - share[0]) * row["epoch"] / settings.epochs)
+                job.report(f"{stage}: epoch {row['epoch']} of {settings.epochs}, val acc {row['val_accuracy']:.3f}" + job.time_left(row["epoch"], settings.epochs), share[0] + (share[1] - share[0]) * row["epoch"] / settings.epochs)
 
             weights = class_weights(codes[train], n_classes) if settings.class_weighting == "balanced" else None
             backbone = torch_feature_model(backbone_config)[0] if settings.needs_images else None

@@ -31,7 +31,13 @@ from labelloop.compute.reduction import PcaReduction
 from labelloop.data.runs import ModelConfig
 from labelloop.errors import UserError
 from labelloop.train.common import inner_split
-from labelloop.train.family import Family, FamilyResult, LabelledData, TrainingJob
+from labelloop.train.family import (
+    Family,
+    FamilyResult,
+    LabelledData,
+    TrainingJob,
+    duration,
+)
 from labelloop.train.head_models import (
     KnnHead,
     LogisticHead,
@@ -234,9 +240,16 @@ class Heads(Family):
         splits = [inner_split(train, y, settings.validation_split, settings.seed) for train, _ in folds]
         share = len(settings.heads) + 1
 
+        started = time.perf_counter()
+
         def on_epoch(epoch: int, losses: np.ndarray, accuracies: np.ndarray) -> None:
             job.curve({"stage": f"{head} cv (mean of folds)", "epoch": epoch, "train_loss": float(np.mean(losses)), "val_accuracy": float(np.mean(accuracies))}, keep=False)
-            job.report(f"cross-validating {head}: epoch {epoch} (val acc {np.mean(accuracies):.3f})", (number + min(epoch / settings.epochs, 1)) / share)
+            # How long the rest may take, from this machine's pace on this very work so far: every fold's epochs
+            # left, then the final retrain on all samples (one model, a fold's share of the work per epoch).
+            per_epoch = (time.perf_counter() - started) / epoch
+            left = per_epoch * (settings.epochs - epoch + settings.final_epochs / len(folds))
+            job.report(f"cross-validating {head}: epoch {epoch} of at most {settings.epochs} (val acc {np.mean(accuracies):.3f}); "
+                       f"at most {duration(left)} more at this pace, less if early stopping ends it", (number + min(epoch / settings.epochs, 1)) / share)
 
         result = fit_mlps(X, y, n_classes, [s[0] for s in splits], [s[1] for s in splits], _mlp_training(settings, settings.epochs, head), on_epoch=on_epoch, should_stop=job.should_stop, device=job.device)
         job.curves += [{"head": head, "stage": "cv", "fold": row["model"], **row} for row in result.curves]

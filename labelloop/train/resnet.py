@@ -211,7 +211,7 @@ class ResnetScratch(Family):
 
         def on_epoch(row: dict) -> None:
             job.curve({"stage": "resnet18", **row})
-            job.report(f"epoch {row['epoch']} of {settings.epochs}: val acc {row['val_accuracy']:.3f}", 0.1 + 0.8 * row["epoch"] / settings.epochs)
+            job.report(f"epoch {row['epoch']} of {settings.epochs}: val acc {row['val_accuracy']:.3f}" + job.time_left(row["epoch"], settings.epochs), 0.1 + 0.8 * row["epoch"] / settings.epochs)
 
         result = job.launch(train_resnet, images, data.codes, data.n_classes, train, val, settings, on_epoch=on_epoch, batch_size=settings.batch_size)
         job.report("scoring every sample", 0.92)

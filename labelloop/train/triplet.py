@@ -133,7 +133,7 @@ class Triplet(Family):
 
         def on_epoch(row: dict) -> None:
             job.curve({"stage": "triplet", **row})
-            job.report(f"epoch {row['epoch']} of {settings.epochs}: loss {row['train_loss']:.4f}", row["epoch"] / settings.epochs)
+            job.report(f"epoch {row['epoch']} of {settings.epochs}: loss {row['train_loss']:.4f}" + job.time_left(row["epoch"], settings.epochs), row["epoch"] / settings.epochs)
 
         encoder, _ = train_triplet_encoder(embeddings.vectors[data.labelled], data.y, settings, on_epoch=on_epoch, should_stop=job.should_stop, device=job.device)
         encoded = encode(encoder, embeddings.vectors)

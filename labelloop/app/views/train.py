@@ -60,7 +60,7 @@ def build_page() -> TrainPage:
 def new_run_form(page: TrainPage) -> FamilySettings | None:
     family = FAMILIES[st.selectbox("Model family", list(FAMILIES), format_func=lambda f: FAMILIES[f].title, help="What to train. Each family starts from its recipe's settings and shows only the settings it reads.")]
     speed = measured_speed(list_runs(page.paths), family.name)
-    st.caption(family.help + (f" Last run of this family here: {speed}." if speed else " No run of this family here yet, so no time estimate."))
+    st.caption(family.help + (f" Last run of this family here: {speed}." if speed else " No run of this family here yet: once it starts, its progress says how long the rest may take at the pace it measures."))
     embedding_keys = [m["key"] for m in list_embeddings(page.paths)]
     return settings_form(family.settings_class, f"settings-{family.name}", embedding_keys, preferred_embedding(page.paths), "Start training")
 
