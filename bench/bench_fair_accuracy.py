@@ -1,7 +1,7 @@
 """Did the fix help, on the demo: the accuracy line before and after fixing flipped labels.
 Prints figures; asserts nothing.
 
-    .venv/bin/python bench/bench_fair_accuracy.py [--fixes 50] [--rounds 2]
+    .venv/bin/python bench/bench_fair_accuracy.py [--fixes 50] [--rounds 2] [--keep DIR]
 
 Builds the demo (6,000 Fashion-MNIST images, 8% of the labelled ones flipped)
 in a scratch workspace, embeds it with the default embedder (EfficientNet-Lite0,
@@ -44,9 +44,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fixes", type=int, default=50, help="flipped labels fixed per round")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--keep", type=Path, help="build the workspace here and keep it (to open it in the app: labelloop app --workspace DIR)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        workspace = Path(folder)
+        workspace = args.keep or Path(folder)
         started = time.perf_counter()
         table, _ = build_demo(workspace)
         name = "fashion-demo"

@@ -26,12 +26,11 @@ PAGE_SIZE = 24  # the Health page's thumbnails per page (importing a page would 
 def test_a_check_with_more_flags_than_the_screen_picks_none_then_exactly_those_on_screen(tmp_path: Path, workspace: Path):
     """Issue 27: the Outlier view showed 24 of 40 thumbnails with all 40 ticked and 'Exclude 40 picked' armed, no 'pick
     none', and Space toggled the view back to the Overview."""
+    import numpy as np
+    from PIL import Image
     from playwright.sync_api import expect, sync_playwright
 
     from labelloop.scores.checks import CHECKS
-
-    import numpy as np
-    from PIL import Image
 
     root = write_fashion_folders(tmp_path / "fashion", 30)
     for number, source in enumerate(sorted(root.rglob("*.png"))[:40]):  # 40 underexposed shots among 300

@@ -405,3 +405,23 @@ def test_the_mlp_head_says_how_long_it_may_take_from_its_own_pace(fashion: Path)
           progress=lambda stage, fraction: stages.append(stage))
     paced = [s for s in stages if s.startswith("cross-validating mlp: epoch ")]
     assert paced and all("of at most 4" in s and "more at this pace, less if early stopping ends it" in s for s in paced), paced
+
+
+def test_the_heads_time_estimate_scales_the_pace_measured_here(tmp_path: Path):
+    """Issue 27: a first run of the default heads said 'no time estimate'. The pace any heads run measured (the
+    automatic ones after each commit included) scales to other sizes; the MLP, never run here yet, is bounded
+    from its FLOPs at the measured embedding speed."""
+    from labelloop.compute.measured import record
+    from labelloop.embed.models import DEFAULT_MODEL, RECOMMENDED
+    from labelloop.train.heads import estimate_seconds, head_work
+
+    small = HeadsSettings(heads=("logreg",), reduce_dims=128)
+    record(tmp_path, "heads logreg", int(head_work("logreg", small, 1000, 128, 10, 5) / 1e6), 2.0)  # the quick heads: 2 s
+    full = HeadsSettings(heads=("knn", "logreg", "mlp"))
+    seconds, measured, from_flops = estimate_seconds(tmp_path, full, 4000, 1280, 10, 5)
+    assert measured == ["logreg"] and from_flops == [] and seconds == pytest.approx(2.0 * 4 * 10)  # 4x the samples, 10x the dimensions
+    record(tmp_path, f"embed {DEFAULT_MODEL}", 6000, 60.0)  # 100 images a second
+    gflops = next(r.facts.gflops for r in RECOMMENDED if r.name == DEFAULT_MODEL)
+    seconds, measured, from_flops = estimate_seconds(tmp_path, full, 4000, 1280, 10, 5)
+    mlp = 2 * head_work("mlp", full, 4000, 1280, 10, 5) / (100 * gflops * 1e9)
+    assert from_flops == ["mlp"] and seconds == pytest.approx(80.0 + mlp) and mlp > 1

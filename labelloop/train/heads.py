@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from labelloop.compute.measured import record
 from labelloop.compute.neighbours import EXACT_LIMIT, nearest_neighbours
 from labelloop.compute.reduction import PcaReduction
 from labelloop.data.runs import ModelConfig
@@ -153,6 +154,40 @@ class _Final:
     best_epoch: int | None
 
 
+def head_work(head: str, settings: HeadsSettings, n: int, dims: int, classes: int, folds: int) -> float:
+    """The multiply-adds a head's cross-validation does at most: the unit this machine's pace is measured in, per
+    head, so a run of another size (samples, dimensions, classes, epochs) can be estimated from the last one."""
+    train, test = n * (folds - 1) / folds, n / folds  # per fold
+    if head == "knn":
+        return folds * train * test * dims  # every held-out sample against every training sample
+    if head == "logreg":
+        return folds * train * dims * classes * settings.logreg_max_iter
+    layers = [dims, *(() if head == "softmax" else settings.mlp_hidden), classes]
+    return folds * train * settings.epochs * 3 * sum(a * b for a, b in zip(layers, layers[1:]))  # forward and backward
+
+
+def estimate_seconds(workspace, settings: HeadsSettings, n: int, dims: int, classes: int, folds: int) -> tuple[float, list[str], list[str]]:
+    """How long the heads' cross-validation should take here: (seconds, the heads measured here, the heads estimated
+    from their FLOPs at the speed this machine embeds at). A head of neither kind adds nothing (no embedding yet)."""
+    from labelloop.compute.measured import last_rate
+    from labelloop.embed.models import DEFAULT_MODEL, RECOMMENDED
+
+    dims = settings.reduce_dims or dims
+    total, measured, from_flops = 0.0, [], []
+    embedding = last_rate(workspace, f"embed {DEFAULT_MODEL}")
+    flops_per_second = None if embedding is None else embedding.per_second * next(r.facts.gflops for r in RECOMMENDED if r.name == DEFAULT_MODEL) * 1e9
+    for head in settings.heads:
+        work = head_work(head, settings, n, dims, classes, folds)
+        rate = last_rate(workspace, f"heads {head}")
+        if rate is not None:
+            total += work / 1e6 / rate.per_second
+            measured.append(head)
+        elif flops_per_second and head in ("mlp", "softmax"):
+            total += 2 * work / flops_per_second
+            from_flops.append(head)
+    return total, measured, from_flops
+
+
 class Heads(Family):
     name = "heads"
     title = "Heads on embeddings"
@@ -192,6 +227,7 @@ class Heads(Family):
             oof[head] = self._cross_validate(job, head, number, X, y, n_classes, folds, neighbours)
             accuracies[head] = [float((oof[head][test].argmax(1) == y[test]).mean()) for _, test in folds]
             seconds[head] = time.perf_counter() - started
+            record(job.workspace, f"heads {head}", int(head_work(head, settings, len(y), X.shape[1], n_classes, len(folds)) / 1e6), seconds[head])
         best = max(settings.heads, key=lambda h: np.mean(accuracies[h]))
 
         job.report(f"retraining {best} on all {len(y)} labelled samples", len(settings.heads) / (len(settings.heads) + 1))
