@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from labelloop.data.schema import image_set_digest
+from labelloop.data.schema import image_set_digest, trainable_mask
 from labelloop.errors import Cancelled, UserError
 from labelloop.scores.checks import CHECKS, CHECKS_OF, CheckResult, HealthReport
 from labelloop.scores.datalab_checks import (
@@ -168,7 +168,7 @@ def _label_stage(workspace, name, version, run_id, key, rows, vectors, folder, c
     # does at every visit, so the two pages count the same label issues (a keep changes no version).
     issues = review_frame(run_samples(), rows, load_kept(DatasetPaths(workspace, name).kept_labels))
     samples = samples.merge(pd.DataFrame({"sample_id": issues["sample_id"], "is_label": issues["flagged"], "label_score": 1.0 - issues["issue_score"]}), on="sample_id", how="left")
-    results["label"] = CheckResult("label", "ran", count=int(issues["flagged"].sum()), scored=len(issues),
+    results["label"] = CheckResult("label", "ran", count=int(issues["flagged"].sum()), scored=int(trainable_mask(issues).sum()),  # what can be one
                                    note=f"run {run.run_id} (v{run.version})" + ("" if run.version == version else f", labels of v{version}"))
     path = folder / f"datalab-labels-v{version}-{run.run_id}-{key}.parquet"
     try:
