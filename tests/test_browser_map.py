@@ -153,83 +153,6 @@ def test_a_relabel_waits_for_a_chosen_class_and_a_big_edit_asks_once(mapped: Pat
     assert int((before["label"] != after["label"]).sum()) == changes and (after["label"] == "bag").sum() == changes + 20
 
 
-def test_the_drawn_colours_are_the_legend_s_and_tell_every_class_undefined_and_excluded_apart(mapped: Path, tmp_path: Path):
-    """Issue 27: undefined and excluded points were drawn in dark greys that vanished on the map, and every point
-    was drawn darker than its legend swatch (the palette went through three.js's linear colour space into a
-    shader that never converts back). Read back from the canvas's pixels: each legend entry is drawn in exactly
-    its swatch's colour, and the drawn colours differ by a set contrast."""
-    import io
-    from itertools import combinations
-
-    import numpy as np
-    from PIL import Image
-    from playwright.sync_api import sync_playwright
-
-    from tests.colours import contrast, delta_e, hex_of, lab
-
-    table = open_table(mapped, "fashion")
-    ids = table.read(1)["sample_id"].to_numpy()
-    table.commit(ChangeSet.relabel(ids[::5], UNDEFINED), parent=1, message="unlabel a fifth")
-    table.commit(ChangeSet.set_weight(ids[1::7], 0.0), parent=2, message="exclude a few")
-    with running_app(mapped, tmp_path / "streamlit.log") as url, sync_playwright() as playwright:
-        browser, page, root = open_map(playwright, url)
-        legend = page.locator(".map-legend-row").evaluate_all(
-            "rows => rows.map(r => [r.querySelector('.map-legend-name').textContent, getComputedStyle(r.querySelector('.map-legend-swatch')).backgroundColor, r.querySelector('.map-legend-count').textContent])"
-        )
-        screenshot(page, "map-palette")
-        page.get_by_role("button", name="Legend").click()  # the legend lies over the canvas: read the points alone
-        page.wait_for_timeout(500)
-        pixels = np.asarray(Image.open(io.BytesIO(page.locator(".map-stage canvas").first.screenshot())).convert("RGB")).reshape(-1, 3)
-        browser.close()
-    swatches = {name: hex_of([int(v) for v in re.findall(r"\d+", colour)]) for name, colour, count in legend if count != "0"}
-    assert {UNDEFINED, "excluded"} <= set(swatches) and len(swatches) == 12, legend
-    drawn_colours, drawn_counts = np.unique(pixels, axis=0, return_counts=True)
-    drawn = {hex_of(colour): int(count) for colour, count in zip(drawn_colours, drawn_counts)}
-    background = max(drawn, key=drawn.get)
-    assert background == "#0e1117"
-    for name, colour in swatches.items():  # every entry drawn in its swatch's very colour
-        assert drawn.get(colour, 0) >= 4, (name, colour, sorted(drawn.items(), key=lambda item: -item[1])[:16])
-    points = sum(count for colour, count in drawn.items() if colour != background)
-    assert sum(drawn[colour] for colour in swatches.values()) > 0.6 * points  # the rest: edges blended with the background
-    classes = [colour for name, colour in swatches.items() if name not in (UNDEFINED, "excluded")]
-    distances = {(a, b): delta_e(lab(a), lab(b)) for a, b in combinations(classes, 2)}
-    assert min(distances.values()) > 10, min(distances.items(), key=lambda item: item[1])
-    for special in (swatches[UNDEFINED], swatches["excluded"]):
-        assert min(delta_e(lab(special), lab(c)) for c in classes) > 15 and contrast(special, background) > 4.5
-    assert all(contrast(c, background) >= 3 for c in classes)
-
-
-def test_a_page_switch_keeps_the_map_s_selection_and_view(mapped: Path, tmp_path: Path):
-    """Issue 27: filters and the map selection were lost on a page switch."""
-    from playwright.sync_api import expect, sync_playwright
-
-    with running_app(mapped, tmp_path / "streamlit.log") as url, sync_playwright() as playwright:
-        browser, page, root = open_map(playwright, url)
-        stage = page.locator(".map-stage").bounding_box()
-        page.get_by_text("Lasso: off (L)").click()
-        lasso(page, stage["x"] + stage["width"] / 2, stage["y"] + stage["height"] / 2, min(stage["width"], stage["height"]) / 4)
-        selected = int(root.get_attribute("data-selected"))
-        assert selected > 0
-        page.get_by_text(f"{selected:,} selected", exact=True).wait_for(timeout=20_000)
-        choose(page, "Colour by", "split")
-        expect(page.get_by_role("combobox", name="Colour by")).to_have_value("split", timeout=20_000)
-
-        page.get_by_test_id("stSidebarNav").get_by_text("Data", exact=True).click()  # within the app: the same session
-        page.get_by_role("tab", name="Versions").wait_for(timeout=30_000)
-        page.get_by_test_id("stSidebarNav").get_by_text("Map", exact=True).click()
-        root = page.locator(".map-root")
-        try:
-            expect(root).to_have_attribute("data-ready", "1", timeout=60_000)
-            expect(root).to_have_attribute("data-selected", str(selected), timeout=30_000)
-        except AssertionError:
-            screenshot(page, "map-page-switch-failure")
-            raise
-        page.get_by_text(f"{selected:,} selected", exact=True).wait_for(timeout=20_000)
-        expect(page.get_by_role("combobox", name="Colour by")).to_have_value("split")
-        screenshot(page, "map-after-page-switch")
-        browser.close()
-
-
 def test_map_settings_come_from_their_declaration_and_make_a_map_of_their_own(mapped: Path, tmp_path: Path):
     """Map settings: out of range is refused by label; other settings are a map of their own (made on request,
     cached apart); the defaults bring the first map back without projecting again."""
@@ -432,26 +355,84 @@ def test_a_mixed_lasso_on_a_laptop_screen_shows_every_label_and_edits_only_what_
     assert table.history()[-1].message == f"lasso: {expected:,} samples -> {target}, all looked at"
 
 
-def test_open_panels_stay_open_through_a_background_refresh(mapped: Path, tmp_path: Path):
-    """The Compute panel and the model picker used to fold up when the scores refreshed in the background after a commit."""
+def test_one_session_on_the_map_colours_a_page_switch_and_a_background_refresh(mapped: Path, tmp_path: Path):
+    """Issue 27, in one session (one app, one browser: the suite's time):
+
+    - colours: undefined and excluded points were drawn in dark greys that vanished on the map, and every point was
+      drawn darker than its legend swatch (the palette went through three.js's linear colour space into a shader
+      that never converts back). Read back from the canvas's pixels, each legend entry is drawn in exactly its
+      swatch's colour, and the drawn colours differ by a set contrast;
+    - a page switch lost the map's selection and the page's choices;
+    - the Compute panel and the model picker folded up when the scores refreshed in the background after a commit.
+    """
+    import io
+    from itertools import combinations
+
+    import numpy as np
+    from PIL import Image
     from playwright.sync_api import expect, sync_playwright
 
+    from tests.colours import contrast, delta_e, hex_of, lab
+
+    table = open_table(mapped, "fashion")
+    ids = table.read(1)["sample_id"].to_numpy()
+    table.commit(ChangeSet.relabel(ids[::5], UNDEFINED), parent=1, message="unlabel a fifth")
+    table.commit(ChangeSet.set_weight(ids[1::7], 0.0), parent=2, message="exclude a few")
     train(mapped, "fashion", HeadsSettings(heads=("knn",), embedding="pixels-16px"))  # a heads run: commits get their quick heads
     with running_app(mapped, tmp_path / "streamlit.log") as url, sync_playwright() as playwright:
         browser, page, root = open_map(playwright, url)
-        # A small edit, committed: the quick heads retrain in the background on the new version.
+
+        # ---- 1. The drawn colours.
+        legend = page.locator(".map-legend-row").evaluate_all(
+            "rows => rows.map(r => [r.querySelector('.map-legend-name').textContent, getComputedStyle(r.querySelector('.map-legend-swatch')).backgroundColor, r.querySelector('.map-legend-count').textContent])"
+        )
+        screenshot(page, "map-palette")
+        page.get_by_role("button", name="Legend").click()  # the legend lies over the canvas: read the points alone
+        page.wait_for_timeout(500)
+        pixels = np.asarray(Image.open(io.BytesIO(page.locator(".map-stage canvas").first.screenshot())).convert("RGB")).reshape(-1, 3)
+        swatches = {name: hex_of([int(v) for v in re.findall(r"\d+", colour)]) for name, colour, count in legend if count != "0"}
+        assert {UNDEFINED, "excluded"} <= set(swatches) and len(swatches) == 12, legend
+        drawn_colours, drawn_counts = np.unique(pixels, axis=0, return_counts=True)
+        drawn = {hex_of(colour): int(count) for colour, count in zip(drawn_colours, drawn_counts)}
+        background = max(drawn, key=drawn.get)
+        assert background == "#0e1117"
+        for name, colour in swatches.items():  # every entry drawn in its swatch's very colour
+            assert drawn.get(colour, 0) >= 4, (name, colour, sorted(drawn.items(), key=lambda item: -item[1])[:16])
+        points = sum(count for colour, count in drawn.items() if colour != background)
+        assert sum(drawn[colour] for colour in swatches.values()) > 0.6 * points  # the rest: edges blended with the background
+        classes = [colour for name, colour in swatches.items() if name not in (UNDEFINED, "excluded")]
+        distances = {(a, b): delta_e(lab(a), lab(b)) for a, b in combinations(classes, 2)}
+        assert min(distances.values()) > 10, min(distances.items(), key=lambda item: item[1])
+        for special in (swatches[UNDEFINED], swatches["excluded"]):
+            assert min(delta_e(lab(special), lab(c)) for c in classes) > 15 and contrast(special, background) > 4.5
+        assert all(contrast(c, background) >= 3 for c in classes)
+
+        # ---- 2. A page switch keeps the selection and the colouring.
         stage = page.locator(".map-stage").bounding_box()
         page.get_by_text("Lasso: off (L)").click()
         lasso(page, stage["x"] + stage["width"] / 2, stage["y"] + stage["height"] / 2, min(stage["width"], stage["height"]) / 4)
         selected = int(root.get_attribute("data-selected"))
-        assert 0 < selected
+        assert selected > 0
         page.get_by_text(f"{selected:,} selected", exact=True).wait_for(timeout=20_000)
-        page.get_by_text("exclude", exact=True).click()
-        commit_map_edit(page, selected)
-        wait_for_version(mapped, "fashion", 2)
-        page.get_by_text("Committed as v2").wait_for(timeout=30_000)
+        choose(page, "Colour by", "split")
+        expect(page.get_by_role("combobox", name="Colour by")).to_have_value("split", timeout=20_000)
+        page.get_by_test_id("stSidebarNav").get_by_text("Data", exact=True).click()  # within the app: the same session
+        page.get_by_role("tab", name="Versions").wait_for(timeout=30_000)
+        page.get_by_test_id("stSidebarNav").get_by_text("Map", exact=True).click()
+        root = page.locator(".map-root")
+        expect(root).to_have_attribute("data-ready", "1", timeout=60_000)
+        expect(root).to_have_attribute("data-selected", str(selected), timeout=30_000)  # it was 0
+        page.get_by_text(f"{selected:,} selected", exact=True).wait_for(timeout=20_000)
+        expect(page.get_by_role("combobox", name="Colour by")).to_have_value("split")
+        screenshot(page, "map-after-page-switch")
 
-        # The user opens the Compute panel and the model picker while the refresh runs.
+        # ---- 3. That selection excluded and committed: the quick heads retrain in the background meanwhile, and
+        # the panels the user opens stay open when the refresh ends.
+        page.get_by_text("exclude", exact=True).click()
+        changes = int(re.search(r"The edit changes ([\d,]+)", page.get_by_text("The edit changes").inner_text(timeout=20_000)).group(1).replace(",", ""))
+        commit_map_edit(page, changes)
+        wait_for_version(mapped, "fashion", 4)
+        page.get_by_text("Committed as v4").wait_for(timeout=30_000)
         sidebar = page.get_by_test_id("stSidebar")
         sidebar.get_by_text("Compute: Here, on").click()
         device = sidebar.get_by_role("combobox", name="Device")
@@ -459,16 +440,10 @@ def test_open_panels_stay_open_through_a_background_refresh(mapped: Path, tmp_pa
         page.get_by_text("Embed with another model").click()
         picker = page.get_by_role("combobox", name="Model")
         expect(picker).to_be_visible(timeout=20_000)
-
-        # The refresh ends (its notice appears): nothing the user opened has closed, the page stays as it was.
-        try:
-            expect(sidebar.get_by_role("button", name="Show the new scores (v2)")).to_be_visible(timeout=120_000)
-        except AssertionError:
-            screenshot(page, "panels-failure")
-            raise
-        assert any(run.version == 2 for run in list_runs(mapped, "fashion"))
+        expect(sidebar.get_by_role("button", name="Show the new scores (v4)")).to_be_visible(timeout=120_000)  # the refresh has ended
+        assert any(run.version == 4 for run in list_runs(mapped, "fashion"))
         page.wait_for_timeout(2_000)
-        expect(device).to_be_visible()
+        expect(device).to_be_visible()  # both folded up before
         expect(picker).to_be_visible()
         screenshot(page, "panels-after-refresh")
         browser.close()
