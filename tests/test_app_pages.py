@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from labelloop.app.components.session import TRAIN_ANNOUNCED
 from labelloop.data.changes import ChangeSet
 from labelloop.data.ingest import import_dataset
 from labelloop.data.runs import list_runs, load_samples
@@ -256,3 +257,37 @@ def test_the_compute_setting_survives_a_reload_through_the_address(fashion: Path
     assert not broken.exception, broken.exception
     assert any(e.label == "Compute: Here, on cpu (auto)" for e in broken.sidebar.expander)
     assert "compute.workers" not in broken.query_params
+
+
+def _a_finished_training_seen_from_another_page() -> None:
+    """AppTest script: this session's training job on 'fashion' has ended while the user is on another page."""
+    import time
+    from types import SimpleNamespace
+
+    import streamlit as st
+
+    from labelloop.app.components import jobs, sidebar
+    from labelloop.app.components.session import choose_dataset, keys
+
+    choose_dataset("fashion")
+    st.session_state[keys("fashion").train_started] = True
+    result = SimpleNamespace(run_id="20261203-run", summary=SimpleNamespace(best_model="mlp", held_out_accuracy=0.8731))
+    job = jobs.Job(keys("fashion").train_job, "heads on v3", result=result)
+    job.finished = time.time()
+    jobs._registry()[job.key] = job
+    sidebar.training_status(on_train_page=st.session_state.get("on_train_page", False))
+
+
+def test_a_finished_training_run_is_announced_wherever_the_user_is():
+    """Issue 27 item 5: when the user's run ended they were told nothing unless they were on the Train page."""
+    app = AppTest.from_function(_a_finished_training_seen_from_another_page, default_timeout=30)
+    app.run()
+    assert not app.exception, app.exception
+    assert [s.value for s in app.success] == ["Your run 20261203-run (heads on v3) has finished: mlp, accuracy 0.8731 (held out). The Train page shows it."]
+    app.session_state["on_train_page"] = True  # the Train page shows the run itself
+    app.run()
+    assert not app.success
+    app.session_state["on_train_page"] = False
+    app.session_state[TRAIN_ANNOUNCED] = "20261203-run"  # shown on the Train page once: no notice any more
+    app.run()
+    assert not app.success

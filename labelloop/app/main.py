@@ -15,7 +15,11 @@ from PIL import Image, ImageDraw
 from labelloop.app import VIEWS
 from labelloop.app.components.errors import user_errors_shown
 from labelloop.app.components.jobs import page_being_drawn
-from labelloop.app.components.sidebar import pick_dataset, refresh_status
+from labelloop.app.components.sidebar import (
+    pick_dataset,
+    refresh_status,
+    training_status,
+)
 
 
 @functools.cache
@@ -50,6 +54,7 @@ def main() -> None:
             # Last in the sidebar, under everything the user clicks there: the refresh's line turning into its
             # notice (or going) changes its height, and nothing may move under the pointer (issue 27 item 9).
             with st.sidebar:
+                training_status(on_train_page=navigation.title == "Train")
                 refresh_status()
 
 

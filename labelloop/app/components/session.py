@@ -101,6 +101,11 @@ class DatasetKeys:
     def train_started(self) -> str:
         return f"train-started:{self.name}"
 
+    @property
+    def train_job(self) -> str:
+        """The data set's training job (jobs live in the server: a reload finds it again)."""
+        return f"train:{self.name}"
+
 
 def keys(name: str) -> DatasetKeys:
     return DatasetKeys(name)

@@ -8,7 +8,12 @@ import time
 import streamlit as st
 
 from labelloop.app.components.compute_setting import compute_setting
-from labelloop.app.components.session import choose_dataset, current_dataset, keys
+from labelloop.app.components.session import (
+    TRAIN_ANNOUNCED,
+    choose_dataset,
+    current_dataset,
+    keys,
+)
 from labelloop.data.storage import Location
 from labelloop.data.tables import LabelTable
 from labelloop.data.workspace import (
@@ -212,6 +217,36 @@ def _poll_refresh(key: str) -> None:
                      help="The quick heads finished in the background. The page keeps what it shows until you act (this button, or anything "
                           "that redraws the page), so nothing moves under your pointer."):
             st.rerun(scope="app")
+
+
+def training_status(*, on_train_page: bool) -> None:
+    """This session's own training run seen from any other page: its stage while it trains, then once it has ended a
+    notice naming the run and where to see it (the Train page shows it in full and needs none)."""
+    from labelloop.app.components.jobs import current_job
+
+    name = current_dataset()
+    if not name or on_train_page or not st.session_state.get(keys(name).train_started):
+        return
+    job = current_job(keys(name).train_job)
+    if job is None or (job.result is not None and st.session_state.get(TRAIN_ANNOUNCED) == job.result.run_id):
+        return  # none, or its end was shown on the Train page already
+    _poll_training(job.key)
+
+
+@st.fragment(run_every=2.0)
+def _poll_training(key: str) -> None:
+    """Like the refresh's poll: only this fragment redraws, nothing moves under the pointer (issue 27 item 9)."""
+    from labelloop.app.components.jobs import current_job
+
+    job = current_job(key)
+    if job.running:
+        st.caption(f":material/model_training: your run, {job.description}: {job.stage}")
+    elif job.error:
+        st.caption(f":material/error: your run ({job.description}) {'was cancelled' if job.cancelled else 'failed'}: see the Train page")
+    elif job.result is not None:
+        summary = job.result.summary
+        st.success(f"Your run {job.result.run_id} ({job.description}) has finished: {summary.best_model}, accuracy {summary.held_out_accuracy:.4f} "
+                   "(held out). The Train page shows it.", icon=":material/check_circle:")
 
 
 def open_current_version() -> tuple[LabelTable, str, int]:

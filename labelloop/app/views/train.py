@@ -54,7 +54,7 @@ def build_page() -> TrainPage:
     rows = version_rows(table, version)
     st.title("Train")
     st.caption(f"Version {version} of '{name}': {int(trainable_mask(rows).sum()):,} labelled samples to train on.")
-    return TrainPage(table, name, version, rows, DatasetPaths(workspace(), name), f"train:{name}")
+    return TrainPage(table, name, version, rows, DatasetPaths(workspace(), name), keys(name).train_job)
 
 
 def new_run_form(page: TrainPage) -> FamilySettings | None:
