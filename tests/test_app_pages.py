@@ -291,3 +291,16 @@ def test_a_finished_training_run_is_announced_wherever_the_user_is():
     app.session_state[TRAIN_ANNOUNCED] = "20261203-run"  # shown on the Train page once: no notice any more
     app.run()
     assert not app.success
+
+
+def test_a_process_the_app_spawns_does_not_start_the_app_again(fashion: Path):
+    """The workspace's entry script is __main__ while the app runs (in a server and under AppTest alike), and a process
+    started with spawn or forkserver imports __main__ again: unguarded, each such child ran the whole app (seen as
+    a broken process pool and worker processes that never started, in the suite's crash and object-storage tests)."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    page("data")
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        assert pool.submit(os.getpid).result(timeout=120) != os.getpid()

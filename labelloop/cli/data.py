@@ -36,7 +36,10 @@ every server and test run of a checkout). The app itself is the package's: label
 
 from labelloop.app.main import main
 
-main()
+# Streamlit runs this script as __main__; a process the app starts with spawn or forkserver imports it again as
+# __mp_main__, and must not start the whole app in there.
+if __name__ == "__main__":
+    main()
 '''
 
 
