@@ -87,12 +87,14 @@ def test_a_refresh_that_ends_mid_click_moves_nothing(trained: Path, tmp_path: Pa
             while len(list_runs(workspace, "fashion", version=2)) < 2:
                 assert time.time() < deadline, "the quick heads on v2 never finished"
                 time.sleep(0.2)
+            # The run is listed a moment before its job ends (under load, seconds): wait for the job's end, as the
+            # sidebar shows it, before judging what that end did to the page.
+            notice = page.get_by_role("button", name="Show the new scores (v2)")
+            expect(notice).to_be_visible(timeout=60_000)
             page.wait_for_timeout(3_000)  # three ticks of the sidebar's poll: any rerun it started would be over
             settled(page)
             assert chart.bounding_box() == before, f"the confusion matrix moved under the pointer: {before} -> {chart.bounding_box()}"
             expect(page.get_by_text(f"{first['count']} samples labelled {first['given']}, predicted {first['predicted']}")).to_be_visible()  # the selection stays
-            notice = page.get_by_role("button", name="Show the new scores (v2)")
-            expect(notice).to_be_visible()
             screenshot(page, "refresh-1-notice")
 
             page.mouse.click(x2, y2)  # where the user was pointing: the cell they aimed at
